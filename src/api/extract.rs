@@ -1,0 +1,85 @@
+//! `ValidJson<T>`: decodes a JSON body and validates it against the configured limits, so a
+//! handler only ever sees valid input and every rejection comes back in our error shape.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use serde::de::DeserializeOwned;
+use validator::{ValidateArgs, ValidationErrors};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::classify::BatchLimits;
+
+pub struct ValidJson<T>(pub T);
+
+impl<T> FromRequest<Arc<AppState>> for ValidJson<T>
+where
+    T: DeserializeOwned + for<'a> ValidateArgs<'a, Args = &'a BatchLimits>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let Json(value) = Json::<T>::from_request(req, state)
+            .await
+            .map_err(|r| rejection_to_error(r, state.max_body_bytes))?;
+        let limits = state.classifier.limits();
+        value
+            .validate_with_args(&limits)
+            .map_err(|e| ApiError::Validation(describe(&e)))?;
+        Ok(Self(value))
+    }
+}
+
+fn rejection_to_error(rejection: JsonRejection, limit: usize) -> ApiError {
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
+        // Wrong types or a missing field: the inner serde_path_to_error message names the field.
+        JsonRejection::JsonDataError(e) => ApiError::Validation(inner_message(&e)),
+        JsonRejection::JsonSyntaxError(e) => ApiError::InvalidJson(inner_message(&e)),
+        r if r.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::PayloadTooLarge { limit }
+        }
+        r => ApiError::InvalidJson(r.body_text()),
+    }
+}
+
+/// The innermost error's text, e.g. "titles[1]: invalid type: integer `3`, expected a string at
+/// line 1 column 15", without axum's generic prefix.
+fn inner_message(error: &dyn std::error::Error) -> String {
+    let mut current = error;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    // The path lives on the serde_path_to_error layer, one above serde_json's own error.
+    let mut with_path = error;
+    while let Some(next) = with_path.source() {
+        if next.source().is_none() {
+            break;
+        }
+        with_path = next;
+    }
+    let text = with_path.to_string();
+    if text.is_empty() {
+        current.to_string()
+    } else {
+        text
+    }
+}
+
+/// "field: message" for each failed rule.
+fn describe(errors: &ValidationErrors) -> String {
+    errors
+        .field_errors()
+        .iter()
+        .flat_map(|(field, errs)| {
+            errs.iter().map(move |e| match &e.message {
+                Some(m) => format!("{field}: {m}"),
+                None => format!("{field}: failed the `{}` rule", e.code),
+            })
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}

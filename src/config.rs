@@ -1,0 +1,247 @@
+//! The command line and the environment, parsed once at start-up into typed settings. Every
+//! `serve` setting is both a flag and an environment variable; a bad value stops the process
+//! with a message that names the variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::classify::BatchLimits;
+use crate::secret::Secret;
+use crate::sim::SimConfig;
+use crate::upstream::UpstreamSettings;
+
+pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hn-classifier",
+    version,
+    about = "Classify short texts with an LLM at the provider's full throughput"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service (`POST /classify-batch`).
+    Serve(ServeConfig),
+    /// Run the simulated OpenAI API on its own.
+    Sim(SimServeConfig),
+}
+
+/// Settings of `hn-classifier serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on [default: 0.0.0.0:8000, or 0.0.0.0:$PORT when only PORT is set]
+    #[arg(long, env = "HNC_LISTEN", value_name = "HNC_LISTEN")]
+    pub listen: Option<SocketAddr>,
+
+    /// Port to listen on when HNC_LISTEN is not set (the convention of PaaS platforms).
+    #[arg(long, env = "PORT", value_name = "PORT")]
+    pub port: Option<u16>,
+
+    /// The provider's API key. Required unless --simulate.
+    #[arg(
+        long,
+        env = "OPENAI_API_KEY",
+        value_name = "OPENAI_API_KEY",
+        hide_env_values = true
+    )]
+    pub openai_api_key: Option<Secret>,
+
+    /// Base URL of the OpenAI-compatible API, version included.
+    #[arg(long, env = "OPENAI_BASE_URL", value_name = "OPENAI_BASE_URL", default_value = DEFAULT_BASE_URL, value_parser = parse_base_url)]
+    pub openai_base_url: String,
+
+    /// Model to call.
+    #[arg(
+        long,
+        env = "OPENAI_MODEL",
+        value_name = "OPENAI_MODEL",
+        default_value = "gpt-4.1-mini"
+    )]
+    pub openai_model: String,
+
+    /// Deadline of one upstream call, in seconds.
+    #[arg(long, env = "HNC_UPSTREAM_TIMEOUT_S", value_name = "HNC_UPSTREAM_TIMEOUT_S", default_value = "20", value_parser = parse_seconds)]
+    pub upstream_timeout: Duration,
+
+    /// Most upstream calls in flight for one request.
+    #[arg(long, env = "HNC_REQUEST_CONCURRENCY", value_name = "HNC_REQUEST_CONCURRENCY", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub request_concurrency: u32,
+
+    /// Most upstream calls in flight for the whole process, across requests.
+    #[arg(long, env = "HNC_MAX_IN_FLIGHT", value_name = "HNC_MAX_IN_FLIGHT", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_in_flight: u32,
+
+    /// Most titles in one request.
+    #[arg(long, env = "HNC_MAX_BATCH", value_name = "HNC_MAX_BATCH", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_batch: u32,
+
+    /// Longest title, in characters after trimming (not bytes).
+    #[arg(long, env = "HNC_MAX_TITLE_CHARS", value_name = "HNC_MAX_TITLE_CHARS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_title_chars: u32,
+
+    /// Largest request body, in bytes.
+    #[arg(long, env = "HNC_MAX_BODY_BYTES", value_name = "HNC_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024, value_parser = clap::value_parser!(u32).range(1024..))]
+    pub max_body_bytes: u32,
+
+    /// After SIGTERM, seconds to keep serving normally (readiness already 503) before refusing
+    /// new batches, for load balancers that poll readiness.
+    #[arg(long, env = "HNC_DRAIN_DELAY_S", value_name = "HNC_DRAIN_DELAY_S", default_value = "0", value_parser = parse_seconds_or_zero)]
+    pub drain_delay: Duration,
+
+    /// Serve with the built-in simulator of the OpenAI API instead of a real provider: no key, no
+    /// network, deterministic keyword labels.
+    #[arg(long, env = "HNC_SIMULATE")]
+    pub simulate: bool,
+
+    #[command(flatten)]
+    pub sim: SimConfig,
+
+    #[command(flatten)]
+    pub log: LogConfig,
+}
+
+/// Settings of `hn-classifier sim`.
+#[derive(Debug, Clone, Args)]
+pub struct SimServeConfig {
+    /// Address the simulator listens on.
+    #[arg(
+        long,
+        env = "HNC_SIM_LISTEN",
+        value_name = "HNC_SIM_LISTEN",
+        default_value = "127.0.0.1:9000"
+    )]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub sim: SimConfig,
+
+    #[command(flatten)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogConfig {
+    /// Log line format. Filter with RUST_LOG (default `info`).
+    #[arg(long, env = "HNC_LOG_FORMAT", value_name = "HNC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "OPENAI_API_KEY is not set, and the service will not serve made-up labels.\n\
+         Set OPENAI_API_KEY to call the provider, or run offline on the built-in simulator:\n    \
+         hn-classifier serve --simulate"
+    )]
+    MissingApiKey,
+}
+
+impl ServeConfig {
+    /// HNC_LISTEN if set, else all interfaces on PORT if set, else 0.0.0.0:8000.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], self.port.unwrap_or(8000))))
+    }
+
+    pub fn batch_limits(&self) -> BatchLimits {
+        BatchLimits {
+            max_batch: self.max_batch as usize,
+            max_title_chars: self.max_title_chars as usize,
+            request_concurrency: self.request_concurrency as usize,
+        }
+    }
+
+    /// Upstream settings for the real provider, or for the simulator at `sim_base_url`.
+    pub fn upstream_settings(
+        &self,
+        sim_base_url: Option<String>,
+    ) -> Result<UpstreamSettings, ConfigError> {
+        let (base_url, api_key) = match sim_base_url {
+            Some(url) => (url, Secret::new("sim-key")),
+            None => (
+                self.openai_base_url.clone(),
+                self.openai_api_key
+                    .clone()
+                    .ok_or(ConfigError::MissingApiKey)?,
+            ),
+        };
+        Ok(UpstreamSettings {
+            base_url,
+            api_key,
+            model: self.openai_model.clone(),
+            call_timeout: self.upstream_timeout,
+            max_in_flight: self.max_in_flight as usize,
+        })
+    }
+}
+
+fn parse_base_url(value: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(value).map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("the scheme must be http or https".to_owned());
+    }
+    Ok(value.trim_end_matches('/').to_owned())
+}
+
+fn parse_seconds(value: &str) -> Result<Duration, String> {
+    let d = parse_seconds_or_zero(value)?;
+    if d.is_zero() {
+        return Err("must be more than 0 seconds".to_owned());
+    }
+    Ok(d)
+}
+
+fn parse_seconds_or_zero(value: &str) -> Result<Duration, String> {
+    let secs: f64 = value
+        .parse()
+        .map_err(|_| format!("{value:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("{value:?} is not a duration from 0 to a few centuries"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_is_used_only_when_listen_is_not_set() {
+        let parse = |args: &[&str]| {
+            let Command::Serve(c) =
+                Cli::try_parse_from([&["hn-classifier", "serve"], args].concat())
+                    .unwrap()
+                    .command
+            else {
+                unreachable!()
+            };
+            c.listen_addr().to_string()
+        };
+        assert_eq!(parse(&["--port", "9999"]), "0.0.0.0:9999");
+        assert_eq!(
+            parse(&["--port", "9999", "--listen", "127.0.0.1:1"]),
+            "127.0.0.1:1"
+        );
+    }
+
+    #[test]
+    fn durations_reject_garbage_and_zero() {
+        assert!(parse_seconds("abc").is_err());
+        assert!(parse_seconds("0").is_err());
+        assert!(parse_seconds("-1").is_err());
+        assert_eq!(parse_seconds("0.5").unwrap(), Duration::from_millis(500));
+        assert!(parse_base_url("ftp://x").is_err());
+        assert_eq!(parse_base_url("http://h:1/v1/").unwrap(), "http://h:1/v1");
+    }
+}

@@ -1,0 +1,16 @@
+//! hn-classifier: classify short texts with an LLM at the provider's full throughput.
+//!
+//! Dependencies point one way: `api` (HTTP edge) -> `classify` (batch fan-out) -> `upstream`
+//! (provider protocol), beside `sim` (the fake provider). `startup` wires them; `main.rs` only
+//! parses the command line.
+
+pub mod api;
+pub mod classify;
+pub mod config;
+pub mod lifecycle;
+pub mod secret;
+pub mod sim;
+pub mod startup;
+pub mod taxonomy;
+pub mod telemetry;
+pub mod upstream;

@@ -1,0 +1,87 @@
+//! Graceful shutdown bookkeeping: which batches are running and whether the process is draining.
+//! On SIGTERM readiness turns 503 at once, running batches finish, new ones are refused, and the
+//! server stops only when the last batch has answered.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use tokio::sync::Notify;
+
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    draining: AtomicBool,
+    refusing: AtomicBool,
+    batches: AtomicUsize,
+    idle: Notify,
+}
+
+impl Lifecycle {
+    /// Registers a batch, or `None` when the process no longer takes new work.
+    pub fn admit(&self) -> Option<BatchGuard<'_>> {
+        self.batches.fetch_add(1, Ordering::SeqCst);
+        let guard = BatchGuard { lifecycle: self };
+        // Checked after counting, so `wait_idle` cannot miss a batch admitted concurrently.
+        (!self.refusing.load(Ordering::SeqCst)).then_some(guard)
+    }
+
+    /// Readiness goes false; batches are still taken until `refuse_new_batches`.
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn refuse_new_batches(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.refusing.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    pub fn batches_in_flight(&self) -> usize {
+        self.batches.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once no batch is running.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.batches.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Held for the life of one batch.
+#[derive(Debug)]
+pub struct BatchGuard<'l> {
+    lifecycle: &'l Lifecycle,
+}
+
+impl Drop for BatchGuard<'_> {
+    fn drop(&mut self) {
+        if self.lifecycle.batches.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.lifecycle.idle.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn refuses_after_drain_and_waits_for_running_batches() {
+        let l = Lifecycle::default();
+        let running = l.admit().unwrap();
+        l.refuse_new_batches();
+        assert!(l.admit().is_none());
+        assert_eq!(l.batches_in_flight(), 1);
+        let waiter = l.wait_idle();
+        drop(running);
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
+            .await
+            .unwrap();
+    }
+}

@@ -1,0 +1,529 @@
+//! What the simulator accepts and answers, in OpenAI's shapes. Validation is strict on purpose:
+//! a request the real API would reject must be rejected here too (400 with OpenAI's error body),
+//! so the client cannot drift from the real protocol while every test stays green.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+/// An error in OpenAI's shape: `{"error":{"message","type","param","code"}}`.
+#[derive(Debug)]
+pub struct OpenAiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: Option<&'static str>,
+}
+
+impl OpenAiError {
+    pub fn invalid(message: impl Into<String>, param: &str, code: Option<&'static str>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: Some(param.to_owned()).filter(|p| !p.is_empty()),
+            code,
+        }
+    }
+
+    fn missing(param: &str) -> Self {
+        Self::invalid(
+            format!("Missing required parameter: '{param}'."),
+            param,
+            Some("missing_required_parameter"),
+        )
+    }
+
+    pub fn body(&self) -> Value {
+        json!({"error": {
+            "message": self.message, "type": self.kind, "param": self.param, "code": self.code,
+        }})
+    }
+}
+
+impl IntoResponse for OpenAiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body())).into_response()
+    }
+}
+
+/// What the simulator needs from a valid request.
+#[derive(Debug)]
+pub struct SimRequest {
+    pub model: String,
+    pub title: String,
+    /// Characters of prompt besides the title, for a token estimate.
+    pub prompt_chars: usize,
+    /// The schema's `topic` enum: the labels the answer must come from.
+    pub labels: Vec<String>,
+}
+
+const RESPONSES_PARAMS: &[&str] = &[
+    "model",
+    "input",
+    "instructions",
+    "text",
+    "store",
+    "max_output_tokens",
+    "temperature",
+    "top_p",
+    "metadata",
+    "user",
+    "previous_response_id",
+    "reasoning",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "truncation",
+    "include",
+    "stream",
+    "service_tier",
+    "prompt_cache_key",
+    "safety_identifier",
+    "background",
+    "max_tool_calls",
+    "top_logprobs",
+    "conversation",
+    "prompt",
+];
+
+const CHAT_PARAMS: &[&str] = &[
+    "model",
+    "messages",
+    "response_format",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "n",
+    "stop",
+    "seed",
+    "user",
+    "metadata",
+    "store",
+    "stream",
+    "stream_options",
+    "logprobs",
+    "top_logprobs",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "service_tier",
+    "reasoning_effort",
+    "prompt_cache_key",
+    "safety_identifier",
+];
+
+/// Validates a `POST /v1/responses` body.
+pub fn parse_responses(body: &Value) -> Result<SimRequest, OpenAiError> {
+    let obj = object_with_known_keys(body, RESPONSES_PARAMS)?;
+    let model = required_string(obj, "model")?;
+    reject_streaming(obj)?;
+    if let Some(max) = obj.get("max_output_tokens") {
+        check_min_tokens(max, "max_output_tokens", 16)?;
+    }
+    let instructions = optional_string(obj, "instructions")?;
+    let input = obj
+        .get("input")
+        .ok_or_else(|| OpenAiError::missing("input"))?;
+    let (title, other_chars) = responses_input(input)?;
+    let format = obj
+        .get("text")
+        .and_then(|t| t.get("format"))
+        .ok_or_else(|| OpenAiError::missing("text.format"))?;
+    let labels = check_json_schema(format, "text.format")?;
+    Ok(SimRequest {
+        model,
+        title,
+        prompt_chars: instructions.map_or(0, |i| i.chars().count()) + other_chars,
+        labels,
+    })
+}
+
+/// Validates a `POST /v1/chat/completions` body.
+pub fn parse_chat(body: &Value) -> Result<SimRequest, OpenAiError> {
+    let obj = object_with_known_keys(body, CHAT_PARAMS)?;
+    let model = required_string(obj, "model")?;
+    reject_streaming(obj)?;
+    for key in ["max_tokens", "max_completion_tokens"] {
+        if let Some(max) = obj.get(key) {
+            check_min_tokens(max, key, 1)?;
+        }
+    }
+    let messages = obj
+        .get("messages")
+        .ok_or_else(|| OpenAiError::missing("messages"))?
+        .as_array()
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| {
+            OpenAiError::invalid("'messages' must be a non-empty array.", "messages", None)
+        })?;
+    let (title, other_chars) = last_user_text(messages, "messages")?;
+    let format = obj
+        .get("response_format")
+        .ok_or_else(|| OpenAiError::missing("response_format"))?;
+    if format.get("type").and_then(Value::as_str) != Some("json_schema") {
+        return Err(OpenAiError::invalid(
+            "The simulator needs response_format.type 'json_schema'.",
+            "response_format.type",
+            None,
+        ));
+    }
+    let schema = format
+        .get("json_schema")
+        .ok_or_else(|| OpenAiError::missing("response_format.json_schema"))?;
+    let labels = check_json_schema(schema, "response_format.json_schema")?;
+    Ok(SimRequest {
+        model,
+        title,
+        prompt_chars: other_chars,
+        labels,
+    })
+}
+
+fn object_with_known_keys<'v>(
+    body: &'v Value,
+    known: &[&str],
+) -> Result<&'v Map<String, Value>, OpenAiError> {
+    let obj = body
+        .as_object()
+        .ok_or_else(|| OpenAiError::invalid("The request body must be a JSON object.", "", None))?;
+    if let Some(unknown) = obj.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(OpenAiError::invalid(
+            format!("Unknown parameter: '{unknown}'."),
+            unknown,
+            Some("unknown_parameter"),
+        ));
+    }
+    Ok(obj)
+}
+
+fn required_string(obj: &Map<String, Value>, key: &str) -> Result<String, OpenAiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Err(OpenAiError::missing(key)),
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(_) => Err(OpenAiError::invalid(
+            format!("Invalid type for '{key}': expected a non-empty string."),
+            key,
+            Some("invalid_type"),
+        )),
+    }
+}
+
+fn optional_string<'v>(
+    obj: &'v Map<String, Value>,
+    key: &str,
+) -> Result<Option<&'v str>, OpenAiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(OpenAiError::invalid(
+            format!("Invalid type for '{key}': expected a string."),
+            key,
+            Some("invalid_type"),
+        )),
+    }
+}
+
+fn reject_streaming(obj: &Map<String, Value>) -> Result<(), OpenAiError> {
+    if obj.get("stream").and_then(Value::as_bool) == Some(true) {
+        return Err(OpenAiError::invalid(
+            "The simulator does not stream.",
+            "stream",
+            None,
+        ));
+    }
+    Ok(())
+}
+
+fn check_min_tokens(value: &Value, key: &str, min: u64) -> Result<(), OpenAiError> {
+    match value.as_u64() {
+        Some(n) if n >= min => Ok(()),
+        _ => Err(OpenAiError::invalid(
+            format!("Invalid '{key}': integer below minimum value. Expected a value >= {min}."),
+            key,
+            Some("integer_below_min_value"),
+        )),
+    }
+}
+
+/// The title from `input`: a plain string, or the last user message of an item list.
+fn responses_input(input: &Value) -> Result<(String, usize), OpenAiError> {
+    match input {
+        Value::String(s) if !s.is_empty() => Ok((s.clone(), 0)),
+        Value::Array(items) if !items.is_empty() => last_user_text(items, "input"),
+        _ => Err(OpenAiError::invalid(
+            "Invalid 'input': expected a non-empty string or array of input items.",
+            "input",
+            Some("invalid_type"),
+        )),
+    }
+}
+
+/// The text of the last user message, and the characters of all the others (for tokens).
+fn last_user_text(messages: &[Value], param: &str) -> Result<(String, usize), OpenAiError> {
+    let mut texts = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        let role = m.get("role").and_then(Value::as_str);
+        if !matches!(role, Some("user" | "system" | "developer" | "assistant")) {
+            return Err(OpenAiError::invalid(
+                format!("Invalid value for '{param}[{i}].role'."),
+                &format!("{param}[{i}].role"),
+                Some("invalid_value"),
+            ));
+        }
+        let text = message_text(m.get("content")).ok_or_else(|| {
+            OpenAiError::invalid(
+                format!("Invalid '{param}[{i}].content': expected a string or text parts."),
+                &format!("{param}[{i}].content"),
+                Some("invalid_type"),
+            )
+        })?;
+        texts.push((role == Some("user"), text));
+    }
+    let last_user = texts
+        .iter()
+        .rposition(|(is_user, _)| *is_user)
+        .ok_or_else(|| OpenAiError::invalid("No user message to answer.", param, None))?;
+    let others = texts
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != last_user)
+        .map(|(_, (_, t))| t.chars().count())
+        .sum();
+    Ok((texts.swap_remove(last_user).1, others))
+}
+
+fn message_text(content: Option<&Value>) -> Option<String> {
+    match content? {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(parts) => parts
+            .iter()
+            .map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Option<Vec<_>>>()
+            .map(|t| t.join("")),
+        _ => None,
+    }
+}
+
+/// Checks a `json_schema` format the way strict mode does and returns the `topic` enum.
+fn check_json_schema(format: &Value, param: &str) -> Result<Vec<String>, OpenAiError> {
+    let bad = |what: &str, at: &str| {
+        OpenAiError::invalid(
+            format!("Invalid schema: {what}"),
+            &format!("{param}.{at}"),
+            Some("invalid_json_schema"),
+        )
+    };
+    if param == "text.format" && format.get("type").and_then(Value::as_str) != Some("json_schema") {
+        return Err(bad("the simulator needs type 'json_schema'.", "type"));
+    }
+    let name = format
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let name_ok = (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !name_ok {
+        return Err(bad("'name' must match ^[a-zA-Z0-9_-]{1,64}$.", "name"));
+    }
+    if format.get("strict").and_then(Value::as_bool) != Some(true) {
+        return Err(bad("the simulator needs 'strict': true.", "strict"));
+    }
+    let schema = format
+        .get("schema")
+        .ok_or_else(|| OpenAiError::missing(&format!("{param}.schema")))?;
+    if schema.get("type").and_then(Value::as_str) != Some("object") {
+        return Err(bad("the root must be of type 'object'.", "schema.type"));
+    }
+    if schema.get("additionalProperties") != Some(&Value::Bool(false)) {
+        return Err(bad(
+            "'additionalProperties' is required to be supplied and to be false.",
+            "schema",
+        ));
+    }
+    let properties = schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .ok_or_else(|| bad("'properties' must be an object.", "schema.properties"))?;
+    let required: Vec<&str> = schema
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if let Some(missing) = properties.keys().find(|k| !required.contains(&k.as_str())) {
+        return Err(bad(
+            &format!(
+                "'required' is required to include every key in properties; missing '{missing}'."
+            ),
+            "schema.required",
+        ));
+    }
+    let labels: Vec<String> = properties
+        .get("topic")
+        .and_then(|t| t.get("enum"))
+        .and_then(Value::as_array)
+        .map(|e| {
+            e.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    if labels.is_empty() {
+        return Err(bad(
+            "the simulator needs a 'topic' property with a non-empty string enum.",
+            "schema.properties.topic",
+        ));
+    }
+    Ok(labels)
+}
+
+/// Token counts the way a reader would guess them: about four characters a token.
+pub fn estimate_tokens(chars: usize) -> u64 {
+    (chars as u64).div_ceil(4) + 4
+}
+
+/// A `completed` Responses API body whose message carries `text`.
+pub fn responses_body(
+    id: u64,
+    model: &str,
+    text: &str,
+    input_tokens: u64,
+    output_tokens: u64,
+) -> Value {
+    json!({
+        "id": format!("resp_sim{id:016x}"),
+        "object": "response",
+        "created_at": unix_now(),
+        "status": "completed",
+        "error": null,
+        "incomplete_details": null,
+        "model": model,
+        "output": [{
+            "type": "message",
+            "id": format!("msg_sim{id:016x}"),
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}]
+        }],
+        "store": false,
+        "usage": {
+            "input_tokens": input_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": output_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": input_tokens + output_tokens
+        }
+    })
+}
+
+/// A Chat Completions body whose one choice carries `text`.
+pub fn chat_body(
+    id: u64,
+    model: &str,
+    text: &str,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+) -> Value {
+    json!({
+        "id": format!("chatcmpl-sim{id:016x}"),
+        "object": "chat.completion",
+        "created": unix_now(),
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text, "refusal": null},
+            "logprobs": null,
+            "finish_reason": "stop"
+        }],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens
+        }
+    })
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::taxonomy::Taxonomy;
+    use crate::upstream::responses::RequestTemplate;
+
+    fn our_request() -> Value {
+        serde_json::from_slice(
+            &RequestTemplate::new("gpt-4.1-mini", &Taxonomy::hn_topics()).encode("A title"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn accepts_what_our_client_sends() {
+        let req = parse_responses(&our_request()).unwrap();
+        assert_eq!(req.title, "A title");
+        assert_eq!(req.labels.len(), 10);
+        assert!(req.prompt_chars > 100);
+    }
+
+    #[test]
+    fn rejects_what_the_real_api_rejects() {
+        let cases: [(&str, fn(&mut Value)); 7] = [
+            ("model", |r| {
+                r.as_object_mut().unwrap().remove("model");
+            }),
+            ("input", |r| {
+                r.as_object_mut().unwrap().remove("input");
+            }),
+            ("text.format", |r| {
+                r.as_object_mut().unwrap().remove("text");
+            }),
+            ("text.format.strict", |r| {
+                r["text"]["format"]["strict"] = json!(false)
+            }),
+            ("text.format.schema", |r| {
+                r["text"]["format"]["schema"]["additionalProperties"] = json!(true)
+            }),
+            ("text.format.schema.required", |r| {
+                r["text"]["format"]["schema"]["required"] = json!(["topic"])
+            }),
+            ("bogus", |r| r["bogus"] = json!(1)),
+        ];
+        for (param, mutate) in cases {
+            let mut req = our_request();
+            mutate(&mut req);
+            let err = parse_responses(&req).unwrap_err();
+            assert_eq!(err.status, StatusCode::BAD_REQUEST);
+            assert_eq!(err.param.as_deref(), Some(param), "{}", err.message);
+        }
+    }
+
+    #[test]
+    fn chat_requests_are_validated_too() {
+        let schema = json!({"name": "hn_topic", "strict": true, "schema": Taxonomy::hn_topics().answer_schema()});
+        let mut req = json!({
+            "model": "m",
+            "messages": [{"role": "system", "content": "classify"}, {"role": "user", "content": "Rust 2.0"}],
+            "response_format": {"type": "json_schema", "json_schema": schema},
+        });
+        let parsed = parse_chat(&req).unwrap();
+        assert_eq!(
+            (parsed.title.as_str(), parsed.prompt_chars),
+            ("Rust 2.0", 8)
+        );
+        req["response_format"] = json!({"type": "json_object"});
+        assert!(parse_chat(&req).is_err());
+    }
+}

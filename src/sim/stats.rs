@@ -1,0 +1,93 @@
+//! What the simulator saw, for tests and for people: requests by status, calls in flight now and
+//! at most, calls the client abandoned before the answer, and calls per title.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+#[derive(Debug, Default)]
+pub struct SimStats {
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
+    cancelled: AtomicU64,
+    counts: Mutex<Counts>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    by_status: BTreeMap<u16, u64>,
+    per_title: HashMap<String, u64>,
+}
+
+/// A JSON snapshot, served at `GET /_sim/stats`.
+#[derive(Debug, Serialize)]
+pub struct StatsSnapshot {
+    pub requests_total: u64,
+    pub by_status: BTreeMap<u16, u64>,
+    pub in_flight: u64,
+    pub max_in_flight: u64,
+    pub cancelled: u64,
+    pub distinct_titles: usize,
+    pub max_calls_per_title: u64,
+    /// Present only when asked for (`?titles=true`): large on a long run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_title: Option<HashMap<String, u64>>,
+}
+
+impl SimStats {
+    /// Marks a call as started; the guard ends it, as cancelled unless `finish` was called.
+    pub fn begin(&self) -> CallGuard<'_> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        CallGuard {
+            stats: self,
+            finished: false,
+        }
+    }
+
+    /// Counts a call for its title; returns how many calls that title has had, this one included.
+    pub fn count_title(&self, title: &str) -> u64 {
+        let mut counts = self.counts.lock().expect("stats lock poisoned");
+        let n = counts.per_title.entry(title.to_owned()).or_default();
+        *n += 1;
+        *n
+    }
+
+    pub fn snapshot(&self, with_titles: bool) -> StatsSnapshot {
+        let counts = self.counts.lock().expect("stats lock poisoned");
+        StatsSnapshot {
+            requests_total: counts.by_status.values().sum(),
+            by_status: counts.by_status.clone(),
+            in_flight: self.in_flight.load(Ordering::SeqCst),
+            max_in_flight: self.max_in_flight.load(Ordering::SeqCst),
+            cancelled: self.cancelled.load(Ordering::SeqCst),
+            distinct_titles: counts.per_title.len(),
+            max_calls_per_title: counts.per_title.values().copied().max().unwrap_or(0),
+            per_title: with_titles.then(|| counts.per_title.clone()),
+        }
+    }
+}
+
+pub struct CallGuard<'s> {
+    stats: &'s SimStats,
+    finished: bool,
+}
+
+impl CallGuard<'_> {
+    pub fn finish(mut self, status: u16) {
+        self.finished = true;
+        let mut counts = self.stats.counts.lock().expect("stats lock poisoned");
+        *counts.by_status.entry(status).or_default() += 1;
+    }
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        self.stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if !self.finished {
+            self.stats.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Start-up in two steps: `build` binds the socket and wires the state (port 0 in tests, then
+//! read `local_addr`), `run` serves until the shutdown future resolves, then drains.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState};
+use crate::classify::Classifier;
+use crate::config::{ConfigError, ServeConfig};
+use crate::lifecycle::Lifecycle;
+use crate::sim::{SimConfigError, SimServer};
+use crate::taxonomy::Taxonomy;
+use crate::upstream::{self, UpstreamClient};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("invalid simulator setting: {0}")]
+    Sim(#[from] SimConfigError),
+    #[error("could not listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("could not build the upstream client: {0}")]
+    Upstream(#[from] upstream::BuildError),
+}
+
+/// A bound, wired service that has not started serving yet.
+pub struct Application {
+    listener: TcpListener,
+    state: Arc<AppState>,
+    config: ServeConfig,
+    /// The in-process simulator under `--simulate`; it stops when the application is dropped.
+    sim: Option<SimServer>,
+}
+
+impl Application {
+    pub async fn build(config: ServeConfig) -> Result<Self, StartupError> {
+        // Refuse a missing key before anything else, so the message is the first thing seen.
+        if !config.simulate {
+            config.upstream_settings(None)?;
+        }
+        let sim = if config.simulate {
+            Some(spawn_simulator(&config).await?)
+        } else {
+            None
+        };
+        let settings = config.upstream_settings(sim.as_ref().map(SimServer::base_url))?;
+        let upstream = UpstreamClient::new(settings, Arc::new(Taxonomy::hn_topics()))?;
+        let state = Arc::new(AppState {
+            classifier: Classifier::new(Arc::new(upstream), config.batch_limits()),
+            lifecycle: Lifecycle::default(),
+            max_body_bytes: config.max_body_bytes as usize,
+        });
+        let addr = config.listen_addr();
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        Ok(Self {
+            listener,
+            state,
+            config,
+            sim,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The in-process simulator, when running with `--simulate`.
+    pub fn simulator(&self) -> Option<&SimServer> {
+        self.sim.as_ref()
+    }
+
+    /// Serves until `shutdown` resolves, then drains: readiness 503 at once, normal service for
+    /// the drain delay, then new batches refused while running ones finish; returns when the last
+    /// batch has answered.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let Self {
+            listener,
+            state,
+            config,
+            sim,
+        } = self;
+        tracing::info!(
+            addr = %listener.local_addr()?,
+            upstream = if sim.is_some() { "simulator" } else { config.openai_base_url.as_str() },
+            model = %config.openai_model,
+            request_concurrency = config.request_concurrency,
+            max_in_flight = config.max_in_flight,
+            "serving"
+        );
+        let lifecycle_state = state.clone();
+        let drain_delay = config.drain_delay;
+        let drained = async move {
+            shutdown.await;
+            let lifecycle = &lifecycle_state.lifecycle;
+            lifecycle.begin_drain();
+            tracing::info!(
+                batches_in_flight = lifecycle.batches_in_flight(),
+                "draining"
+            );
+            tokio::time::sleep(drain_delay).await;
+            lifecycle.refuse_new_batches();
+            lifecycle.wait_idle().await;
+            tracing::info!("drained; stopping");
+        };
+        axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(drained)
+            .await?;
+        drop(sim);
+        Ok(())
+    }
+}
+
+async fn spawn_simulator(config: &ServeConfig) -> Result<SimServer, StartupError> {
+    // An ephemeral loopback port, so the real HTTP client path runs end to end.
+    let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartupError::Bind { addr, source })?;
+    let sim = SimServer::spawn(&config.sim, listener)?;
+    tracing::warn!(
+        base_url = %sim.base_url(),
+        "running on the built-in simulator: labels come from a keyword classifier, not a model"
+    );
+    Ok(sim)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!(signal = "SIGINT", "shutdown requested"),
+        () = terminate => tracing::info!(signal = "SIGTERM", "shutdown requested"),
+    }
+}

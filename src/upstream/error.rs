@@ -1,0 +1,127 @@
+//! Why one upstream call failed. Each variant maps to a stable `error_code` that reaches the caller
+//! in the per-item error, with a message that says what happened but never echoes request headers
+//! or keys.
+
+use std::time::Duration;
+
+/// The failure of a single call to the provider.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("the upstream did not answer within {}s", .0.as_secs_f64())]
+    Timeout(Duration),
+
+    #[error("could not reach the upstream: {0}")]
+    Transport(#[source] reqwest::Error),
+
+    #[error("the upstream answered HTTP {status}{}: {message}", code_suffix(.code))]
+    Http {
+        status: u16,
+        /// OpenAI's `error.code` (e.g. `rate_limit_exceeded`, `insufficient_quota`), if any.
+        code: Option<String>,
+        message: String,
+    },
+
+    #[error("the model refused to classify the title: {0}")]
+    Refusal(String),
+
+    #[error("the response ended with status `{status}`{}", reason_suffix(.reason))]
+    NotCompleted {
+        status: String,
+        reason: Option<String>,
+    },
+
+    #[error("the upstream response is not a valid Responses API body: {0}")]
+    MalformedResponse(String),
+
+    #[error("the model output is not valid JSON for the answer schema: {0}")]
+    InvalidOutput(String),
+
+    #[error("the model answered topic {0:?}, which is not in the taxonomy")]
+    OffTaxonomy(String),
+
+    #[error("the model answered confidence {0}, which is outside 0..1")]
+    ConfidenceOutOfRange(f64),
+}
+
+impl UpstreamError {
+    /// The stable machine-readable code of this failure.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Timeout(_) => "upstream_timeout",
+            Self::Transport(_) => "upstream_unreachable",
+            Self::Http { status: 429, .. } => "upstream_rate_limited",
+            Self::Http { status, .. } if *status >= 500 => "upstream_server_error",
+            Self::Http { .. } => "upstream_rejected",
+            Self::Refusal(_) => "model_refused",
+            Self::NotCompleted { .. } => "response_incomplete",
+            Self::MalformedResponse(_) => "upstream_malformed",
+            Self::InvalidOutput(_) => "invalid_output",
+            Self::OffTaxonomy(_) => "off_taxonomy",
+            Self::ConfidenceOutOfRange(_) => "confidence_out_of_range",
+        }
+    }
+}
+
+fn code_suffix(code: &Option<String>) -> String {
+    code.as_deref()
+        .map(|c| format!(" ({c})"))
+        .unwrap_or_default()
+}
+
+fn reason_suffix(reason: &Option<String>) -> String {
+    reason
+        .as_deref()
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default()
+}
+
+/// Removes anything that looks like an API key from provider text before it reaches a caller or a
+/// log: OpenAI's 401 message quotes a masked prefix and suffix of the key it was given.
+pub(crate) fn scrub_secrets(text: &str, key: &str) -> String {
+    let cleaned = if key.is_empty() {
+        text.to_owned()
+    } else {
+        text.replace(key, "[redacted]")
+    };
+    cleaned
+        .split(' ')
+        .map(|word| {
+            if word.starts_with("sk-") || word.starts_with("\"sk-") {
+                "[redacted]"
+            } else {
+                word
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrub_removes_masked_openai_keys_and_our_own_key() {
+        let msg =
+            "Incorrect API key provided: sk-proj-abc*****xyz. You can find your API key at...";
+        let out = scrub_secrets(msg, "");
+        assert!(!out.contains("sk-"), "{out}");
+        assert!(out.starts_with("Incorrect API key provided: [redacted]"));
+        assert_eq!(
+            scrub_secrets("key=mysecret here", "mysecret"),
+            "key=[redacted] here"
+        );
+    }
+
+    #[test]
+    fn codes_follow_the_http_status() {
+        let http = |status| UpstreamError::Http {
+            status,
+            code: None,
+            message: String::new(),
+        };
+        assert_eq!(http(429).code(), "upstream_rate_limited");
+        assert_eq!(http(503).code(), "upstream_server_error");
+        assert_eq!(http(400).code(), "upstream_rejected");
+    }
+}

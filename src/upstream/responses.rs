@@ -1,0 +1,308 @@
+//! The OpenAI Responses API on the wire: the request we send for one title and the walk over the
+//! answer's `output[]` items. `output_text` is a convenience of the official SDKs, not a wire
+//! field, so the JSON answer is found in the message item's `output_text` content part.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::{Prediction, UpstreamError, Usage};
+use crate::taxonomy::Taxonomy;
+
+/// Enough for `{"topic":"business_startups_career","confidence":0.85}` with room to spare, small
+/// enough that a runaway answer costs little. OpenAI's minimum is 16.
+pub const MAX_OUTPUT_TOKENS: u32 = 64;
+
+/// The parts of a request that are the same for every title, serialised once.
+#[derive(Debug)]
+pub struct RequestTemplate {
+    model: String,
+    instructions: String,
+    /// `{"format": {"type":"json_schema", ...}}`, kept as raw JSON so it is copied, not rebuilt.
+    text: Box<RawValue>,
+}
+
+impl RequestTemplate {
+    pub fn new(model: &str, taxonomy: &Taxonomy) -> Self {
+        let text = serde_json::json!({
+            "format": {
+                "type": "json_schema",
+                "name": taxonomy.name(),
+                "strict": true,
+                "schema": taxonomy.answer_schema(),
+            }
+        });
+        Self {
+            model: model.to_owned(),
+            instructions: taxonomy.instructions().to_owned(),
+            text: RawValue::from_string(text.to_string())
+                .expect("a serde_json Value is valid JSON"),
+        }
+    }
+
+    /// The JSON body for one title.
+    pub fn encode(&self, title: &str) -> Vec<u8> {
+        let request = Request {
+            model: &self.model,
+            instructions: &self.instructions,
+            input: [InputMessage {
+                role: "user",
+                content: title,
+            }],
+            text: &self.text,
+            store: false,
+            max_output_tokens: MAX_OUTPUT_TOKENS,
+        };
+        serde_json::to_vec(&request).expect("the request types always serialise")
+    }
+}
+
+#[derive(Serialize)]
+struct Request<'a> {
+    model: &'a str,
+    instructions: &'a str,
+    input: [InputMessage<'a>; 1],
+    text: &'a RawValue,
+    /// The API stores responses by default; we never read them back.
+    store: bool,
+    max_output_tokens: u32,
+}
+
+#[derive(Serialize)]
+struct InputMessage<'a> {
+    role: &'static str,
+    content: &'a str,
+}
+
+#[derive(Deserialize)]
+struct Response {
+    status: Option<String>,
+    incomplete_details: Option<IncompleteDetails>,
+    #[serde(default)]
+    output: Vec<OutputItem>,
+    usage: Option<ResponseUsage>,
+}
+
+#[derive(Deserialize)]
+struct IncompleteDetails {
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type")]
+enum OutputItem {
+    #[serde(rename = "message")]
+    Message {
+        #[serde(default)]
+        content: Vec<ContentPart>,
+    },
+    /// Reasoning items, tool calls and whatever the API adds later: not ours to read.
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type")]
+enum ContentPart {
+    #[serde(rename = "output_text")]
+    OutputText { text: String },
+    #[serde(rename = "refusal")]
+    Refusal { refusal: String },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct ResponseUsage {
+    #[serde(default)]
+    input_tokens: u64,
+    #[serde(default)]
+    output_tokens: u64,
+}
+
+/// The model's answer as the schema demands it: exactly these two fields, each once.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Answer {
+    topic: String,
+    confidence: f64,
+}
+
+/// Reads a 2xx body into a prediction. Tokens are reported even when the answer is unusable: they
+/// were billed all the same.
+pub fn decode(body: &[u8], taxonomy: &Taxonomy) -> (Result<Prediction, UpstreamError>, Usage) {
+    let response: Response = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                Err(UpstreamError::MalformedResponse(e.to_string())),
+                Usage::default(),
+            );
+        }
+    };
+    let usage = response
+        .usage
+        .as_ref()
+        .map_or_else(Usage::default, |u| Usage {
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            upstream_requests: 0,
+        });
+    (read_answer(response, taxonomy), usage)
+}
+
+fn read_answer(response: Response, taxonomy: &Taxonomy) -> Result<Prediction, UpstreamError> {
+    let status = response.status.unwrap_or_default();
+    if status != "completed" {
+        return Err(UpstreamError::NotCompleted {
+            status,
+            reason: response.incomplete_details.and_then(|d| d.reason),
+        });
+    }
+    let text = message_text(response.output)?;
+    validate_answer(&text, taxonomy)
+}
+
+/// The text of the first message item's `output_text` part, or the refusal it carries instead.
+fn message_text(output: Vec<OutputItem>) -> Result<String, UpstreamError> {
+    for item in output {
+        let OutputItem::Message { content } = item else {
+            continue;
+        };
+        for part in content {
+            match part {
+                ContentPart::OutputText { text } => return Ok(text),
+                ContentPart::Refusal { refusal } => return Err(UpstreamError::Refusal(refusal)),
+                ContentPart::Other => {}
+            }
+        }
+    }
+    Err(UpstreamError::MalformedResponse(
+        "no message item with output_text in `output`".to_owned(),
+    ))
+}
+
+/// Parses the model's JSON and checks it against the taxonomy, so an invented label or an
+/// impossible confidence becomes an error, never a result. Shared by every wire protocol.
+pub fn validate_answer(text: &str, taxonomy: &Taxonomy) -> Result<Prediction, UpstreamError> {
+    let answer: Answer =
+        serde_json::from_str(text).map_err(|e| UpstreamError::InvalidOutput(e.to_string()))?;
+    let topic = taxonomy
+        .label(&answer.topic)
+        .ok_or_else(|| UpstreamError::OffTaxonomy(truncate(&answer.topic, 100)))?;
+    if !(0.0..=1.0).contains(&answer.confidence) {
+        return Err(UpstreamError::ConfidenceOutOfRange(answer.confidence));
+    }
+    Ok(Prediction {
+        topic: topic.clone(),
+        confidence: answer.confidence,
+    })
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    text.chars().take(max_chars).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn body(status: &str, content: Value) -> Vec<u8> {
+        json!({
+            "id": "resp_1", "object": "response", "status": status,
+            "output": [
+                {"type": "reasoning", "id": "rs_1", "summary": []},
+                {"type": "message", "role": "assistant", "content": content}
+            ],
+            "usage": {"input_tokens": 120, "output_tokens": 14, "total_tokens": 134}
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    fn decode_text(text: &str) -> Result<Prediction, UpstreamError> {
+        let b = body(
+            "completed",
+            json!([{"type": "output_text", "text": text, "annotations": []}]),
+        );
+        decode(&b, &Taxonomy::hn_topics()).0
+    }
+
+    #[test]
+    fn encodes_strict_schema_store_false_and_one_user_message() {
+        let t = Taxonomy::hn_topics();
+        let req: Value = serde_json::from_slice(
+            &RequestTemplate::new("gpt-4.1-mini", &t).encode("Hello \"HN\""),
+        )
+        .unwrap();
+        assert_eq!(req["store"], false);
+        assert_eq!(
+            req["input"],
+            json!([{"role": "user", "content": "Hello \"HN\""}])
+        );
+        assert_eq!(req["text"]["format"]["strict"], true);
+        assert_eq!(req["text"]["format"]["name"], "hn_topic");
+        assert_eq!(req["text"]["format"]["schema"], t.answer_schema());
+        assert_eq!(req["max_output_tokens"], MAX_OUTPUT_TOKENS);
+    }
+
+    #[test]
+    fn reads_the_message_item_after_other_items_and_counts_tokens() {
+        let b = body(
+            "completed",
+            json!([{"type": "output_text", "text": "{\"topic\":\"other\",\"confidence\":0.5}"}]),
+        );
+        let (result, usage) = decode(&b, &Taxonomy::hn_topics());
+        let p = result.unwrap();
+        assert_eq!((&*p.topic, p.confidence), ("other", 0.5));
+        assert_eq!((usage.input_tokens, usage.output_tokens), (120, 14));
+    }
+
+    #[test]
+    fn every_unusable_answer_is_an_error_with_its_code() {
+        let cases = [
+            ("not json", "invalid_output"),
+            ("{\"topic\":\"hacked\",\"confidence\":1.0}", "off_taxonomy"),
+            (
+                "{\"topic\":\"other\",\"confidence\":1.5}",
+                "confidence_out_of_range",
+            ),
+            (
+                "{\"topic\":\"other\",\"confidence\":-0.1}",
+                "confidence_out_of_range",
+            ),
+            (
+                "{\"topic\":\"other\",\"confidence\":0.5,\"extra\":1}",
+                "invalid_output",
+            ),
+            (
+                "{\"topic\":\"other\",\"topic\":\"other\",\"confidence\":0.5}",
+                "invalid_output",
+            ),
+            ("{\"topic\":\"other\"}", "invalid_output"),
+        ];
+        for (text, code) in cases {
+            assert_eq!(decode_text(text).unwrap_err().code(), code, "{text}");
+        }
+    }
+
+    #[test]
+    fn refusal_and_incomplete_status_are_errors() {
+        let t = Taxonomy::hn_topics();
+        let refusal = body(
+            "completed",
+            json!([{"type": "refusal", "refusal": "I can't help"}]),
+        );
+        assert_eq!(decode(&refusal, &t).0.unwrap_err().code(), "model_refused");
+        let mut v: Value = serde_json::from_slice(&body("incomplete", json!([]))).unwrap();
+        v["incomplete_details"] = json!({"reason": "max_output_tokens"});
+        let err = decode(v.to_string().as_bytes(), &t).0.unwrap_err();
+        assert_eq!(err.code(), "response_incomplete");
+        assert!(err.to_string().contains("max_output_tokens"));
+        assert_eq!(
+            decode(b"<html>", &t).0.unwrap_err().code(),
+            "upstream_malformed"
+        );
+    }
+}
