@@ -480,7 +480,8 @@ mod tests {
 
     #[test]
     fn rejects_what_the_real_api_rejects() {
-        let cases: [(&str, fn(&mut Value)); 7] = [
+        type Mutation = fn(&mut Value);
+        let cases: [(&str, Mutation); 7] = [
             ("model", |r| {
                 r.as_object_mut().unwrap().remove("model");
             }),

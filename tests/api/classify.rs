@@ -1,0 +1,177 @@
+//! The happy path and its guarantees: every title gets one result, in input order.
+
+use futures::future::join_all;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn thousand_real_titles_as_twenty_concurrent_batches_all_come_back_labelled() {
+    let app = spawn_simulated(&[]).await;
+    let titles = data_lines("hn_titles_1000.txt");
+    assert_eq!(titles.len(), 1000);
+
+    let responses = join_all(titles.chunks(50).map(|batch| app.classify(batch))).await;
+
+    let mut labelled = 0;
+    for response in &responses {
+        assert_eq!(response.errors, 0);
+        for item in &response.results {
+            assert!(item.error.is_none(), "{:?}", item.error);
+            assert!(HN_LABELS.contains(&item.topic.as_deref().unwrap()));
+            assert!((0.0..=1.0).contains(&item.confidence.unwrap()));
+            labelled += 1;
+        }
+        assert_eq!(response.usage.upstream_requests, 50);
+        assert!(
+            response.usage.input_tokens > 50 * 50,
+            "prompt tokens are counted"
+        );
+    }
+    assert_eq!(labelled, 1000);
+    let stats = app.sim_stats().await;
+    assert_eq!(stats["requests_total"], 1000);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn results_keep_input_order_when_calls_finish_out_of_order() {
+    // Latency varies by title, so calls complete in a different order than they were sent.
+    let upstream = spawn_fake_upstream_with_delay(echo_reply, |t| {
+        std::time::Duration::from_millis((echo_answer(t).1 * 20.0) as u64)
+    })
+    .await;
+    let app = spawn_against(&upstream, &[]).await;
+    let titles = data_lines("hn_titles_1000.txt")[..300].to_vec();
+
+    let response = app.classify(&titles).await;
+
+    for (title, item) in titles.iter().zip(&response.results) {
+        let (topic, confidence) = echo_answer(title);
+        assert_eq!(item.topic.as_deref(), Some(topic), "{title}");
+        assert_eq!(item.confidence, Some(confidence), "{title}");
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_nasty_title_gets_exactly_one_result_and_no_server_error() {
+    let app = spawn_simulated(&[]).await;
+    let titles = data_lines("nasty_titles.txt");
+    assert_eq!(titles.len(), 70);
+
+    let response = app.classify(&titles).await;
+
+    for (i, item) in response.results.iter().enumerate() {
+        let line = i + 1;
+        match line {
+            32 => assert_eq!(
+                item.error_code.as_deref(),
+                Some("title_empty"),
+                "line {line}"
+            ),
+            69 | 70 => assert_eq!(
+                item.error_code.as_deref(),
+                Some("title_too_long"),
+                "line {line}"
+            ),
+            _ => assert!(
+                item.topic
+                    .as_deref()
+                    .is_some_and(|t| HN_LABELS.contains(&t)),
+                "line {line}: {item:?}"
+            ),
+        }
+    }
+    assert_eq!(response.errors, 3);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn empty_and_overlong_titles_fail_alone_while_the_rest_is_classified() {
+    let app = spawn_simulated(&["--max-title-chars", "10"]).await;
+    // Ten crabs are 10 characters but 40 bytes: the limit counts characters.
+    let crabs = "🦀".repeat(10);
+    let titles = [
+        "Rust 2.0",
+        " \t\u{3000} ",
+        &crabs,
+        "elevenchars",
+        "  padded  ",
+    ];
+
+    let response = app.classify(&titles).await;
+
+    let codes: Vec<_> = response
+        .results
+        .iter()
+        .map(|r| r.error_code.as_deref())
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            None,
+            Some("title_empty"),
+            None,
+            Some("title_too_long"),
+            None
+        ]
+    );
+    assert!(
+        response.results[3]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("11 characters")
+    );
+    assert_eq!(response.errors, 2);
+    assert_eq!(
+        response.usage.upstream_requests, 3,
+        "rejected titles are never sent"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_simulator_never_sees_more_calls_in_flight_than_request_concurrency() {
+    let app = spawn_app(config(&[
+        "--simulate",
+        "--sim-latency-ms",
+        "200",
+        "--sim-latency-sigma",
+        "0.2",
+        "--request-concurrency",
+        "8",
+    ]))
+    .await;
+    let titles = &data_lines("hn_titles_1000.txt")[..200];
+
+    app.classify(titles).await;
+
+    let stats = app.sim_stats().await;
+    assert_eq!(stats["requests_total"], 200);
+    assert_eq!(
+        stats["max_in_flight"], 8,
+        "the bound is used, and never exceeded"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn request_id_is_echoed_or_generated() {
+    let app = spawn_simulated(&[]).await;
+    let given = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(given.headers()["x-request-id"], "abc-123");
+    let made = app.post_raw("{}", Some("application/json")).await;
+    assert_eq!(
+        made.headers()["x-request-id"].len(),
+        36,
+        "a UUID, on error responses too"
+    );
+    app.shutdown().await;
+}

@@ -1,0 +1,268 @@
+//! Test harness: the real application on 127.0.0.1:0, against the built-in simulator or a small
+//! in-process fake upstream, plus request helpers. Logs stay quiet unless TEST_LOG is set.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use clap::Parser;
+use hn_classifier::api::ClassifyBatchResponse;
+use hn_classifier::config::{Cli, Command, ServeConfig};
+use hn_classifier::startup::Application;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub const HN_LABELS: [&str; 10] = [
+    "ai_ml_agents",
+    "programming_dev_tools",
+    "infra_cloud_ops",
+    "hardware_electronics",
+    "security_privacy",
+    "business_startups_career",
+    "science_math_research",
+    "society_policy_economy",
+    "culture_media_games",
+    "other",
+];
+
+pub fn data_lines(file: &str) -> Vec<String> {
+    let path = format!("{}/data/{file}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            tracing_subscriber::fmt()
+                .with_env_filter("debug")
+                .with_test_writer()
+                .init();
+        }
+    });
+}
+
+/// `serve` flags on top of `--listen 127.0.0.1:0`, parsed exactly as the binary parses them.
+pub fn config(extra: &[&str]) -> ServeConfig {
+    let args = [
+        &["hn-classifier", "serve", "--listen", "127.0.0.1:0"],
+        extra,
+    ]
+    .concat();
+    match Cli::try_parse_from(args).expect("valid test flags").command {
+        Command::Serve(c) => c,
+        Command::Sim(_) => unreachable!(),
+    }
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    /// The in-process simulator's address, when there is one.
+    pub sim_addr: Option<SocketAddr>,
+    stop: Option<oneshot::Sender<()>>,
+    pub server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// The app on the in-process simulator, with extra flags.
+pub async fn spawn_simulated(extra: &[&str]) -> TestApp {
+    spawn_app(config(
+        &[&["--simulate", "--sim-latency-ms", "0"], extra].concat(),
+    ))
+    .await
+}
+
+/// The app against `upstream` (a fake), with extra flags.
+pub async fn spawn_against(upstream: &FakeUpstream, extra: &[&str]) -> TestApp {
+    let url = upstream.base_url();
+    spawn_app(config(
+        &[
+            &[
+                "--openai-base-url",
+                url.as_str(),
+                "--openai-api-key",
+                "sk-test-key-123",
+            ],
+            extra,
+        ]
+        .concat(),
+    ))
+    .await
+}
+
+pub async fn spawn_app(config: ServeConfig) -> TestApp {
+    init_logs();
+    let app = Application::build(config).await.expect("app builds");
+    let addr = app.local_addr();
+    let sim_addr = app.simulator().map(|s| s.addr());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run(async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        addr,
+        client: reqwest::Client::new(),
+        sim_addr,
+        stop: Some(stop),
+        server,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn post_raw(
+        &self,
+        body: impl Into<reqwest::Body>,
+        content_type: Option<&str>,
+    ) -> reqwest::Response {
+        let mut req = self.client.post(self.url("/classify-batch")).body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    /// POSTs `{"titles": titles}` and returns the status and JSON body.
+    pub async fn post_titles<S: AsRef<str>>(&self, titles: &[S]) -> (StatusCode, Value) {
+        let titles: Vec<&str> = titles.iter().map(AsRef::as_ref).collect();
+        let response = self
+            .post_raw(
+                json!({ "titles": titles }).to_string(),
+                Some("application/json"),
+            )
+            .await;
+        let status = response.status();
+        (status, response.json().await.expect("JSON body"))
+    }
+
+    /// POSTs titles that must all come back, and returns the parsed 200 body.
+    pub async fn classify<S: AsRef<str>>(&self, titles: &[S]) -> ClassifyBatchResponse {
+        let (status, body) = self.post_titles(titles).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let parsed: ClassifyBatchResponse = serde_json::from_value(body).expect("contract body");
+        assert_eq!(parsed.results.len(), titles.len());
+        assert_eq!(parsed.num_items, titles.len());
+        parsed
+    }
+
+    pub async fn sim_stats(&self) -> Value {
+        let sim = self.sim_addr.expect("a simulated app");
+        self.client
+            .get(format!("http://{sim}/_sim/stats"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(10), &mut self.server)
+            .await
+            .expect("drains in time")
+            .expect("server task")
+            .expect("server result");
+    }
+}
+
+/// What the fake upstream answers for a title: an HTTP status and a JSON body.
+pub type Reply = fn(&str) -> (StatusCode, Value);
+
+/// A small OpenAI-shaped server whose answers the test chooses per title.
+pub struct FakeUpstream {
+    addr: SocketAddr,
+    pub calls: Arc<AtomicUsize>,
+}
+
+impl FakeUpstream {
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+}
+
+#[derive(Clone)]
+struct FakeState {
+    reply: Reply,
+    delay: fn(&str) -> Duration,
+    calls: Arc<AtomicUsize>,
+}
+
+pub async fn spawn_fake_upstream(reply: Reply) -> FakeUpstream {
+    spawn_fake_upstream_with_delay(reply, |_| Duration::ZERO).await
+}
+
+pub async fn spawn_fake_upstream_with_delay(
+    reply: Reply,
+    delay: fn(&str) -> Duration,
+) -> FakeUpstream {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let state = FakeState {
+        reply,
+        delay,
+        calls: calls.clone(),
+    };
+    let router = axum::Router::new()
+        .route("/v1/responses", post(fake_responses))
+        .with_state(state);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    FakeUpstream { addr, calls }
+}
+
+async fn fake_responses(
+    State(state): State<FakeState>,
+    Json(request): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    state.calls.fetch_add(1, Ordering::SeqCst);
+    let title = request["input"][0]["content"]
+        .as_str()
+        .expect("one user message")
+        .to_owned();
+    tokio::time::sleep((state.delay)(&title)).await;
+    let (status, body) = (state.reply)(&title);
+    (status, Json(body))
+}
+
+/// A completed Responses body whose message is `text`.
+pub fn completed(text: &str) -> Value {
+    json!({
+        "id": "resp_test", "object": "response", "status": "completed",
+        "output": [{"type": "message", "role": "assistant",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+        "usage": {"input_tokens": 100, "output_tokens": 10, "total_tokens": 110}
+    })
+}
+
+/// A stable pseudo-label and confidence for a title, so a result identifies its title.
+pub fn echo_answer(title: &str) -> (&'static str, f64) {
+    let h = title.bytes().fold(0xcbf29ce484222325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    });
+    (HN_LABELS[(h % 10) as usize], (h % 1000) as f64 / 1000.0)
+}
+
+pub fn echo_reply(title: &str) -> (StatusCode, Value) {
+    let (topic, confidence) = echo_answer(title);
+    (
+        StatusCode::OK,
+        completed(&json!({"topic": topic, "confidence": confidence}).to_string()),
+    )
+}

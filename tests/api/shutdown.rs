@@ -1,0 +1,135 @@
+//! Graceful shutdown of the real binary: SIGTERM mid-batch.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::data_lines;
+
+/// Starts the binary on port 0 and reads its address from the "serving" log line.
+fn start_binary(args: &[&str]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hn-classifier"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("OPENAI_API_KEY")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut lines = stderr.lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("the binary logs before exiting")
+            .unwrap();
+        let Ok(log) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        if log["message"] == "serving" {
+            break log["addr"].as_str().unwrap().to_owned();
+        }
+    };
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, addr)
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_running_batch_finish_turns_readiness_off_and_exits_zero() {
+    // 20 titles, 2 at a time, 200 ms each: about two seconds of work.
+    let (mut child, addr) = start_binary(&[
+        "--simulate",
+        "--sim-latency-ms",
+        "200",
+        "--sim-latency-sigma",
+        "0",
+        "--request-concurrency",
+        "2",
+    ]);
+    let client = reqwest::Client::new();
+    let titles = data_lines("hn_titles_1000.txt")[..20].to_vec();
+    let batch = tokio::spawn({
+        let (client, url) = (client.clone(), format!("http://{addr}/classify-batch"));
+        async move {
+            let response = client
+                .post(url)
+                .json(&serde_json::json!({"titles": titles}))
+                .send()
+                .await
+                .unwrap();
+            (response.status(), response.json::<Value>().await.unwrap())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    sigterm(&child);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let ready = client
+        .get(format!("http://{addr}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let refused = client
+        .post(format!("http://{addr}/classify-batch"))
+        .json(&serde_json::json!({"titles": ["late"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_eq!(
+        refused.json::<Value>().await.unwrap()["error"]["code"],
+        "shutting_down"
+    );
+
+    let (status, body) = batch.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["num_items"], 20);
+    assert_eq!(body["errors"], 0);
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+}
+
+#[tokio::test]
+async fn the_binary_refuses_to_start_without_a_key_and_says_how_to_run_offline() {
+    let output = Command::new(env!("CARGO_BIN_EXE_hn-classifier"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("OPENAI_API_KEY")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("OPENAI_API_KEY is not set"), "{stderr}");
+    assert!(
+        stderr.contains("hn-classifier serve --simulate"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_setting_stops_start_up_with_the_variable_named() {
+    let output = Command::new(env!("CARGO_BIN_EXE_hn-classifier"))
+        .args(["serve", "--simulate"])
+        .env("HNC_MAX_BATCH", "lots")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("HNC_MAX_BATCH"), "{stderr}");
+}

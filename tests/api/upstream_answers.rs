@@ -1,0 +1,190 @@
+//! Provider answers that must become per-item errors, never a guessed label or a failed batch.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+fn openai_error(
+    status: StatusCode,
+    message: &str,
+    kind: &str,
+    code: Option<&str>,
+) -> (StatusCode, Value) {
+    (
+        status,
+        json!({"error": {"message": message, "type": kind, "param": null, "code": code}}),
+    )
+}
+
+/// Answers chosen by the title's text.
+fn troublesome(title: &str) -> (StatusCode, Value) {
+    let answer = |text: &str| (StatusCode::OK, completed(text));
+    match title {
+        "refusal" => {
+            let mut body = completed("");
+            body["output"][0]["content"] =
+                json!([{"type": "refusal", "refusal": "I can't help with that."}]);
+            (StatusCode::OK, body)
+        }
+        "incomplete" => {
+            let mut body = completed("{\"topic\":\"oth");
+            body["status"] = json!("incomplete");
+            body["incomplete_details"] = json!({"reason": "max_output_tokens"});
+            (StatusCode::OK, body)
+        }
+        "invalid json" => answer("Sure! The topic is AI."),
+        "off enum" => answer(r#"{"topic":"hacked","confidence":1.0}"#),
+        "confidence too high" => answer(r#"{"topic":"other","confidence":1.5}"#),
+        "extra field" => answer(r#"{"topic":"other","confidence":0.5,"reason":"x"}"#),
+        "http 400" => openai_error(
+            StatusCode::BAD_REQUEST,
+            "Invalid schema for response_format",
+            "invalid_request_error",
+            Some("invalid_json_schema"),
+        ),
+        "http 401" => openai_error(
+            StatusCode::UNAUTHORIZED,
+            "Incorrect API key provided: sk-test***-123. You can find your API key at https://platform.openai.com/account/api-keys.",
+            "invalid_request_error",
+            Some("invalid_api_key"),
+        ),
+        "http 500" => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!("<html>oops</html>"),
+        ),
+        _ => echo_reply(title),
+    }
+}
+
+#[tokio::test]
+async fn unusable_answers_become_per_item_errors_and_the_batch_still_answers_200() {
+    let upstream = spawn_fake_upstream(troublesome).await;
+    let app = spawn_against(&upstream, &[]).await;
+    let cases = [
+        ("A fine title", None, ""),
+        ("refusal", Some("model_refused"), "I can't help with that."),
+        (
+            "incomplete",
+            Some("response_incomplete"),
+            "max_output_tokens",
+        ),
+        ("invalid json", Some("invalid_output"), "not valid JSON"),
+        ("off enum", Some("off_taxonomy"), "\"hacked\""),
+        (
+            "confidence too high",
+            Some("confidence_out_of_range"),
+            "1.5",
+        ),
+        (
+            "extra field",
+            Some("invalid_output"),
+            "unknown field `reason`",
+        ),
+        (
+            "http 400",
+            Some("upstream_rejected"),
+            "HTTP 400 (invalid_json_schema)",
+        ),
+        (
+            "http 401",
+            Some("upstream_rejected"),
+            "Incorrect API key provided: [redacted]",
+        ),
+        ("http 500", Some("upstream_server_error"), "HTTP 500"),
+    ];
+    let titles: Vec<&str> = cases.iter().map(|c| c.0).collect();
+
+    let response = app.classify(&titles).await;
+
+    for ((title, code, message), item) in cases.iter().zip(&response.results) {
+        assert_eq!(item.error_code.as_deref(), *code, "{title}: {item:?}");
+        if code.is_some() {
+            assert!(
+                item.topic.is_none() && item.confidence.is_none(),
+                "{title}: no guessed label"
+            );
+            let error = item.error.as_deref().unwrap();
+            assert!(
+                error.contains(message),
+                "{title}: {error:?} lacks {message:?}"
+            );
+        }
+    }
+    assert_eq!(
+        response.results[0].topic.as_deref(),
+        Some(echo_answer("A fine title").0)
+    );
+    assert_eq!(response.errors, cases.len() - 1);
+    assert_eq!(
+        upstream.calls.load(std::sync::atomic::Ordering::SeqCst),
+        cases.len(),
+        "one call per title"
+    );
+    let body = serde_json::to_string(&response).unwrap();
+    assert!(
+        !body.contains("sk-test"),
+        "no part of a key reaches the caller: {body}"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slow_upstream_is_a_timeout_error_for_that_item_only() {
+    let upstream = spawn_fake_upstream_with_delay(echo_reply, |t| {
+        if t == "slow" {
+            Duration::from_secs(5)
+        } else {
+            Duration::ZERO
+        }
+    })
+    .await;
+    let app = spawn_against(&upstream, &["--upstream-timeout", "0.3"]).await;
+
+    let response = app.classify(&["fast", "slow"]).await;
+
+    assert!(response.results[0].error.is_none());
+    assert_eq!(
+        response.results[1].error_code.as_deref(),
+        Some("upstream_timeout")
+    );
+    assert!(
+        response.results[1]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("0.3s")
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_a_per_item_error() {
+    // Bind and drop a listener, so the port is (almost certainly) closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/v1");
+    let app = spawn_app(config(&[
+        "--openai-base-url",
+        &url,
+        "--openai-api-key",
+        "k",
+    ]))
+    .await;
+
+    let response = app.classify(&["a", "b"]).await;
+
+    assert_eq!(response.errors, 2);
+    assert!(
+        response
+            .results
+            .iter()
+            .all(|r| r.error_code.as_deref() == Some("upstream_unreachable"))
+    );
+    app.shutdown().await;
+}
