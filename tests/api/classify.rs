@@ -179,11 +179,20 @@ async fn request_id_is_echoed_or_generated() {
 #[tokio::test]
 async fn a_client_that_disconnects_cancels_its_outstanding_upstream_calls() {
     let app = spawn_app(config(&[
-        "--simulate", "--sim-latency-ms", "300", "--sim-latency-sigma", "0", "--request-concurrency", "10",
+        "--simulate",
+        "--sim-latency-ms",
+        "300",
+        "--sim-latency-sigma",
+        "0",
+        "--request-concurrency",
+        "10",
     ]))
     .await;
     let titles = data_lines("hn_titles_1000.txt")[..200].to_vec();
-    let request = app.client.post(app.url("/classify-batch")).json(&serde_json::json!({ "titles": titles }));
+    let request = app
+        .client
+        .post(app.url("/classify-batch"))
+        .json(&serde_json::json!({ "titles": titles }));
     // Give up after about two rounds of calls: the batch needs twenty.
     let gave_up = tokio::time::timeout(std::time::Duration::from_millis(700), request.send()).await;
     assert!(gave_up.is_err(), "the batch cannot have finished yet");
@@ -191,7 +200,10 @@ async fn a_client_that_disconnects_cancels_its_outstanding_upstream_calls() {
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     let stats = app.sim_stats().await;
     assert_eq!(stats["in_flight"], 0, "{stats}");
-    assert!(stats["cancelled"].as_u64().unwrap() >= 1, "in-flight calls were abandoned: {stats}");
+    assert!(
+        stats["cancelled"].as_u64().unwrap() >= 1,
+        "in-flight calls were abandoned: {stats}"
+    );
     let sent = stats["requests_total"].as_u64().unwrap() + stats["cancelled"].as_u64().unwrap();
     assert!(sent <= 40, "the remaining titles were never sent: {stats}");
     app.shutdown().await;
