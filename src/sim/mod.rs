@@ -1,22 +1,25 @@
 //! A built-in simulator of the OpenAI API (`POST /v1/responses`, `POST /v1/chat/completions`):
 //! the offline default for demos, tests and load tests. Deterministic labels from a keyword
-//! classifier, log-normal latency, strict request validation, and a stats route tests assert on.
+//! classifier, log-normal latency, strict request validation, the provider's rate limits and
+//! faults on demand, and a stats route tests assert on.
 
+mod faults;
 mod keywords;
+mod limits;
 mod protocol;
 mod stats;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, RETRY_AFTER};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use rand::SeedableRng;
@@ -27,6 +30,9 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use faults::Fault;
+pub use faults::FaultConfig;
+use limits::Bucket;
 pub use protocol::OpenAiError;
 use protocol::SimRequest;
 pub use stats::{SimStats, StatsSnapshot};
@@ -53,17 +59,17 @@ pub struct SimConfig {
     /// Seed of the random number generator, so runs repeat.
     #[arg(long = "sim-seed", env = "HNC_SIM_SEED", default_value_t = 42)]
     pub seed: u64,
-}
 
-impl SimConfig {
-    /// No latency at all: for tests that measure the service, not the wait.
-    pub fn instant() -> Self {
-        Self {
-            latency_median_ms: 0.0,
-            latency_sigma: 0.0,
-            seed: 42,
-        }
-    }
+    /// Requests per minute before 429 `rate_limit_exceeded` (0 = unlimited).
+    #[arg(long = "sim-rpm", env = "HNC_SIM_RPM", default_value_t = 0)]
+    pub rpm: u64,
+
+    /// Tokens per minute before 429 `rate_limit_exceeded` (0 = unlimited).
+    #[arg(long = "sim-tpm", env = "HNC_SIM_TPM", default_value_t = 0)]
+    pub tpm: u64,
+
+    #[command(flatten)]
+    pub faults: FaultConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +87,16 @@ struct Sim {
     rng: Mutex<StdRng>,
     next_id: AtomicU64,
     stats: Arc<SimStats>,
+    faults: FaultConfig,
+    /// RPM and TPM buckets, checked and charged together.
+    limits: Mutex<RateLimits>,
+    started: Instant,
+}
+
+#[derive(Debug)]
+struct RateLimits {
+    requests: Option<Bucket>,
+    tokens: Option<Bucket>,
 }
 
 impl Sim {
@@ -100,6 +116,12 @@ impl Sim {
             rng: Mutex::new(StdRng::seed_from_u64(config.seed)),
             next_id: AtomicU64::new(1),
             stats: Arc::default(),
+            faults: config.faults.clone(),
+            limits: Mutex::new(RateLimits {
+                requests: (config.rpm > 0).then(|| Bucket::per_minute(config.rpm)),
+                tokens: (config.tpm > 0).then(|| Bucket::per_minute(config.tpm)),
+            }),
+            started: Instant::now(),
         })
     }
 
@@ -143,11 +165,9 @@ async fn answer(
     body: Bytes,
 ) -> Response {
     let call = sim.stats.begin();
-    let result = handle(api, &sim, &headers, &body).await;
-    let response = match result {
-        Ok(value) => Json(value).into_response(),
-        Err(e) => e.into_response(),
-    };
+    let response = handle(api, &sim, &headers, &body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
     call.finish(response.status().as_u16());
     response
 }
@@ -157,7 +177,7 @@ async fn handle(
     sim: &Sim,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<Value, OpenAiError> {
+) -> Result<Response, OpenAiError> {
     check_auth(headers)?;
     let value: Value = serde_json::from_slice(body).map_err(|_| {
         OpenAiError::invalid(
@@ -171,20 +191,157 @@ async fn handle(
         Api::Chat => protocol::parse_chat(&value)?,
     };
     sim.stats.count_title(&request.title);
+    let input_tokens =
+        protocol::estimate_tokens(request.prompt_chars + request.title.chars().count());
+    let limit_headers = sim.admit(&request, input_tokens)?;
+    let fault = sim.draw_fault();
+    if fault != Fault::None {
+        sim.stats.count_fault(fault.name());
+    }
+    match fault {
+        Fault::ServerError(status) => return Err(server_error(status)),
+        // Never answers; the client's timeout (or disconnect) ends the call.
+        Fault::Hang => std::future::pending::<()>().await,
+        Fault::None | Fault::Garbage | Fault::Refusal => {}
+    }
     tokio::time::sleep(sim.sample_latency()).await;
-    Ok(respond(api, sim, &request))
+    let body = respond(api, sim, &request, input_tokens, fault);
+    Ok((limit_headers, Json(body)).into_response())
 }
 
-fn respond(api: Api, sim: &Sim, request: &SimRequest) -> Value {
-    let (topic, confidence) = keywords::classify(&request.title, &request.labels);
-    let text = json!({"topic": topic, "confidence": confidence}).to_string();
+fn respond(api: Api, sim: &Sim, request: &SimRequest, input_tokens: u64, fault: Fault) -> Value {
+    const REFUSAL: &str = "I'm sorry, but I can't help with that request.";
     let id = sim.next_id.fetch_add(1, Ordering::Relaxed);
-    let input = protocol::estimate_tokens(request.prompt_chars + request.title.chars().count());
-    let output = protocol::estimate_tokens(text.len());
-    match api {
-        Api::Responses => protocol::responses_body(id, &request.model, &text, input, output),
-        Api::Chat => protocol::chat_body(id, &request.model, &text, input, output),
+    let text = match fault {
+        Fault::Garbage => {
+            "Sure! Here is the classification you asked for: it is about computers.".to_owned()
+        }
+        _ => {
+            let (topic, confidence) = keywords::classify(&request.title, &request.labels);
+            json!({"topic": topic, "confidence": confidence}).to_string()
+        }
+    };
+    let output_tokens = protocol::estimate_tokens(text.len());
+    let model = &request.model;
+    match (api, fault) {
+        (Api::Responses, Fault::Refusal) => {
+            protocol::responses_refusal_body(id, model, REFUSAL, input_tokens, output_tokens)
+        }
+        (Api::Chat, Fault::Refusal) => {
+            protocol::chat_refusal_body(id, model, REFUSAL, input_tokens, output_tokens)
+        }
+        (Api::Responses, _) => {
+            protocol::responses_body(id, model, &text, input_tokens, output_tokens)
+        }
+        (Api::Chat, _) => protocol::chat_body(id, model, &text, input_tokens, output_tokens),
     }
+}
+
+impl Sim {
+    /// Quota, 429 bursts, then the RPM/TPM buckets: the `x-ratelimit-*` headers for the answer,
+    /// or the 429 the real API would send.
+    fn admit(&self, request: &SimRequest, input_tokens: u64) -> Result<HeaderMap, OpenAiError> {
+        if self
+            .faults
+            .draw_quota(&mut *self.rng.lock().expect("rng lock poisoned"))
+        {
+            self.stats.count_fault("insufficient_quota");
+            return Err(OpenAiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "insufficient_quota",
+                Some("insufficient_quota"),
+                "You exceeded your current quota, please check your plan and billing details.",
+            ));
+        }
+        if let Some(left) = self.faults.burst_left(self.started.elapsed()) {
+            self.stats.count_fault("burst_429");
+            return Err(rate_limited(
+                &request.model,
+                "requests",
+                left,
+                HeaderMap::new(),
+            ));
+        }
+        let mut limits = self.limits.lock().expect("limits lock poisoned");
+        let now = Instant::now();
+        // Like OpenAI, a request is charged its prompt plus the most it may write.
+        let token_cost = (input_tokens + 64) as f64;
+        let waits = [
+            limits
+                .requests
+                .as_mut()
+                .and_then(|b| b.check(1.0, now).err())
+                .map(|w| ("requests", w)),
+            limits
+                .tokens
+                .as_mut()
+                .and_then(|b| b.check(token_cost, now).err())
+                .map(|w| ("tokens", w)),
+        ];
+        let refused = waits.into_iter().flatten().max_by_key(|(_, wait)| *wait);
+        if refused.is_none() {
+            limits.requests.as_mut().map(|b| b.take(1.0));
+            limits.tokens.as_mut().map(|b| b.take(token_cost));
+        }
+        let mut headers = HeaderMap::new();
+        limits
+            .requests
+            .as_ref()
+            .map(|b| b.write_headers("requests", &mut headers));
+        limits
+            .tokens
+            .as_ref()
+            .map(|b| b.write_headers("tokens", &mut headers));
+        drop(limits);
+        match refused {
+            None => Ok(headers),
+            Some((kind, wait)) => {
+                self.stats.count_fault("rate_limited");
+                Err(rate_limited(&request.model, kind, wait, headers))
+            }
+        }
+    }
+
+    fn draw_fault(&self) -> Fault {
+        self.faults
+            .draw(&mut *self.rng.lock().expect("rng lock poisoned"))
+    }
+}
+
+/// OpenAI's 429 for a rate limit, with `retry-after-ms` and `retry-after` set to `wait`.
+fn rate_limited(
+    model: &str,
+    kind: &'static str,
+    wait: Duration,
+    mut headers: HeaderMap,
+) -> OpenAiError {
+    let ms = wait.as_millis().max(1);
+    headers.insert("retry-after-ms", HeaderValue::from(ms as u64));
+    headers.insert(RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000) as u64));
+    let per_minute = if kind == "requests" {
+        "requests per min (RPM)"
+    } else {
+        "tokens per min (TPM)"
+    };
+    let mut error = OpenAiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        kind,
+        Some("rate_limit_exceeded"),
+        format!(
+            "Rate limit reached for {model} in organization org-sim on {per_minute}. Please try again in {ms}ms."
+        ),
+    );
+    error.headers = headers;
+    error
+}
+
+fn server_error(status: u16) -> OpenAiError {
+    OpenAiError::new(
+        StatusCode::from_u16(status).expect("500, 502 or 503"),
+        "server_error",
+        None,
+        "The server had an error while processing your request. Sorry about that!",
+    )
 }
 
 /// A bearer token must be there, as the real API demands; any non-empty token is accepted.
@@ -196,13 +353,12 @@ fn check_auth(headers: &HeaderMap) -> Result<(), OpenAiError> {
         .filter(|t| !t.trim().is_empty());
     match token {
         Some(_) => Ok(()),
-        None => Err(OpenAiError {
-            status: axum::http::StatusCode::UNAUTHORIZED,
-            message: "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).".to_owned(),
-            kind: "invalid_request_error",
-            param: None,
-            code: None,
-        }),
+        None => Err(OpenAiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            None,
+            "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+        )),
     }
 }
 

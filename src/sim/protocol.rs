@@ -3,7 +3,7 @@
 //! so the client cannot drift from the real protocol while every test stays green.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
@@ -15,9 +15,27 @@ pub struct OpenAiError {
     pub kind: &'static str,
     pub param: Option<String>,
     pub code: Option<&'static str>,
+    /// Sent with the error: `retry-after-ms`, `x-ratelimit-*`.
+    pub headers: HeaderMap,
 }
 
 impl OpenAiError {
+    pub fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: Option<&'static str>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code,
+            headers: HeaderMap::new(),
+        }
+    }
+
     pub fn invalid(message: impl Into<String>, param: &str, code: Option<&'static str>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
@@ -25,6 +43,7 @@ impl OpenAiError {
             kind: "invalid_request_error",
             param: Some(param.to_owned()).filter(|p| !p.is_empty()),
             code,
+            headers: HeaderMap::new(),
         }
     }
 
@@ -45,7 +64,7 @@ impl OpenAiError {
 
 impl IntoResponse for OpenAiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        (self.status, self.headers.clone(), Json(self.body())).into_response()
     }
 }
 
@@ -422,6 +441,33 @@ pub fn responses_body(
             "total_tokens": input_tokens + output_tokens
         }
     })
+}
+
+/// A `completed` Responses API body whose message is a refusal.
+pub fn responses_refusal_body(
+    id: u64,
+    model: &str,
+    refusal: &str,
+    input_tokens: u64,
+    output_tokens: u64,
+) -> Value {
+    let mut body = responses_body(id, model, "", input_tokens, output_tokens);
+    body["output"][0]["content"] = json!([{"type": "refusal", "refusal": refusal}]);
+    body
+}
+
+/// A Chat Completions body whose message is a refusal.
+pub fn chat_refusal_body(
+    id: u64,
+    model: &str,
+    refusal: &str,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+) -> Value {
+    let mut body = chat_body(id, model, "", prompt_tokens, completion_tokens);
+    body["choices"][0]["message"]["content"] = Value::Null;
+    body["choices"][0]["message"]["refusal"] = json!(refusal);
+    body
 }
 
 /// A Chat Completions body whose one choice carries `text`.

@@ -18,6 +18,7 @@ pub struct SimStats {
 #[derive(Debug, Default)]
 struct Counts {
     by_status: BTreeMap<u16, u64>,
+    faults: BTreeMap<&'static str, u64>,
     per_title: HashMap<String, u64>,
 }
 
@@ -26,6 +27,9 @@ struct Counts {
 pub struct StatsSnapshot {
     pub requests_total: u64,
     pub by_status: BTreeMap<u16, u64>,
+    /// Injected faults and rate-limit answers by kind (`server_error`, `hang`, `garbage`,
+    /// `refusal`, `insufficient_quota`, `burst_429`, `rate_limited`).
+    pub faults: BTreeMap<&'static str, u64>,
     pub in_flight: u64,
     pub max_in_flight: u64,
     pub cancelled: u64,
@@ -55,11 +59,17 @@ impl SimStats {
         *n
     }
 
+    pub fn count_fault(&self, kind: &'static str) {
+        let mut counts = self.counts.lock().expect("stats lock poisoned");
+        *counts.faults.entry(kind).or_default() += 1;
+    }
+
     pub fn snapshot(&self, with_titles: bool) -> StatsSnapshot {
         let counts = self.counts.lock().expect("stats lock poisoned");
         StatsSnapshot {
             requests_total: counts.by_status.values().sum(),
             by_status: counts.by_status.clone(),
+            faults: counts.faults.clone(),
             in_flight: self.in_flight.load(Ordering::SeqCst),
             max_in_flight: self.max_in_flight.load(Ordering::SeqCst),
             cancelled: self.cancelled.load(Ordering::SeqCst),
