@@ -10,13 +10,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::classify::BatchLimits;
 use crate::secret::Secret;
 use crate::sim::SimConfig;
-use crate::upstream::UpstreamSettings;
+use crate::upstream::{RetryPolicy, UpstreamSettings};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "hn-classifier",
+    args_override_self = true,
     version,
     about = "Classify short texts with an LLM at the provider's full throughput"
 )]
@@ -77,6 +78,27 @@ pub struct ServeConfig {
     /// Most upstream calls in flight for the whole process, across requests.
     #[arg(long, env = "HNC_MAX_IN_FLIGHT", value_name = "HNC_MAX_IN_FLIGHT", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_in_flight: u32,
+
+    /// Attempts after the first for a transient failure (timeout, connection error, 408, 409,
+    /// 429, 5xx).
+    #[arg(long, env = "HNC_MAX_RETRIES", value_name = "HNC_MAX_RETRIES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=20))]
+    pub max_retries: u32,
+
+    /// Wall time one item may take from its first attempt, retries and waits included, seconds.
+    #[arg(long, env = "HNC_ITEM_DEADLINE_S", value_name = "HNC_ITEM_DEADLINE_S", default_value = "60", value_parser = parse_seconds)]
+    pub item_deadline: Duration,
+
+    /// Requests per minute to stay under (besides what the provider announces); unset = none.
+    #[arg(long, env = "HNC_RPM_LIMIT", value_name = "HNC_RPM_LIMIT", value_parser = clap::value_parser!(u64).range(1..))]
+    pub rpm_limit: Option<u64>,
+
+    /// Tokens per minute to stay under (besides what the provider announces); unset = none.
+    #[arg(long, env = "HNC_TPM_LIMIT", value_name = "HNC_TPM_LIMIT", value_parser = clap::value_parser!(u64).range(1..))]
+    pub tpm_limit: Option<u64>,
+
+    /// Longest a batch waits for its first upstream slot before a 503 `overloaded`, seconds.
+    #[arg(long, env = "HNC_ADMISSION_WAIT_S", value_name = "HNC_ADMISSION_WAIT_S", default_value = "10", value_parser = parse_seconds)]
+    pub admission_wait: Duration,
 
     /// Most titles in one request.
     #[arg(long, env = "HNC_MAX_BATCH", value_name = "HNC_MAX_BATCH", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -161,6 +183,7 @@ impl ServeConfig {
             max_batch: self.max_batch as usize,
             max_title_chars: self.max_title_chars as usize,
             request_concurrency: self.request_concurrency as usize,
+            admission_wait: self.admission_wait,
         }
     }
 
@@ -184,6 +207,14 @@ impl ServeConfig {
             model: self.openai_model.clone(),
             call_timeout: self.upstream_timeout,
             max_in_flight: self.max_in_flight as usize,
+            retry: RetryPolicy {
+                max_retries: self.max_retries,
+                base_backoff: Duration::from_millis(250),
+                max_backoff: Duration::from_secs(8),
+                item_deadline: self.item_deadline,
+            },
+            rpm_limit: self.rpm_limit,
+            tpm_limit: self.tpm_limit,
         })
     }
 }

@@ -105,6 +105,6 @@ pub async fn classify_batch(
     ValidJson(request): ValidJson<ClassifyBatchRequest>,
 ) -> Result<Json<ClassifyBatchResponse>, ApiError> {
     let _batch = state.lifecycle.admit().ok_or(ApiError::ShuttingDown)?;
-    let outcome = state.classifier.classify_batch(&request.titles).await;
+    let outcome = state.classifier.classify_batch(&request.titles).await?;
     Ok(Json(ClassifyBatchResponse::from(&outcome)))
 }

@@ -28,6 +28,9 @@ pub enum ApiError {
 
     #[error("the service is shutting down; retry on another replica")]
     ShuttingDown,
+
+    #[error("the service is at capacity ({0}); retry shortly or on another replica")]
+    Overloaded(#[from] crate::classify::Overloaded),
 }
 
 impl ApiError {
@@ -39,7 +42,7 @@ impl ApiError {
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ShuttingDown | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -53,6 +56,7 @@ impl ApiError {
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::ShuttingDown => "shutting_down",
+            Self::Overloaded(_) => "overloaded",
         }
     }
 }
@@ -61,7 +65,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
         let mut response = (self.status(), Json(body)).into_response();
-        if matches!(self, Self::ShuttingDown) {
+        if matches!(self, Self::ShuttingDown | Self::Overloaded(_)) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -3,12 +3,13 @@
 //! upstream client with at most `request_concurrency` calls in flight for this batch.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tracing::Instrument;
 
-use crate::upstream::{Prediction, UpstreamClient, UpstreamError, Usage};
+use crate::upstream::{Failure, Prediction, Slot, UpstreamClient, Usage};
 
 /// Bounds on what one request may ask for; the API validates against these.
 #[derive(Debug, Clone, Copy)]
@@ -19,6 +20,16 @@ pub struct BatchLimits {
     pub max_title_chars: usize,
     /// Most upstream calls in flight for one request.
     pub request_concurrency: usize,
+    /// Longest a batch waits for its first upstream slot before it is refused as overloaded.
+    pub admission_wait: Duration,
+}
+
+/// The process is saturated: the batch could not start within `admission_wait`. Nothing was
+/// sent upstream, so the caller can retry elsewhere without losing or duplicating anything.
+#[derive(Debug, thiserror::Error)]
+#[error("every upstream slot stayed busy for {}s", .waited.as_secs_f64())]
+pub struct Overloaded {
+    pub waited: Duration,
 }
 
 /// Why one item has no label.
@@ -29,7 +40,7 @@ pub enum ItemError {
     #[error("the title is {chars} characters long; the limit is {max}")]
     TitleTooLong { chars: usize, max: usize },
     #[error(transparent)]
-    Upstream(#[from] UpstreamError),
+    Upstream(#[from] Failure),
 }
 
 impl ItemError {
@@ -38,7 +49,7 @@ impl ItemError {
         match self {
             Self::TitleEmpty => "title_empty",
             Self::TitleTooLong { .. } => "title_too_long",
-            Self::Upstream(e) => e.code(),
+            Self::Upstream(e) => e.last.code(),
         }
     }
 }
@@ -78,20 +89,22 @@ impl Classifier {
         &self.upstream
     }
 
-    /// Classifies every title. Never fails as a whole: each failure is that item's error.
-    /// Dropping the returned future (the caller went away) drops the in-flight calls with it.
-    pub async fn classify_batch(&self, titles: &[String]) -> BatchOutcome {
+    /// Classifies every title. Once started a batch never fails as a whole: each failure is that
+    /// item's error. It is refused before it starts when no upstream slot frees up within the
+    /// admission wait. Dropping the returned future (the caller went away) drops the queued and
+    /// in-flight calls with it.
+    pub async fn classify_batch(&self, titles: &[String]) -> Result<BatchOutcome, Overloaded> {
         let span = tracing::info_span!(
             "batch",
             items = titles.len(),
             errors = tracing::field::Empty
         );
-        let outcome = self.run_batch(titles).instrument(span.clone()).await;
+        let outcome = self.run_batch(titles).instrument(span.clone()).await?;
         span.record("errors", outcome.errors());
-        outcome
+        Ok(outcome)
     }
 
-    async fn run_batch(&self, titles: &[String]) -> BatchOutcome {
+    async fn run_batch(&self, titles: &[String]) -> Result<BatchOutcome, Overloaded> {
         let mut slots: Vec<Option<ItemResult>> = Vec::with_capacity(titles.len());
         let mut to_send = Vec::with_capacity(titles.len());
         for (index, title) in titles.iter().enumerate() {
@@ -110,15 +123,24 @@ impl Classifier {
         let concurrency = self.limits.request_concurrency.max(1);
         let mut waiting = to_send.into_iter();
         let mut in_flight = FuturesUnordered::new();
-        for (index, title) in waiting.by_ref().take(concurrency) {
-            in_flight.push(self.classify_one(index, title));
+        if let Some((index, title)) = waiting.next() {
+            let wait = self.limits.admission_wait;
+            let first = self
+                .upstream
+                .try_reserve(wait)
+                .await
+                .ok_or(Overloaded { waited: wait })?;
+            in_flight.push(self.classify_one(index, title, Some(first)));
+        }
+        for (index, title) in waiting.by_ref().take(concurrency - 1) {
+            in_flight.push(self.classify_one(index, title, None));
         }
         let mut usage = Usage::default();
         while let Some((index, (result, call_usage))) = in_flight.next().await {
             usage += call_usage;
             slots[index] = Some(result);
             if let Some((index, title)) = waiting.next() {
-                in_flight.push(self.classify_one(index, title));
+                in_flight.push(self.classify_one(index, title, None));
             }
         }
 
@@ -126,11 +148,16 @@ impl Classifier {
             .into_iter()
             .map(|slot| slot.expect("every index is either rejected up front or sent exactly once"))
             .collect();
-        BatchOutcome { results, usage }
+        Ok(BatchOutcome { results, usage })
     }
 
-    async fn classify_one(&self, index: usize, title: &str) -> (usize, (ItemResult, Usage)) {
-        let (result, usage) = self.upstream.classify(title).await;
+    async fn classify_one<'s>(
+        &'s self,
+        index: usize,
+        title: &str,
+        slot: Option<Slot<'s>>,
+    ) -> (usize, (ItemResult, Usage)) {
+        let (result, usage) = self.upstream.classify(title, slot).await;
         (index, (result.map_err(ItemError::from), usage))
     }
 

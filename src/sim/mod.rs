@@ -99,6 +99,43 @@ struct RateLimits {
     tokens: Option<Bucket>,
 }
 
+impl RateLimits {
+    /// Charges one request of `tokens` if both buckets have room; else the limit that refused
+    /// it and how long until it would not.
+    fn try_charge(&mut self, tokens: f64, now: Instant) -> Result<(), (&'static str, Duration)> {
+        let mut buckets = [
+            ("requests", self.requests.as_mut(), 1.0),
+            ("tokens", self.tokens.as_mut(), tokens),
+        ];
+        let refused = buckets
+            .iter_mut()
+            .filter_map(|(kind, bucket, cost)| {
+                Some((*kind, bucket.as_mut()?.check(*cost, now).err()?))
+            })
+            .max_by_key(|(_, wait)| *wait);
+        if let Some(refused) = refused {
+            return Err(refused);
+        }
+        for (_, bucket, cost) in buckets.iter_mut() {
+            if let Some(bucket) = bucket {
+                bucket.take(*cost);
+            }
+        }
+        Ok(())
+    }
+
+    /// `x-ratelimit-*` for the configured limits.
+    fn headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (kind, bucket) in [("requests", &self.requests), ("tokens", &self.tokens)] {
+            if let Some(bucket) = bucket {
+                bucket.write_headers(kind, &mut headers);
+            }
+        }
+        headers
+    }
+}
+
 impl Sim {
     fn new(config: &SimConfig) -> Result<Self, SimConfigError> {
         if !(config.latency_median_ms.is_finite() && config.latency_median_ms >= 0.0) {
@@ -262,37 +299,13 @@ impl Sim {
                 HeaderMap::new(),
             ));
         }
-        let mut limits = self.limits.lock().expect("limits lock poisoned");
-        let now = Instant::now();
         // Like OpenAI, a request is charged its prompt plus the most it may write.
         let token_cost = (input_tokens + 64) as f64;
-        let waits = [
-            limits
-                .requests
-                .as_mut()
-                .and_then(|b| b.check(1.0, now).err())
-                .map(|w| ("requests", w)),
-            limits
-                .tokens
-                .as_mut()
-                .and_then(|b| b.check(token_cost, now).err())
-                .map(|w| ("tokens", w)),
-        ];
-        let refused = waits.into_iter().flatten().max_by_key(|(_, wait)| *wait);
-        if refused.is_none() {
-            limits.requests.as_mut().map(|b| b.take(1.0));
-            limits.tokens.as_mut().map(|b| b.take(token_cost));
-        }
-        let mut headers = HeaderMap::new();
-        limits
-            .requests
-            .as_ref()
-            .map(|b| b.write_headers("requests", &mut headers));
-        limits
-            .tokens
-            .as_ref()
-            .map(|b| b.write_headers("tokens", &mut headers));
-        drop(limits);
+        let (refused, headers) = {
+            let mut limits = self.limits.lock().expect("limits lock poisoned");
+            let refused = limits.try_charge(token_cost, Instant::now()).err();
+            (refused, limits.headers())
+        };
         match refused {
             None => Ok(headers),
             Some((kind, wait)) => {
@@ -331,7 +344,7 @@ fn rate_limited(
             "Rate limit reached for {model} in organization org-sim on {per_minute}. Please try again in {ms}ms."
         ),
     );
-    error.headers = headers;
+    error.headers = Box::new(headers);
     error
 }
 

@@ -16,7 +16,8 @@ pub struct OpenAiError {
     pub param: Option<String>,
     pub code: Option<&'static str>,
     /// Sent with the error: `retry-after-ms`, `x-ratelimit-*`.
-    pub headers: HeaderMap,
+    /// Boxed: a `HeaderMap` is large and errors are the rare path.
+    pub headers: Box<HeaderMap>,
 }
 
 impl OpenAiError {
@@ -32,7 +33,7 @@ impl OpenAiError {
             kind,
             param: None,
             code,
-            headers: HeaderMap::new(),
+            headers: Box::default(),
         }
     }
 
@@ -43,7 +44,7 @@ impl OpenAiError {
             kind: "invalid_request_error",
             param: Some(param.to_owned()).filter(|p| !p.is_empty()),
             code,
-            headers: HeaderMap::new(),
+            headers: Box::default(),
         }
     }
 
@@ -64,7 +65,7 @@ impl OpenAiError {
 
 impl IntoResponse for OpenAiError {
     fn into_response(self) -> Response {
-        (self.status, self.headers.clone(), Json(self.body())).into_response()
+        (self.status, *self.headers.clone(), Json(self.body())).into_response()
     }
 }
 

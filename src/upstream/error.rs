@@ -19,6 +19,10 @@ pub enum UpstreamError {
         /// OpenAI's `error.code` (e.g. `rate_limit_exceeded`, `insufficient_quota`), if any.
         code: Option<String>,
         message: String,
+        /// `retry-after-ms` / `retry-after`, when sent.
+        retry_after: Option<Duration>,
+        /// `x-should-retry`, when sent.
+        should_retry: Option<bool>,
     },
 
     #[error("the model refused to classify the title: {0}")]
@@ -49,6 +53,9 @@ impl UpstreamError {
         match self {
             Self::Timeout(_) => "upstream_timeout",
             Self::Transport(_) => "upstream_unreachable",
+            Self::Http {
+                code: Some(code), ..
+            } if code == "insufficient_quota" => "upstream_quota_exhausted",
             Self::Http { status: 429, .. } => "upstream_rate_limited",
             Self::Http { status, .. } if *status >= 500 => "upstream_server_error",
             Self::Http { .. } => "upstream_rejected",
@@ -119,6 +126,8 @@ mod tests {
             status,
             code: None,
             message: String::new(),
+            retry_after: None,
+            should_retry: None,
         };
         assert_eq!(http(429).code(), "upstream_rate_limited");
         assert_eq!(http(503).code(), "upstream_server_error");

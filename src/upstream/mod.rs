@@ -1,21 +1,29 @@
-//! The provider side: one shared, pooled HTTP client that classifies one title per call, with a
-//! per-call timeout and a process-wide ceiling on calls in flight. Knows the wire protocol; knows
-//! nothing about batches or HTTP callers.
+//! The provider side: one shared, pooled HTTP client that classifies one title, retrying
+//! transient failures, under a process-wide adaptive limit on calls in flight and a pacer that
+//! rides the provider's rate limit. Knows the wire protocol; knows nothing about batches or HTTP
+//! callers.
 
 mod error;
+mod headers;
+mod limiter;
+mod pacer;
 pub mod responses;
+mod retry;
 
 use std::ops::AddAssign;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use serde::Deserialize;
-use tokio::sync::Semaphore;
 
 pub use error::UpstreamError;
 use error::scrub_secrets;
+use headers::RateHeaders;
+pub use limiter::{AdaptiveLimiter, Congestion, LimiterSnapshot, Slot};
+use pacer::Pacer;
 use responses::RequestTemplate;
+pub use retry::{Decision, Failure, GiveUp, RetryPolicy};
 
 use crate::secret::Secret;
 use crate::taxonomy::Taxonomy;
@@ -29,8 +37,13 @@ pub struct UpstreamSettings {
     pub model: String,
     /// Deadline of one HTTP call, connect to last byte.
     pub call_timeout: Duration,
-    /// Calls in flight across every batch of this process.
+    /// Ceiling of calls in flight across every batch of this process (the adaptive limit's
+    /// starting point and maximum).
     pub max_in_flight: usize,
+    pub retry: RetryPolicy,
+    /// Requests and tokens per minute to stay under, besides what the provider announces.
+    pub rpm_limit: Option<u64>,
+    pub tpm_limit: Option<u64>,
 }
 
 /// A validated answer: a label of the taxonomy and a confidence in 0..=1.
@@ -67,7 +80,9 @@ pub struct UpstreamClient {
     template: RequestTemplate,
     taxonomy: Arc<Taxonomy>,
     call_timeout: Duration,
-    in_flight: Semaphore,
+    retry: RetryPolicy,
+    limiter: AdaptiveLimiter,
+    pacer: Pacer,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +117,9 @@ impl UpstreamClient {
             api_key: settings.api_key,
             taxonomy,
             call_timeout: settings.call_timeout,
-            in_flight: Semaphore::new(settings.max_in_flight),
+            retry: settings.retry,
+            limiter: AdaptiveLimiter::new(settings.max_in_flight),
+            pacer: Pacer::new(settings.rpm_limit, settings.tpm_limit),
         })
     }
 
@@ -110,61 +127,137 @@ impl UpstreamClient {
         &self.taxonomy
     }
 
-    /// Classifies one title with one HTTP call. Waits for a slot under the process-wide ceiling
-    /// first (FIFO, so concurrent batches interleave rather than queue behind each other).
-    pub async fn classify(&self, title: &str) -> (Result<Prediction, UpstreamError>, Usage) {
-        let _slot = self
-            .in_flight
-            .acquire()
-            .await
-            .expect("the semaphore is never closed");
-        let (result, mut usage) = self.call(title).await;
-        usage.upstream_requests = 1;
-        if let Err(error) = &result {
-            tracing::debug!(error.code = error.code(), %error, "upstream call failed");
-        }
-        (result, usage)
+    /// The adaptive limit's state, for logs and metrics.
+    pub fn limiter(&self) -> &AdaptiveLimiter {
+        &self.limiter
     }
 
-    async fn call(&self, title: &str) -> (Result<Prediction, UpstreamError>, Usage) {
+    /// A slot under the process-wide limit if one frees up within `wait`: how a batch finds out,
+    /// before it starts, that the process is saturated.
+    pub async fn try_reserve(&self, wait: Duration) -> Option<Slot<'_>> {
+        tokio::time::timeout(wait, self.limiter.acquire())
+            .await
+            .ok()
+    }
+
+    /// Classifies one title, retrying transient failures as the policy allows. Uses `reserved`
+    /// for the first attempt when given, else queues for a slot. Tokens of every attempt count.
+    pub async fn classify(
+        &self,
+        title: &str,
+        reserved: Option<Slot<'_>>,
+    ) -> (Result<Prediction, Failure>, Usage) {
+        let mut slot = match reserved {
+            Some(slot) => slot,
+            None => self.limiter.acquire().await,
+        };
+        let tokens = self.template.estimated_tokens(title);
+        let mut usage = Usage::default();
+        let mut deadline = None;
+        let mut attempts = 0;
+        loop {
+            self.pacer.wait_turn(tokens).await;
+            let deadline =
+                *deadline.get_or_insert_with(|| Instant::now() + self.retry.item_deadline);
+            attempts += 1;
+            let started = Instant::now();
+            let timeout = self
+                .call_timeout
+                .min(deadline.saturating_duration_since(started));
+            let (result, call_usage, headers) = self.call(title, timeout).await;
+            usage += call_usage;
+            usage.upstream_requests += 1;
+            self.learn(&result, &headers, started.elapsed());
+            drop(slot);
+
+            let error = match result {
+                Ok(prediction) => return (Ok(prediction), usage),
+                Err(error) => error,
+            };
+            match self.retry.decide(&error, attempts, deadline) {
+                Decision::GiveUp(gave_up) => {
+                    tracing::debug!(error.code = error.code(), %error, attempts, %gave_up, "upstream call failed");
+                    return (
+                        Err(Failure {
+                            attempts,
+                            gave_up,
+                            last: error,
+                        }),
+                        usage,
+                    );
+                }
+                Decision::RetryAfter(delay) => {
+                    tracing::debug!(error.code = error.code(), %error, attempts, delay_ms = delay.as_millis() as u64, "retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+            slot = self.limiter.acquire().await;
+        }
+    }
+
+    /// Feeds one outcome to the limiter and the pacer.
+    fn learn(
+        &self,
+        result: &Result<Prediction, UpstreamError>,
+        headers: &RateHeaders,
+        latency: Duration,
+    ) {
+        let rate_limited =
+            matches!(result, Err(e @ UpstreamError::Http { status: 429, .. }) if e.is_retryable());
+        match result {
+            _ if rate_limited => self.limiter.on_congestion(Congestion::RateLimited),
+            Err(UpstreamError::Timeout(_)) => self.limiter.on_congestion(Congestion::Timeout),
+            Ok(_) => self.limiter.on_success(latency),
+            Err(_) => {}
+        }
+        self.pacer.observe(headers, rate_limited);
+    }
+
+    /// One HTTP call within `timeout`.
+    async fn call(
+        &self,
+        title: &str,
+        timeout: Duration,
+    ) -> (Result<Prediction, UpstreamError>, Usage, RateHeaders) {
         let sent = self
             .http
             .post(&self.url)
             .header(AUTHORIZATION, self.authorization.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .timeout(self.call_timeout)
+            .timeout(timeout)
             .body(self.template.encode(title))
             .send()
             .await;
         let response = match sent {
             Ok(r) => r,
-            Err(e) => return (Err(self.transport_error(e)), Usage::default()),
+            Err(e) => {
+                return (
+                    Err(transport_error(e, timeout)),
+                    Usage::default(),
+                    RateHeaders::default(),
+                );
+            }
         };
         let status = response.status();
+        let headers = RateHeaders::parse(response.headers());
         let body = match response.bytes().await {
             Ok(b) => b,
-            Err(e) => return (Err(self.transport_error(e)), Usage::default()),
+            Err(e) => return (Err(transport_error(e, timeout)), Usage::default(), headers),
         };
         if !status.is_success() {
             return (
-                Err(self.http_error(status.as_u16(), &body)),
+                Err(self.http_error(status.as_u16(), &body, &headers)),
                 Usage::default(),
+                headers,
             );
         }
-        responses::decode(&body, &self.taxonomy)
-    }
-
-    fn transport_error(&self, error: reqwest::Error) -> UpstreamError {
-        if error.is_timeout() {
-            UpstreamError::Timeout(self.call_timeout)
-        } else {
-            UpstreamError::Transport(error.without_url())
-        }
+        let (result, usage) = responses::decode(&body, &self.taxonomy);
+        (result, usage, headers)
     }
 
     /// A non-2xx answer, read as OpenAI's `{"error":{"message","type","param","code"}}` when it is
     /// one, with anything key-like scrubbed from the message.
-    fn http_error(&self, status: u16, body: &[u8]) -> UpstreamError {
+    fn http_error(&self, status: u16, body: &[u8], headers: &RateHeaders) -> UpstreamError {
         #[derive(Deserialize)]
         struct Envelope {
             error: ErrorBody,
@@ -185,6 +278,16 @@ impl UpstreamClient {
             status,
             code,
             message: scrub_secrets(&message, self.api_key.expose()),
+            retry_after: headers.retry_after,
+            should_retry: headers.should_retry,
         }
+    }
+}
+
+fn transport_error(error: reqwest::Error, timeout: Duration) -> UpstreamError {
+    if error.is_timeout() {
+        UpstreamError::Timeout(timeout)
+    } else {
+        UpstreamError::Transport(error.without_url())
     }
 }

@@ -39,6 +39,12 @@ impl RequestTemplate {
         }
     }
 
+    /// Tokens the provider will count against a TPM limit for `title`: about four characters a
+    /// token of prompt, plus the most the answer may use.
+    pub fn estimated_tokens(&self, title: &str) -> u64 {
+        ((self.instructions.len() + title.len()) as u64).div_ceil(4) + u64::from(MAX_OUTPUT_TOKENS)
+    }
+
     /// The JSON body for one title.
     pub fn encode(&self, title: &str) -> Vec<u8> {
         let request = Request {

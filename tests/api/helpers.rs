@@ -1,14 +1,15 @@
 //! Test harness: the real application on 127.0.0.1:0, against the built-in simulator or a small
 //! in-process fake upstream, plus request helpers. Logs stay quiet unless TEST_LOG is set.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Once};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use clap::Parser;
 use hn_classifier::api::ClassifyBatchResponse;
@@ -182,18 +183,33 @@ impl TestApp {
     }
 }
 
-/// What the fake upstream answers for a title: an HTTP status and a JSON body.
-pub type Reply = fn(&str) -> (StatusCode, Value);
+/// What the fake upstream answers for a title on its `n`th call (1-based).
+pub type Reply = fn(&str, usize) -> Response;
 
-/// A small OpenAI-shaped server whose answers the test chooses per title.
+/// A small OpenAI-shaped server whose answers the test chooses per title and attempt.
 pub struct FakeUpstream {
     addr: SocketAddr,
-    pub calls: Arc<AtomicUsize>,
+    calls: Arc<Mutex<HashMap<String, Vec<Instant>>>>,
 }
 
 impl FakeUpstream {
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
+    }
+
+    /// Calls received, all titles together.
+    pub fn total_calls(&self) -> usize {
+        self.calls.lock().unwrap().values().map(Vec::len).sum()
+    }
+
+    /// When each call for `title` arrived.
+    pub fn call_times(&self, title: &str) -> Vec<Instant> {
+        self.calls
+            .lock()
+            .unwrap()
+            .get(title)
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -201,7 +217,7 @@ impl FakeUpstream {
 struct FakeState {
     reply: Reply,
     delay: fn(&str) -> Duration,
-    calls: Arc<AtomicUsize>,
+    calls: Arc<Mutex<HashMap<String, Vec<Instant>>>>,
 }
 
 pub async fn spawn_fake_upstream(reply: Reply) -> FakeUpstream {
@@ -212,11 +228,11 @@ pub async fn spawn_fake_upstream_with_delay(
     reply: Reply,
     delay: fn(&str) -> Duration,
 ) -> FakeUpstream {
-    let calls = Arc::new(AtomicUsize::new(0));
+    let calls = Arc::default();
     let state = FakeState {
         reply,
         delay,
-        calls: calls.clone(),
+        calls: Arc::clone(&calls),
     };
     let router = axum::Router::new()
         .route("/v1/responses", post(fake_responses))
@@ -227,18 +243,25 @@ pub async fn spawn_fake_upstream_with_delay(
     FakeUpstream { addr, calls }
 }
 
-async fn fake_responses(
-    State(state): State<FakeState>,
-    Json(request): Json<Value>,
-) -> (StatusCode, Json<Value>) {
-    state.calls.fetch_add(1, Ordering::SeqCst);
+async fn fake_responses(State(state): State<FakeState>, Json(request): Json<Value>) -> Response {
     let title = request["input"][0]["content"]
         .as_str()
         .expect("one user message")
         .to_owned();
+    let n = {
+        let mut calls = state.calls.lock().unwrap();
+        let times = calls.entry(title.clone()).or_default();
+        times.push(Instant::now());
+        times.len()
+    };
     tokio::time::sleep((state.delay)(&title)).await;
-    let (status, body) = (state.reply)(&title);
-    (status, Json(body))
+    (state.reply)(&title, n)
+}
+
+/// An OpenAI error body with `status`.
+pub fn openai_error(status: StatusCode, message: &str, kind: &str, code: Option<&str>) -> Response {
+    let body = json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
+    (status, Json(body)).into_response()
 }
 
 /// A completed Responses body whose message is `text`.
@@ -259,10 +282,10 @@ pub fn echo_answer(title: &str) -> (&'static str, f64) {
     (HN_LABELS[(h % 10) as usize], (h % 1000) as f64 / 1000.0)
 }
 
-pub fn echo_reply(title: &str) -> (StatusCode, Value) {
+pub fn echo_reply(title: &str, _call: usize) -> Response {
     let (topic, confidence) = echo_answer(title);
-    (
-        StatusCode::OK,
-        completed(&json!({"topic": topic, "confidence": confidence}).to_string()),
-    )
+    Json(completed(
+        &json!({"topic": topic, "confidence": confidence}).to_string(),
+    ))
+    .into_response()
 }

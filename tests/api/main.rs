@@ -2,6 +2,7 @@
 
 mod classify;
 mod helpers;
+mod resilience;
 mod shutdown;
 mod upstream_answers;
 mod validation;

@@ -2,38 +2,28 @@
 
 use std::time::Duration;
 
+use axum::Json;
 use axum::http::StatusCode;
-use serde_json::{Value, json};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
 
 use crate::helpers::*;
 
-fn openai_error(
-    status: StatusCode,
-    message: &str,
-    kind: &str,
-    code: Option<&str>,
-) -> (StatusCode, Value) {
-    (
-        status,
-        json!({"error": {"message": message, "type": kind, "param": null, "code": code}}),
-    )
-}
-
 /// Answers chosen by the title's text.
-fn troublesome(title: &str) -> (StatusCode, Value) {
-    let answer = |text: &str| (StatusCode::OK, completed(text));
+fn troublesome(title: &str, call: usize) -> Response {
+    let answer = |text: &str| Json(completed(text)).into_response();
     match title {
         "refusal" => {
             let mut body = completed("");
             body["output"][0]["content"] =
                 json!([{"type": "refusal", "refusal": "I can't help with that."}]);
-            (StatusCode::OK, body)
+            Json(body).into_response()
         }
         "incomplete" => {
             let mut body = completed("{\"topic\":\"oth");
             body["status"] = json!("incomplete");
             body["incomplete_details"] = json!({"reason": "max_output_tokens"});
-            (StatusCode::OK, body)
+            Json(body).into_response()
         }
         "invalid json" => answer("Sure! The topic is AI."),
         "off enum" => answer(r#"{"topic":"hacked","confidence":1.0}"#),
@@ -51,11 +41,14 @@ fn troublesome(title: &str) -> (StatusCode, Value) {
             "invalid_request_error",
             Some("invalid_api_key"),
         ),
-        "http 500" => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            json!("<html>oops</html>"),
+        "http 500" => (StatusCode::INTERNAL_SERVER_ERROR, "<html>oops</html>").into_response(),
+        "http 429 quota" => openai_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "You exceeded your current quota, please check your plan and billing details.",
+            "insufficient_quota",
+            Some("insufficient_quota"),
         ),
-        _ => echo_reply(title),
+        _ => echo_reply(title, call),
     }
 }
 
@@ -93,7 +86,16 @@ async fn unusable_answers_become_per_item_errors_and_the_batch_still_answers_200
             Some("upstream_rejected"),
             "Incorrect API key provided: [redacted]",
         ),
-        ("http 500", Some("upstream_server_error"), "HTTP 500"),
+        (
+            "http 500",
+            Some("upstream_server_error"),
+            "gave up after 4 attempts (retry budget exhausted)",
+        ),
+        (
+            "http 429 quota",
+            Some("upstream_quota_exhausted"),
+            "You exceeded your current quota",
+        ),
     ];
     let titles: Vec<&str> = cases.iter().map(|c| c.0).collect();
 
@@ -119,9 +121,19 @@ async fn unusable_answers_become_per_item_errors_and_the_batch_still_answers_200
     );
     assert_eq!(response.errors, cases.len() - 1);
     assert_eq!(
-        upstream.calls.load(std::sync::atomic::Ordering::SeqCst),
-        cases.len(),
-        "one call per title"
+        upstream.total_calls(),
+        cases.len() + 3,
+        "one call per title, but 4 for the 500"
+    );
+    assert_eq!(
+        upstream.call_times("http 429 quota").len(),
+        1,
+        "insufficient_quota is final"
+    );
+    let quota = response.results.last().unwrap().error.as_deref().unwrap();
+    assert!(
+        !quota.contains("attempts"),
+        "a final error on the first attempt says nothing of retries: {quota}"
     );
     let body = serde_json::to_string(&response).unwrap();
     assert!(

@@ -1,0 +1,178 @@
+//! Spacing calls so a replica rides the provider's rate limit instead of bouncing off it. The
+//! rate is the lower of the configured limits (`HNC_RPM_LIMIT`, `HNC_TPM_LIMIT`) and those the
+//! provider announces in `x-ratelimit-limit-*`, times a share that backs off when 429s still come
+//! (other replicas on the same key) and creeps back up on success. A 429's `retry-after` pauses
+//! every call. Hand-written because `governor`'s quota is fixed at construction and this rate
+//! moves at run time.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::headers::RateHeaders;
+
+/// The most of an announced limit we aim for: headroom for jitter between us and the provider.
+const MAX_SHARE: f64 = 0.98;
+const MIN_SHARE: f64 = 0.05;
+const SHARE_CUT: f64 = 0.9;
+const SHARE_GROWTH_PER_SUCCESS: f64 = 0.001;
+const SHARE_CUT_COOLDOWN: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+pub struct Pacer {
+    configured_rpm: Option<u64>,
+    configured_tpm: Option<u64>,
+    state: Mutex<PaceState>,
+}
+
+#[derive(Debug)]
+struct PaceState {
+    announced_rpm: Option<u64>,
+    announced_tpm: Option<u64>,
+    share: f64,
+    last_share_cut: Option<Instant>,
+    /// Earliest start of the next call by the request rate and by the token rate.
+    next_by_requests: Instant,
+    next_by_tokens: Instant,
+    paused_until: Instant,
+}
+
+impl Pacer {
+    pub fn new(configured_rpm: Option<u64>, configured_tpm: Option<u64>) -> Self {
+        let now = Instant::now();
+        Self {
+            configured_rpm: configured_rpm.filter(|r| *r > 0),
+            configured_tpm: configured_tpm.filter(|t| *t > 0),
+            state: Mutex::new(PaceState {
+                announced_rpm: None,
+                announced_tpm: None,
+                share: MAX_SHARE,
+                last_share_cut: None,
+                next_by_requests: now,
+                next_by_tokens: now,
+                paused_until: now,
+            }),
+        }
+    }
+
+    /// Waits for this call's turn. `tokens` is its expected cost (prompt plus maximum output).
+    pub async fn wait_turn(&self, tokens: u64) {
+        let start = self.reserve(tokens, Instant::now());
+        tokio::time::sleep_until(start).await;
+    }
+
+    /// Books the next start time for a call of `tokens` and returns it.
+    fn reserve(&self, tokens: u64, now: Instant) -> Instant {
+        let mut s = self.lock();
+        let rpm = min_limit(self.configured_rpm, s.announced_rpm);
+        let tpm = min_limit(self.configured_tpm, s.announced_tpm);
+        let mut start = now.max(s.paused_until);
+        if let Some(rpm) = rpm {
+            start = start.max(s.next_by_requests);
+            s.next_by_requests = start + interval(1.0, rpm, s.share);
+        }
+        if let Some(tpm) = tpm {
+            start = start.max(s.next_by_tokens);
+            s.next_by_tokens = start + interval(tokens as f64, tpm, s.share);
+        }
+        start
+    }
+
+    /// Learns from a response's headers; `rate_limited` when it was a 429 for rate.
+    pub fn observe(&self, headers: &RateHeaders, rate_limited: bool) {
+        let mut s = self.lock();
+        s.announced_rpm = headers
+            .limit_requests
+            .filter(|r| *r > 0)
+            .or(s.announced_rpm);
+        s.announced_tpm = headers.limit_tokens.filter(|t| *t > 0).or(s.announced_tpm);
+        if rate_limited {
+            let now = Instant::now();
+            if let Some(wait) = headers.retry_after {
+                s.paused_until = s.paused_until.max(now + wait);
+            }
+            if s.last_share_cut
+                .is_none_or(|at| now - at >= SHARE_CUT_COOLDOWN)
+            {
+                s.last_share_cut = Some(now);
+                s.share = (s.share * SHARE_CUT).max(MIN_SHARE);
+                tracing::info!(
+                    share = s.share,
+                    "rate limited upstream: pacing at a smaller share of the limit"
+                );
+            }
+        } else {
+            s.share = (s.share + SHARE_GROWTH_PER_SUCCESS).min(MAX_SHARE);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PaceState> {
+        self.state.lock().expect("pacer lock poisoned")
+    }
+}
+
+fn min_limit(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Time one call of `cost` units takes up under a per-minute `limit` used at `share`.
+fn interval(cost: f64, per_minute: u64, share: f64) -> Duration {
+    Duration::from_secs_f64(cost * 60.0 / (per_minute as f64 * share))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_limits_nobody_waits() {
+        let p = Pacer::new(None, None);
+        let now = Instant::now();
+        assert_eq!(p.reserve(100, now), now);
+        assert_eq!(p.reserve(100, now), now);
+    }
+
+    #[test]
+    fn spaces_calls_at_the_configured_rate_less_headroom() {
+        let p = Pacer::new(Some(6000), None); // 100 a second
+        let now = Instant::now();
+        let starts: Vec<_> = (0..3).map(|_| p.reserve(1, now)).collect();
+        let gap = (starts[2] - starts[1]).as_secs_f64();
+        assert!((gap - 0.01 / MAX_SHARE).abs() < 1e-6, "{gap}");
+    }
+
+    #[test]
+    fn learns_the_announced_limit_and_pauses_on_retry_after() {
+        let p = Pacer::new(None, None);
+        let headers = RateHeaders {
+            limit_requests: Some(600),
+            retry_after: Some(Duration::from_millis(300)),
+            ..Default::default()
+        };
+        p.observe(&headers, true);
+        let now = Instant::now();
+        let first = p.reserve(1, now);
+        assert!(
+            first >= now + Duration::from_millis(250),
+            "paused by retry-after"
+        );
+        let second = p.reserve(1, now);
+        assert!(
+            (second - first).as_secs_f64() > 0.1,
+            "paced at about 10 a second"
+        );
+    }
+
+    #[test]
+    fn token_rate_paces_large_calls() {
+        let p = Pacer::new(None, Some(60_000)); // 1000 tokens a second
+        let now = Instant::now();
+        p.reserve(500, now);
+        let second = p.reserve(500, now);
+        assert!((second - now).as_secs_f64() > 0.5);
+    }
+}

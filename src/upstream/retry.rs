@@ -1,0 +1,230 @@
+//! The one place that decides whether a failed call is tried again, and when. Hand-written rather
+//! than `backon`: the delay must come from the provider's `retry-after-ms` when it sends one, its
+//! `x-should-retry` overrides our verdict, every item has a deadline, and the final error must say
+//! how many attempts were made and why it stopped.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+use super::UpstreamError;
+
+/// How hard to try.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts after the first.
+    pub max_retries: u32,
+    /// First backoff ceiling; doubles per attempt up to `max_backoff` (full jitter below it).
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Wall time one item may take from its first attempt, retries and waits included.
+    pub item_deadline: Duration,
+}
+
+/// Why an item stopped being retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GiveUp {
+    /// The outcome is final: retrying cannot change it (a refusal, a 400, exhausted quota).
+    Final,
+    RetriesExhausted,
+    DeadlineReached,
+}
+
+impl fmt::Display for GiveUp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Final => "not retryable",
+            Self::RetriesExhausted => "retry budget exhausted",
+            Self::DeadlineReached => "item deadline reached",
+        })
+    }
+}
+
+/// An item's failure after everything the policy allowed.
+#[derive(Debug, thiserror::Error)]
+pub struct Failure {
+    pub attempts: u32,
+    pub gave_up: GiveUp,
+    #[source]
+    pub last: UpstreamError,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.last)?;
+        if self.gave_up != GiveUp::Final || self.attempts > 1 {
+            let s = if self.attempts == 1 { "" } else { "s" };
+            write!(
+                f,
+                "; gave up after {} attempt{s} ({})",
+                self.attempts, self.gave_up
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// What to do after a failed attempt.
+#[derive(Debug, PartialEq)]
+pub enum Decision {
+    RetryAfter(Duration),
+    GiveUp(GiveUp),
+}
+
+impl RetryPolicy {
+    pub fn decide(&self, error: &UpstreamError, attempts: u32, deadline: Instant) -> Decision {
+        if !error.is_retryable() {
+            return Decision::GiveUp(GiveUp::Final);
+        }
+        if attempts > self.max_retries {
+            return Decision::GiveUp(GiveUp::RetriesExhausted);
+        }
+        let delay = error
+            .retry_after()
+            .unwrap_or_else(|| self.backoff(attempts));
+        if Instant::now() + delay >= deadline {
+            return Decision::GiveUp(GiveUp::DeadlineReached);
+        }
+        Decision::RetryAfter(delay)
+    }
+
+    /// Full jitter: uniform in 0..min(max, base * 2^(attempts-1)).
+    fn backoff(&self, attempts: u32) -> Duration {
+        let ceiling = self
+            .base_backoff
+            .saturating_mul(1 << attempts.saturating_sub(1).min(16))
+            .min(self.max_backoff);
+        ceiling.mul_f64(rand::rng().random::<f64>())
+    }
+}
+
+impl UpstreamError {
+    /// Transient failures are retried: timeouts, connection errors, 408, 409, 429 and 5xx, unless
+    /// the provider says otherwise (`x-should-retry`) or the quota is gone (`insufficient_quota`).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Timeout(_) | Self::Transport(_) => true,
+            Self::Http {
+                code: Some(code), ..
+            } if code == "insufficient_quota" => false,
+            Self::Http {
+                should_retry: Some(verdict),
+                ..
+            } => *verdict,
+            Self::Http { status, .. } => matches!(status, 408 | 409 | 429) || *status >= 500,
+            Self::Refusal(_)
+            | Self::NotCompleted { .. }
+            | Self::MalformedResponse(_)
+            | Self::InvalidOutput(_)
+            | Self::OffTaxonomy(_)
+            | Self::ConfidenceOutOfRange(_) => false,
+        }
+    }
+
+    /// The provider's requested wait, if it sent one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Http { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: RetryPolicy = RetryPolicy {
+        max_retries: 3,
+        base_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(2),
+        item_deadline: Duration::from_secs(60),
+    };
+
+    fn http(
+        status: u16,
+        code: Option<&str>,
+        retry_after_ms: Option<u64>,
+        should_retry: Option<bool>,
+    ) -> UpstreamError {
+        UpstreamError::Http {
+            status,
+            code: code.map(str::to_owned),
+            message: String::new(),
+            retry_after: retry_after_ms.map(Duration::from_millis),
+            should_retry,
+        }
+    }
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
+    #[test]
+    fn transient_failures_retry_and_final_ones_do_not() {
+        for status in [408, 409, 429, 500, 502, 503] {
+            assert!(http(status, None, None, None).is_retryable(), "{status}");
+        }
+        for status in [400, 401, 403, 404, 422] {
+            assert!(!http(status, None, None, None).is_retryable(), "{status}");
+        }
+        assert!(!http(429, Some("insufficient_quota"), None, Some(true)).is_retryable());
+        assert!(!http(500, None, None, Some(false)).is_retryable());
+        assert!(http(400, None, None, Some(true)).is_retryable());
+        assert!(UpstreamError::Timeout(Duration::from_secs(1)).is_retryable());
+        assert!(!UpstreamError::Refusal("no".into()).is_retryable());
+    }
+
+    #[test]
+    fn honours_retry_after_and_stops_at_the_budget_or_the_deadline() {
+        let e = http(429, Some("rate_limit_exceeded"), Some(300), None);
+        assert_eq!(
+            POLICY.decide(&e, 1, far()),
+            Decision::RetryAfter(Duration::from_millis(300))
+        );
+        assert_eq!(
+            POLICY.decide(&e, 4, far()),
+            Decision::GiveUp(GiveUp::RetriesExhausted)
+        );
+        let soon = Instant::now() + Duration::from_millis(100);
+        assert_eq!(
+            POLICY.decide(&e, 1, soon),
+            Decision::GiveUp(GiveUp::DeadlineReached)
+        );
+    }
+
+    #[test]
+    fn backoff_is_full_jitter_under_a_doubling_ceiling() {
+        for attempt in 1..=6 {
+            let ceiling =
+                Duration::from_millis(100 * (1 << (attempt - 1))).min(Duration::from_secs(2));
+            for _ in 0..100 {
+                assert!(POLICY.backoff(attempt) <= ceiling);
+            }
+        }
+    }
+
+    #[test]
+    fn the_final_message_says_how_many_attempts_and_why() {
+        let f = Failure {
+            attempts: 4,
+            gave_up: GiveUp::RetriesExhausted,
+            last: http(503, None, None, None),
+        };
+        assert!(
+            f.to_string()
+                .ends_with("gave up after 4 attempts (retry budget exhausted)"),
+            "{f}"
+        );
+        let refusal = Failure {
+            attempts: 1,
+            gave_up: GiveUp::Final,
+            last: UpstreamError::Refusal("no".into()),
+        };
+        assert_eq!(
+            refusal.to_string(),
+            "the model refused to classify the title: no"
+        );
+    }
+}
