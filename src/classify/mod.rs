@@ -101,6 +101,18 @@ impl Classifier {
         );
         let outcome = self.run_batch(titles).instrument(span.clone()).await?;
         span.record("errors", outcome.errors());
+        let limiter = self.upstream.limiter().snapshot();
+        span.in_scope(|| {
+            tracing::info!(
+                upstream_requests = outcome.usage.upstream_requests,
+                input_tokens = outcome.usage.input_tokens,
+                output_tokens = outcome.usage.output_tokens,
+                limit = limiter.limit,
+                in_flight = limiter.in_flight,
+                waiting = limiter.waiting,
+                "batch classified"
+            );
+        });
         Ok(outcome)
     }
 
