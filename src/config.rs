@@ -41,6 +41,10 @@ pub struct ServeConfig {
     #[arg(long, env = "HNC_LISTEN", value_name = "HNC_LISTEN")]
     pub listen: Option<SocketAddr>,
 
+    /// Serve `/metrics` on this address instead of the main one (keep it off the public port).
+    #[arg(long, env = "HNC_METRICS_LISTEN", value_name = "HNC_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Port to listen on when HNC_LISTEN is not set (the convention of PaaS platforms).
     #[arg(long, env = "PORT", value_name = "PORT")]
     pub port: Option<u16>,

@@ -8,6 +8,7 @@ pub mod api;
 pub mod classify;
 pub mod config;
 pub mod lifecycle;
+pub mod metrics;
 pub mod secret;
 pub mod sim;
 pub mod startup;

@@ -11,6 +11,7 @@ use crate::api::{self, AppState};
 use crate::classify::Classifier;
 use crate::config::{ConfigError, ServeConfig};
 use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
 use crate::sim::{SimConfigError, SimServer};
 use crate::taxonomy::Taxonomy;
 use crate::upstream::{self, UpstreamClient};
@@ -33,6 +34,8 @@ pub enum StartupError {
 /// A bound, wired service that has not started serving yet.
 pub struct Application {
     listener: TcpListener,
+    /// `/metrics` on its own port, when `HNC_METRICS_LISTEN` is set.
+    metrics_listener: Option<TcpListener>,
     state: Arc<AppState>,
     config: ServeConfig,
     /// The in-process simulator under `--simulate`; it stops when the application is dropped.
@@ -51,18 +54,25 @@ impl Application {
             None
         };
         let settings = config.upstream_settings(sim.as_ref().map(SimServer::base_url))?;
-        let upstream = UpstreamClient::new(settings, Arc::new(Taxonomy::hn_topics()))?;
+        let metrics = Arc::new(Metrics::new());
+        let upstream =
+            UpstreamClient::new(settings, Arc::new(Taxonomy::hn_topics()), metrics.clone())?;
         let state = Arc::new(AppState {
-            classifier: Classifier::new(Arc::new(upstream), config.batch_limits()),
+            classifier: Classifier::new(Arc::new(upstream), config.batch_limits(), metrics.clone()),
             lifecycle: Lifecycle::default(),
             max_body_bytes: config.max_body_bytes as usize,
+            metrics,
+            metrics_on_main_port: config.metrics_listen.is_none(),
         });
         let addr = config.listen_addr();
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartupError::Bind { addr, source })?;
+        let listener = bind(addr).await?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         Ok(Self {
             listener,
+            metrics_listener,
             state,
             config,
             sim,
@@ -73,6 +83,13 @@ impl Application {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// The metrics port's address, when `/metrics` has its own.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("a bound listener has an address"))
     }
 
     /// The in-process simulator, when running with `--simulate`.
@@ -89,10 +106,15 @@ impl Application {
     ) -> std::io::Result<()> {
         let Self {
             listener,
+            metrics_listener,
             state,
             config,
             sim,
         } = self;
+        let metrics_server = metrics_listener.map(|l| {
+            let serve = axum::serve(l, api::metrics_router(state.clone()));
+            tokio::spawn(async move { serve.await })
+        });
         tracing::info!(
             addr = %listener.local_addr()?,
             upstream = if sim.is_some() { "simulator" } else { config.openai_base_url.as_str() },
@@ -119,17 +141,23 @@ impl Application {
         axum::serve(listener, api::router(state))
             .with_graceful_shutdown(drained)
             .await?;
+        if let Some(server) = metrics_server {
+            server.abort();
+        }
         drop(sim);
         Ok(())
     }
 }
 
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartupError::Bind { addr, source })
+}
+
 async fn spawn_simulator(config: &ServeConfig) -> Result<SimServer, StartupError> {
     // An ephemeral loopback port, so the real HTTP client path runs end to end.
-    let addr = SocketAddr::from(([127, 0, 0, 1], 0));
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartupError::Bind { addr, source })?;
+    let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let sim = SimServer::spawn(&config.sim, listener)?;
     tracing::warn!(
         base_url = %sim.base_url(),

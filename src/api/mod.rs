@@ -6,12 +6,14 @@ mod error;
 mod extract;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderName, Request, StatusCode, Uri};
-use axum::response::IntoResponse;
+use axum::extract::{DefaultBodyLimit, MatchedPath, State};
+use axum::http::{HeaderName, HeaderValue, Request, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 use tower::ServiceBuilder;
@@ -24,6 +26,7 @@ pub use error::ApiError;
 
 use crate::classify::Classifier;
 use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
 
 /// Everything a handler needs, built once at start-up and shared behind `Arc`.
 #[derive(Debug)]
@@ -33,6 +36,9 @@ pub struct AppState {
     pub lifecycle: Lifecycle,
     /// The body limit, repeated here so a 413 can say what it is.
     pub max_body_bytes: usize,
+    pub metrics: Arc<Metrics>,
+    /// False when `/metrics` is served on its own port instead.
+    pub metrics_on_main_port: bool,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -40,10 +46,16 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The service's routes and layers over `state`.
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.max_body_bytes;
-    let routes = Router::new()
+    let mut routes = Router::new()
         .route("/classify-batch", post(classify::classify_batch))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readyz));
+    if state.metrics_on_main_port {
+        routes = routes.route("/metrics", get(metrics));
+    }
+    let routes = routes
+        // Counted by matched route, never the raw path, so metrics cardinality stays bounded.
+        .route_layer(middleware::from_fn_with_state(state.clone(), track_http))
         .fallback(not_found)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         // The JSON extractor reads the body under this limit and we turn its 413 into ours.
@@ -63,6 +75,43 @@ pub fn router(state: Arc<AppState>) -> Router {
             // Echo the id on the response, errors included.
             .layer(PropagateRequestIdLayer::new(REQUEST_ID)),
     )
+}
+
+/// `/metrics` alone, for a separate port (`HNC_METRICS_LISTEN`).
+pub fn metrics_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn track_http(
+    State(state): State<Arc<AppState>>,
+    route: MatchedPath,
+    request: Request<axum::body::Body>,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let m = &state.metrics;
+    m.http_requests
+        .with_label_values(&[route.as_str(), response.status().as_str()])
+        .inc();
+    m.http_duration
+        .with_label_values(&[route.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Prometheus text. Gauges of live state are read now, so they are exact at scrape time.
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let m = &state.metrics;
+    let limiter = state.classifier.upstream().limiter().snapshot();
+    m.upstream_in_flight.set(limiter.in_flight as i64);
+    m.upstream_concurrency_limit.set(limiter.limit as i64);
+    m.batches_in_flight
+        .set(state.lifecycle.batches_in_flight() as i64);
+    let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
+    ([(header::CONTENT_TYPE, content_type)], m.encode())
 }
 
 fn request_span<B>(request: &Request<B>) -> tracing::Span {

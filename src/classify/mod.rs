@@ -9,6 +9,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tracing::Instrument;
 
+use crate::metrics::Metrics;
 use crate::upstream::{Failure, Prediction, Slot, UpstreamClient, Usage};
 
 /// Bounds on what one request may ask for; the API validates against these.
@@ -74,11 +75,16 @@ impl BatchOutcome {
 pub struct Classifier {
     upstream: Arc<UpstreamClient>,
     limits: BatchLimits,
+    metrics: Arc<Metrics>,
 }
 
 impl Classifier {
-    pub fn new(upstream: Arc<UpstreamClient>, limits: BatchLimits) -> Self {
-        Self { upstream, limits }
+    pub fn new(upstream: Arc<UpstreamClient>, limits: BatchLimits, metrics: Arc<Metrics>) -> Self {
+        Self {
+            upstream,
+            limits,
+            metrics,
+        }
     }
 
     pub fn limits(&self) -> BatchLimits {
@@ -101,6 +107,10 @@ impl Classifier {
         );
         let outcome = self.run_batch(titles).instrument(span.clone()).await?;
         span.record("errors", outcome.errors());
+        for result in &outcome.results {
+            let label = result.as_ref().map_or_else(ItemError::code, |_| "ok");
+            self.metrics.items.with_label_values(&[label]).inc();
+        }
         let limiter = self.upstream.limiter().snapshot();
         span.in_scope(|| {
             tracing::info!(

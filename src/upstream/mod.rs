@@ -11,7 +11,7 @@ pub mod responses;
 mod retry;
 
 use std::ops::AddAssign;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
@@ -25,6 +25,7 @@ use pacer::Pacer;
 use responses::RequestTemplate;
 pub use retry::{Decision, Failure, GiveUp, RetryPolicy};
 
+use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::taxonomy::Taxonomy;
 
@@ -83,6 +84,23 @@ pub struct UpstreamClient {
     retry: RetryPolicy,
     limiter: AdaptiveLimiter,
     pacer: Pacer,
+    metrics: Arc<Metrics>,
+    /// Set when the provider rejected our credentials or quota: until then, readiness is false.
+    unusable_until: Mutex<Option<Instant>>,
+}
+
+/// How long a replica reports itself unready after the provider refused its key or quota.
+/// Readiness would otherwise stay false for good: unready replicas get no traffic to retest it.
+const UNUSABLE_FOR: Duration = Duration::from_secs(30);
+
+/// One HTTP call's outcome, with what the response said besides its body.
+struct Attempt {
+    result: Result<Prediction, UpstreamError>,
+    usage: Usage,
+    headers: RateHeaders,
+    /// The HTTP status, when a response arrived.
+    status: Option<u16>,
+    latency: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +112,11 @@ pub enum BuildError {
 }
 
 impl UpstreamClient {
-    pub fn new(settings: UpstreamSettings, taxonomy: Arc<Taxonomy>) -> Result<Self, BuildError> {
+    pub fn new(
+        settings: UpstreamSettings,
+        taxonomy: Arc<Taxonomy>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, BuildError> {
         let mut authorization =
             HeaderValue::from_str(&format!("Bearer {}", settings.api_key.expose()))
                 .map_err(|_| BuildError::InvalidApiKey)?;
@@ -120,7 +142,15 @@ impl UpstreamClient {
             retry: settings.retry,
             limiter: AdaptiveLimiter::new(settings.max_in_flight),
             pacer: Pacer::new(settings.rpm_limit, settings.tpm_limit),
+            metrics,
+            unusable_until: Mutex::new(None),
         })
+    }
+
+    /// False for a while after the provider rejected our key (401/403) or quota.
+    pub fn is_usable(&self) -> bool {
+        let until = *self.unusable_until.lock().expect("health lock poisoned");
+        until.is_none_or(|at| Instant::now() >= at)
     }
 
     pub fn taxonomy(&self) -> &Taxonomy {
@@ -160,16 +190,16 @@ impl UpstreamClient {
             let deadline =
                 *deadline.get_or_insert_with(|| Instant::now() + self.retry.item_deadline);
             attempts += 1;
-            let started = Instant::now();
             let timeout = self
                 .call_timeout
-                .min(deadline.saturating_duration_since(started));
-            let (result, call_usage, headers) = self.call(title, timeout).await;
-            usage += call_usage;
+                .min(deadline.saturating_duration_since(Instant::now()));
+            let attempt = self.call(title, timeout).await;
+            usage += attempt.usage;
             usage.upstream_requests += 1;
-            self.learn(&result, &headers, started.elapsed());
+            self.learn(&attempt);
             drop(slot);
 
+            let result = attempt.result;
             let error = match result {
                 Ok(prediction) => return (Ok(prediction), usage),
                 Err(error) => error,
@@ -187,6 +217,10 @@ impl UpstreamClient {
                     );
                 }
                 Decision::RetryAfter(delay) => {
+                    self.metrics
+                        .upstream_retries
+                        .with_label_values(&[error.code()])
+                        .inc();
                     tracing::debug!(error.code = error.code(), %error, attempts, delay_ms = delay.as_millis() as u64, "retrying");
                     tokio::time::sleep(delay).await;
                 }
@@ -195,30 +229,56 @@ impl UpstreamClient {
         }
     }
 
-    /// Feeds one outcome to the limiter and the pacer.
-    fn learn(
-        &self,
-        result: &Result<Prediction, UpstreamError>,
-        headers: &RateHeaders,
-        latency: Duration,
-    ) {
-        let rate_limited =
-            matches!(result, Err(e @ UpstreamError::Http { status: 429, .. }) if e.is_retryable());
-        match result {
+    /// Feeds one attempt to the metrics, the limiter, the pacer and the health flag.
+    fn learn(&self, attempt: &Attempt) {
+        let m = &self.metrics;
+        let status = match (&attempt.status, &attempt.result) {
+            (Some(code), _) => code.to_string(),
+            (None, Err(UpstreamError::Timeout(_))) => "timeout".to_owned(),
+            (None, _) => "transport".to_owned(),
+        };
+        m.upstream_requests.with_label_values(&[&status]).inc();
+        m.upstream_duration.observe(attempt.latency.as_secs_f64());
+        m.upstream_tokens
+            .with_label_values(&["input"])
+            .inc_by(attempt.usage.input_tokens);
+        m.upstream_tokens
+            .with_label_values(&["output"])
+            .inc_by(attempt.usage.output_tokens);
+
+        let rate_limited = attempt
+            .result
+            .as_ref()
+            .is_err_and(UpstreamError::is_rate_limited);
+        match &attempt.result {
             _ if rate_limited => self.limiter.on_congestion(Congestion::RateLimited),
             Err(UpstreamError::Timeout(_)) => self.limiter.on_congestion(Congestion::Timeout),
-            Ok(_) => self.limiter.on_success(latency),
+            Ok(_) => self.limiter.on_success(attempt.latency),
             Err(_) => {}
         }
-        self.pacer.observe(headers, rate_limited);
+        self.pacer.observe(&attempt.headers, rate_limited);
+        self.track_health(&attempt.result);
+    }
+
+    fn track_health(&self, result: &Result<Prediction, UpstreamError>) {
+        let refused = match result {
+            Err(e @ UpstreamError::Http { status, .. }) => {
+                matches!(status, 401 | 403) || e.code() == "upstream_quota_exhausted"
+            }
+            _ => false,
+        };
+        let mut until = self.unusable_until.lock().expect("health lock poisoned");
+        if refused {
+            *until = Some(Instant::now() + UNUSABLE_FOR);
+            tracing::warn!("the provider refused our key or quota: reporting unready");
+        } else if result.is_ok() {
+            *until = None;
+        }
     }
 
     /// One HTTP call within `timeout`.
-    async fn call(
-        &self,
-        title: &str,
-        timeout: Duration,
-    ) -> (Result<Prediction, UpstreamError>, Usage, RateHeaders) {
+    async fn call(&self, title: &str, timeout: Duration) -> Attempt {
+        let started = Instant::now();
         let sent = self
             .http
             .post(&self.url)
@@ -228,31 +288,35 @@ impl UpstreamClient {
             .body(self.template.encode(title))
             .send()
             .await;
+        let failed = |error, headers, status| Attempt {
+            result: Err(error),
+            usage: Usage::default(),
+            headers,
+            status,
+            latency: started.elapsed(),
+        };
         let response = match sent {
             Ok(r) => r,
-            Err(e) => {
-                return (
-                    Err(transport_error(e, timeout)),
-                    Usage::default(),
-                    RateHeaders::default(),
-                );
-            }
+            Err(e) => return failed(transport_error(e, timeout), RateHeaders::default(), None),
         };
         let status = response.status();
         let headers = RateHeaders::parse(response.headers());
         let body = match response.bytes().await {
             Ok(b) => b,
-            Err(e) => return (Err(transport_error(e, timeout)), Usage::default(), headers),
+            Err(e) => return failed(transport_error(e, timeout), headers, Some(status.as_u16())),
         };
         if !status.is_success() {
-            return (
-                Err(self.http_error(status.as_u16(), &body, &headers)),
-                Usage::default(),
-                headers,
-            );
+            let error = self.http_error(status.as_u16(), &body, &headers);
+            return failed(error, headers, Some(status.as_u16()));
         }
         let (result, usage) = responses::decode(&body, &self.taxonomy);
-        (result, usage, headers)
+        Attempt {
+            result,
+            usage,
+            headers,
+            status: Some(status.as_u16()),
+            latency: started.elapsed(),
+        }
     }
 
     /// A non-2xx answer, read as OpenAI's `{"error":{"message","type","param","code"}}` when it is

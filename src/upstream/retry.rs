@@ -77,7 +77,9 @@ impl RetryPolicy {
         if !error.is_retryable() {
             return Decision::GiveUp(GiveUp::Final);
         }
-        if attempts > self.max_retries {
+        // A 429 for rate means "not now", not "broken": it is bounded by the deadline alone, so
+        // replicas converging on a shared limit do not lose items while they do.
+        if attempts > self.max_retries && !error.is_rate_limited() {
             return Decision::GiveUp(GiveUp::RetriesExhausted);
         }
         let delay = error
@@ -120,6 +122,11 @@ impl UpstreamError {
             | Self::OffTaxonomy(_)
             | Self::ConfidenceOutOfRange(_) => false,
         }
+    }
+
+    /// A 429 for rate (not for quota): the provider is busy, not refusing.
+    pub fn is_rate_limited(&self) -> bool {
+        matches!(self, Self::Http { status: 429, .. }) && self.is_retryable()
     }
 
     /// The provider's requested wait, if it sent one.
@@ -184,7 +191,13 @@ mod tests {
             Decision::RetryAfter(Duration::from_millis(300))
         );
         assert_eq!(
-            POLICY.decide(&e, 4, far()),
+            POLICY.decide(&e, 9, far()),
+            Decision::RetryAfter(Duration::from_millis(300)),
+            "a rate limit waits for the deadline, not the retry budget"
+        );
+        let server_error = http(503, None, Some(300), None);
+        assert_eq!(
+            POLICY.decide(&server_error, 4, far()),
             Decision::GiveUp(GiveUp::RetriesExhausted)
         );
         let soon = Instant::now() + Duration::from_millis(100);

@@ -1,0 +1,178 @@
+//! Prometheus metrics under the names DESIGN.md fixes. One registry per application, held in its
+//! state rather than a global recorder, so two apps in one process (tests) never mix counts.
+//! Gauges that mirror live state (calls in flight, the adaptive limit, running batches) are read
+//! at scrape time rather than kept in step on every change.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Buckets from 1 ms to a minute: LLM calls sit in the hundreds of milliseconds, batches longer.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// By matched route (never the raw path) and status code.
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    /// Items by outcome: `ok` or the per-item `error_code`.
+    pub items: IntCounterVec,
+    pub batches_in_flight: IntGauge,
+    /// Upstream calls by HTTP status, or `timeout` / `transport`.
+    pub upstream_requests: IntCounterVec,
+    pub upstream_duration: Histogram,
+    /// Retries by the error code that caused them.
+    pub upstream_retries: IntCounterVec,
+    pub upstream_in_flight: IntGauge,
+    pub upstream_concurrency_limit: IntGauge,
+    /// Tokens the provider counted, by `input` / `output`.
+    pub upstream_tokens: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let seconds = |name: &str, help: &str| {
+            HistogramOpts::new(name, help).buckets(SECONDS_BUCKETS.to_vec())
+        };
+        let metrics = Self {
+            http_requests: IntCounterVec::new(
+                Opts::new(
+                    "http_server_requests_total",
+                    "HTTP requests answered, by matched route and status.",
+                ),
+                &["route", "status"],
+            )
+            .expect("valid metric"),
+            http_duration: HistogramVec::new(
+                seconds(
+                    "http_server_request_duration_seconds",
+                    "Time to answer an HTTP request, by matched route.",
+                ),
+                &["route"],
+            )
+            .expect("valid metric"),
+            items: IntCounterVec::new(
+                Opts::new(
+                    "classify_items_total",
+                    "Items classified, by outcome (ok or the error code).",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+            batches_in_flight: IntGauge::new(
+                "classify_batches_in_flight",
+                "Batches being classified now.",
+            )
+            .expect("valid metric"),
+            upstream_requests: IntCounterVec::new(
+                Opts::new(
+                    "upstream_requests_total",
+                    "Calls to the provider, by HTTP status, timeout or transport.",
+                ),
+                &["status"],
+            )
+            .expect("valid metric"),
+            upstream_duration: Histogram::with_opts(seconds(
+                "upstream_request_duration_seconds",
+                "Time one call to the provider took.",
+            ))
+            .expect("valid metric"),
+            upstream_retries: IntCounterVec::new(
+                Opts::new(
+                    "upstream_retries_total",
+                    "Calls retried, by the error code that caused the retry.",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            upstream_in_flight: IntGauge::new(
+                "upstream_in_flight",
+                "Calls to the provider in flight now.",
+            )
+            .expect("valid metric"),
+            upstream_concurrency_limit: IntGauge::new(
+                "upstream_concurrency_limit",
+                "The adaptive limit on calls in flight.",
+            )
+            .expect("valid metric"),
+            upstream_tokens: IntCounterVec::new(
+                Opts::new(
+                    "upstream_tokens_total",
+                    "Tokens the provider counted, by kind.",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
+            registry,
+        };
+        metrics.register_all();
+        metrics
+    }
+
+    fn register_all(&self) {
+        let collectors: [Box<dyn prometheus::core::Collector>; 10] = [
+            Box::new(self.http_requests.clone()),
+            Box::new(self.http_duration.clone()),
+            Box::new(self.items.clone()),
+            Box::new(self.batches_in_flight.clone()),
+            Box::new(self.upstream_requests.clone()),
+            Box::new(self.upstream_duration.clone()),
+            Box::new(self.upstream_retries.clone()),
+            Box::new(self.upstream_in_flight.clone()),
+            Box::new(self.upstream_concurrency_limit.clone()),
+            Box::new(self.upstream_tokens.clone()),
+        ];
+        for collector in collectors {
+            self.registry
+                .register(collector)
+                .expect("each metric registered once");
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encoding to a Vec cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_the_designed_names() {
+        let m = Metrics::new();
+        m.http_requests
+            .with_label_values(&["/classify-batch", "200"])
+            .inc();
+        m.items.with_label_values(&["ok"]).inc_by(3);
+        m.upstream_tokens.with_label_values(&["input"]).inc_by(120);
+        m.upstream_duration.observe(0.3);
+        let text = m.encode();
+        for name in [
+            "http_server_requests_total{route=\"/classify-batch\",status=\"200\"} 1",
+            "classify_items_total{outcome=\"ok\"} 3",
+            "upstream_tokens_total{kind=\"input\"} 120",
+            "upstream_request_duration_seconds_count 1",
+            "classify_batches_in_flight 0",
+            "upstream_concurrency_limit 0",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+    }
+}
