@@ -26,8 +26,11 @@ pub struct Cli {
     pub command: Command,
 }
 
+// One value, parsed once at start-up: the size difference of the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
+
     /// Run the HTTP service (`POST /classify-batch`).
     Serve(ServeConfig),
     /// Run the simulated OpenAI API on its own.

@@ -133,12 +133,18 @@ async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-/// Readiness: false while draining, so load balancers stop sending new work.
+/// Readiness: false while draining, or while the provider refuses our key or quota, so load
+/// balancers send the work elsewhere.
 async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     if state.lifecycle.is_draining() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "draining"})),
+        )
+    } else if !state.classifier.upstream().is_usable() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "upstream_unusable"})),
         )
     } else {
         (StatusCode::OK, Json(json!({"status": "ready"})))

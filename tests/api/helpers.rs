@@ -14,6 +14,7 @@ use axum::routing::post;
 use clap::Parser;
 use hn_classifier::api::ClassifyBatchResponse;
 use hn_classifier::config::{Cli, Command, ServeConfig};
+use hn_classifier::sim::SimServer;
 use hn_classifier::startup::Application;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -71,6 +72,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// The in-process simulator's address, when there is one.
     pub sim_addr: Option<SocketAddr>,
+    /// The metrics port, when `--metrics-listen` gave `/metrics` its own.
+    pub metrics_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     pub server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -106,6 +109,7 @@ pub async fn spawn_app(config: ServeConfig) -> TestApp {
     let app = Application::build(config).await.expect("app builds");
     let addr = app.local_addr();
     let sim_addr = app.simulator().map(|s| s.addr());
+    let metrics_addr = app.metrics_addr();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run(async {
         let _ = stopped.await;
@@ -114,6 +118,7 @@ pub async fn spawn_app(config: ServeConfig) -> TestApp {
         addr,
         client: reqwest::Client::new(),
         sim_addr,
+        metrics_addr,
         stop: Some(stop),
         server,
     }
@@ -171,16 +176,39 @@ impl TestApp {
             .unwrap()
     }
 
-    pub async fn shutdown(mut self) {
+    /// Starts the drain, as SIGTERM would, without waiting for it.
+    pub fn begin_shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+
+    /// Drains and waits until the server has stopped.
+    pub async fn shutdown(mut self) {
+        self.begin_shutdown();
         tokio::time::timeout(Duration::from_secs(10), &mut self.server)
             .await
             .expect("drains in time")
             .expect("server task")
             .expect("server result");
     }
+}
+
+/// A simulator on its own port (for several apps to share), with `hn-classifier sim` flags.
+pub async fn spawn_sim(flags: &[&str]) -> SimServer {
+    let args = [&["hn-classifier", "sim"], flags].concat();
+    let config = match Cli::try_parse_from(args).expect("valid sim flags").command {
+        Command::Sim(c) => c.sim,
+        Command::Serve(_) => unreachable!(),
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    SimServer::spawn(&config, listener).expect("sim starts")
+}
+
+/// GETs `url` and returns the status and body text.
+pub async fn get(url: &str) -> (StatusCode, String) {
+    let response = reqwest::get(url).await.expect("GET sent");
+    (response.status(), response.text().await.unwrap())
 }
 
 /// What the fake upstream answers for a title on its `n`th call (1-based).

@@ -1,0 +1,296 @@
+//! What an autoscaler and an operator rely on: metrics, readiness, the deployment files agreeing
+//! with the code, several replicas sharing one provider limit, and a replica draining under load.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use clap::CommandFactory;
+use futures::future::join_all;
+use hn_classifier::config::Cli;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+fn manifest_path(file: &str) -> String {
+    format!("{}/{file}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_items_by_outcome_and_upstream_calls() {
+    let app = spawn_simulated(&[]).await;
+    app.classify(&["Rust 2.0 released", "   ", "A new GPU from Nvidia"])
+        .await;
+    get(&app.url("/no/such/page/12345")).await;
+
+    let (status, text) = get(&app.url("/metrics")).await;
+
+    assert_eq!(status, StatusCode::OK);
+    for line in [
+        "http_server_requests_total{route=\"/classify-batch\",status=\"200\"} 1",
+        "classify_items_total{outcome=\"ok\"} 2",
+        "classify_items_total{outcome=\"title_empty\"} 1",
+        "upstream_requests_total{status=\"200\"} 2",
+        "upstream_request_duration_seconds_count 2",
+        "upstream_concurrency_limit 512",
+        "upstream_in_flight 0",
+        "classify_batches_in_flight 0",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+    assert!(text.contains("upstream_tokens_total{kind=\"input\"}"));
+    assert!(!text.contains("12345"), "raw paths never become labels");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn metrics_can_live_on_their_own_port() {
+    let app = spawn_simulated(&["--metrics-listen", "127.0.0.1:0"]).await;
+    let (status, _) = get(&app.url("/metrics")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "not on the public port");
+    let (status, text) = get(&format!("http://{}/metrics", app.metrics_addr.unwrap())).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(text.contains("upstream_concurrency_limit"));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn readiness_turns_off_while_the_provider_refuses_our_key_and_liveness_stays_on() {
+    let upstream = spawn_fake_upstream(|_, _| {
+        openai_error(
+            StatusCode::UNAUTHORIZED,
+            "Incorrect API key provided.",
+            "invalid_request_error",
+            Some("invalid_api_key"),
+        )
+    })
+    .await;
+    let app = spawn_against(&upstream, &[]).await;
+    assert_eq!(get(&app.url("/readyz")).await.0, StatusCode::OK);
+
+    let response = app.classify(&["anything"]).await;
+
+    assert_eq!(
+        response.results[0].error_code.as_deref(),
+        Some("upstream_rejected")
+    );
+    let (status, body) = get(&app.url("/readyz")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("upstream_unusable"), "{body}");
+    assert_eq!(get(&app.url("/healthz")).await.0, StatusCode::OK);
+    app.shutdown().await;
+}
+
+/// Every environment variable `serve` reads, from the command definition itself.
+fn env_names_read_by_serve() -> BTreeSet<String> {
+    let cli = Cli::command();
+    let serve = cli.find_subcommand("serve").expect("a serve subcommand");
+    serve
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn fly_toml_and_k8s_agree_with_the_code() {
+    let known_env = env_names_read_by_serve();
+    let app = spawn_simulated(&[]).await;
+    let default_port = {
+        let config = config(&[]);
+        let defaults = hn_classifier::config::ServeConfig {
+            listen: None,
+            port: None,
+            ..config
+        };
+        i64::from(defaults.listen_addr().port())
+    };
+
+    let fly: toml::Table = std::fs::read_to_string(manifest_path("fly.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let service = fly["http_service"].as_table().unwrap();
+    assert_eq!(service["internal_port"].as_integer(), Some(default_port));
+    for check in service["checks"].as_array().unwrap() {
+        let path = check["path"].as_str().unwrap();
+        assert_eq!(
+            get(&app.url(path)).await.0,
+            StatusCode::OK,
+            "fly check {path}"
+        );
+    }
+    for key in fly["env"].as_table().unwrap().keys() {
+        assert!(
+            known_env.contains(key),
+            "fly.toml sets {key}, which the service does not read"
+        );
+    }
+
+    let kustomization: Value = yaml(&manifest_path("k8s/kustomization.yaml"));
+    let resources: Vec<Value> = kustomization["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|file| yaml(&manifest_path(&format!("k8s/{}", file.as_str().unwrap()))))
+        .collect();
+    let of_kind = |kind: &str| {
+        resources
+            .iter()
+            .find(|r| r["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind}"))
+    };
+
+    let container = &of_kind("Deployment")["spec"]["template"]["spec"]["containers"][0];
+    let http_port = container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "http")
+        .unwrap();
+    assert_eq!(http_port["containerPort"].as_i64(), Some(default_port));
+    for probe in ["readinessProbe", "livenessProbe"] {
+        let path = container[probe]["httpGet"]["path"].as_str().unwrap();
+        assert_eq!(
+            get(&app.url(path)).await.0,
+            StatusCode::OK,
+            "{probe} {path}"
+        );
+    }
+    let config_map = of_kind("ConfigMap");
+    for key in config_map["data"].as_object().unwrap().keys() {
+        assert!(
+            known_env.contains(key),
+            "the ConfigMap sets {key}, which the service does not read"
+        );
+    }
+    let metrics_port = config_map["data"]["HNC_METRICS_LISTEN"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap();
+    let declared_metrics = container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "metrics")
+        .unwrap();
+    assert_eq!(declared_metrics["containerPort"].to_string(), metrics_port);
+
+    let secret: Value = yaml(&manifest_path("k8s/secret.example.yaml"));
+    for key in secret["stringData"].as_object().unwrap().keys() {
+        assert!(
+            known_env.contains(key),
+            "the Secret sets {key}, which the service does not read"
+        );
+    }
+    app.shutdown().await;
+}
+
+fn yaml(path: &str) -> Value {
+    serde_norway::from_str(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}")))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn three_replicas_share_one_rate_limited_provider_without_an_item_error() {
+    let sim = spawn_sim(&["--sim-rpm", "1200", "--sim-latency-ms", "20"]).await;
+    let url = sim.base_url();
+    let replicas = join_all((0..3).map(|_| {
+        spawn_app(config(&[
+            "--openai-base-url",
+            &url,
+            "--openai-api-key",
+            "sk-shared",
+        ]))
+    }))
+    .await;
+    let titles = data_lines("hn_titles.txt")[..300].to_vec();
+
+    // Round-robin: batch i goes to replica i % 3, all at once.
+    let responses = join_all(
+        titles
+            .chunks(10)
+            .enumerate()
+            .map(|(i, batch)| replicas[i % 3].classify(batch)),
+    )
+    .await;
+
+    let errors: usize = responses.iter().map(|r| r.errors).sum();
+    let stats = sim.stats().snapshot(false);
+    assert_eq!(errors, 0, "{stats:?}");
+    assert_eq!(stats.by_status.get(&200), Some(&300));
+    for replica in replicas {
+        replica.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_replica_draining_mid_load_finishes_its_batches_and_the_client_moves_on() {
+    let sim = spawn_sim(&["--sim-latency-ms", "100", "--sim-latency-sigma", "0"]).await;
+    let url = sim.base_url();
+    let mut replicas = join_all((0..3).map(|_| {
+        spawn_app(config(&[
+            "--openai-base-url",
+            &url,
+            "--openai-api-key",
+            "k",
+            "--request-concurrency",
+            "2",
+        ]))
+    }))
+    .await;
+    let urls: Vec<String> = replicas.iter().map(|r| r.url("/classify-batch")).collect();
+    let readyz = replicas[0].url("/readyz");
+    let titles = data_lines("hn_titles.txt")[..240].to_vec();
+    let client = reqwest::Client::new();
+
+    // Each batch of 8 takes about 400 ms; a client that finds a replica draining (503, or the
+    // port closed) sends the same batch to the next one.
+    let send = |i: usize, batch: Vec<String>| {
+        let (client, urls) = (client.clone(), urls.clone());
+        async move {
+            for attempt in 0..urls.len() {
+                let target = &urls[(i + attempt) % urls.len()];
+                match client
+                    .post(target)
+                    .json(&json!({ "titles": batch }))
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == StatusCode::OK => {
+                        return r.json::<Value>().await.unwrap();
+                    }
+                    Ok(r) => assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE),
+                    Err(e) => assert!(e.is_connect(), "{e}"),
+                }
+            }
+            panic!("no replica took batch {i}");
+        }
+    };
+    let load = join_all(titles.chunks(8).enumerate().map(|(i, b)| {
+        let send = &send;
+        async move {
+            tokio::time::sleep(Duration::from_millis(20 * i as u64)).await;
+            send(i, b.to_vec()).await
+        }
+    }));
+    let drain = async {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        replicas[0].begin_shutdown();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        get(&readyz).await.0
+    };
+    let (bodies, readiness_while_draining) = tokio::join!(load, drain);
+
+    assert_eq!(readiness_while_draining, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(bodies.len(), 30);
+    for body in &bodies {
+        assert_eq!(body["errors"], 0, "{body}");
+        assert_eq!(body["num_items"], 8);
+    }
+    for replica in replicas {
+        replica.shutdown().await;
+    }
+}
