@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# POSTs BATCHES batches of SIZE real titles all at once to a running service and prints items,
-# errors, wall time and items/s; with SIM_URL set, also the simulator's counters.
-# Defaults reproduce the reference study's client: 60 batches of 50 (3000 items).
-# usage: [BATCHES=60] [SIZE=50] [SIM_URL=http://127.0.0.1:9000] scripts/load.sh [SERVICE_URL]
+# POSTs BATCHES batches of SIZE real titles all at once to running replicas (round-robin over
+# the URLs given) and prints items, errors, wall time and items/s; with SIM_URL set, also the
+# simulator's counters. Defaults reproduce the reference study's client: 60 batches of 50.
+# usage: [BATCHES=60] [SIZE=50] [SIM_URL=http://127.0.0.1:9000] scripts/load.sh [URL...]
 set -euo pipefail
-url=${1:-http://127.0.0.1:8000}
+[ $# -gt 0 ] || set -- http://127.0.0.1:8000
+urls=("$@")
 batches=${BATCHES:-60}
 size=${SIZE:-50}
 dir=$(mktemp -d)
@@ -18,8 +19,13 @@ for i in range(batches):
         json.dump({"titles": list(itertools.islice(titles, size))}, f)
 PY
 start=$(date +%s.%N)
-ls "$dir"/b*.json | xargs -P "$batches" -I{} curl -s -o {}.out -X POST "$url/classify-batch" \
-  -H 'content-type: application/json' --data-binary @{}
+i=0
+for f in "$dir"/b*.json; do
+  echo "$f ${urls[$((i % ${#urls[@]}))]}"
+  i=$((i + 1))
+done | xargs -P "$batches" -n 2 sh -c 'curl -s -o "$0.out" -X POST "$1/classify-batch" \
+  -H "content-type: application/json" --data-binary @"$0"'
+
 end=$(date +%s.%N)
 python3 - "$dir" "$start" "$end" "$batches" <<'PY'
 import glob, json, sys

@@ -30,7 +30,6 @@ pub struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
-
     /// Run the HTTP service (`POST /classify-batch`).
     Serve(ServeConfig),
     /// Run the simulated OpenAI API on its own.

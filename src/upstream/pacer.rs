@@ -15,9 +15,13 @@ use super::headers::RateHeaders;
 /// The most of an announced limit we aim for: headroom for jitter between us and the provider.
 const MAX_SHARE: f64 = 0.98;
 const MIN_SHARE: f64 = 0.05;
-const SHARE_CUT: f64 = 0.9;
-const SHARE_GROWTH_PER_SUCCESS: f64 = 0.001;
-const SHARE_CUT_COOLDOWN: Duration = Duration::from_secs(1);
+/// A 429 cuts the share by 15%, at most every quarter second: replicas that all start at the
+/// full announced limit get down to their fair part within a couple of seconds.
+const SHARE_CUT: f64 = 0.85;
+const SHARE_CUT_COOLDOWN: Duration = Duration::from_millis(250);
+/// Successes raise the share by 2% of the limit per second, however many calls that is, so the
+/// probing back up is gentle whatever the rate.
+const SHARE_GROWTH_PER_SECOND: f64 = 0.02;
 
 #[derive(Debug)]
 pub struct Pacer {
@@ -32,6 +36,8 @@ struct PaceState {
     announced_tpm: Option<u64>,
     share: f64,
     last_share_cut: Option<Instant>,
+    /// When the share last grew (or was cut): growth is by elapsed time.
+    share_changed_at: Instant,
     /// Earliest start of the next call by the request rate and by the token rate.
     next_by_requests: Instant,
     next_by_tokens: Instant,
@@ -49,6 +55,7 @@ impl Pacer {
                 announced_tpm: None,
                 share: MAX_SHARE,
                 last_share_cut: None,
+                share_changed_at: now,
                 next_by_requests: now,
                 next_by_tokens: now,
                 paused_until: now,
@@ -87,8 +94,8 @@ impl Pacer {
             .filter(|r| *r > 0)
             .or(s.announced_rpm);
         s.announced_tpm = headers.limit_tokens.filter(|t| *t > 0).or(s.announced_tpm);
+        let now = Instant::now();
         if rate_limited {
-            let now = Instant::now();
             if let Some(wait) = headers.retry_after {
                 s.paused_until = s.paused_until.max(now + wait);
             }
@@ -96,6 +103,7 @@ impl Pacer {
                 .is_none_or(|at| now - at >= SHARE_CUT_COOLDOWN)
             {
                 s.last_share_cut = Some(now);
+                s.share_changed_at = now;
                 s.share = (s.share * SHARE_CUT).max(MIN_SHARE);
                 tracing::info!(
                     share = s.share,
@@ -103,7 +111,9 @@ impl Pacer {
                 );
             }
         } else {
-            s.share = (s.share + SHARE_GROWTH_PER_SUCCESS).min(MAX_SHARE);
+            let elapsed = (now - s.share_changed_at).as_secs_f64();
+            s.share = (s.share + SHARE_GROWTH_PER_SECOND * elapsed).min(MAX_SHARE);
+            s.share_changed_at = now;
         }
     }
 
