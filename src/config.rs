@@ -43,6 +43,28 @@ pub struct ServeConfig {
     #[arg(long, env = "HNC_LISTEN", value_name = "HNC_LISTEN")]
     pub listen: Option<SocketAddr>,
 
+    /// Bearer tokens allowed to call `/classify-batch`, comma-separated. Empty: open to anyone
+    /// who can reach the port (a warning is logged).
+    #[arg(
+        long,
+        env = "HNC_API_KEYS",
+        value_name = "HNC_API_KEYS",
+        hide_env_values = true
+    )]
+    pub api_keys: Option<Secret>,
+
+    /// A file of bearer tokens, one per line (a mounted secret); added to HNC_API_KEYS.
+    #[arg(long, env = "HNC_API_KEYS_FILE", value_name = "HNC_API_KEYS_FILE")]
+    pub api_keys_file: Option<std::path::PathBuf>,
+
+    /// Items per minute each key may classify (a minute's worth may come at once); unset = no quota.
+    #[arg(
+        long,
+        env = "HNC_QUOTA_ITEMS_PER_MIN",
+        value_name = "HNC_QUOTA_ITEMS_PER_MIN"
+    )]
+    pub quota_items_per_min: Option<std::num::NonZeroU32>,
+
     /// Serve `/metrics` on this address instead of the main one (keep it off the public port).
     #[arg(long, env = "HNC_METRICS_LISTEN", value_name = "HNC_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -114,7 +136,17 @@ pub struct ServeConfig {
     #[arg(long, env = "HNC_MAX_TITLE_CHARS", value_name = "HNC_MAX_TITLE_CHARS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_title_chars: u32,
 
+    /// Longest a client may take to send its request headers, seconds (slow clients).
+    #[arg(long, env = "HNC_HEADER_READ_TIMEOUT_S", value_name = "HNC_HEADER_READ_TIMEOUT_S", default_value = "10", value_parser = parse_seconds)]
+    pub header_read_timeout: Duration,
+
+    /// Longest one request may take, body upload included, seconds; past it the answer is 504
+    /// `request_timeout` and the batch's upstream calls are cancelled.
+    #[arg(long, env = "HNC_REQUEST_TIMEOUT_S", value_name = "HNC_REQUEST_TIMEOUT_S", default_value = "300", value_parser = parse_seconds)]
+    pub request_timeout: Duration,
+
     /// Largest request body, in bytes.
+
     #[arg(long, env = "HNC_MAX_BODY_BYTES", value_name = "HNC_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024, value_parser = clap::value_parser!(u32).range(1024..))]
     pub max_body_bytes: u32,
 
@@ -175,6 +207,11 @@ pub enum ConfigError {
          hn-classifier serve --simulate"
     )]
     MissingApiKey,
+    #[error("HNC_API_KEYS_FILE {path}: {source}")]
+    ApiKeysFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl ServeConfig {
@@ -193,7 +230,33 @@ impl ServeConfig {
         }
     }
 
+    /// Every client key from HNC_API_KEYS and HNC_API_KEYS_FILE; blank entries ignored.
+    pub fn client_keys(&self) -> Result<Vec<Secret>, ConfigError> {
+        let mut keys: Vec<Secret> = Vec::new();
+        let mut add = |text: &str, separator: char| {
+            keys.extend(
+                text.split(separator)
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(Secret::new),
+            );
+        };
+        if let Some(list) = &self.api_keys {
+            add(list.expose(), ',');
+        }
+        if let Some(path) = &self.api_keys_file {
+            let text =
+                std::fs::read_to_string(path).map_err(|source| ConfigError::ApiKeysFile {
+                    path: path.clone(),
+                    source,
+                })?;
+            add(&text, '\n');
+        }
+        Ok(keys)
+    }
+
     /// Upstream settings for the real provider, or for the simulator at `sim_base_url`.
+
     pub fn upstream_settings(
         &self,
         sim_base_url: Option<String>,

@@ -10,6 +10,7 @@ pub mod config;
 pub mod lifecycle;
 pub mod metrics;
 pub mod secret;
+pub mod server;
 pub mod sim;
 pub mod startup;
 pub mod taxonomy;

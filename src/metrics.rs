@@ -22,6 +22,8 @@ pub struct Metrics {
     /// Items by outcome: `ok` or the per-item `error_code`.
     pub items: IntCounterVec,
     pub batches_in_flight: IntGauge,
+    /// Items accepted, by client identity (`key-xxxxxxxx`, never the key; `anonymous` if open).
+    pub client_items: IntCounterVec,
     /// Upstream calls by HTTP status, or `timeout` / `transport`.
     pub upstream_requests: IntCounterVec,
     pub upstream_duration: Histogram,
@@ -62,6 +64,14 @@ impl Metrics {
                     "Items classified, by outcome (ok or the error code).",
                 ),
                 &["outcome"],
+            )
+            .expect("valid metric"),
+            client_items: IntCounterVec::new(
+                Opts::new(
+                    "classify_client_items_total",
+                    "Items accepted, by client identity (a hash prefix of the key, never the key).",
+                ),
+                &["client"],
             )
             .expect("valid metric"),
             batches_in_flight: IntGauge::new(
@@ -115,7 +125,8 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 10] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 11] = [
+            Box::new(self.client_items.clone()),
             Box::new(self.http_requests.clone()),
             Box::new(self.http_duration.clone()),
             Box::new(self.items.clone()),

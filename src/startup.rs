@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, ClientKeys, Quotas};
+
 use crate::classify::Classifier;
 use crate::config::{ConfigError, ServeConfig};
 use crate::lifecycle::Lifecycle;
@@ -54,6 +55,14 @@ impl Application {
             None
         };
         let settings = config.upstream_settings(sim.as_ref().map(SimServer::base_url))?;
+        let client_keys = ClientKeys::new(config.client_keys()?);
+        if client_keys.is_open() {
+            tracing::warn!(
+                "HNC_API_KEYS is empty: anyone who can reach this port can spend the provider's credits"
+            );
+        } else {
+            tracing::info!(keys = client_keys.len(), "bearer authentication on");
+        }
         let metrics = Arc::new(Metrics::new());
         let upstream =
             UpstreamClient::new(settings, Arc::new(Taxonomy::hn_topics()), metrics.clone())?;
@@ -61,8 +70,12 @@ impl Application {
             classifier: Classifier::new(Arc::new(upstream), config.batch_limits(), metrics.clone()),
             lifecycle: Lifecycle::default(),
             max_body_bytes: config.max_body_bytes as usize,
+            request_timeout: config.request_timeout,
+
             metrics,
             metrics_on_main_port: config.metrics_listen.is_none(),
+            client_keys,
+            quotas: Quotas::new(config.quota_items_per_min),
         });
         let addr = config.listen_addr();
         let listener = bind(addr).await?;
@@ -138,9 +151,14 @@ impl Application {
             lifecycle.wait_idle().await;
             tracing::info!("drained; stopping");
         };
-        axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(drained)
-            .await?;
+        crate::server::serve(
+            listener,
+            api::router(state),
+            config.header_read_timeout,
+            drained,
+        )
+        .await;
+
         if let Some(server) = metrics_server {
             server.abort();
         }

@@ -2,12 +2,13 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::State;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use validator::{Validate, ValidationError};
 
 use super::AppState;
+use super::auth::ClientId;
 use super::error::ApiError;
 use super::extract::ValidJson;
 use crate::classify::{BatchLimits, BatchOutcome, ItemResult};
@@ -102,8 +103,16 @@ impl From<&BatchOutcome> for ClassifyBatchResponse {
 
 pub async fn classify_batch(
     State(state): State<Arc<AppState>>,
+    Extension(client): Extension<ClientId>,
     ValidJson(request): ValidJson<ClassifyBatchRequest>,
 ) -> Result<Json<ClassifyBatchResponse>, ApiError> {
+    state.quotas.take(&client, request.titles.len())?;
+    state
+        .metrics
+        .client_items
+        .with_label_values(&[client.as_str()])
+        .inc_by(request.titles.len() as u64);
+
     let _batch = state.lifecycle.admit().ok_or(ApiError::ShuttingDown)?;
     let outcome = state.classifier.classify_batch(&request.titles).await?;
     Ok(Json(ClassifyBatchResponse::from(&outcome)))

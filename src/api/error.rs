@@ -1,6 +1,8 @@
 //! Every way a whole request can fail, in one enum with one status match. The body is always
 //! `{"error":{"code","message"}}` with a stable `code`; messages say what to fix.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -26,6 +28,15 @@ pub enum ApiError {
     #[error("method not allowed on this route")]
     MethodNotAllowed,
 
+    #[error("a valid `Authorization: Bearer <key>` header is required")]
+    Unauthorized,
+
+    #[error("this key's quota of items per minute is used up; retry in {}s", retry_after_secs(.retry_after))]
+    QuotaExceeded { retry_after: Duration },
+
+    #[error("the request took longer than the {}s limit", .0.as_secs_f64())]
+    RequestTimeout(Duration),
+
     #[error("the service is shutting down; retry on another replica")]
     ShuttingDown,
 
@@ -41,6 +52,9 @@ impl ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::ShuttingDown | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -54,6 +68,10 @@ impl ApiError {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Validation(_) => "validation_failed",
             Self::NotFound(_) => "not_found",
+            Self::Unauthorized => "unauthorized",
+            Self::QuotaExceeded { .. } => "quota_exceeded",
+            Self::RequestTimeout(_) => "request_timeout",
+
             Self::MethodNotAllowed => "method_not_allowed",
             Self::ShuttingDown => "shutting_down",
             Self::Overloaded(_) => "overloaded",
@@ -65,11 +83,30 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
         let mut response = (self.status(), Json(body)).into_response();
-        if matches!(self, Self::ShuttingDown | Self::Overloaded(_)) {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let headers = response.headers_mut();
+        match self {
+            Self::ShuttingDown | Self::Overloaded(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Self::QuotaExceeded { retry_after } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_secs(&retry_after)),
+                );
+            }
+            Self::Unauthorized => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"hn-classifier\""),
+                );
+            }
+            _ => {}
         }
         response
     }
+}
+
+/// Whole seconds, rounded up, at least one: what `Retry-After` carries.
+fn retry_after_secs(wait: &Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
 }

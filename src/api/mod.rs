@@ -1,15 +1,17 @@
 //! The HTTP edge: routes, the tower layers around them, and the state they share. Knows HTTP and
 //! JSON; hands titles to `classify` and turns its outcome into the contract's bodies.
 
+mod auth;
 mod classify;
 mod error;
 mod extract;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::Router;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, MatchedPath, State};
 use axum::http::{HeaderName, HeaderValue, Request, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
@@ -21,6 +23,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+pub use auth::{ClientId, ClientKeys, Quotas};
 pub use classify::{ClassifyBatchRequest, ClassifyBatchResponse, ItemView, UsageView};
 pub use error::ApiError;
 
@@ -36,9 +39,14 @@ pub struct AppState {
     pub lifecycle: Lifecycle,
     /// The body limit, repeated here so a 413 can say what it is.
     pub max_body_bytes: usize,
+    /// The whole request's deadline, body upload included.
+    pub request_timeout: Duration,
     pub metrics: Arc<Metrics>,
     /// False when `/metrics` is served on its own port instead.
     pub metrics_on_main_port: bool,
+    /// Bearer tokens allowed to classify; empty = open.
+    pub client_keys: ClientKeys,
+    pub quotas: Quotas,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -46,8 +54,17 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The service's routes and layers over `state`.
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.max_body_bytes;
+    let request_timeout = state.request_timeout;
+
     let mut routes = Router::new()
-        .route("/classify-batch", post(classify::classify_batch))
+        // Only classification spends credits: probes and metrics stay open for the platform.
+        .route(
+            "/classify-batch",
+            post(classify::classify_batch).route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                auth::require_key,
+            )),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
     if state.metrics_on_main_port {
@@ -73,7 +90,13 @@ pub fn router(state: Arc<AppState>) -> Router {
                     .on_response(DefaultOnResponse::new().level(Level::INFO)),
             )
             // Echo the id on the response, errors included.
-            .layer(PropagateRequestIdLayer::new(REQUEST_ID)),
+            .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+            // Innermost: the deadline covers reading the body and the whole batch; when it fires
+            // the handler is dropped, and with it the batch's upstream calls.
+            .layer(HandleErrorLayer::new(
+                move |_: tower::BoxError| async move { ApiError::RequestTimeout(request_timeout) },
+            ))
+            .layer(tower::timeout::TimeoutLayer::new(request_timeout)),
     )
 }
 
@@ -125,6 +148,7 @@ fn request_span<B>(request: &Request<B>) -> tracing::Span {
         method = %request.method(),
         path = %request.uri().path(),
         request_id,
+        client = tracing::field::Empty,
     )
 }
 

@@ -1,0 +1,182 @@
+//! Who may spend the provider's credits: bearer tokens from `HNC_API_KEYS` (or a mounted file),
+//! compared in constant time, and per-key quotas of items per minute. A key is never logged or
+//! used as a label; its identity is `key-` and the first 8 hex digits of its SHA-256.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::Next;
+use axum::response::Response;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::secret::Secret;
+
+/// A caller's public identity, for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClientId(Arc<str>);
+
+impl ClientId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Everyone, when no keys are configured.
+    fn anonymous() -> Self {
+        Self(Arc::from("anonymous"))
+    }
+
+    fn of(key: &Secret) -> Self {
+        let digest = Sha256::digest(key.expose().as_bytes());
+        let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+        Self(Arc::from(format!("key-{hex}")))
+    }
+}
+
+/// The accepted bearer tokens; empty means the service is open.
+#[derive(Debug, Default)]
+pub struct ClientKeys {
+    keys: Vec<(Secret, ClientId)>,
+}
+
+impl ClientKeys {
+    pub fn new(keys: Vec<Secret>) -> Self {
+        Self {
+            keys: keys
+                .into_iter()
+                .map(|k| (ClientId::of(&k), k))
+                .map(|(id, k)| (k, id))
+                .collect(),
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The identity of `token`, comparing against every key in constant time and without
+    /// stopping at a match, so timing says nothing about which prefix or which key was close.
+    fn identify(&self, token: &[u8]) -> Option<ClientId> {
+        let mut found = None;
+        for (key, id) in &self.keys {
+            if bool::from(key.expose().as_bytes().ct_eq(token)) {
+                found = Some(id.clone());
+            }
+        }
+        found
+    }
+}
+
+/// Items per minute per client, shared by every request of the process.
+#[derive(Debug)]
+pub struct Quotas {
+    limiter: Option<DefaultKeyedRateLimiter<ClientId>>,
+}
+
+impl Quotas {
+    /// `per_minute` items a minute for each client (a full minute's worth may come at once).
+    pub fn new(per_minute: Option<NonZeroU32>) -> Self {
+        Self {
+            limiter: per_minute.map(|n| RateLimiter::keyed(Quota::per_minute(n).allow_burst(n))),
+        }
+    }
+
+    /// Takes `items` from `client`'s quota, or says when to come back.
+    pub fn take(&self, client: &ClientId, items: usize) -> Result<(), ApiError> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        let n =
+            NonZeroU32::new(u32::try_from(items).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN);
+        match limiter.check_key_n(client, n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(ApiError::QuotaExceeded {
+                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+            }),
+            // More items than a whole minute's quota: this batch can never pass as it is.
+            Err(_) => Err(ApiError::QuotaExceeded {
+                retry_after: Duration::from_secs(60),
+            }),
+        }
+    }
+}
+
+/// Admits a request with a valid bearer token (or anyone, when no keys are configured) and
+/// records who it is on the request's span and in its extensions.
+pub async fn require_key(
+    State(state): State<Arc<AppState>>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let client = if state.client_keys.is_open() {
+        ClientId::anonymous()
+    } else {
+        let token = request
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .unwrap_or("");
+        state
+            .client_keys
+            .identify(token.as_bytes())
+            .ok_or(ApiError::Unauthorized)?
+    };
+    tracing::Span::current().record("client", client.as_str());
+    request.extensions_mut().insert(client);
+    Ok(next.run(request).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifies_each_key_and_nothing_else() {
+        let keys = ClientKeys::new(vec![Secret::new("alpha-token"), Secret::new("beta-token")]);
+        let alpha = keys.identify(b"alpha-token").unwrap();
+        assert!(alpha.as_str().starts_with("key-") && alpha.as_str().len() == 12);
+        assert_ne!(Some(alpha), keys.identify(b"beta-token"));
+        assert_eq!(keys.identify(b"alpha-toke"), None);
+        assert_eq!(keys.identify(b""), None);
+        assert!(
+            !keys
+                .identify(b"beta-token")
+                .unwrap()
+                .as_str()
+                .contains("beta")
+        );
+    }
+
+    #[test]
+    fn quotas_refuse_past_the_per_minute_budget_and_say_when_to_return() {
+        let quotas = Quotas::new(NonZeroU32::new(100));
+        let client = ClientId::anonymous();
+        quotas.take(&client, 60).unwrap();
+        quotas.take(&client, 40).unwrap();
+        let Err(ApiError::QuotaExceeded { retry_after }) = quotas.take(&client, 10) else {
+            panic!("over quota")
+        };
+        assert!(
+            retry_after > Duration::from_secs(5) && retry_after <= Duration::from_secs(7),
+            "{retry_after:?}"
+        );
+        assert!(Quotas::new(None).take(&client, 1_000_000).is_ok());
+    }
+}
