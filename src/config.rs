@@ -257,7 +257,6 @@ impl ServeConfig {
 
     /// Upstream settings for the real provider, or for the simulator at `sim_base_url`.
     pub fn upstream_settings(
-
         &self,
         sim_base_url: Option<String>,
     ) -> Result<UpstreamSettings, ConfigError> {

@@ -5,20 +5,25 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use validator::{Validate, ValidationError};
 
 use super::AppState;
 use super::auth::ClientId;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::ValidJson;
 use crate::classify::{BatchLimits, BatchOutcome, ItemResult};
 use crate::upstream::Usage;
 
 /// `{"titles": [...]}`. Unknown fields are ignored, so clients may send more over time.
-#[derive(Debug, Deserialize, Validate)]
+#[derive(Debug, Deserialize, Validate, ToSchema)]
 #[validate(context = BatchLimits)]
 pub struct ClassifyBatchRequest {
+    /// The texts to classify, 1 to `HNC_MAX_BATCH` (default 2000) of them. Each is trimmed of
+    /// Unicode whitespace; an empty one, or one over `HNC_MAX_TITLE_CHARS` (default 1000)
+    /// characters, gets a per-item error.
     #[validate(custom(function = "validate_batch_size", use_context))]
+    #[schema(min_items = 1, max_items = 2000, example = json!(["Show HN: A fast JSON parser in Rust"]))]
     pub titles: Vec<String>,
 }
 
@@ -36,25 +41,34 @@ fn validate_batch_size(titles: &[String], limits: &BatchLimits) -> Result<(), Va
 
 /// The answer: `results[i]` belongs to `titles[i]`. The reference client reads `results`,
 /// `num_items` and `errors`; everything else is additive.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ClassifyBatchResponse {
+    /// One per title, in input order.
     pub results: Vec<ItemView>,
     pub num_items: usize,
+    /// How many results are errors.
     pub errors: usize,
     pub usage: UsageView,
 }
 
 /// One item: a topic and confidence, or an error with its stable code.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ItemView {
+    /// A label of the taxonomy; null on error.
+    #[schema(example = "programming_dev_tools")]
     pub topic: Option<String>,
+    /// In 0..=1; null on error.
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub confidence: Option<f64>,
+    /// What went wrong; null on success.
     pub error: Option<String>,
+    /// A stable code for the error (see the README); absent on success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_code: Option<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// What the batch cost at the provider.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct UsageView {
     pub input_tokens: u64,
     pub output_tokens: u64,
@@ -101,6 +115,25 @@ impl From<&BatchOutcome> for ClassifyBatchResponse {
     }
 }
 
+/// Classify a batch of titles: one result per title, in input order.
+#[utoipa::path(
+    post,
+    path = "/classify-batch",
+    tag = "classify",
+    request_body = ClassifyBatchRequest,
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Every title's result, in input order", body = ClassifyBatchResponse),
+        (status = 400, description = "`invalid_json`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: keys are configured and none was valid", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`validation_failed`", body = ErrorBody),
+        (status = 429, description = "`quota_exceeded` (with Retry-After)", body = ErrorBody),
+        (status = 503, description = "`overloaded` or `shutting_down` (with Retry-After)", body = ErrorBody),
+        (status = 504, description = "`request_timeout`", body = ErrorBody),
+    )
+)]
 pub async fn classify_batch(
     State(state): State<Arc<AppState>>,
     Extension(client): Extension<ClientId>,
@@ -116,4 +149,45 @@ pub async fn classify_batch(
     let _batch = state.lifecycle.admit().ok_or(ApiError::ShuttingDown)?;
     let outcome = state.classifier.classify_batch(&request.titles).await?;
     Ok(Json(ClassifyBatchResponse::from(&outcome)))
+}
+
+#[cfg(test)]
+mod properties {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+    use validator::ValidateArgs;
+
+    use super::*;
+
+    const LIMITS: BatchLimits = BatchLimits {
+        max_batch: 2000,
+        max_title_chars: 1000,
+        request_concurrency: 50,
+        admission_wait: Duration::from_secs(1),
+    };
+
+    proptest! {
+        #[test]
+        fn arbitrary_bodies_decode_or_fail_without_panicking(body in ".{0,300}") {
+            if let Ok(request) = serde_json::from_str::<ClassifyBatchRequest>(&body) {
+                let _ = request.validate_with_args(&LIMITS);
+            }
+        }
+
+        #[test]
+        fn any_strings_in_a_batch_of_valid_size_pass(titles in proptest::collection::vec(any::<String>(), 1..40)) {
+            let body = serde_json::json!({ "titles": titles }).to_string();
+            let request: ClassifyBatchRequest = serde_json::from_str(&body).unwrap();
+            prop_assert!(request.validate_with_args(&LIMITS).is_ok());
+            prop_assert_eq!(request.titles, titles);
+        }
+
+        #[test]
+        fn batches_outside_the_bounds_fail_naming_the_field(n in prop_oneof![Just(0usize), 2001usize..2050]) {
+            let request = ClassifyBatchRequest { titles: vec![String::new(); n] };
+            let errors = request.validate_with_args(&LIMITS).unwrap_err();
+            prop_assert!(errors.field_errors().contains_key("titles"));
+        }
+    }
 }

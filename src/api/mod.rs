@@ -5,6 +5,7 @@ mod auth;
 mod classify;
 mod error;
 mod extract;
+mod openapi;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,15 +18,18 @@ use axum::http::{HeaderName, HeaderValue, Request, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde_json::json;
+use serde::Serialize;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
+use utoipa::{OpenApi, ToSchema};
+use utoipa_scalar::{Scalar, Servable};
 
 pub use auth::{ClientId, ClientKeys, Quotas};
 pub use classify::{ClassifyBatchRequest, ClassifyBatchResponse, ItemView, UsageView};
 pub use error::ApiError;
+pub use openapi::{ApiDoc, document_json};
 
 use crate::classify::Classifier;
 use crate::lifecycle::Lifecycle;
@@ -70,6 +74,19 @@ pub fn router(state: Arc<AppState>) -> Router {
     if state.metrics_on_main_port {
         routes = routes.route("/metrics", get(metrics));
     }
+    let openapi = ApiDoc::openapi();
+    let routes = routes
+        .route(
+            "/openapi.json",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    document_json(),
+                )
+            }),
+        )
+        // The page is static HTML; the browser loads the Scalar viewer from its CDN when opened.
+        .merge(Scalar::with_url("/docs", openapi));
     let routes = routes
         // Counted by matched route, never the raw path, so metrics cardinality stays bounded.
         .route_layer(middleware::from_fn_with_state(state.clone(), track_http))
@@ -126,7 +143,13 @@ async fn track_http(
 }
 
 /// Prometheus text. Gauges of live state are read now, so they are exact at scrape time.
-async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String))
+)]
+pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let m = &state.metrics;
     let limiter = state.classifier.upstream().limiter().snapshot();
     m.upstream_in_flight.set(limiter.in_flight as i64);
@@ -152,26 +175,41 @@ fn request_span<B>(request: &Request<B>) -> tracing::Span {
     )
 }
 
+/// `{"status": ...}`: what the probes answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusBody {
+    /// `ok`, `ready`, `draining` or `upstream_unusable`.
+    pub status: &'static str,
+}
+
+fn status(code: StatusCode, status: &'static str) -> (StatusCode, Json<StatusBody>) {
+    (code, Json(StatusBody { status }))
+}
+
 /// Liveness: the process answers.
-async fn healthz() -> impl IntoResponse {
-    Json(json!({"status": "ok"}))
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = StatusBody)))]
+pub(super) async fn healthz() -> impl IntoResponse {
+    status(StatusCode::OK, "ok")
 }
 
 /// Readiness: false while draining, or while the provider refuses our key or quota, so load
 /// balancers send the work elsewhere.
-async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "`ready`", body = StatusBody),
+        (status = 503, description = "`draining` or `upstream_unusable`", body = StatusBody)
+    )
+)]
+pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     if state.lifecycle.is_draining() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "draining"})),
-        )
+        status(StatusCode::SERVICE_UNAVAILABLE, "draining")
     } else if !state.classifier.upstream().is_usable() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "upstream_unusable"})),
-        )
+        status(StatusCode::SERVICE_UNAVAILABLE, "upstream_unusable")
     } else {
-        (StatusCode::OK, Json(json!({"status": "ready"})))
+        status(StatusCode::OK, "ready")
     }
 }
 

@@ -312,3 +312,58 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    fn answer_body(text: &str) -> Vec<u8> {
+        json!({"status": "completed", "output": [{"type": "message", "content": [{"type": "output_text", "text": text}]}]})
+            .to_string()
+            .into_bytes()
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_and_never_yield_a_label(body in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let (result, _) = decode(&body, &Taxonomy::hn_topics());
+            // Random bytes are not a completed response with valid JSON output.
+            prop_assert!(result.is_err());
+        }
+
+        #[test]
+        fn any_model_text_yields_a_taxonomy_label_or_an_error(text in ".{0,200}") {
+            let taxonomy = Taxonomy::hn_topics();
+            if let Ok(p) = decode(&answer_body(&text), &taxonomy).0 {
+                prop_assert!(taxonomy.label(&p.topic).is_some());
+                prop_assert!((0.0..=1.0).contains(&p.confidence));
+            }
+        }
+
+        #[test]
+        fn every_label_with_a_confidence_in_range_is_accepted(index in 0usize..10, confidence in 0.0f64..=1.0) {
+            let taxonomy = Taxonomy::hn_topics();
+            let label = taxonomy.labels().nth(index).unwrap().to_string();
+            let text = json!({"topic": label, "confidence": confidence}).to_string();
+            let p = decode(&answer_body(&text), &taxonomy).0.unwrap();
+            prop_assert_eq!(&*p.topic, label.as_str());
+            prop_assert_eq!(p.confidence, confidence);
+        }
+
+        #[test]
+        fn out_of_range_confidence_and_unknown_labels_are_rejected(
+            label in "[a-z_]{1,24}",
+            confidence in prop_oneof![-1e9f64..-1e-9, (1.0f64 + 1e-9)..1e9],
+        ) {
+            let taxonomy = Taxonomy::hn_topics();
+            let text = json!({"topic": "other", "confidence": confidence}).to_string();
+            prop_assert_eq!(decode(&answer_body(&text), &taxonomy).0.unwrap_err().code(), "confidence_out_of_range");
+            prop_assume!(taxonomy.label(&label).is_none());
+            let text = json!({"topic": label, "confidence": 0.5}).to_string();
+            prop_assert_eq!(decode(&answer_body(&text), &taxonomy).0.unwrap_err().code(), "off_taxonomy");
+        }
+    }
+}

@@ -3,7 +3,9 @@
 mod classify;
 mod deploy;
 mod helpers;
+mod openapi;
 mod resilience;
+mod security;
 mod shutdown;
 mod upstream_answers;
 mod validation;
