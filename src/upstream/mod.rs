@@ -185,6 +185,8 @@ impl UpstreamClient {
         let mut usage = Usage::default();
         let mut deadline = None;
         let mut attempts = 0;
+        // Failures that spend the retry budget: a 429 for rate waits out the deadline instead.
+        let mut budgeted_failures = 0;
         loop {
             self.pacer.wait_turn(tokens).await;
             let deadline =
@@ -204,7 +206,10 @@ impl UpstreamClient {
                 Ok(prediction) => return (Ok(prediction), usage),
                 Err(error) => error,
             };
-            match self.retry.decide(&error, attempts, deadline) {
+            if !error.is_rate_limited() {
+                budgeted_failures += 1;
+            }
+            match self.retry.decide(&error, budgeted_failures, deadline) {
                 Decision::GiveUp(gave_up) => {
                     tracing::debug!(error.code = error.code(), %error, attempts, %gave_up, "upstream call failed");
                     return (

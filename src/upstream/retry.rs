@@ -73,18 +73,20 @@ pub enum Decision {
 }
 
 impl RetryPolicy {
-    pub fn decide(&self, error: &UpstreamError, attempts: u32, deadline: Instant) -> Decision {
+    /// What to do after `error`, the `failures`th failure that counts against the budget (rate
+    /// limits do not count: they are bounded by the deadline).
+    pub fn decide(&self, error: &UpstreamError, failures: u32, deadline: Instant) -> Decision {
         if !error.is_retryable() {
             return Decision::GiveUp(GiveUp::Final);
         }
         // A 429 for rate means "not now", not "broken": it is bounded by the deadline alone, so
         // replicas converging on a shared limit do not lose items while they do.
-        if attempts > self.max_retries && !error.is_rate_limited() {
+        if failures > self.max_retries && !error.is_rate_limited() {
             return Decision::GiveUp(GiveUp::RetriesExhausted);
         }
         let delay = error
             .retry_after()
-            .unwrap_or_else(|| self.backoff(attempts));
+            .unwrap_or_else(|| self.backoff(failures.max(1)));
         if Instant::now() + delay >= deadline {
             return Decision::GiveUp(GiveUp::DeadlineReached);
         }
