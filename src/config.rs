@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::classify::BatchLimits;
+use crate::classify::{BatchLimits, CacheSettings};
 use crate::secret::Secret;
 use crate::sim::SimConfig;
 use crate::upstream::{RetryPolicy, UpstreamSettings};
@@ -123,6 +123,19 @@ pub struct ServeConfig {
     /// Tokens per minute to stay under (besides what the provider announces); unset = none.
     #[arg(long, env = "HNC_TPM_LIMIT", value_name = "HNC_TPM_LIMIT", value_parser = clap::value_parser!(u64).range(1..))]
     pub tpm_limit: Option<u64>,
+
+    /// Entries of the result cache (0 = off). Repeated titles are answered without a call.
+    #[arg(
+        long,
+        env = "HNC_CACHE_ENTRIES",
+        value_name = "HNC_CACHE_ENTRIES",
+        default_value_t = 0
+    )]
+    pub cache_entries: u64,
+
+    /// How long a cached result is served, seconds.
+    #[arg(long, env = "HNC_CACHE_TTL_S", value_name = "HNC_CACHE_TTL_S", default_value = "3600", value_parser = parse_seconds)]
+    pub cache_ttl: Duration,
 
     /// Longest a batch waits for its first upstream slot before a 503 `overloaded`, seconds.
     #[arg(long, env = "HNC_ADMISSION_WAIT_S", value_name = "HNC_ADMISSION_WAIT_S", default_value = "10", value_parser = parse_seconds)]
@@ -253,6 +266,14 @@ impl ServeConfig {
             add(&text, '\n');
         }
         Ok(keys)
+    }
+
+    /// The result cache, when `HNC_CACHE_ENTRIES` is above 0.
+    pub fn cache(&self) -> Option<CacheSettings> {
+        (self.cache_entries > 0).then_some(CacheSettings {
+            max_entries: self.cache_entries,
+            ttl: self.cache_ttl,
+        })
     }
 
     /// Upstream settings for the real provider, or for the simulator at `sim_base_url`.

@@ -67,7 +67,12 @@ impl Application {
         let upstream =
             UpstreamClient::new(settings, Arc::new(Taxonomy::hn_topics()), metrics.clone())?;
         let state = Arc::new(AppState {
-            classifier: Classifier::new(Arc::new(upstream), config.batch_limits(), metrics.clone()),
+            classifier: Classifier::new(
+                Arc::new(upstream),
+                config.batch_limits(),
+                config.cache(),
+                metrics.clone(),
+            ),
             lifecycle: Lifecycle::default(),
             max_body_bytes: config.max_body_bytes as usize,
             request_timeout: config.request_timeout,

@@ -20,6 +20,9 @@ pub struct Taxonomy {
     name: String,
     labels: Vec<Label>,
     instructions: String,
+    /// A digest of the prompt and the labels: answers cached under one version are never
+    /// served for another.
+    version: String,
 }
 
 /// The ten Hacker News topics, with the description the prompt gives each.
@@ -74,11 +77,30 @@ impl Taxonomy {
             })
             .collect::<Vec<_>>();
         let instructions = build_instructions(&labels);
-        Self {
+        let mut taxonomy = Self {
             name: "hn_topic".to_owned(),
             labels,
             instructions,
-        }
+            version: String::new(),
+        };
+        taxonomy.version = taxonomy.digest();
+        taxonomy
+    }
+
+    fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        hash.update(self.instructions.as_bytes());
+        hash.update(self.answer_schema().to_string().as_bytes());
+        hash.finalize()[..4]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Changes whenever the prompt or the labels do.
+    pub fn version(&self) -> &str {
+        &self.version
     }
 
     /// The schema name sent upstream.

@@ -3,6 +3,8 @@
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -12,6 +14,7 @@ use super::AppState;
 use super::auth::ClientId;
 use super::error::{ApiError, ErrorBody};
 use super::extract::ValidJson;
+use super::stream;
 use crate::classify::{BatchLimits, BatchOutcome, ItemResult};
 use crate::upstream::Usage;
 
@@ -65,6 +68,10 @@ pub struct ItemView {
     /// A stable code for the error (see the README); absent on success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_code: Option<String>,
+    /// True when the answer came from the result cache (no upstream call, 0 tokens); absent
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
 }
 
 /// What the batch cost at the provider.
@@ -78,19 +85,32 @@ pub struct UsageView {
 impl From<&ItemResult> for ItemView {
     fn from(result: &ItemResult) -> Self {
         match result {
-            Ok(p) => Self {
-                topic: Some(p.topic.to_string()),
-                confidence: Some(p.confidence),
+            Ok(c) => Self {
+                topic: Some(c.prediction.topic.to_string()),
+                confidence: Some(c.prediction.confidence),
                 error: None,
                 error_code: None,
+                cached: c.cached,
             },
-            Err(e) => Self {
-                topic: None,
-                confidence: None,
-                error: Some(e.to_string()),
-                error_code: Some(e.code().to_owned()),
-            },
+            Err(e) => Self::failed(e.to_string(), e.code()),
         }
+    }
+}
+
+impl ItemView {
+    fn failed(message: String, code: &str) -> Self {
+        Self {
+            topic: None,
+            confidence: None,
+            error: Some(message),
+            error_code: Some(code.to_owned()),
+            cached: false,
+        }
+    }
+
+    /// An item of a batch refused as a whole after its stream had started.
+    pub(super) fn refused(refusal: &ApiError) -> Self {
+        Self::failed(refusal.to_string(), refusal.code())
     }
 }
 
@@ -116,6 +136,11 @@ impl From<&BatchOutcome> for ClassifyBatchResponse {
 }
 
 /// Classify a batch of titles: one result per title, in input order.
+///
+/// With `Accept: application/x-ndjson` the answer streams instead: one line per item as it
+/// completes, `{"index": i, "topic", "confidence", "error", ...}`, then
+/// `{"done": true, "num_items", "errors", "usage"}`. Identical titles in flight share one
+/// upstream call; with the cache on, repeats are answered with `"cached": true` and no call.
 #[utoipa::path(
     post,
     path = "/classify-batch",
@@ -137,8 +162,9 @@ impl From<&BatchOutcome> for ClassifyBatchResponse {
 pub async fn classify_batch(
     State(state): State<Arc<AppState>>,
     Extension(client): Extension<ClientId>,
+    headers: HeaderMap,
     ValidJson(request): ValidJson<ClassifyBatchRequest>,
-) -> Result<Json<ClassifyBatchResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     state.quotas.take(&client, request.titles.len())?;
     state
         .metrics
@@ -146,9 +172,15 @@ pub async fn classify_batch(
         .with_label_values(&[client.as_str()])
         .inc_by(request.titles.len() as u64);
 
+    if stream::wants_ndjson(&headers) {
+        // Refusals that can still have a status code: after this the answer is a 200 stream.
+        drop(state.lifecycle.admit().ok_or(ApiError::ShuttingDown)?);
+        state.classifier.admit().await?;
+        return Ok(stream::respond(state, request.titles));
+    }
     let _batch = state.lifecycle.admit().ok_or(ApiError::ShuttingDown)?;
     let outcome = state.classifier.classify_batch(&request.titles).await?;
-    Ok(Json(ClassifyBatchResponse::from(&outcome)))
+    Ok(Json(ClassifyBatchResponse::from(&outcome)).into_response())
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ mod classify;
 mod error;
 mod extract;
 mod openapi;
+mod stream;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,6 +1,10 @@
 //! A batch of titles in, one result per title out, in input order. Titles that cannot be sent
-//! (empty, too long) get their error without an upstream call; the rest fan out to the shared
-//! upstream client with at most `request_concurrency` calls in flight for this batch.
+//! (empty, too long) get their error without an upstream call; the rest fan out, at most
+//! `request_concurrency` at a time for this batch, through single-flight and the cache to the
+//! shared upstream client. Each result is reported as it completes (for streaming) and collected
+//! in order (for the plain answer).
+
+mod dedupe;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,8 +13,11 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tracing::Instrument;
 
+use dedupe::{Answer, Dedupe};
+pub use dedupe::{CacheSettings, Source};
+
 use crate::metrics::Metrics;
-use crate::upstream::{Failure, Prediction, Slot, UpstreamClient, Usage};
+use crate::upstream::{Failure, Prediction, UpstreamClient, Usage};
 
 /// Bounds on what one request may ask for; the API validates against these.
 #[derive(Debug, Clone, Copy)]
@@ -21,7 +28,7 @@ pub struct BatchLimits {
     pub max_title_chars: usize,
     /// Most upstream calls in flight for one request.
     pub request_concurrency: usize,
-    /// Longest a batch waits for its first upstream slot before it is refused as overloaded.
+    /// Longest a batch waits for upstream capacity before it is refused as overloaded.
     pub admission_wait: Duration,
 }
 
@@ -40,8 +47,9 @@ pub enum ItemError {
     TitleEmpty,
     #[error("the title is {chars} characters long; the limit is {max}")]
     TitleTooLong { chars: usize, max: usize },
+    /// Shared: items asking the same question at once get the same failure.
     #[error(transparent)]
-    Upstream(#[from] Failure),
+    Upstream(Arc<Failure>),
 }
 
 impl ItemError {
@@ -55,7 +63,14 @@ impl ItemError {
     }
 }
 
-pub type ItemResult = Result<Prediction, ItemError>;
+/// A label for one item, and whether it came from the cache.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Classified {
+    pub prediction: Prediction,
+    pub cached: bool,
+}
+
+pub type ItemResult = Result<Classified, ItemError>;
 
 /// Everything a batch produced: `results[i]` belongs to `titles[i]`.
 #[derive(Debug)]
@@ -73,15 +88,20 @@ impl BatchOutcome {
 /// The batch engine, shared by every request.
 #[derive(Debug)]
 pub struct Classifier {
-    upstream: Arc<UpstreamClient>,
+    dedupe: Dedupe,
     limits: BatchLimits,
     metrics: Arc<Metrics>,
 }
 
 impl Classifier {
-    pub fn new(upstream: Arc<UpstreamClient>, limits: BatchLimits, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        upstream: Arc<UpstreamClient>,
+        limits: BatchLimits,
+        cache: Option<CacheSettings>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
-            upstream,
+            dedupe: Dedupe::new(upstream, cache),
             limits,
             metrics,
         }
@@ -92,26 +112,47 @@ impl Classifier {
     }
 
     pub fn upstream(&self) -> &UpstreamClient {
-        &self.upstream
+        self.dedupe.upstream()
     }
 
-    /// Classifies every title. Once started a batch never fails as a whole: each failure is that
-    /// item's error. It is refused before it starts when no upstream slot frees up within the
-    /// admission wait. Dropping the returned future (the caller went away) drops the queued and
-    /// in-flight calls with it.
+    /// Refuses the batch when no upstream capacity frees up within the admission wait.
+    pub async fn admit(&self) -> Result<(), Overloaded> {
+        let wait = self.limits.admission_wait;
+        if self.upstream().has_capacity_within(wait).await {
+            Ok(())
+        } else {
+            Err(Overloaded { waited: wait })
+        }
+    }
+
+    /// Classifies every title, in input order. Once admitted a batch never fails as a whole:
+    /// each failure is that item's error. Dropping the future (the caller went away) drops its
+    /// queued and in-flight calls.
     pub async fn classify_batch(&self, titles: &[String]) -> Result<BatchOutcome, Overloaded> {
+        self.classify_batch_with(titles, |_, _| {}).await
+    }
+
+    /// Like `classify_batch`, and calls `on_item(index, result)` as each item completes.
+    pub async fn classify_batch_with(
+        &self,
+        titles: &[String],
+        on_item: impl FnMut(usize, &ItemResult),
+    ) -> Result<BatchOutcome, Overloaded> {
         let span = tracing::info_span!(
             "batch",
             items = titles.len(),
             errors = tracing::field::Empty
         );
-        let outcome = self.run_batch(titles).instrument(span.clone()).await?;
+        let outcome = self
+            .run_batch(titles, on_item)
+            .instrument(span.clone())
+            .await?;
         span.record("errors", outcome.errors());
         for result in &outcome.results {
             let label = result.as_ref().map_or_else(ItemError::code, |_| "ok");
             self.metrics.items.with_label_values(&[label]).inc();
         }
-        let limiter = self.upstream.limiter().snapshot();
+        let limiter = self.upstream().limiter().snapshot();
         span.in_scope(|| {
             tracing::info!(
                 upstream_requests = outcome.usage.upstream_requests,
@@ -126,7 +167,11 @@ impl Classifier {
         Ok(outcome)
     }
 
-    async fn run_batch(&self, titles: &[String]) -> Result<BatchOutcome, Overloaded> {
+    async fn run_batch(
+        &self,
+        titles: &[String],
+        mut on_item: impl FnMut(usize, &ItemResult),
+    ) -> Result<BatchOutcome, Overloaded> {
         let mut slots: Vec<Option<ItemResult>> = Vec::with_capacity(titles.len());
         let mut to_send = Vec::with_capacity(titles.len());
         for (index, title) in titles.iter().enumerate() {
@@ -138,31 +183,40 @@ impl Classifier {
                 Err(e) => slots.push(Some(Err(e))),
             }
         }
+        if !to_send.is_empty() {
+            self.admit().await?;
+        }
+        for (index, slot) in slots.iter().enumerate() {
+            if let Some(result) = slot {
+                on_item(index, result);
+            }
+        }
 
-        // A window of at most `concurrency` calls: start one as each finishes. Built by hand rather
-        // than with `buffer_unordered` over a closure, whose borrowing futures trip the compiler's
-        // `Send` check inside axum handlers.
-        let concurrency = self.limits.request_concurrency.max(1);
+        // A window of at most `request_concurrency` items: start one as each finishes. Built by
+        // hand rather than with `buffer_unordered` over a closure, whose borrowing futures trip
+        // the compiler's `Send` check inside axum handlers.
         let mut waiting = to_send.into_iter();
         let mut in_flight = FuturesUnordered::new();
-        if let Some((index, title)) = waiting.next() {
-            let wait = self.limits.admission_wait;
-            let first = self
-                .upstream
-                .try_reserve(wait)
-                .await
-                .ok_or(Overloaded { waited: wait })?;
-            in_flight.push(self.classify_one(index, title, Some(first)));
-        }
-        for (index, title) in waiting.by_ref().take(concurrency - 1) {
-            in_flight.push(self.classify_one(index, title, None));
+        for (index, title) in waiting
+            .by_ref()
+            .take(self.limits.request_concurrency.max(1))
+        {
+            in_flight.push(self.classify_one(index, title));
         }
         let mut usage = Usage::default();
-        while let Some((index, (result, call_usage))) = in_flight.next().await {
-            usage += call_usage;
+        while let Some((index, answer)) = in_flight.next().await {
+            usage += answer.usage;
+            let result = match answer.result {
+                Ok(prediction) => Ok(Classified {
+                    prediction,
+                    cached: answer.source == Source::Cache,
+                }),
+                Err(failure) => Err(ItemError::Upstream(failure)),
+            };
+            on_item(index, &result);
             slots[index] = Some(result);
             if let Some((index, title)) = waiting.next() {
-                in_flight.push(self.classify_one(index, title, None));
+                in_flight.push(self.classify_one(index, title));
             }
         }
 
@@ -173,14 +227,8 @@ impl Classifier {
         Ok(BatchOutcome { results, usage })
     }
 
-    async fn classify_one<'s>(
-        &'s self,
-        index: usize,
-        title: &str,
-        slot: Option<Slot<'s>>,
-    ) -> (usize, (ItemResult, Usage)) {
-        let (result, usage) = self.upstream.classify(title, slot).await;
-        (index, (result.map_err(ItemError::from), usage))
+    async fn classify_one(&self, index: usize, title: &str) -> (usize, Answer) {
+        (index, self.dedupe.classify(title).await)
     }
 
     /// The title as it will be sent (trimmed of Unicode whitespace), or why it will not be.

@@ -20,7 +20,7 @@ use serde::Deserialize;
 pub use error::UpstreamError;
 use error::scrub_secrets;
 use headers::RateHeaders;
-pub use limiter::{AdaptiveLimiter, Congestion, LimiterSnapshot, Slot};
+pub use limiter::{AdaptiveLimiter, Congestion, LimiterSnapshot};
 use pacer::Pacer;
 use responses::RequestTemplate;
 pub use retry::{Decision, Failure, GiveUp, RetryPolicy};
@@ -162,25 +162,25 @@ impl UpstreamClient {
         &self.limiter
     }
 
-    /// A slot under the process-wide limit if one frees up within `wait`: how a batch finds out,
-    /// before it starts, that the process is saturated.
-    pub async fn try_reserve(&self, wait: Duration) -> Option<Slot<'_>> {
+    /// Whether a slot under the process-wide limit frees up within `wait` (it is released at
+    /// once): how a batch finds out, before it starts, that the process is saturated. Waiters
+    /// queue FIFO, so a true answer means the batch's calls are next in line.
+    pub async fn has_capacity_within(&self, wait: Duration) -> bool {
         tokio::time::timeout(wait, self.limiter.acquire())
             .await
-            .ok()
+            .is_ok()
     }
 
-    /// Classifies one title, retrying transient failures as the policy allows. Uses `reserved`
-    /// for the first attempt when given, else queues for a slot. Tokens of every attempt count.
-    pub async fn classify(
-        &self,
-        title: &str,
-        reserved: Option<Slot<'_>>,
-    ) -> (Result<Prediction, Failure>, Usage) {
-        let mut slot = match reserved {
-            Some(slot) => slot,
-            None => self.limiter.acquire().await,
-        };
+    /// The model name, for cache and single-flight keys.
+    pub fn model(&self) -> &str {
+        self.template.model()
+    }
+
+    /// Classifies one title, retrying transient failures as the policy allows. Tokens of every
+    /// attempt count.
+    pub async fn classify(&self, title: &str) -> (Result<Prediction, Failure>, Usage) {
+        let mut slot = self.limiter.acquire().await;
+
         let tokens = self.template.estimated_tokens(title);
         let mut usage = Usage::default();
         let mut deadline = None;

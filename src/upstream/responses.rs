@@ -39,6 +39,10 @@ impl RequestTemplate {
         }
     }
 
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
     /// Tokens the provider will count against a TPM limit for `title`: about four characters a
     /// token of prompt, plus the most the answer may use.
     pub fn estimated_tokens(&self, title: &str) -> u64 {

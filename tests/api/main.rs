@@ -2,6 +2,7 @@
 
 mod classify;
 mod deploy;
+mod efficiency;
 mod helpers;
 mod openapi;
 mod resilience;
