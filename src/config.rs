@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::classify::{BatchLimits, CacheSettings};
 use crate::secret::Secret;
 use crate::sim::SimConfig;
+use crate::upstream::pricing::{self, PriceFileError};
 use crate::upstream::{RetryPolicy, UpstreamSettings};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -124,6 +125,11 @@ pub struct ServeConfig {
     #[arg(long, env = "HNC_TPM_LIMIT", value_name = "HNC_TPM_LIMIT", value_parser = clap::value_parser!(u64).range(1..))]
     pub tpm_limit: Option<u64>,
 
+    /// A TOML file of token prices per model (USD per million input, cached_input and output
+    /// tokens), replacing or adding to the built-in ones.
+    #[arg(long, env = "HNC_PRICES_FILE", value_name = "HNC_PRICES_FILE")]
+    pub prices_file: Option<std::path::PathBuf>,
+
     /// Entries of the result cache (0 = off). Repeated titles are answered without a call.
     #[arg(
         long,
@@ -220,6 +226,8 @@ pub enum ConfigError {
          hn-classifier serve --simulate"
     )]
     MissingApiKey,
+    #[error(transparent)]
+    Prices(#[from] PriceFileError),
     #[error("HNC_API_KEYS_FILE {path}: {source}")]
     ApiKeysFile {
         path: std::path::PathBuf,
@@ -304,6 +312,7 @@ impl ServeConfig {
             },
             rpm_limit: self.rpm_limit,
             tpm_limit: self.tpm_limit,
+            price: pricing::price_of(&self.openai_model, self.prices_file.as_deref())?,
         })
     }
 }

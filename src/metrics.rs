@@ -4,8 +4,8 @@
 //! at scrape time rather than kept in step on every change.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 /// Buckets from 1 ms to a minute: LLM calls sit in the hundreds of milliseconds, batches longer.
@@ -31,8 +31,10 @@ pub struct Metrics {
     pub upstream_retries: IntCounterVec,
     pub upstream_in_flight: IntGauge,
     pub upstream_concurrency_limit: IntGauge,
-    /// Tokens the provider counted, by `input` / `output`.
+    /// Tokens the provider counted, by `input` / `cached_input` / `output` and model.
     pub upstream_tokens: IntCounterVec,
+    /// USD at the configured prices, by model (only models with a known price).
+    pub upstream_cost: CounterVec,
 }
 
 impl Metrics {
@@ -113,9 +115,17 @@ impl Metrics {
             upstream_tokens: IntCounterVec::new(
                 Opts::new(
                     "upstream_tokens_total",
-                    "Tokens the provider counted, by kind.",
+                    "Tokens the provider counted, by kind (input, cached_input, output) and model.",
                 ),
-                &["kind"],
+                &["kind", "model"],
+            )
+            .expect("valid metric"),
+            upstream_cost: CounterVec::new(
+                Opts::new(
+                    "upstream_cost_usd_total",
+                    "What the provider's calls cost at the configured prices, by model.",
+                ),
+                &["model"],
             )
             .expect("valid metric"),
             registry,
@@ -125,7 +135,8 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 11] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 12] = [
+            Box::new(self.upstream_cost.clone()),
             Box::new(self.client_items.clone()),
             Box::new(self.http_requests.clone()),
             Box::new(self.http_duration.clone()),
@@ -172,13 +183,15 @@ mod tests {
             .with_label_values(&["/classify-batch", "200"])
             .inc();
         m.items.with_label_values(&["ok"]).inc_by(3);
-        m.upstream_tokens.with_label_values(&["input"]).inc_by(120);
+        m.upstream_tokens
+            .with_label_values(&["input", "gpt-4.1-mini"])
+            .inc_by(120);
         m.upstream_duration.observe(0.3);
         let text = m.encode();
         for name in [
             "http_server_requests_total{route=\"/classify-batch\",status=\"200\"} 1",
             "classify_items_total{outcome=\"ok\"} 3",
-            "upstream_tokens_total{kind=\"input\"} 120",
+            "upstream_tokens_total{kind=\"input\",model=\"gpt-4.1-mini\"} 120",
             "upstream_request_duration_seconds_count 1",
             "classify_batches_in_flight 0",
             "upstream_concurrency_limit 0",

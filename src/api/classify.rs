@@ -17,6 +17,7 @@ use super::extract::ValidJson;
 use super::stream;
 use crate::classify::{BatchLimits, BatchOutcome, ItemResult};
 use crate::upstream::Usage;
+use crate::upstream::pricing::Price;
 
 /// `{"titles": [...]}`. Unknown fields are ignored, so clients may send more over time.
 #[derive(Debug, Deserialize, Validate, ToSchema)]
@@ -77,9 +78,16 @@ pub struct ItemView {
 /// What the batch cost at the provider.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct UsageView {
+    /// Prompt tokens, cached ones included.
     pub input_tokens: u64,
+    /// The part of `input_tokens` the provider served from its prompt cache.
+    #[serde(default)]
+    pub cached_input_tokens: u64,
     pub output_tokens: u64,
     pub upstream_requests: u64,
+    /// USD at the model's prices (built in, or `HNC_PRICES_FILE`); null for a model without one.
+    #[serde(default)]
+    pub cost_usd: Option<f64>,
 }
 
 impl From<&ItemResult> for ItemView {
@@ -114,23 +122,25 @@ impl ItemView {
     }
 }
 
-impl From<Usage> for UsageView {
-    fn from(u: Usage) -> Self {
+impl UsageView {
+    pub(super) fn new(u: Usage, price: Option<Price>) -> Self {
         Self {
             input_tokens: u.input_tokens,
+            cached_input_tokens: u.cached_input_tokens,
             output_tokens: u.output_tokens,
             upstream_requests: u.upstream_requests,
+            cost_usd: price.map(|p| p.cost(&u)),
         }
     }
 }
 
-impl From<&BatchOutcome> for ClassifyBatchResponse {
-    fn from(outcome: &BatchOutcome) -> Self {
+impl ClassifyBatchResponse {
+    fn new(outcome: &BatchOutcome, price: Option<Price>) -> Self {
         Self {
             results: outcome.results.iter().map(ItemView::from).collect(),
             num_items: outcome.results.len(),
             errors: outcome.errors(),
-            usage: outcome.usage.into(),
+            usage: UsageView::new(outcome.usage, price),
         }
     }
 }
@@ -180,7 +190,8 @@ pub async fn classify_batch(
     }
     let _batch = state.lifecycle.admit().ok_or(ApiError::ShuttingDown)?;
     let outcome = state.classifier.classify_batch(&request.titles).await?;
-    Ok(Json(ClassifyBatchResponse::from(&outcome)).into_response())
+    let price = state.classifier.upstream().price();
+    Ok(Json(ClassifyBatchResponse::new(&outcome, price)).into_response())
 }
 
 #[cfg(test)]

@@ -100,7 +100,8 @@ pub fn respond(state: Arc<AppState>, titles: Vec<String>) -> Response {
                 (titles.len(), Usage::default())
             }
         };
-        yield Ok(line(&DoneLine { done: true, num_items: titles.len(), errors, usage: usage.into() }));
+        let usage = UsageView::new(usage, state.classifier.upstream().price());
+        yield Ok(line(&DoneLine { done: true, num_items: titles.len(), errors, usage }));
     };
     (
         [(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON))],

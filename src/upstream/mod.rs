@@ -7,6 +7,7 @@ mod error;
 mod headers;
 mod limiter;
 mod pacer;
+pub mod pricing;
 pub mod responses;
 mod retry;
 
@@ -22,6 +23,7 @@ use error::scrub_secrets;
 use headers::RateHeaders;
 pub use limiter::{AdaptiveLimiter, Congestion, LimiterSnapshot};
 use pacer::Pacer;
+use pricing::Price;
 use responses::RequestTemplate;
 pub use retry::{Decision, Failure, GiveUp, RetryPolicy};
 
@@ -45,6 +47,8 @@ pub struct UpstreamSettings {
     /// Requests and tokens per minute to stay under, besides what the provider announces.
     pub rpm_limit: Option<u64>,
     pub tpm_limit: Option<u64>,
+    /// The model's token prices, when known: what `cost_usd` is computed from.
+    pub price: Option<Price>,
 }
 
 /// A validated answer: a label of the taxonomy and a confidence in 0..=1.
@@ -57,7 +61,10 @@ pub struct Prediction {
 /// What calls cost: tokens as the provider counted them, and how many HTTP calls were made.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// All prompt tokens, cached ones included.
     pub input_tokens: u64,
+    /// The part of `input_tokens` served from the provider's prompt cache.
+    pub cached_input_tokens: u64,
     pub output_tokens: u64,
     pub upstream_requests: u64,
 }
@@ -65,6 +72,7 @@ pub struct Usage {
 impl AddAssign for Usage {
     fn add_assign(&mut self, rhs: Self) {
         self.input_tokens += rhs.input_tokens;
+        self.cached_input_tokens += rhs.cached_input_tokens;
         self.output_tokens += rhs.output_tokens;
         self.upstream_requests += rhs.upstream_requests;
     }
@@ -85,6 +93,7 @@ pub struct UpstreamClient {
     limiter: AdaptiveLimiter,
     pacer: Pacer,
     metrics: Arc<Metrics>,
+    price: Option<Price>,
     /// Set when the provider rejected our credentials or quota: until then, readiness is false.
     unusable_until: Mutex<Option<Instant>>,
 }
@@ -143,6 +152,7 @@ impl UpstreamClient {
             limiter: AdaptiveLimiter::new(settings.max_in_flight),
             pacer: Pacer::new(settings.rpm_limit, settings.tpm_limit),
             metrics,
+            price: settings.price,
             unusable_until: Mutex::new(None),
         })
     }
@@ -169,6 +179,11 @@ impl UpstreamClient {
         tokio::time::timeout(wait, self.limiter.acquire())
             .await
             .is_ok()
+    }
+
+    /// The model's token prices, when known.
+    pub fn price(&self) -> Option<Price> {
+        self.price
     }
 
     /// The model name, for cache and single-flight keys.
@@ -244,12 +259,22 @@ impl UpstreamClient {
         };
         m.upstream_requests.with_label_values(&[&status]).inc();
         m.upstream_duration.observe(attempt.latency.as_secs_f64());
-        m.upstream_tokens
-            .with_label_values(&["input"])
-            .inc_by(attempt.usage.input_tokens);
-        m.upstream_tokens
-            .with_label_values(&["output"])
-            .inc_by(attempt.usage.output_tokens);
+        let usage = &attempt.usage;
+        let model = self.template.model();
+        for (kind, tokens) in [
+            ("input", usage.input_tokens),
+            ("cached_input", usage.cached_input_tokens),
+            ("output", usage.output_tokens),
+        ] {
+            m.upstream_tokens
+                .with_label_values(&[kind, model])
+                .inc_by(tokens);
+        }
+        if let Some(price) = &self.price {
+            m.upstream_cost
+                .with_label_values(&[model])
+                .inc_by(price.cost(usage));
+        }
 
         let rate_limited = attempt
             .result

@@ -126,7 +126,16 @@ struct ResponseUsage {
     #[serde(default)]
     input_tokens: u64,
     #[serde(default)]
+    input_tokens_details: Option<InputTokensDetails>,
+    #[serde(default)]
     output_tokens: u64,
+}
+
+#[derive(Deserialize)]
+struct InputTokensDetails {
+    /// Prompt tokens served from the provider's cache (billed at the cached price).
+    #[serde(default)]
+    cached_tokens: u64,
 }
 
 /// The model's answer as the schema demands it: exactly these two fields, each once.
@@ -154,6 +163,10 @@ pub fn decode(body: &[u8], taxonomy: &Taxonomy) -> (Result<Prediction, UpstreamE
         .as_ref()
         .map_or_else(Usage::default, |u| Usage {
             input_tokens: u.input_tokens,
+            cached_input_tokens: u
+                .input_tokens_details
+                .as_ref()
+                .map_or(0, |d| d.cached_tokens),
             output_tokens: u.output_tokens,
             upstream_requests: 0,
         });
@@ -225,7 +238,7 @@ mod tests {
                 {"type": "reasoning", "id": "rs_1", "summary": []},
                 {"type": "message", "role": "assistant", "content": content}
             ],
-            "usage": {"input_tokens": 120, "output_tokens": 14, "total_tokens": 134}
+            "usage": {"input_tokens": 120, "input_tokens_details": {"cached_tokens": 64}, "output_tokens": 14, "total_tokens": 134}
         })
         .to_string()
         .into_bytes()
@@ -266,7 +279,14 @@ mod tests {
         let (result, usage) = decode(&b, &Taxonomy::hn_topics());
         let p = result.unwrap();
         assert_eq!((&*p.topic, p.confidence), ("other", 0.5));
-        assert_eq!((usage.input_tokens, usage.output_tokens), (120, 14));
+        assert_eq!(
+            (
+                usage.input_tokens,
+                usage.cached_input_tokens,
+                usage.output_tokens
+            ),
+            (120, 64, 14)
+        );
     }
 
     #[test]

@@ -177,3 +177,44 @@ async fn without_the_cache_a_repeated_batch_calls_again() {
     assert_eq!(app.sim_stats().await["requests_total"], 20);
     app.shutdown().await;
 }
+
+fn with_cached_prompt(title: &str, _call: usize) -> axum::response::Response {
+    let (topic, confidence) = echo_answer(title);
+    let mut body = completed(&json!({"topic": topic, "confidence": confidence}).to_string());
+    body["usage"] = json!({"input_tokens": 1000, "input_tokens_details": {"cached_tokens": 600}, "output_tokens": 20});
+    axum::response::IntoResponse::into_response(axum::Json(body))
+}
+
+#[tokio::test]
+async fn cost_is_priced_by_model_with_cached_input_at_the_cached_price() {
+    let upstream = spawn_fake_upstream(with_cached_prompt).await;
+    let app = spawn_against(&upstream, &["--openai-model", "gpt-4.1-mini"]).await;
+
+    let response = app.classify(&["one", "two"]).await;
+
+    let usage = &response.usage;
+    assert_eq!(
+        (
+            usage.input_tokens,
+            usage.cached_input_tokens,
+            usage.output_tokens
+        ),
+        (2000, 1200, 40)
+    );
+    // gpt-4.1-mini: $0.40 per million input, $0.10 cached input, $1.60 output.
+    let expected = (800.0 * 0.40 + 1200.0 * 0.10 + 40.0 * 1.60) / 1e6;
+    assert!(
+        (usage.cost_usd.unwrap() - expected).abs() < 1e-12,
+        "{:?}",
+        usage.cost_usd
+    );
+    app.shutdown().await;
+
+    let unpriced = spawn_against(&upstream, &["--openai-model", "my-private-model"]).await;
+    assert_eq!(
+        unpriced.classify(&["one"]).await.usage.cost_usd,
+        None,
+        "no made-up price"
+    );
+    unpriced.shutdown().await;
+}

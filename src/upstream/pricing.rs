@@ -1,0 +1,212 @@
+//! What tokens cost. Built-in list prices for common OpenAI models (USD per million tokens, as
+//! OpenAI published them in August 2025: check before relying on them), replaceable or extended
+//! by a TOML file (`HNC_PRICES_FILE`). Cached input tokens are priced as cached, never twice.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::Usage;
+
+/// The date of the built-in prices.
+pub const BUILT_IN_PRICES_AS_OF: &str = "2025-08";
+
+/// USD per million tokens for one model.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input: f64,
+    /// Input tokens served from the provider's prompt cache.
+    pub cached_input: f64,
+    pub output: f64,
+}
+
+impl Price {
+    /// The cost of `usage` in USD.
+    pub fn cost(&self, usage: &Usage) -> f64 {
+        let cached = usage.cached_input_tokens.min(usage.input_tokens);
+        let fresh = usage.input_tokens - cached;
+        (fresh as f64 * self.input
+            + cached as f64 * self.cached_input
+            + usage.output_tokens as f64 * self.output)
+            / 1_000_000.0
+    }
+}
+
+const BUILT_IN: &[(&str, Price)] = &[
+    (
+        "gpt-4.1",
+        Price {
+            input: 2.00,
+            cached_input: 0.50,
+            output: 8.00,
+        },
+    ),
+    (
+        "gpt-4.1-mini",
+        Price {
+            input: 0.40,
+            cached_input: 0.10,
+            output: 1.60,
+        },
+    ),
+    (
+        "gpt-4.1-nano",
+        Price {
+            input: 0.10,
+            cached_input: 0.025,
+            output: 0.40,
+        },
+    ),
+    (
+        "gpt-4o",
+        Price {
+            input: 2.50,
+            cached_input: 1.25,
+            output: 10.00,
+        },
+    ),
+    (
+        "gpt-4o-mini",
+        Price {
+            input: 0.15,
+            cached_input: 0.075,
+            output: 0.60,
+        },
+    ),
+    (
+        "gpt-5",
+        Price {
+            input: 1.25,
+            cached_input: 0.125,
+            output: 10.00,
+        },
+    ),
+    (
+        "gpt-5-mini",
+        Price {
+            input: 0.25,
+            cached_input: 0.025,
+            output: 2.00,
+        },
+    ),
+    (
+        "gpt-5-nano",
+        Price {
+            input: 0.05,
+            cached_input: 0.005,
+            output: 0.40,
+        },
+    ),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum PriceFileError {
+    #[error("HNC_PRICES_FILE {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("HNC_PRICES_FILE {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("HNC_PRICES_FILE {path}: the price of {model} must be finite and not negative")]
+    Invalid { path: PathBuf, model: String },
+}
+
+/// The price of `model`: from the file when it lists it, else built in, else unknown.
+///
+/// The file maps model names (quoted: TOML splits bare keys at dots) to prices, e.g.
+/// ```toml
+/// ["gpt-4.1-mini"]
+/// input = 0.40
+/// cached_input = 0.10
+/// output = 1.60
+/// ```
+pub fn price_of(model: &str, file: Option<&Path>) -> Result<Option<Price>, PriceFileError> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|source| PriceFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let table: HashMap<String, Price> =
+            toml::from_str(&text).map_err(|source| PriceFileError::Parse {
+                path: path.to_owned(),
+                source,
+            })?;
+        for (name, price) in &table {
+            let valid = [price.input, price.cached_input, price.output]
+                .iter()
+                .all(|p| p.is_finite() && *p >= 0.0);
+            if !valid {
+                return Err(PriceFileError::Invalid {
+                    path: path.to_owned(),
+                    model: name.clone(),
+                });
+            }
+        }
+        if let Some(price) = table.get(model) {
+            return Ok(Some(*price));
+        }
+    }
+    Ok(BUILT_IN
+        .iter()
+        .find(|(name, _)| *name == model)
+        .map(|(_, price)| *price))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_input_is_priced_as_cached_and_never_twice() {
+        let price = price_of("gpt-4.1-mini", None).unwrap().unwrap();
+        let usage = Usage {
+            input_tokens: 1_000_000,
+            cached_input_tokens: 400_000,
+            output_tokens: 100_000,
+            upstream_requests: 1,
+        };
+        let expected = 0.6 * 0.40 + 0.4 * 0.10 + 0.1 * 1.60;
+        assert!(
+            (price.cost(&usage) - expected).abs() < 1e-12,
+            "{}",
+            price.cost(&usage)
+        );
+    }
+
+    #[test]
+    fn a_file_overrides_and_extends_the_built_in_prices() {
+        let path = std::env::temp_dir().join(format!("hnc-prices-{}.toml", std::process::id()));
+        std::fs::write(&path, "[\"gpt-4.1-mini\"]\ninput = 1.0\ncached_input = 0.5\noutput = 2.0\n\n[my-local-model]\ninput = 0\ncached_input = 0\noutput = 0\n").unwrap();
+        assert_eq!(
+            price_of("gpt-4.1-mini", Some(&path))
+                .unwrap()
+                .unwrap()
+                .input,
+            1.0
+        );
+        assert_eq!(
+            price_of("my-local-model", Some(&path))
+                .unwrap()
+                .unwrap()
+                .output,
+            0.0
+        );
+        assert_eq!(
+            price_of("gpt-4o", Some(&path)).unwrap().unwrap().input,
+            2.50
+        );
+        assert_eq!(price_of("unknown-model", Some(&path)).unwrap(), None);
+        std::fs::write(&path, "[m]\ninput = -1.0\ncached_input = 0\noutput = 0\n").unwrap();
+        assert!(matches!(
+            price_of("m", Some(&path)),
+            Err(PriceFileError::Invalid { .. })
+        ));
+        std::fs::remove_file(path).unwrap();
+    }
+}
