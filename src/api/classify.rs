@@ -129,7 +129,8 @@ impl UsageView {
             cached_input_tokens: u.cached_input_tokens,
             output_tokens: u.output_tokens,
             upstream_requests: u.upstream_requests,
-            cost_usd: price.map(|p| p.cost(&u)),
+            // To a ten-billionth of a dollar: below that it is float noise, not money.
+            cost_usd: price.map(|p| (p.cost(&u) * 1e10).round() / 1e10),
         }
     }
 }
