@@ -130,6 +130,12 @@ pub struct ServeConfig {
     #[arg(long, env = "HNC_PRICES_FILE", value_name = "HNC_PRICES_FILE")]
     pub prices_file: Option<std::path::PathBuf>,
 
+    /// Titles per upstream call (1 = off). Packing several titles into one call divides the
+    /// requests (and the per-call prompt) by up to this; items missing or invalid in a packed
+    /// answer are retried alone.
+    #[arg(long, env = "HNC_PACK_SIZE", value_name = "HNC_PACK_SIZE", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub pack_size: u32,
+
     /// Entries of the result cache (0 = off). Repeated titles are answered without a call.
     #[arg(
         long,
@@ -313,6 +319,7 @@ impl ServeConfig {
             rpm_limit: self.rpm_limit,
             tpm_limit: self.tpm_limit,
             price: pricing::price_of(&self.openai_model, self.prices_file.as_deref())?,
+            pack_size: self.pack_size as usize,
         })
     }
 }

@@ -81,11 +81,7 @@ impl Dedupe {
     /// The answer for `title` (already trimmed): from the cache, from a call already in flight
     /// for the same title, or from a call of its own.
     pub async fn classify(&self, title: &str) -> Answer {
-        let key = CallKey {
-            model: self.model.clone(),
-            taxonomy: self.taxonomy.clone(),
-            title: title.into(),
-        };
+        let key = self.key(title);
         if let Some(prediction) = self.cached(&key).await {
             return Answer {
                 result: Ok(prediction),
@@ -109,8 +105,8 @@ impl Dedupe {
                 Role::Leader(flight) => {
                     let (result, usage) = self.upstream.classify(title).await;
                     let result = result.map_err(Arc::new);
-                    if let (Some(cache), Ok(prediction)) = (&self.cache, &result) {
-                        cache.insert(key.clone(), prediction.clone()).await;
+                    if let Ok(prediction) = &result {
+                        self.remember(title, prediction).await;
                     }
                     flight.land(&result);
                     return Answer {
@@ -120,6 +116,76 @@ impl Dedupe {
                     };
                 }
             }
+        }
+    }
+
+    /// Answers for several titles (already trimmed) with one upstream call for those the cache
+    /// does not hold. A title whose packed answer is missing or invalid, or every title when the
+    /// packed call fails as a whole, is asked again alone, so packing never loses an item. The
+    /// packed call's usage is counted on the first answer it produced.
+    pub async fn classify_pack(&self, titles: &[&str]) -> Vec<Answer> {
+        let mut answers: Vec<Option<Answer>> = Vec::with_capacity(titles.len());
+        let mut misses = Vec::new();
+        for (position, title) in titles.iter().enumerate() {
+            match self.cached(&self.key(title)).await {
+                Some(prediction) => answers.push(Some(Answer {
+                    result: Ok(prediction),
+                    usage: Usage::default(),
+                    source: Source::Cache,
+                })),
+                None => {
+                    answers.push(None);
+                    misses.push((position, *title));
+                }
+            }
+        }
+        if misses.is_empty() {
+            return answers.into_iter().flatten().collect();
+        }
+        let miss_titles: Vec<&str> = misses.iter().map(|(_, title)| *title).collect();
+        let (result, usage) = self.upstream.classify_pack(&miss_titles).await;
+        let mut pack_usage = Some(usage);
+        let slots = result.unwrap_or_else(|_| vec![None; misses.len()]);
+        let mut alone = Vec::new();
+        for ((position, title), slot) in misses.into_iter().zip(slots) {
+            match slot {
+                Some(prediction) => {
+                    self.remember(title, &prediction).await;
+                    let usage = pack_usage.take().unwrap_or_default();
+                    answers[position] = Some(Answer {
+                        result: Ok(prediction),
+                        usage,
+                        source: Source::Upstream,
+                    });
+                }
+                None => alone.push((position, title)),
+            }
+        }
+        let retried =
+            futures::future::join_all(alone.iter().map(|(_, title)| self.classify(title))).await;
+        for ((position, _), mut answer) in alone.into_iter().zip(retried) {
+            if let Some(usage) = pack_usage.take() {
+                answer.usage += usage;
+            }
+            answers[position] = Some(answer);
+        }
+        answers
+            .into_iter()
+            .map(|a| a.expect("every title is answered from the cache, the pack, or alone"))
+            .collect()
+    }
+
+    fn key(&self, title: &str) -> CallKey {
+        CallKey {
+            model: self.model.clone(),
+            taxonomy: self.taxonomy.clone(),
+            title: title.into(),
+        }
+    }
+
+    async fn remember(&self, title: &str, prediction: &Prediction) {
+        if let Some(cache) = &self.cache {
+            cache.insert(self.key(title), prediction.clone()).await;
         }
     }
 

@@ -192,31 +192,32 @@ impl Classifier {
             }
         }
 
-        // A window of at most `request_concurrency` items: start one as each finishes. Built by
-        // hand rather than with `buffer_unordered` over a closure, whose borrowing futures trip
-        // the compiler's `Send` check inside axum handlers.
-        let mut waiting = to_send.into_iter();
+        // Units of work: one title, or a pack of up to `pack_size` titles for one call. A window
+        // of at most `request_concurrency` units runs at once: start one as each finishes. Built
+        // by hand rather than with `buffer_unordered` over a closure, whose borrowing futures
+        // trip the compiler's `Send` check inside axum handlers.
+        let pack_size = self.upstream().pack_size();
+        let mut units = to_send.chunks(pack_size).map(<[(usize, &str)]>::to_vec);
         let mut in_flight = FuturesUnordered::new();
-        for (index, title) in waiting
-            .by_ref()
-            .take(self.limits.request_concurrency.max(1))
-        {
-            in_flight.push(self.classify_one(index, title));
+        for unit in units.by_ref().take(self.limits.request_concurrency.max(1)) {
+            in_flight.push(self.classify_unit(unit));
         }
         let mut usage = Usage::default();
-        while let Some((index, answer)) = in_flight.next().await {
-            usage += answer.usage;
-            let result = match answer.result {
-                Ok(prediction) => Ok(Classified {
-                    prediction,
-                    cached: answer.source == Source::Cache,
-                }),
-                Err(failure) => Err(ItemError::Upstream(failure)),
-            };
-            on_item(index, &result);
-            slots[index] = Some(result);
-            if let Some((index, title)) = waiting.next() {
-                in_flight.push(self.classify_one(index, title));
+        while let Some(answers) = in_flight.next().await {
+            for (index, answer) in answers {
+                usage += answer.usage;
+                let result = match answer.result {
+                    Ok(prediction) => Ok(Classified {
+                        prediction,
+                        cached: answer.source == Source::Cache,
+                    }),
+                    Err(failure) => Err(ItemError::Upstream(failure)),
+                };
+                on_item(index, &result);
+                slots[index] = Some(result);
+            }
+            if let Some(unit) = units.next() {
+                in_flight.push(self.classify_unit(unit));
             }
         }
 
@@ -227,8 +228,17 @@ impl Classifier {
         Ok(BatchOutcome { results, usage })
     }
 
-    async fn classify_one(&self, index: usize, title: &str) -> (usize, Answer) {
-        (index, self.dedupe.classify(title).await)
+    /// One title through single-flight, or several through one packed call.
+    async fn classify_unit(&self, unit: Vec<(usize, &str)>) -> Vec<(usize, Answer)> {
+        if let [(index, title)] = unit[..] {
+            return vec![(index, self.dedupe.classify(title).await)];
+        }
+        let titles: Vec<&str> = unit.iter().map(|(_, title)| *title).collect();
+        let answers = self.dedupe.classify_pack(&titles).await;
+        unit.into_iter()
+            .map(|(index, _)| index)
+            .zip(answers)
+            .collect()
     }
 
     /// The title as it will be sent (trimmed of Unicode whitespace), or why it will not be.

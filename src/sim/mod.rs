@@ -227,7 +227,14 @@ async fn handle(
         Api::Responses => protocol::parse_responses(&value)?,
         Api::Chat => protocol::parse_chat(&value)?,
     };
-    sim.stats.count_title(&request.title);
+    match &request.pack {
+        Some(items) => items.iter().for_each(|(_, title)| {
+            sim.stats.count_title(title);
+        }),
+        None => {
+            sim.stats.count_title(&request.title);
+        }
+    }
     let input_tokens =
         protocol::estimate_tokens(request.prompt_chars + request.title.chars().count());
     let limit_headers = sim.admit(&request, input_tokens)?;
@@ -253,10 +260,22 @@ fn respond(api: Api, sim: &Sim, request: &SimRequest, input_tokens: u64, fault: 
         Fault::Garbage => {
             "Sure! Here is the classification you asked for: it is about computers.".to_owned()
         }
-        _ => {
-            let (topic, confidence) = keywords::classify(&request.title, &request.labels);
-            json!({"topic": topic, "confidence": confidence}).to_string()
-        }
+        _ => match &request.pack {
+            Some(items) => {
+                let answers: Vec<Value> = items
+                    .iter()
+                    .map(|(id, title)| {
+                        let (topic, confidence) = keywords::classify(title, &request.labels);
+                        json!({"id": id, "topic": topic, "confidence": confidence})
+                    })
+                    .collect();
+                json!({ "items": answers }).to_string()
+            }
+            None => {
+                let (topic, confidence) = keywords::classify(&request.title, &request.labels);
+                json!({"topic": topic, "confidence": confidence}).to_string()
+            }
+        },
     };
     let output_tokens = protocol::estimate_tokens(text.len());
     let model = &request.model;

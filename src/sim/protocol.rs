@@ -73,11 +73,28 @@ impl IntoResponse for OpenAiError {
 #[derive(Debug)]
 pub struct SimRequest {
     pub model: String,
+    /// The user message: one title, or for a packed request the JSON array of items.
     pub title: String,
     /// Characters of prompt besides the title, for a token estimate.
     pub prompt_chars: usize,
     /// The schema's `topic` enum: the labels the answer must come from.
     pub labels: Vec<String>,
+    /// For a packed request (the schema asks for `items`), the titles by id.
+    pub pack: Option<Vec<(u64, String)>>,
+}
+
+/// The titles of a packed request's user message, `[{"id", "title"}, ...]`. Anything else is
+/// one title with id 0, as a model would read it.
+fn pack_items(content: &str) -> Vec<(u64, String)> {
+    #[derive(serde::Deserialize)]
+    struct Item {
+        id: u64,
+        title: String,
+    }
+    match serde_json::from_str::<Vec<Item>>(content) {
+        Ok(items) => items.into_iter().map(|i| (i.id, i.title)).collect(),
+        Err(_) => vec![(0, content.to_owned())],
+    }
 }
 
 const RESPONSES_PARAMS: &[&str] = &[
@@ -156,12 +173,13 @@ pub fn parse_responses(body: &Value) -> Result<SimRequest, OpenAiError> {
         .get("text")
         .and_then(|t| t.get("format"))
         .ok_or_else(|| OpenAiError::missing("text.format"))?;
-    let labels = check_json_schema(format, "text.format")?;
+    let shape = check_json_schema(format, "text.format")?;
     Ok(SimRequest {
         model,
+        pack: shape.packed.then(|| pack_items(&title)),
         title,
         prompt_chars: instructions.map_or(0, |i| i.chars().count()) + other_chars,
-        labels,
+        labels: shape.labels,
     })
 }
 
@@ -197,12 +215,13 @@ pub fn parse_chat(body: &Value) -> Result<SimRequest, OpenAiError> {
     let schema = format
         .get("json_schema")
         .ok_or_else(|| OpenAiError::missing("response_format.json_schema"))?;
-    let labels = check_json_schema(schema, "response_format.json_schema")?;
+    let shape = check_json_schema(schema, "response_format.json_schema")?;
     Ok(SimRequest {
         model,
+        pack: shape.packed.then(|| pack_items(&title)),
         title,
         prompt_chars: other_chars,
-        labels,
+        labels: shape.labels,
     })
 }
 
@@ -332,14 +351,8 @@ fn message_text(content: Option<&Value>) -> Option<String> {
 }
 
 /// Checks a `json_schema` format the way strict mode does and returns the `topic` enum.
-fn check_json_schema(format: &Value, param: &str) -> Result<Vec<String>, OpenAiError> {
-    let bad = |what: &str, at: &str| {
-        OpenAiError::invalid(
-            format!("Invalid schema: {what}"),
-            &format!("{param}.{at}"),
-            Some("invalid_json_schema"),
-        )
-    };
+fn check_json_schema(format: &Value, param: &str) -> Result<AnswerShape, OpenAiError> {
+    let bad = |what: &str, at: &str| schema_error(param, what, at);
     if param == "text.format" && format.get("type").and_then(Value::as_str) != Some("json_schema") {
         return Err(bad("the simulator needs type 'json_schema'.", "type"));
     }
@@ -360,32 +373,96 @@ fn check_json_schema(format: &Value, param: &str) -> Result<Vec<String>, OpenAiE
     let schema = format
         .get("schema")
         .ok_or_else(|| OpenAiError::missing(&format!("{param}.schema")))?;
+    let properties = strict_object(schema, param, "schema")?;
+    // A packed answer: {"items": [{"id", "topic", "confidence"}, ...]}.
+    if let Some(items) = properties.get("items") {
+        let entry = items.get("items").unwrap_or(&Value::Null);
+        let entry_properties = strict_object(entry, param, "schema.properties.items.items")?;
+        let labels = topic_enum(
+            entry_properties,
+            param,
+            "schema.properties.items.items.properties.topic",
+        )?;
+        return Ok(AnswerShape {
+            labels,
+            packed: true,
+        });
+    }
+    let labels = topic_enum(properties, param, "schema.properties.topic")?;
+    Ok(AnswerShape {
+        labels,
+        packed: false,
+    })
+}
+
+/// What the answer must look like: which labels, and one answer or a pack of them.
+#[derive(Debug)]
+struct AnswerShape {
+    labels: Vec<String>,
+    packed: bool,
+}
+
+fn schema_error(param: &str, what: &str, at: &str) -> OpenAiError {
+    OpenAiError::invalid(
+        format!("Invalid schema: {what}"),
+        &format!("{param}.{at}"),
+        Some("invalid_json_schema"),
+    )
+}
+
+/// An object schema as strict mode demands it (`additionalProperties: false`, every property
+/// required); its properties.
+fn strict_object<'v>(
+    schema: &'v Value,
+    param: &str,
+    at: &str,
+) -> Result<&'v Map<String, Value>, OpenAiError> {
     if schema.get("type").and_then(Value::as_str) != Some("object") {
-        return Err(bad("the root must be of type 'object'.", "schema.type"));
+        return Err(schema_error(
+            param,
+            "an answer must be of type 'object'.",
+            &format!("{at}.type"),
+        ));
     }
     if schema.get("additionalProperties") != Some(&Value::Bool(false)) {
-        return Err(bad(
+        return Err(schema_error(
+            param,
             "'additionalProperties' is required to be supplied and to be false.",
-            "schema",
+            at,
         ));
     }
     let properties = schema
         .get("properties")
         .and_then(Value::as_object)
-        .ok_or_else(|| bad("'properties' must be an object.", "schema.properties"))?;
+        .ok_or_else(|| {
+            schema_error(
+                param,
+                "'properties' must be an object.",
+                &format!("{at}.properties"),
+            )
+        })?;
     let required: Vec<&str> = schema
         .get("required")
         .and_then(Value::as_array)
         .map(|r| r.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
     if let Some(missing) = properties.keys().find(|k| !required.contains(&k.as_str())) {
-        return Err(bad(
+        return Err(schema_error(
+            param,
             &format!(
                 "'required' is required to include every key in properties; missing '{missing}'."
             ),
-            "schema.required",
+            &format!("{at}.required"),
         ));
     }
+    Ok(properties)
+}
+
+fn topic_enum(
+    properties: &Map<String, Value>,
+    param: &str,
+    at: &str,
+) -> Result<Vec<String>, OpenAiError> {
     let labels: Vec<String> = properties
         .get("topic")
         .and_then(|t| t.get("enum"))
@@ -397,9 +474,10 @@ fn check_json_schema(format: &Value, param: &str) -> Result<Vec<String>, OpenAiE
         })
         .unwrap_or_default();
     if labels.is_empty() {
-        return Err(bad(
+        return Err(schema_error(
+            param,
             "the simulator needs a 'topic' property with a non-empty string enum.",
-            "schema.properties.topic",
+            at,
         ));
     }
     Ok(labels)
@@ -556,6 +634,19 @@ mod tests {
             assert_eq!(err.status, StatusCode::BAD_REQUEST);
             assert_eq!(err.param.as_deref(), Some(param), "{}", err.message);
         }
+    }
+
+    #[test]
+    fn accepts_our_packed_requests_and_reads_their_items() {
+        let template =
+            crate::upstream::responses::PackTemplate::new("m", &Taxonomy::hn_topics(), 5);
+        let (body, _) = template.encode(&["Rust 2.0", "A GPU"]);
+        let req = parse_responses(&serde_json::from_slice(&body).unwrap()).unwrap();
+        assert_eq!(
+            req.pack,
+            Some(vec![(0, "Rust 2.0".to_owned()), (1, "A GPU".to_owned())])
+        );
+        assert_eq!(req.labels.len(), 10);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use headers::RateHeaders;
 pub use limiter::{AdaptiveLimiter, Congestion, LimiterSnapshot};
 use pacer::Pacer;
 use pricing::Price;
-use responses::RequestTemplate;
+use responses::{PackTemplate, RequestTemplate};
 pub use retry::{Decision, Failure, GiveUp, RetryPolicy};
 
 use crate::metrics::Metrics;
@@ -49,6 +49,8 @@ pub struct UpstreamSettings {
     pub tpm_limit: Option<u64>,
     /// The model's token prices, when known: what `cost_usd` is computed from.
     pub price: Option<Price>,
+    /// Titles per upstream call (1 = no packing).
+    pub pack_size: usize,
 }
 
 /// A validated answer: a label of the taxonomy and a confidence in 0..=1.
@@ -87,6 +89,8 @@ pub struct UpstreamClient {
     authorization: HeaderValue,
     api_key: Secret,
     template: RequestTemplate,
+    packs: PackTemplate,
+    pack_size: usize,
     taxonomy: Arc<Taxonomy>,
     call_timeout: Duration,
     retry: RetryPolicy,
@@ -103,8 +107,8 @@ pub struct UpstreamClient {
 const UNUSABLE_FOR: Duration = Duration::from_secs(30);
 
 /// One HTTP call's outcome, with what the response said besides its body.
-struct Attempt {
-    result: Result<Prediction, UpstreamError>,
+struct Attempt<T> {
+    result: Result<T, UpstreamError>,
     usage: Usage,
     headers: RateHeaders,
     /// The HTTP status, when a response arrived.
@@ -145,6 +149,8 @@ impl UpstreamClient {
             url: format!("{}/responses", settings.base_url.trim_end_matches('/')),
             authorization,
             template: RequestTemplate::new(&settings.model, &taxonomy),
+            packs: PackTemplate::new(&settings.model, &taxonomy, settings.pack_size),
+            pack_size: settings.pack_size.max(1),
             api_key: settings.api_key,
             taxonomy,
             call_timeout: settings.call_timeout,
@@ -194,15 +200,45 @@ impl UpstreamClient {
     /// Classifies one title, retrying transient failures as the policy allows. Tokens of every
     /// attempt count.
     pub async fn classify(&self, title: &str) -> (Result<Prediction, Failure>, Usage) {
-        let mut slot = self.limiter.acquire().await;
-
+        let body = self.template.encode(title);
         let tokens = self.template.estimated_tokens(title);
+        self.with_retries(body, tokens, |b| responses::decode(b, &self.taxonomy))
+            .await
+    }
+
+    /// Classifies several titles in one call (packing), with the same retries. A slot is `None`
+    /// where the model's answer for that title was missing or invalid.
+    pub async fn classify_pack(
+        &self,
+        titles: &[&str],
+    ) -> (Result<Vec<Option<Prediction>>, Failure>, Usage) {
+        let (body, tokens) = self.packs.encode(titles);
+        let n = titles.len();
+        self.with_retries(body, tokens, |b| {
+            responses::decode_pack(b, &self.taxonomy, n)
+        })
+        .await
+    }
+
+    /// The most titles one packed call takes.
+    pub fn pack_size(&self) -> usize {
+        self.pack_size
+    }
+
+    /// One request, sent under the limiter and the pacer and retried as the policy allows.
+    async fn with_retries<T>(
+        &self,
+        body: Vec<u8>,
+        tokens: u64,
+        decode: impl Fn(&[u8]) -> (Result<T, UpstreamError>, Usage),
+    ) -> (Result<T, Failure>, Usage) {
         let mut usage = Usage::default();
         let mut deadline = None;
         let mut attempts = 0;
         // Failures that spend the retry budget: a 429 for rate waits out the deadline instead.
         let mut budgeted_failures = 0;
         loop {
+            let slot = self.limiter.acquire().await;
             self.pacer.wait_turn(tokens).await;
             let deadline =
                 *deadline.get_or_insert_with(|| Instant::now() + self.retry.item_deadline);
@@ -210,15 +246,14 @@ impl UpstreamClient {
             let timeout = self
                 .call_timeout
                 .min(deadline.saturating_duration_since(Instant::now()));
-            let attempt = self.call(title, timeout).await;
+            let attempt = self.call(body.clone(), timeout, &decode).await;
             usage += attempt.usage;
             usage.upstream_requests += 1;
             self.learn(&attempt);
             drop(slot);
 
-            let result = attempt.result;
-            let error = match result {
-                Ok(prediction) => return (Ok(prediction), usage),
+            let error = match attempt.result {
+                Ok(value) => return (Ok(value), usage),
                 Err(error) => error,
             };
             if !error.is_rate_limited() {
@@ -245,12 +280,11 @@ impl UpstreamClient {
                     tokio::time::sleep(delay).await;
                 }
             }
-            slot = self.limiter.acquire().await;
         }
     }
 
     /// Feeds one attempt to the metrics, the limiter, the pacer and the health flag.
-    fn learn(&self, attempt: &Attempt) {
+    fn learn<T>(&self, attempt: &Attempt<T>) {
         let m = &self.metrics;
         let status = match (&attempt.status, &attempt.result) {
             (Some(code), _) => code.to_string(),
@@ -290,7 +324,7 @@ impl UpstreamClient {
         self.track_health(&attempt.result);
     }
 
-    fn track_health(&self, result: &Result<Prediction, UpstreamError>) {
+    fn track_health<T>(&self, result: &Result<T, UpstreamError>) {
         let refused = match result {
             Err(e @ UpstreamError::Http { status, .. }) => {
                 matches!(status, 401 | 403) || e.code() == "upstream_quota_exhausted"
@@ -306,8 +340,13 @@ impl UpstreamClient {
         }
     }
 
-    /// One HTTP call within `timeout`.
-    async fn call(&self, title: &str, timeout: Duration) -> Attempt {
+    /// One HTTP call of `body` within `timeout`, its 2xx body read by `decode`.
+    async fn call<T>(
+        &self,
+        body: Vec<u8>,
+        timeout: Duration,
+        decode: impl Fn(&[u8]) -> (Result<T, UpstreamError>, Usage),
+    ) -> Attempt<T> {
         let started = Instant::now();
         let sent = self
             .http
@@ -315,7 +354,7 @@ impl UpstreamClient {
             .header(AUTHORIZATION, self.authorization.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .timeout(timeout)
-            .body(self.template.encode(title))
+            .body(body)
             .send()
             .await;
         let failed = |error, headers, status| Attempt {
@@ -339,7 +378,7 @@ impl UpstreamClient {
             let error = self.http_error(status.as_u16(), &body, &headers);
             return failed(error, headers, Some(status.as_u16()));
         }
-        let (result, usage) = responses::decode(&body, &self.taxonomy);
+        let (result, usage) = decode(&body);
         Attempt {
             result,
             usage,

@@ -218,3 +218,84 @@ async fn cost_is_priced_by_model_with_cached_input_at_the_cached_price() {
     );
     unpriced.shutdown().await;
 }
+
+#[tokio::test]
+async fn packing_five_titles_per_call_gives_the_same_labels_with_a_fifth_of_the_calls() {
+    let titles = data_lines("hn_titles_1000.txt")[..50].to_vec();
+    let single = spawn_simulated(&[]).await;
+    let packed = spawn_simulated(&["--pack-size", "5"]).await;
+
+    let one_by_one = single.classify(&titles).await;
+    let in_packs = packed.classify(&titles).await;
+
+    assert_eq!(in_packs.errors, 0);
+    assert_eq!(in_packs.usage.upstream_requests, 10);
+    assert_eq!(packed.sim_stats().await["requests_total"], 10);
+    for (a, b) in one_by_one.results.iter().zip(&in_packs.results) {
+        assert_eq!(
+            (&a.topic, a.confidence),
+            (&b.topic, b.confidence),
+            "same label, in order"
+        );
+    }
+    assert!(
+        in_packs.usage.input_tokens < one_by_one.usage.input_tokens / 2,
+        "the prompt is paid once per pack"
+    );
+    single.shutdown().await;
+    packed.shutdown().await;
+}
+
+/// Answers packs badly: drops the first item and gives the second an invented label.
+fn careless_packer(content: &str, call: usize) -> axum::response::Response {
+    let Ok(items) = serde_json::from_str::<Vec<Value>>(content) else {
+        return echo_reply(content, call);
+    };
+    let answers: Vec<Value> = items
+        .iter()
+        .skip(1)
+        .map(|item| {
+            let (topic, confidence) = echo_answer(item["title"].as_str().unwrap());
+            let topic = if item["id"] == 1 { "hacked" } else { topic };
+            json!({"id": item["id"], "topic": topic, "confidence": confidence})
+        })
+        .collect();
+    let text = json!({ "items": answers }).to_string();
+    axum::response::IntoResponse::into_response(axum::Json(completed(&text)))
+}
+
+#[tokio::test]
+async fn items_a_packed_answer_gets_wrong_are_retried_alone_and_none_is_lost() {
+    let upstream = spawn_fake_upstream(careless_packer).await;
+    let app = spawn_against(&upstream, &["--pack-size", "5"]).await;
+    let titles = ["alpha", "bravo", "charlie", "delta", "echo"];
+
+    let response = app.classify(&titles).await;
+
+    assert_eq!(response.errors, 0);
+    for (title, item) in titles.iter().zip(&response.results) {
+        assert_eq!(item.topic.as_deref(), Some(echo_answer(title).0), "{title}");
+    }
+    assert_eq!(
+        response.usage.upstream_requests, 3,
+        "one pack, then the two it got wrong alone"
+    );
+    assert_eq!(upstream.call_times("alpha").len(), 1);
+    assert_eq!(upstream.call_times("bravo").len(), 1);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn packed_nasty_titles_each_come_back_once() {
+    let app = spawn_simulated(&["--pack-size", "20"]).await;
+    let titles = data_lines("nasty_titles.txt");
+
+    let response = app.classify(&titles).await;
+
+    assert_eq!(response.errors, 3, "the empty and the two over-long titles");
+    assert_eq!(
+        response.usage.upstream_requests, 4,
+        "67 titles in packs of 20"
+    );
+    app.shutdown().await;
+}
