@@ -35,6 +35,8 @@ pub enum Command {
     Serve(ServeConfig),
     /// Run the simulated OpenAI API on its own.
     Sim(SimServeConfig),
+    /// Send a file of titles through a running service; write JSONL or CSV in input order.
+    Classify(crate::client::ClassifyFileConfig),
 }
 
 /// Settings of `hn-classifier serve`.

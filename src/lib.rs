@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod classify;
+pub mod client;
 pub mod config;
 pub mod lifecycle;
 pub mod metrics;

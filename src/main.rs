@@ -14,6 +14,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(config) => serve(config).await,
         Command::Sim(config) => sim(config).await,
+        Command::Classify(config) => classify(config).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -30,6 +31,14 @@ async fn serve(config: ServeConfig) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     app.run(shutdown_signal()).await.map_err(|e| e.to_string())
+}
+
+async fn classify(config: hn_classifier::client::ClassifyFileConfig) -> Result<(), String> {
+    let summary = hn_classifier::client::classify_file(&config, true)
+        .await
+        .map_err(|e| e.to_string())?;
+    eprintln!("{}", summary.report());
+    Ok(())
 }
 
 async fn sim(config: SimServeConfig) -> Result<(), String> {

@@ -63,7 +63,7 @@ pub fn config(extra: &[&str]) -> ServeConfig {
     .concat();
     match Cli::try_parse_from(args).expect("valid test flags").command {
         Command::Serve(c) => c,
-        Command::Sim(_) => unreachable!(),
+        _ => unreachable!("parsed as serve"),
     }
 }
 
@@ -199,7 +199,7 @@ pub async fn spawn_sim(flags: &[&str]) -> SimServer {
     let args = [&["hn-classifier", "sim"], flags].concat();
     let config = match Cli::try_parse_from(args).expect("valid sim flags").command {
         Command::Sim(c) => c.sim,
-        Command::Serve(_) => unreachable!(),
+        _ => unreachable!("parsed as sim"),
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     SimServer::spawn(&config, listener).expect("sim starts")

@@ -1,6 +1,7 @@
 //! Integration tests: the real router over real sockets on 127.0.0.1.
 
 mod classify;
+mod client;
 mod deploy;
 mod efficiency;
 mod helpers;

@@ -1,0 +1,405 @@
+//! `hn-classifier classify FILE`: a file of titles through a running service, in batches with
+//! bounded concurrency, each batch streamed (NDJSON) so progress moves as items complete;
+//! results are written in input order as JSONL or CSV and flushed batch by batch, so an
+//! interrupted run resumes where it stopped (titles already in the output are skipped).
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::secret::Secret;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClassifyFileConfig {
+    /// Titles, one per line; or JSON Lines (a `.jsonl` file, or with --field) with the title in
+    /// a field.
+    pub input: PathBuf,
+
+    /// The service to send them to.
+    #[arg(long, env = "HNC_URL", default_value = "http://127.0.0.1:8000")]
+    pub url: String,
+
+    /// Where to write results [default: INPUT with `.classified.jsonl` or `.classified.csv`].
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+
+    #[arg(long, value_enum, default_value_t = OutputFormat::Jsonl)]
+    pub format: OutputFormat,
+
+    /// Titles per request.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=2000))]
+    pub batch_size: u32,
+
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub concurrency: u32,
+
+    /// The JSON field holding the title, for JSON Lines input [default: title].
+    #[arg(long)]
+    pub field: Option<String>,
+
+    /// Bearer token for a service with HNC_API_KEYS set.
+    #[arg(long, env = "HNC_CLIENT_KEY", hide_env_values = true)]
+    pub api_key: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Jsonl,
+    Csv,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} line {line}: {message}")]
+    Input {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("could not reach {url}: {source}")]
+    Http { url: String, source: reqwest::Error },
+    #[error("the service answered {status}: {body}")]
+    Service { status: u16, body: String },
+    #[error("the service's stream ended early or was malformed: {0}")]
+    Stream(String),
+    #[error("writing CSV: {0}")]
+    Csv(#[from] csv::Error),
+}
+
+/// One result row as written to the output.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct Row {
+    pub title: String,
+    pub topic: Option<String>,
+    pub confidence: Option<f64>,
+    pub error: Option<String>,
+    pub error_code: Option<String>,
+}
+
+/// What a run did.
+#[derive(Debug, Default, PartialEq)]
+pub struct Summary {
+    /// Titles already in the output, skipped.
+    pub skipped: usize,
+    pub items: usize,
+    pub errors: usize,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub upstream_requests: u64,
+    /// `None` when the service had no price for its model.
+    pub cost_usd: Option<f64>,
+}
+
+impl Summary {
+    /// A one-line report, with tokens and cost per 1000 items.
+    pub fn report(&self) -> String {
+        let per_k = |x: f64| {
+            if self.items == 0 {
+                0.0
+            } else {
+                x * 1000.0 / self.items as f64
+            }
+        };
+        let cost = self
+            .cost_usd
+            .map_or("unknown".to_owned(), |c| format!("${:.4}", per_k(c)));
+        format!(
+            "{} items ({} errors, {} skipped as already done); per 1000 items: {:.0} input and {:.0} output tokens, {:.0} upstream requests, cost {}",
+            self.items,
+            self.errors,
+            self.skipped,
+            per_k(self.input_tokens as f64),
+            per_k(self.output_tokens as f64),
+            per_k(self.upstream_requests as f64),
+            cost
+        )
+    }
+}
+
+/// Runs the whole file; `progress` draws a bar on a terminal.
+pub async fn classify_file(
+    config: &ClassifyFileConfig,
+    progress: bool,
+) -> Result<Summary, ClientError> {
+    let titles = read_titles(&config.input, config.field.as_deref())?;
+    let output = config
+        .output
+        .clone()
+        .unwrap_or_else(|| default_output(&config.input, config.format));
+    let done = count_done(&output, config.format)?.min(titles.len());
+    let mut writer = RowWriter::open(&output, config.format, done == 0)?;
+    let bar = progress_bar((titles.len() - done) as u64, progress);
+    let client = reqwest::Client::new();
+    let mut summary = Summary {
+        skipped: done,
+        cost_usd: Some(0.0),
+        ..Summary::default()
+    };
+
+    let batches = titles[done..].chunks(config.batch_size as usize);
+    let mut answers = futures::stream::iter(batches)
+        .map(|batch| send_batch(&client, config, batch, &bar))
+        .buffered(config.concurrency as usize);
+    while let Some(answer) = answers.next().await {
+        let answer = answer?;
+        writer.write(&answer.rows)?;
+        summary.items += answer.rows.len();
+        summary.errors += answer.rows.iter().filter(|r| r.error.is_some()).count();
+        summary.input_tokens += answer.usage.input_tokens;
+        summary.output_tokens += answer.usage.output_tokens;
+        summary.upstream_requests += answer.usage.upstream_requests;
+        summary.cost_usd = summary
+            .cost_usd
+            .zip(answer.usage.cost_usd)
+            .map(|(a, b)| a + b);
+    }
+    bar.finish_and_clear();
+    Ok(summary)
+}
+
+fn default_output(input: &Path, format: OutputFormat) -> PathBuf {
+    let extension = match format {
+        OutputFormat::Jsonl => "classified.jsonl",
+        OutputFormat::Csv => "classified.csv",
+    };
+    input.with_extension(extension)
+}
+
+fn read_titles(path: &Path, field: Option<&str>) -> Result<Vec<String>, ClientError> {
+    let io = |source| ClientError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let jsonl = field.is_some() || path.extension().is_some_and(|e| e == "jsonl");
+    let field = field.unwrap_or("title");
+    let mut titles = Vec::new();
+    for (number, line) in BufReader::new(File::open(path).map_err(io)?)
+        .lines()
+        .enumerate()
+    {
+        let line = line.map_err(io)?;
+        if !jsonl {
+            titles.push(line);
+            continue;
+        }
+        let bad = |message: String| ClientError::Input {
+            path: path.to_owned(),
+            line: number + 1,
+            message,
+        };
+        let value: Value = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
+        let title = value
+            .get(field)
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad(format!("no string field `{field}`")))?;
+        titles.push(title.to_owned());
+    }
+    Ok(titles)
+}
+
+/// Rows already written by an earlier run (the resume point).
+fn count_done(output: &Path, format: OutputFormat) -> Result<usize, ClientError> {
+    let file = match File::open(output) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(source) => {
+            return Err(ClientError::Io {
+                path: output.to_owned(),
+                source,
+            });
+        }
+    };
+    Ok(match format {
+        OutputFormat::Jsonl => BufReader::new(file)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| !l.is_empty())
+            .count(),
+        OutputFormat::Csv => csv::Reader::from_reader(file).records().count(),
+    })
+}
+
+fn progress_bar(len: u64, wanted: bool) -> ProgressBar {
+    if !wanted || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} items  {per_sec}  eta {eta}")
+            .expect("a valid template"),
+    );
+    bar
+}
+
+/// Appends rows in order, flushing after each batch.
+enum RowWriter {
+    Jsonl(BufWriter<File>, PathBuf),
+    Csv(csv::Writer<File>),
+}
+
+impl RowWriter {
+    fn open(path: &Path, format: OutputFormat, fresh: bool) -> Result<Self, ClientError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| ClientError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(match format {
+            OutputFormat::Jsonl => Self::Jsonl(BufWriter::new(file), path.to_owned()),
+            OutputFormat::Csv => Self::Csv(
+                csv::WriterBuilder::new()
+                    .has_headers(fresh)
+                    .from_writer(file),
+            ),
+        })
+    }
+
+    fn write(&mut self, rows: &[Row]) -> Result<(), ClientError> {
+        match self {
+            Self::Jsonl(out, path) => {
+                let io = |source| ClientError::Io {
+                    path: path.clone(),
+                    source,
+                };
+                for row in rows {
+                    serde_json::to_writer(&mut *out, row).map_err(|e| io(e.into()))?;
+                    out.write_all(b"\n").map_err(io)?;
+                }
+                out.flush().map_err(io)
+            }
+            Self::Csv(out) => {
+                for row in rows {
+                    out.serialize(row)?;
+                }
+                out.flush().map_err(|e| ClientError::Csv(e.into()))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct UsageLine {
+    #[serde(default)]
+    input_tokens: u64,
+    #[serde(default)]
+    output_tokens: u64,
+    #[serde(default)]
+    upstream_requests: u64,
+    cost_usd: Option<f64>,
+}
+
+struct BatchAnswer {
+    rows: Vec<Row>,
+    usage: UsageLine,
+}
+
+/// One batch over NDJSON, retried when the service asks (429, 503 with Retry-After).
+async fn send_batch(
+    client: &reqwest::Client,
+    config: &ClassifyFileConfig,
+    titles: &[String],
+    bar: &ProgressBar,
+) -> Result<BatchAnswer, ClientError> {
+    const ATTEMPTS: u32 = 5;
+    let url = format!("{}/classify-batch", config.url.trim_end_matches('/'));
+    for attempt in 1..=ATTEMPTS {
+        let mut request = client
+            .post(&url)
+            .header("accept", "application/x-ndjson")
+            .json(&serde_json::json!({ "titles": titles }));
+        if let Some(key) = &config.api_key {
+            request = request.bearer_auth(key.expose());
+        }
+        let response = request.send().await.map_err(|source| ClientError::Http {
+            url: url.clone(),
+            source,
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return read_stream(response, titles, bar).await;
+        }
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let body = response.text().await.unwrap_or_default();
+        let retryable = matches!(status.as_u16(), 429 | 503);
+        if !retryable || attempt == ATTEMPTS {
+            return Err(ClientError::Service {
+                status: status.as_u16(),
+                body,
+            });
+        }
+        tokio::time::sleep(Duration::from_secs(retry_after.unwrap_or(1).clamp(1, 60))).await;
+    }
+    unreachable!("the last attempt returns")
+}
+
+async fn read_stream(
+    response: reqwest::Response,
+    titles: &[String],
+    bar: &ProgressBar,
+) -> Result<BatchAnswer, ClientError> {
+    #[derive(Deserialize)]
+    struct Line {
+        index: Option<usize>,
+        topic: Option<String>,
+        confidence: Option<f64>,
+        error: Option<String>,
+        error_code: Option<String>,
+        #[serde(default)]
+        done: bool,
+        usage: Option<UsageLine>,
+    }
+    let mut rows: Vec<Option<Row>> = (0..titles.len()).map(|_| None).collect();
+    let mut pending = Vec::new();
+    let mut chunks = response.bytes_stream();
+    let mut usage = None;
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| ClientError::Stream(e.to_string()))?;
+        pending.extend_from_slice(&chunk);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let raw: Vec<u8> = pending.drain(..=end).collect();
+            let line: Line =
+                serde_json::from_slice(&raw).map_err(|e| ClientError::Stream(e.to_string()))?;
+            if line.done {
+                usage = line.usage;
+                continue;
+            }
+            let index = line
+                .index
+                .filter(|i| *i < titles.len())
+                .ok_or_else(|| ClientError::Stream("an item line without a valid index".into()))?;
+            rows[index] = Some(Row {
+                title: titles[index].clone(),
+                topic: line.topic,
+                confidence: line.confidence,
+                error: line.error,
+                error_code: line.error_code,
+            });
+            bar.inc(1);
+        }
+    }
+    let usage = usage.ok_or_else(|| ClientError::Stream("no summary line".into()))?;
+    let rows = rows
+        .into_iter()
+        .collect::<Option<Vec<Row>>>()
+        .ok_or_else(|| ClientError::Stream("an item is missing from the stream".into()))?;
+    Ok(BatchAnswer { rows, usage })
+}

@@ -1,0 +1,135 @@
+//! `hn-classifier classify FILE`: a file through a running service, in order, resumable.
+
+use std::path::PathBuf;
+
+use hn_classifier::client::{ClassifyFileConfig, ClientError, OutputFormat, Row, classify_file};
+use hn_classifier::secret::Secret;
+
+use crate::helpers::*;
+
+fn temp_path(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hnc-client-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn config_for(
+    app: &TestApp,
+    input: PathBuf,
+    output: PathBuf,
+    format: OutputFormat,
+) -> ClassifyFileConfig {
+    ClassifyFileConfig {
+        input,
+        url: format!("http://{}", app.addr),
+        output: Some(output),
+        format,
+        batch_size: 25,
+        concurrency: 3,
+        field: None,
+        api_key: None,
+    }
+}
+
+fn jsonl_rows(path: &PathBuf) -> Vec<Row> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_file_comes_back_in_input_order_and_an_interrupted_run_resumes() {
+    let app = spawn_simulated(&["--sim-latency-ms", "20"]).await;
+    let titles = data_lines("hn_titles_1000.txt")[..120].to_vec();
+    let input = temp_path("titles.txt");
+    std::fs::write(&input, titles.join("\n") + "\n").unwrap();
+    let output = temp_path("out.jsonl");
+    let _ = std::fs::remove_file(&output);
+    let config = config_for(&app, input, output.clone(), OutputFormat::Jsonl);
+
+    let summary = classify_file(&config, false).await.unwrap();
+
+    assert_eq!(
+        (summary.items, summary.errors, summary.skipped),
+        (120, 0, 0)
+    );
+    assert_eq!(summary.upstream_requests, 120);
+    assert!(summary.cost_usd.unwrap() > 0.0);
+    assert!(summary.report().contains("per 1000 items"));
+    let rows = jsonl_rows(&output);
+    let expected = app.classify(&titles).await;
+    for ((row, title), want) in rows.iter().zip(&titles).zip(&expected.results) {
+        assert_eq!(&row.title, title);
+        assert_eq!((&row.topic, row.confidence), (&want.topic, want.confidence));
+    }
+
+    // Interrupted after 50 rows: the rerun sends only the other 70 and ends with the same file.
+    let complete = std::fs::read_to_string(&output).unwrap();
+    let first_50: String = complete
+        .lines()
+        .take(50)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&output, first_50).unwrap();
+    let resumed = classify_file(&config, false).await.unwrap();
+    assert_eq!((resumed.skipped, resumed.items), (50, 70));
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), complete);
+    let again = classify_file(&config, false).await.unwrap();
+    assert_eq!((again.skipped, again.items), (120, 0), "nothing left to do");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn jsonl_input_and_csv_output_keep_nasty_titles_intact() {
+    let app = spawn_simulated(&[]).await;
+    let titles = data_lines("nasty_titles.txt");
+    let input = temp_path("nasty.jsonl");
+    let lines: Vec<String> = titles
+        .iter()
+        .map(|t| serde_json::json!({"text": t, "other": 1}).to_string())
+        .collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let output = temp_path("nasty.csv");
+    let _ = std::fs::remove_file(&output);
+    let mut config = config_for(&app, input, output.clone(), OutputFormat::Csv);
+    config.field = Some("text".to_owned());
+
+    let summary = classify_file(&config, false).await.unwrap();
+
+    assert_eq!((summary.items, summary.errors), (70, 3));
+    let rows: Vec<Row> = csv::Reader::from_path(&output)
+        .unwrap()
+        .deserialize()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows.len(), 70);
+    for (row, title) in rows.iter().zip(&titles) {
+        assert_eq!(
+            &row.title, title,
+            "the CSV round-trips every title byte for byte"
+        );
+    }
+    assert_eq!(rows[31].error_code.as_deref(), Some("title_empty"));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_service_with_keys_needs_the_client_key() {
+    let app = spawn_simulated(&["--api-keys", "file-client-key"]).await;
+    let input = temp_path("two.txt");
+    std::fs::write(&input, "Rust 2.0\nA new GPU\n").unwrap();
+    let output = temp_path("two.jsonl");
+    let _ = std::fs::remove_file(&output);
+    let mut config = config_for(&app, input, output.clone(), OutputFormat::Jsonl);
+
+    let refused = classify_file(&config, false).await.unwrap_err();
+    assert!(
+        matches!(refused, ClientError::Service { status: 401, .. }),
+        "{refused}"
+    );
+    config.api_key = Some(Secret::new("file-client-key"));
+    assert_eq!(classify_file(&config, false).await.unwrap().items, 2);
+    app.shutdown().await;
+}
