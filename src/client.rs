@@ -246,7 +246,8 @@ fn progress_bar(len: u64, wanted: bool) -> ProgressBar {
 /// Appends rows in order, flushing after each batch.
 enum RowWriter {
     Jsonl(BufWriter<File>, PathBuf),
-    Csv(csv::Writer<File>),
+    /// Boxed: the CSV writer's buffer makes it much larger than the other variant.
+    Csv(Box<csv::Writer<File>>),
 }
 
 impl RowWriter {
@@ -261,11 +262,11 @@ impl RowWriter {
             })?;
         Ok(match format {
             OutputFormat::Jsonl => Self::Jsonl(BufWriter::new(file), path.to_owned()),
-            OutputFormat::Csv => Self::Csv(
+            OutputFormat::Csv => Self::Csv(Box::new(
                 csv::WriterBuilder::new()
                     .has_headers(fresh)
                     .from_writer(file),
-            ),
+            )),
         })
     }
 
