@@ -11,7 +11,7 @@ use crate::classify::{BatchLimits, CacheSettings};
 use crate::secret::Secret;
 use crate::sim::SimConfig;
 use crate::upstream::pricing::{self, PriceFileError};
-use crate::upstream::{RetryPolicy, UpstreamSettings};
+use crate::upstream::{RetryPolicy, UpstreamApi, UpstreamSettings};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 
@@ -88,6 +88,11 @@ pub struct ServeConfig {
     /// Base URL of the OpenAI-compatible API, version included.
     #[arg(long, env = "OPENAI_BASE_URL", value_name = "OPENAI_BASE_URL", default_value = DEFAULT_BASE_URL, value_parser = parse_base_url)]
     pub openai_base_url: String,
+
+    /// Wire protocol: `responses` (OpenAI's Responses API) or `chat` (Chat Completions, for
+    /// OpenAI-compatible servers such as vLLM, llama.cpp server, Ollama, Azure OpenAI).
+    #[arg(long, env = "HNC_UPSTREAM_API", value_name = "HNC_UPSTREAM_API", value_enum, default_value_t = UpstreamApi::Responses)]
+    pub upstream_api: UpstreamApi,
 
     /// Model to call.
     #[arg(
@@ -309,6 +314,7 @@ impl ServeConfig {
         Ok(UpstreamSettings {
             base_url,
             api_key,
+            api: self.upstream_api,
             model: self.openai_model.clone(),
             call_timeout: self.upstream_timeout,
             max_in_flight: self.max_in_flight as usize,

@@ -590,7 +590,12 @@ mod tests {
 
     fn our_request() -> Value {
         serde_json::from_slice(
-            &RequestTemplate::new("gpt-4.1-mini", &Taxonomy::hn_topics()).encode("A title"),
+            &RequestTemplate::new(
+                crate::upstream::UpstreamApi::Responses,
+                "gpt-4.1-mini",
+                &Taxonomy::hn_topics(),
+            )
+            .encode("A title"),
         )
         .unwrap()
     }
@@ -638,8 +643,12 @@ mod tests {
 
     #[test]
     fn accepts_our_packed_requests_and_reads_their_items() {
-        let template =
-            crate::upstream::responses::PackTemplate::new("m", &Taxonomy::hn_topics(), 5);
+        let template = crate::upstream::responses::PackTemplate::new(
+            crate::upstream::UpstreamApi::Responses,
+            "m",
+            &Taxonomy::hn_topics(),
+            5,
+        );
         let (body, _) = template.encode(&["Rust 2.0", "A GPU"]);
         let req = parse_responses(&serde_json::from_slice(&body).unwrap()).unwrap();
         assert_eq!(

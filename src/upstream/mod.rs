@@ -3,6 +3,7 @@
 //! rides the provider's rate limit. Knows the wire protocol; knows nothing about batches or HTTP
 //! callers.
 
+mod chat;
 mod error;
 mod headers;
 mod limiter;
@@ -31,12 +32,32 @@ use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::taxonomy::Taxonomy;
 
+/// Which wire protocol the provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UpstreamApi {
+    /// OpenAI's Responses API (`POST /responses`): the default for OpenAI.
+    Responses,
+    /// Chat Completions (`POST /chat/completions`): for OpenAI-compatible servers (vLLM,
+    /// llama.cpp server, Ollama, Azure OpenAI).
+    Chat,
+}
+
+impl UpstreamApi {
+    fn path(self) -> &'static str {
+        match self {
+            Self::Responses => "responses",
+            Self::Chat => "chat/completions",
+        }
+    }
+}
+
 /// Where and how to call the provider; parsed once from the service config.
 #[derive(Debug, Clone)]
 pub struct UpstreamSettings {
     /// Base URL up to and including the API version, e.g. `https://api.openai.com/v1`.
     pub base_url: String,
     pub api_key: Secret,
+    pub api: UpstreamApi,
     pub model: String,
     /// Deadline of one HTTP call, connect to last byte.
     pub call_timeout: Duration,
@@ -146,10 +167,14 @@ impl UpstreamClient {
             .build()?;
         Ok(Self {
             http,
-            url: format!("{}/responses", settings.base_url.trim_end_matches('/')),
+            url: format!(
+                "{}/{}",
+                settings.base_url.trim_end_matches('/'),
+                settings.api.path()
+            ),
             authorization,
-            template: RequestTemplate::new(&settings.model, &taxonomy),
-            packs: PackTemplate::new(&settings.model, &taxonomy, settings.pack_size),
+            template: RequestTemplate::new(settings.api, &settings.model, &taxonomy),
+            packs: PackTemplate::new(settings.api, &settings.model, &taxonomy, settings.pack_size),
             pack_size: settings.pack_size.max(1),
             api_key: settings.api_key,
             taxonomy,
@@ -202,7 +227,7 @@ impl UpstreamClient {
     pub async fn classify(&self, title: &str) -> (Result<Prediction, Failure>, Usage) {
         let body = self.template.encode(title);
         let tokens = self.template.estimated_tokens(title);
-        self.with_retries(body, tokens, |b| responses::decode(b, &self.taxonomy))
+        self.with_retries(body, tokens, |b| self.template.decode(b, &self.taxonomy))
             .await
     }
 
@@ -214,10 +239,8 @@ impl UpstreamClient {
     ) -> (Result<Vec<Option<Prediction>>, Failure>, Usage) {
         let (body, tokens) = self.packs.encode(titles);
         let n = titles.len();
-        self.with_retries(body, tokens, |b| {
-            responses::decode_pack(b, &self.taxonomy, n)
-        })
-        .await
+        self.with_retries(body, tokens, |b| self.packs.decode(b, &self.taxonomy, n))
+            .await
     }
 
     /// The most titles one packed call takes.

@@ -1,0 +1,165 @@
+//! The Chat Completions API on the wire, for OpenAI-compatible servers (vLLM, llama.cpp server,
+//! Ollama, Azure OpenAI): a system and a user message, `response_format` json_schema (strict),
+//! and `choices[0].message` read back. The templates and the answer checks are shared with the
+//! Responses API (`responses.rs`); only the envelope differs.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::{UpstreamError, Usage};
+
+#[derive(Serialize)]
+pub(super) struct Request<'a> {
+    pub model: &'a str,
+    pub messages: [Message<'a>; 2],
+    pub response_format: &'a RawValue,
+    /// `max_tokens` rather than `max_completion_tokens`: every compatible server knows it.
+    pub max_tokens: u32,
+}
+
+#[derive(Serialize)]
+pub(super) struct Message<'a> {
+    pub role: &'static str,
+    pub content: &'a str,
+}
+
+/// `response_format` for a strict json_schema named `name`.
+pub(super) fn response_format(name: &str, schema: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "type": "json_schema",
+        "json_schema": { "name": name, "strict": true, "schema": schema }
+    })
+}
+
+#[derive(Deserialize)]
+struct Response {
+    #[serde(default)]
+    choices: Vec<Choice>,
+    usage: Option<ChatUsage>,
+}
+
+#[derive(Deserialize)]
+struct Choice {
+    message: Option<ChoiceMessage>,
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceMessage {
+    content: Option<String>,
+    refusal: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ChatUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+    prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+#[derive(Deserialize)]
+struct PromptTokensDetails {
+    #[serde(default)]
+    cached_tokens: u64,
+}
+
+/// The model's text from `choices[0]`, and the tokens either way. A refusal, or a finish reason
+/// of `length` (cut off) or `content_filter`, is an error, never a partial answer.
+pub(super) fn decode_text(body: &[u8]) -> (Result<String, UpstreamError>, Usage) {
+    let response: Response = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                Err(UpstreamError::MalformedResponse(e.to_string())),
+                Usage::default(),
+            );
+        }
+    };
+    let usage = response
+        .usage
+        .as_ref()
+        .map_or_else(Usage::default, |u| Usage {
+            input_tokens: u.prompt_tokens,
+            cached_input_tokens: u
+                .prompt_tokens_details
+                .as_ref()
+                .map_or(0, |d| d.cached_tokens),
+            output_tokens: u.completion_tokens,
+            upstream_requests: 0,
+        });
+    (choice_text(response.choices), usage)
+}
+
+fn choice_text(choices: Vec<Choice>) -> Result<String, UpstreamError> {
+    let choice = choices
+        .into_iter()
+        .next()
+        .ok_or_else(|| UpstreamError::MalformedResponse("no `choices`".to_owned()))?;
+    let message = choice
+        .message
+        .ok_or_else(|| UpstreamError::MalformedResponse("no `choices[0].message`".to_owned()))?;
+    if let Some(refusal) = message.refusal.filter(|r| !r.is_empty()) {
+        return Err(UpstreamError::Refusal(refusal));
+    }
+    if let Some(reason @ ("length" | "content_filter")) = choice.finish_reason.as_deref() {
+        return Err(UpstreamError::NotCompleted {
+            status: "finish_reason".to_owned(),
+            reason: Some(reason.to_owned()),
+        });
+    }
+    message.content.ok_or_else(|| {
+        UpstreamError::MalformedResponse("no `choices[0].message.content`".to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn body(message: serde_json::Value, finish_reason: &str) -> Vec<u8> {
+        json!({
+            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+            "usage": {"prompt_tokens": 90, "completion_tokens": 12, "prompt_tokens_details": {"cached_tokens": 10}}
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn reads_the_first_choice_and_its_usage() {
+        let (text, usage) = decode_text(&body(
+            json!({"role": "assistant", "content": "{}", "refusal": null}),
+            "stop",
+        ));
+        assert_eq!(text.unwrap(), "{}");
+        assert_eq!(
+            (
+                usage.input_tokens,
+                usage.cached_input_tokens,
+                usage.output_tokens
+            ),
+            (90, 10, 12)
+        );
+    }
+
+    #[test]
+    fn refusals_truncation_and_filtering_are_errors() {
+        let refused = decode_text(&body(json!({"content": null, "refusal": "no"}), "stop")).0;
+        assert_eq!(refused.unwrap_err().code(), "model_refused");
+        let cut = decode_text(&body(json!({"content": "{\"topic\":\"oth"}), "length"))
+            .0
+            .unwrap_err();
+        assert_eq!(cut.code(), "response_incomplete");
+        assert!(cut.to_string().contains("length"));
+        let filtered = decode_text(&body(json!({"content": ""}), "content_filter")).0;
+        assert_eq!(filtered.unwrap_err().code(), "response_incomplete");
+        assert_eq!(
+            decode_text(b"{\"choices\": []}").0.unwrap_err().code(),
+            "upstream_malformed"
+        );
+    }
+}
