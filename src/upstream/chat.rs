@@ -68,28 +68,19 @@ struct PromptTokensDetails {
 /// The model's text from `choices[0]`, and the tokens either way. A refusal, or a finish reason
 /// of `length` (cut off) or `content_filter`, is an error, never a partial answer.
 pub(super) fn decode_text(body: &[u8]) -> (Result<String, UpstreamError>, Usage) {
-    let response: Response = match serde_json::from_slice(body) {
-        Ok(r) => r,
-        Err(e) => {
-            return (
-                Err(UpstreamError::MalformedResponse(e.to_string())),
-                Usage::default(),
-            );
-        }
-    };
-    let usage = response
-        .usage
-        .as_ref()
-        .map_or_else(Usage::default, |u| Usage {
-            input_tokens: u.prompt_tokens,
-            cached_input_tokens: u
-                .prompt_tokens_details
-                .as_ref()
-                .map_or(0, |d| d.cached_tokens),
-            output_tokens: u.completion_tokens,
-            upstream_requests: 0,
-        });
-    (choice_text(response.choices), usage)
+    super::decode_with(
+        body,
+        |r: &Response| {
+            r.usage.as_ref().map_or_else(Usage::default, |u| {
+                let cached = u
+                    .prompt_tokens_details
+                    .as_ref()
+                    .map_or(0, |d| d.cached_tokens);
+                Usage::billed(u.prompt_tokens, cached, u.completion_tokens)
+            })
+        },
+        |r| choice_text(r.choices),
+    )
 }
 
 fn choice_text(choices: Vec<Choice>) -> Result<String, UpstreamError> {

@@ -92,6 +92,37 @@ pub struct Usage {
     pub upstream_requests: u64,
 }
 
+impl Usage {
+    /// The tokens one response reports (its request is counted by the caller).
+    fn billed(input_tokens: u64, cached_input_tokens: u64, output_tokens: u64) -> Self {
+        Self {
+            input_tokens,
+            cached_input_tokens,
+            output_tokens,
+            upstream_requests: 0,
+        }
+    }
+}
+
+/// Parses a 2xx body as a protocol's response `R`: the model's text, and the tokens it reports,
+/// which count even when the answer is unusable (they were billed all the same).
+fn decode_with<R: serde::de::DeserializeOwned>(
+    body: &[u8],
+    usage: impl Fn(&R) -> Usage,
+    text: impl FnOnce(R) -> Result<String, UpstreamError>,
+) -> (Result<String, UpstreamError>, Usage) {
+    match serde_json::from_slice::<R>(body) {
+        Ok(response) => {
+            let usage = usage(&response);
+            (text(response), usage)
+        }
+        Err(e) => (
+            Err(UpstreamError::MalformedResponse(e.to_string())),
+            Usage::default(),
+        ),
+    }
+}
+
 impl AddAssign for Usage {
     fn add_assign(&mut self, rhs: Self) {
         self.input_tokens += rhs.input_tokens;

@@ -1,6 +1,8 @@
-//! The OpenAI Responses API on the wire: the request we send for one title and the walk over the
-//! answer's `output[]` items. `output_text` is a convenience of the official SDKs, not a wire
-//! field, so the JSON answer is found in the message item's `output_text` content part.
+//! Requests and answers on the wire: the templates for one title and for a pack of titles (in
+//! the Responses or the Chat Completions envelope), the checks every answer goes through, and
+//! the Responses API's side of reading a body: the walk over `output[]`. `output_text` is a
+//! convenience of the official SDKs, not a wire field, so the JSON answer is found in the
+//! message item's `output_text` content part.
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -198,8 +200,10 @@ struct Answer {
     confidence: f64,
 }
 
-/// Reads a Responses API 2xx body into a prediction.
-pub fn decode(body: &[u8], taxonomy: &Taxonomy) -> (Result<Prediction, UpstreamError>, Usage) {
+/// Reads a Responses API 2xx body into a prediction (the tests' shorthand for the template's
+/// `decode`).
+#[cfg(test)]
+fn decode(body: &[u8], taxonomy: &Taxonomy) -> (Result<Prediction, UpstreamError>, Usage) {
     let (text, usage) = responses_text(body);
     (text.and_then(|t| validate_answer(&t, taxonomy)), usage)
 }
@@ -214,28 +218,19 @@ fn decode_text(api: UpstreamApi, body: &[u8]) -> (Result<String, UpstreamError>,
 
 /// The model's text from a completed Responses API body, and the tokens either way.
 fn responses_text(body: &[u8]) -> (Result<String, UpstreamError>, Usage) {
-    let response: Response = match serde_json::from_slice(body) {
-        Ok(r) => r,
-        Err(e) => {
-            return (
-                Err(UpstreamError::MalformedResponse(e.to_string())),
-                Usage::default(),
-            );
-        }
-    };
-    let usage = response
-        .usage
-        .as_ref()
-        .map_or_else(Usage::default, |u| Usage {
-            input_tokens: u.input_tokens,
-            cached_input_tokens: u
-                .input_tokens_details
-                .as_ref()
-                .map_or(0, |d| d.cached_tokens),
-            output_tokens: u.output_tokens,
-            upstream_requests: 0,
-        });
-    (completed_text(response), usage)
+    super::decode_with(
+        body,
+        |r: &Response| {
+            r.usage.as_ref().map_or_else(Usage::default, |u| {
+                let cached = u
+                    .input_tokens_details
+                    .as_ref()
+                    .map_or(0, |d| d.cached_tokens);
+                Usage::billed(u.input_tokens, cached, u.output_tokens)
+            })
+        },
+        completed_text,
+    )
 }
 
 fn completed_text(response: Response) -> Result<String, UpstreamError> {
