@@ -239,16 +239,24 @@ async fn handle(
         protocol::estimate_tokens(request.prompt_chars + request.title.chars().count());
     let limit_headers = sim.admit(&request, input_tokens)?;
     let fault = sim.draw_fault();
-    if fault != Fault::None {
-        sim.stats.count_fault(fault.name());
-    }
     match fault {
-        Fault::ServerError(status) => return Err(server_error(status)),
+        Fault::ServerError(status) => {
+            sim.stats.count_fault(fault.name());
+            return Err(server_error(status));
+        }
         // Never answers; the client's timeout (or disconnect) ends the call.
-        Fault::Hang => std::future::pending::<()>().await,
+        Fault::Hang => {
+            sim.stats.count_fault(fault.name());
+            std::future::pending::<()>().await;
+        }
         Fault::None | Fault::Garbage | Fault::Refusal => {}
     }
     tokio::time::sleep(sim.sample_latency()).await;
+    // Counted once the answer is about to leave, not when drawn: a client that gave up during
+    // the latency never saw this garbage or refusal.
+    if fault != Fault::None && fault != Fault::Hang {
+        sim.stats.count_fault(fault.name());
+    }
     let body = respond(api, sim, &request, input_tokens, fault);
     Ok((limit_headers, Json(body)).into_response())
 }

@@ -26,8 +26,10 @@ async fn under_the_fault_matrix_every_item_comes_back_in_order_and_only_final_fa
         "1",
         "--sim-burst-ms",
         "100",
+        // Long enough that no real answer times out on a busy 2-core machine (a timed-out
+        // garbage answer would be retried and no longer fail its item); hangs cost this much.
         "--upstream-timeout",
-        "0.5",
+        "1.5",
         // Five retries: with 11% of calls failing transiently, four failures in a row would
         // befall about one item in 3000 by chance; six in a row, one item in about 200 runs.
         "--max-retries",
