@@ -1,7 +1,7 @@
-//! The provider side: one shared, pooled HTTP client that classifies one title, retrying
-//! transient failures, under a process-wide adaptive limit on calls in flight and a pacer that
-//! rides the provider's rate limit. Knows the wire protocol; knows nothing about batches or HTTP
-//! callers.
+//! The provider side: one shared, pooled HTTP client that classifies one title (or a pack of
+//! them) in the Responses or Chat Completions protocol, retrying transient failures, under a
+//! process-wide adaptive limit on calls in flight and a pacer that rides the provider's rate
+//! limit. Knows the wire protocol; knows nothing about batches or HTTP callers.
 
 mod chat;
 mod error;
