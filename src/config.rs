@@ -37,6 +37,8 @@ pub enum Command {
     Sim(SimServeConfig),
     /// Send a file of titles through a running service; write JSONL or CSV in input order.
     Classify(crate::client::ClassifyFileConfig),
+    /// Load the provider or the service and record throughput, latency, errors and cost.
+    Bench(crate::bench::BenchConfig),
 }
 
 /// Settings of `hn-classifier serve`.

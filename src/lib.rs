@@ -5,6 +5,7 @@
 //! parses the command line.
 
 pub mod api;
+pub mod bench;
 pub mod classify;
 pub mod client;
 pub mod config;

@@ -15,6 +15,7 @@ async fn main() -> ExitCode {
         Command::Serve(config) => serve(config).await,
         Command::Sim(config) => sim(config).await,
         Command::Classify(config) => classify(config).await,
+        Command::Bench(config) => bench(config).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -38,6 +39,14 @@ async fn classify(config: hn_classifier::client::ClassifyFileConfig) -> Result<(
         .await
         .map_err(|e| e.to_string())?;
     eprintln!("{}", summary.report());
+    Ok(())
+}
+
+async fn bench(config: hn_classifier::bench::BenchConfig) -> Result<(), String> {
+    let results = hn_classifier::bench::run(&config)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("{}", hn_classifier::bench::report(&results));
     Ok(())
 }
 
