@@ -127,12 +127,16 @@ pub async fn run(config: &BenchConfig) -> Result<Vec<RunResult>, BenchError> {
     let mut results = Vec::new();
     for &concurrency in &config.concurrency {
         for _ in 0..config.repeat {
-            let result = match &target {
+            let (url, measured) = match &target {
                 Target::Upstream { client, url, .. } => {
-                    run_async(client, url, &titles, concurrency, config).await
+                    (url, run_async(client, &titles, concurrency).await)
                 }
-                Target::Service { url, .. } => run_service(url, &titles, concurrency, config).await,
+                Target::Service { url, .. } => (
+                    url,
+                    run_service(url, &titles, concurrency, config.batch_size).await,
+                ),
             };
+            let result = measured.into_result(config, url, titles.len(), concurrency);
             append_csv(&config.results_dir, &result)?;
             results.push(result);
         }
@@ -304,13 +308,7 @@ fn load_titles(path: &Path, items: usize) -> Result<Vec<String>, BenchError> {
 }
 
 /// One async client, `concurrency` calls in flight.
-async fn run_async(
-    client: &UpstreamClient,
-    url: &str,
-    titles: &[String],
-    concurrency: usize,
-    config: &BenchConfig,
-) -> RunResult {
+async fn run_async(client: &UpstreamClient, titles: &[String], concurrency: usize) -> Measured {
     let started = Instant::now();
     let outcomes: Vec<(bool, Usage, Duration)> = futures::stream::iter(titles)
         .map(|title| async move {
@@ -331,18 +329,14 @@ async fn run_async(
         errors += usize::from(!ok);
     }
     let cost = client.price().map(|p| p.cost(&usage));
-    summarize(
-        Approach::Async,
-        url,
-        titles.len(),
-        concurrency,
-        config,
+    Measured {
+        approach: Approach::Async,
         wall,
         errors,
         latencies,
         usage,
         cost,
-    )
+    }
 }
 
 /// Batches of `batch_size` POSTed with `concurrency` in flight; every item checked.
@@ -350,14 +344,14 @@ async fn run_service(
     url: &str,
     titles: &[String],
     concurrency: usize,
-    config: &BenchConfig,
-) -> RunResult {
+    batch_size: usize,
+) -> Measured {
     let client = reqwest::Client::new();
     let taxonomy = Taxonomy::hn_topics();
     let endpoint = format!("{url}/classify-batch");
     let started = Instant::now();
     let outcomes: Vec<(usize, Option<ClassifyBatchResponse>, Duration)> =
-        futures::stream::iter(titles.chunks(config.batch_size.max(1)))
+        futures::stream::iter(titles.chunks(batch_size.max(1)))
             .map(|batch| {
                 let (client, endpoint) = (&client, &endpoint);
                 async move {
@@ -409,68 +403,79 @@ async fn run_service(
         };
         cost = cost.zip(body.usage.cost_usd).map(|(a, b)| a + b);
     }
-    summarize(
-        Approach::Service,
-        url,
-        titles.len(),
-        concurrency,
-        config,
+    Measured {
+        approach: Approach::Service,
         wall,
         errors,
         latencies,
         usage,
         cost,
-    )
+    }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn summarize(
+/// What one run observed, before it becomes a CSV row.
+struct Measured {
     approach: Approach,
-    target: &str,
-    items: usize,
-    concurrency: usize,
-    config: &BenchConfig,
     wall: Duration,
     errors: usize,
-    mut latencies: Vec<Duration>,
+    /// Per item (`async`) or per batch (`service`).
+    latencies: Vec<Duration>,
     usage: Usage,
     cost: Option<f64>,
-) -> RunResult {
-    latencies.sort_unstable();
-    let percentile = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
-            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-    };
-    let per_1k = |x: f64| {
-        if items == 0 {
-            0.0
-        } else {
-            x * 1000.0 / items as f64
+}
+
+impl Measured {
+    fn into_result(
+        self,
+        config: &BenchConfig,
+        target: &str,
+        items: usize,
+        concurrency: usize,
+    ) -> RunResult {
+        let Self {
+            approach,
+            wall,
+            errors,
+            mut latencies,
+            usage,
+            cost,
+        } = self;
+        latencies.sort_unstable();
+        let percentile = |q: f64| {
+            latencies
+                .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+                .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+        };
+        let per_1k = |x: f64| {
+            if items == 0 {
+                0.0
+            } else {
+                x * 1000.0 / items as f64
+            }
+        };
+        RunResult {
+            ran_at_utc: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            approach,
+            target: target.to_owned(),
+            items,
+            concurrency,
+            batch_size: if approach == Approach::Service {
+                config.batch_size
+            } else {
+                1
+            },
+            sim_latency_ms: config.sim.latency_median_ms,
+            wall_s: wall.as_secs_f64(),
+            items_per_s: items as f64 / wall.as_secs_f64().max(1e-9),
+            errors,
+            p50_ms: percentile(0.50),
+            p95_ms: percentile(0.95),
+            p99_ms: percentile(0.99),
+            upstream_requests_per_1k: per_1k(usage.upstream_requests as f64),
+            input_tokens_per_1k: per_1k(usage.input_tokens as f64),
+            output_tokens_per_1k: per_1k(usage.output_tokens as f64),
+            cost_usd_per_1k: cost.map(per_1k),
         }
-    };
-    RunResult {
-        ran_at_utc: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-        approach,
-        target: target.to_owned(),
-        items,
-        concurrency,
-        batch_size: if approach == Approach::Service {
-            config.batch_size
-        } else {
-            1
-        },
-        sim_latency_ms: config.sim.latency_median_ms,
-        wall_s: wall.as_secs_f64(),
-        items_per_s: items as f64 / wall.as_secs_f64().max(1e-9),
-        errors,
-        p50_ms: percentile(0.50),
-        p95_ms: percentile(0.95),
-        p99_ms: percentile(0.99),
-        upstream_requests_per_1k: per_1k(usage.upstream_requests as f64),
-        input_tokens_per_1k: per_1k(usage.input_tokens as f64),
-        output_tokens_per_1k: per_1k(usage.output_tokens as f64),
-        cost_usd_per_1k: cost.map(per_1k),
     }
 }
 
