@@ -46,27 +46,15 @@ fn rejection_to_error(rejection: JsonRejection, limit: usize) -> ApiError {
     }
 }
 
-/// The innermost error's text, e.g. "titles[1]: invalid type: integer `3`, expected a string at
-/// line 1 column 15", without axum's generic prefix.
+/// The text of the error layer that names the field, e.g. "titles[1]: invalid type: integer
+/// `3`, expected a string at line 1 column 15", without axum's generic prefix.
 fn inner_message(error: &dyn std::error::Error) -> String {
-    let mut current = error;
-    while let Some(next) = current.source() {
-        current = next;
+    // The path lives on the serde_path_to_error layer, the one just above serde_json's own error.
+    let mut layer = error;
+    while let Some(inner) = layer.source().filter(|inner| inner.source().is_some()) {
+        layer = inner;
     }
-    // The path lives on the serde_path_to_error layer, one above serde_json's own error.
-    let mut with_path = error;
-    while let Some(next) = with_path.source() {
-        if next.source().is_none() {
-            break;
-        }
-        with_path = next;
-    }
-    let text = with_path.to_string();
-    if text.is_empty() {
-        current.to_string()
-    } else {
-        text
-    }
+    layer.to_string()
 }
 
 /// "field: message" for each failed rule.

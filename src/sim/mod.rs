@@ -456,11 +456,6 @@ impl SimServer {
     pub fn stats(&self) -> &SimStats {
         &self.stats
     }
-
-    /// Waits until the server stops (when `shutdown` is cancelled).
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
-    }
 }
 
 impl Drop for SimServer {
