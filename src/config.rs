@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::classify::{BatchLimits, CacheSettings};
 use crate::secret::Secret;
 use crate::sim::SimConfig;
+use crate::taxonomy::{Taxonomies, TaxonomyError};
 use crate::upstream::pricing::{self, PriceFileError};
 use crate::upstream::{RetryPolicy, UpstreamApi, UpstreamSettings};
 
@@ -139,6 +140,11 @@ pub struct ServeConfig {
     #[arg(long, env = "HNC_PRICES_FILE", value_name = "HNC_PRICES_FILE")]
     pub prices_file: Option<std::path::PathBuf>,
 
+    /// A TOML file of taxonomies (`[[taxonomy]]` tables with `name`, `labels` and optional
+    /// `instructions`; optional top-level `default`), served beside the built-in `hn-topics`.
+    #[arg(long, env = "HNC_TAXONOMIES", value_name = "HNC_TAXONOMIES")]
+    pub taxonomies: Option<std::path::PathBuf>,
+
     /// Titles per upstream call (1 = off). Packing several titles into one call divides the
     /// requests (and the per-call prompt) by up to this; items missing or invalid in a packed
     /// answer are retried alone.
@@ -243,6 +249,8 @@ pub enum ConfigError {
     MissingApiKey,
     #[error(transparent)]
     Prices(#[from] PriceFileError),
+    #[error("HNC_TAXONOMIES: {0}")]
+    Taxonomies(#[from] TaxonomyError),
     #[error("HNC_API_KEYS_FILE {path}: {source}")]
     ApiKeysFile {
         path: std::path::PathBuf,
@@ -289,6 +297,14 @@ impl ServeConfig {
             add(&text, '\n');
         }
         Ok(keys)
+    }
+
+    /// The built-in taxonomy plus those of HNC_TAXONOMIES, validated.
+    pub fn taxonomies(&self) -> Result<Taxonomies, ConfigError> {
+        Ok(match &self.taxonomies {
+            Some(path) => Taxonomies::load(path)?,
+            None => Taxonomies::default(),
+        })
     }
 
     /// The result cache, when `HNC_CACHE_ENTRIES` is above 0.

@@ -14,7 +14,7 @@ use crate::config::{ConfigError, ServeConfig};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::sim::{SimConfigError, SimServer};
-use crate::taxonomy::Taxonomy;
+
 use crate::upstream::{self, UpstreamClient};
 
 #[derive(Debug, thiserror::Error)]
@@ -63,12 +63,13 @@ impl Application {
         } else {
             tracing::info!(keys = client_keys.len(), "bearer authentication on");
         }
+        let taxonomies = config.taxonomies()?;
         let metrics = Arc::new(Metrics::new());
-        let upstream =
-            UpstreamClient::new(settings, Arc::new(Taxonomy::hn_topics()), metrics.clone())?;
+        let upstream = UpstreamClient::new(settings, &taxonomies, metrics.clone())?;
         let state = Arc::new(AppState {
             classifier: Classifier::new(
                 Arc::new(upstream),
+                taxonomies,
                 config.batch_limits(),
                 config.cache(),
                 metrics.clone(),

@@ -16,13 +16,20 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::ValidJson;
 use super::stream;
 use crate::classify::{BatchLimits, BatchOutcome, ItemResult};
+use crate::taxonomy::Taxonomy;
 use crate::upstream::Usage;
 use crate::upstream::pricing::Price;
 
-/// `{"titles": [...]}`. Unknown fields are ignored, so clients may send more over time.
+/// `{"titles": [...]}`, optionally with `"taxonomy"`. Unknown fields are ignored, so clients may
+/// send more over time.
 #[derive(Debug, Deserialize, Validate, ToSchema)]
 #[validate(context = BatchLimits)]
 pub struct ClassifyBatchRequest {
+    /// The label set to classify into (see `GET /taxonomies`); the service's default when
+    /// absent. An unknown name is refused with 422 `unknown_taxonomy`.
+    #[serde(default)]
+    #[schema(example = "hn-topics")]
+    pub taxonomy: Option<String>,
     /// The texts to classify, 1 to `HNC_MAX_BATCH` (default 2000) of them. Each is trimmed of
     /// Unicode whitespace; an empty one, or one over `HNC_MAX_TITLE_CHARS` (default 1000)
     /// characters, gets a per-item error.
@@ -164,7 +171,7 @@ impl ClassifyBatchResponse {
         (status = 401, description = "`unauthorized`: keys are configured and none was valid", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
-        (status = 422, description = "`validation_failed`", body = ErrorBody),
+        (status = 422, description = "`validation_failed` or `unknown_taxonomy`", body = ErrorBody),
         (status = 429, description = "`quota_exceeded` (with Retry-After)", body = ErrorBody),
         (status = 503, description = "`overloaded` or `shutting_down` (with Retry-After)", body = ErrorBody),
         (status = 504, description = "`request_timeout`", body = ErrorBody),
@@ -176,6 +183,7 @@ pub async fn classify_batch(
     headers: HeaderMap,
     ValidJson(request): ValidJson<ClassifyBatchRequest>,
 ) -> Result<Response, ApiError> {
+    let taxonomy = resolve_taxonomy(&state, request.taxonomy.as_deref())?;
     state.quotas.take(&client, request.titles.len())?;
     state
         .metrics
@@ -187,12 +195,89 @@ pub async fn classify_batch(
         // Refusals that can still have a status code: after this the answer is a 200 stream.
         drop(state.lifecycle.admit().ok_or(ApiError::ShuttingDown)?);
         state.classifier.admit().await?;
-        return Ok(stream::respond(state, request.titles));
+        return Ok(stream::respond(state, taxonomy, request.titles));
     }
     let _batch = state.lifecycle.admit().ok_or(ApiError::ShuttingDown)?;
-    let outcome = state.classifier.classify_batch(&request.titles).await?;
+    let outcome = state
+        .classifier
+        .classify_batch(&taxonomy, &request.titles)
+        .await?;
     let price = state.classifier.upstream().price();
     Ok(Json(ClassifyBatchResponse::new(&outcome, price)).into_response())
+}
+
+/// The taxonomy a request named, or the default one.
+fn resolve_taxonomy(state: &AppState, name: Option<&str>) -> Result<Arc<Taxonomy>, ApiError> {
+    let taxonomies = state.classifier.taxonomies();
+    let Some(name) = name else {
+        return Ok(taxonomies.default_taxonomy().clone());
+    };
+    taxonomies
+        .get(name)
+        .cloned()
+        .ok_or_else(|| ApiError::UnknownTaxonomy {
+            name: name.to_owned(),
+            known: taxonomies.names().join(", "),
+        })
+}
+
+/// Every taxonomy a request may name.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TaxonomiesResponse {
+    /// The one a request gets when it names none.
+    pub default: String,
+    pub taxonomies: Vec<TaxonomyView>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TaxonomyView {
+    #[schema(example = "hn-topics")]
+    pub name: String,
+    /// Changes whenever the prompt or the labels change; cached answers never cross versions.
+    pub version: String,
+    pub labels: Vec<LabelView>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LabelView {
+    pub name: String,
+    /// The one line the prompt gives the model; empty when none was written.
+    pub description: String,
+}
+
+impl From<&Taxonomy> for TaxonomyView {
+    fn from(t: &Taxonomy) -> Self {
+        Self {
+            name: t.name().to_owned(),
+            version: t.version().to_owned(),
+            labels: t
+                .described_labels()
+                .iter()
+                .map(|l| LabelView {
+                    name: l.name.to_string(),
+                    description: l.description.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The taxonomies this service classifies into: names, versions, labels and descriptions.
+#[utoipa::path(
+    get,
+    path = "/taxonomies",
+    tag = "classify",
+    responses((status = 200, body = TaxonomiesResponse))
+)]
+pub async fn list_taxonomies(State(state): State<Arc<AppState>>) -> Json<TaxonomiesResponse> {
+    let taxonomies = state.classifier.taxonomies();
+    Json(TaxonomiesResponse {
+        default: taxonomies.default_taxonomy().name().to_owned(),
+        taxonomies: taxonomies
+            .iter()
+            .map(|t| TaxonomyView::from(t.as_ref()))
+            .collect(),
+    })
 }
 
 #[cfg(test)]
@@ -229,7 +314,7 @@ mod properties {
 
         #[test]
         fn batches_outside_the_bounds_fail_naming_the_field(n in prop_oneof![Just(0usize), 2001usize..2050]) {
-            let request = ClassifyBatchRequest { titles: vec![String::new(); n] };
+            let request = ClassifyBatchRequest { taxonomy: None, titles: vec![String::new(); n] };
             let errors = request.validate_with_args(&LIMITS).unwrap_err();
             prop_assert!(errors.field_errors().contains_key("titles"));
         }

@@ -23,6 +23,9 @@ pub enum ApiError {
     #[error("{0}")]
     Validation(String),
 
+    #[error("unknown taxonomy {name:?}; known: {known}")]
+    UnknownTaxonomy { name: String, known: String },
+
     #[error("no route for {0}")]
     NotFound(String),
 
@@ -51,7 +54,7 @@ impl ApiError {
             Self::InvalidJson(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Validation(_) | Self::UnknownTaxonomy { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -68,6 +71,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Validation(_) => "validation_failed",
+            Self::UnknownTaxonomy { .. } => "unknown_taxonomy",
             Self::NotFound(_) => "not_found",
             Self::Unauthorized => "unauthorized",
             Self::QuotaExceeded { .. } => "quota_exceeded",

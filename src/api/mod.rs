@@ -70,6 +70,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 auth::require_key,
             )),
         )
+        .route("/taxonomies", get(classify::list_taxonomies))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
     if state.metrics_on_main_port {

@@ -4,7 +4,10 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::classify::{ClassifyBatchRequest, ClassifyBatchResponse, ItemView, UsageView};
+use super::classify::{
+    ClassifyBatchRequest, ClassifyBatchResponse, ItemView, LabelView, TaxonomiesResponse,
+    TaxonomyView, UsageView,
+};
 use super::error::{ErrorBody, ErrorDetail};
 use super::{StatusBody, classify};
 
@@ -14,9 +17,8 @@ use super::{StatusBody, classify};
         title = "hn-classifier",
         description = "Classify short texts (Hacker News titles by default) with an LLM: one result per title, in input order, a per-item error instead of a failed batch."
     ),
-    paths(classify::classify_batch, super::healthz, super::readyz, super::metrics),
-
-    components(schemas(ClassifyBatchRequest, ClassifyBatchResponse, ItemView, UsageView, ErrorBody, ErrorDetail, StatusBody)),
+    paths(classify::classify_batch, classify::list_taxonomies, super::healthz, super::readyz, super::metrics),
+    components(schemas(ClassifyBatchRequest, ClassifyBatchResponse, ItemView, UsageView, TaxonomiesResponse, TaxonomyView, LabelView, ErrorBody, ErrorDetail, StatusBody)),
     modifiers(&BearerAuth),
     tags(
         (name = "classify", description = "Classification"),

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use super::classify::{ItemView, UsageView};
 use super::{ApiError, AppState};
 use crate::classify::ItemResult;
+use crate::taxonomy::Taxonomy;
 use crate::upstream::Usage;
 
 pub const NDJSON: &str = "application/x-ndjson";
@@ -59,7 +60,7 @@ fn item_line(index: usize, result: &ItemResult) -> String {
 }
 
 /// The streaming response for `titles`, already validated and admitted by the handler.
-pub fn respond(state: Arc<AppState>, titles: Vec<String>) -> Response {
+pub fn respond(state: Arc<AppState>, taxonomy: Arc<Taxonomy>, titles: Vec<String>) -> Response {
     let lines = async_stream::stream! {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let outcome = {
@@ -71,7 +72,7 @@ pub fn respond(state: Arc<AppState>, titles: Vec<String>) -> Response {
                 };
                 state
                     .classifier
-                    .classify_batch_with(&titles, |index, result| {
+                    .classify_batch_with(&taxonomy, &titles, |index, result| {
                         let _ = tx.send(item_line(index, result));
                     })
                     .await

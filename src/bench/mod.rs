@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::sim::{SimConfig, SimServer};
 use crate::startup::Application;
-use crate::taxonomy::Taxonomy;
+use crate::taxonomy::{Taxonomies, Taxonomy};
 use crate::upstream::{RetryPolicy, UpstreamApi, UpstreamClient, UpstreamSettings, Usage, pricing};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -285,12 +285,8 @@ fn upstream_client(
         price: pricing::price_of(model, None).ok().flatten(),
         pack_size: 1,
     };
-    UpstreamClient::new(
-        settings,
-        Arc::new(Taxonomy::hn_topics()),
-        Arc::new(Metrics::new()),
-    )
-    .map_err(|e| BenchError::Start(e.to_string()))
+    UpstreamClient::new(settings, &Taxonomies::default(), Arc::new(Metrics::new()))
+        .map_err(|e| BenchError::Start(e.to_string()))
 }
 
 fn load_titles(path: &Path, items: usize) -> Result<Vec<String>, BenchError> {
@@ -309,11 +305,12 @@ fn load_titles(path: &Path, items: usize) -> Result<Vec<String>, BenchError> {
 
 /// One async client, `concurrency` calls in flight.
 async fn run_async(client: &UpstreamClient, titles: &[String], concurrency: usize) -> Measured {
+    let taxonomy = &Taxonomy::hn_topics();
     let started = Instant::now();
     let outcomes: Vec<(bool, Usage, Duration)> = futures::stream::iter(titles)
         .map(|title| async move {
             let t0 = Instant::now();
-            let (result, usage) = client.classify(title).await;
+            let (result, usage) = client.classify(taxonomy, title).await;
             (result.is_ok(), usage, t0.elapsed())
         })
         .buffer_unordered(concurrency.max(1))

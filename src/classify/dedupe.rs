@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use crate::taxonomy::Taxonomy;
 use crate::upstream::{Failure, Prediction, UpstreamClient, Usage};
 
 /// Cache settings; `None` in `Dedupe::new` means no cache.
@@ -51,7 +52,6 @@ pub struct Answer {
 pub struct Dedupe {
     upstream: Arc<UpstreamClient>,
     model: Arc<str>,
-    taxonomy: Arc<str>,
     /// Per key in flight: the items waiting for the leader's answer.
     waiting: Mutex<HashMap<CallKey, Vec<oneshot::Sender<Outcome>>>>,
     cache: Option<moka::future::Cache<CallKey, Prediction>>,
@@ -59,10 +59,8 @@ pub struct Dedupe {
 
 impl Dedupe {
     pub fn new(upstream: Arc<UpstreamClient>, cache: Option<CacheSettings>) -> Self {
-        let taxonomy = upstream.taxonomy();
         Self {
             model: Arc::from(upstream.model()),
-            taxonomy: Arc::from(format!("{}@{}", taxonomy.name(), taxonomy.version())),
             upstream,
             waiting: Mutex::default(),
             cache: cache.map(|c| {
@@ -80,8 +78,8 @@ impl Dedupe {
 
     /// The answer for `title` (already trimmed): from the cache, from a call already in flight
     /// for the same title, or from a call of its own.
-    pub async fn classify(&self, title: &str) -> Answer {
-        let key = self.key(title);
+    pub async fn classify(&self, taxonomy: &Taxonomy, title: &str) -> Answer {
+        let key = self.key(taxonomy, title);
         if let Some(prediction) = self.cached(&key).await {
             return Answer {
                 result: Ok(prediction),
@@ -103,10 +101,10 @@ impl Dedupe {
                     Err(_) => continue,
                 },
                 Role::Leader(flight) => {
-                    let (result, usage) = self.upstream.classify(title).await;
+                    let (result, usage) = self.upstream.classify(taxonomy, title).await;
                     let result = result.map_err(Arc::new);
                     if let Ok(prediction) = &result {
-                        self.remember(title, prediction).await;
+                        self.remember(&key, prediction).await;
                     }
                     flight.land(&result);
                     return Answer {
@@ -123,11 +121,11 @@ impl Dedupe {
     /// does not hold. A title whose packed answer is missing or invalid, or every title when the
     /// packed call fails as a whole, is asked again alone, so packing never loses an item. The
     /// packed call's usage is counted on the first answer it produced.
-    pub async fn classify_pack(&self, titles: &[&str]) -> Vec<Answer> {
+    pub async fn classify_pack(&self, taxonomy: &Taxonomy, titles: &[&str]) -> Vec<Answer> {
         let mut answers: Vec<Option<Answer>> = Vec::with_capacity(titles.len());
         let mut misses = Vec::new();
         for (position, title) in titles.iter().enumerate() {
-            match self.cached(&self.key(title)).await {
+            match self.cached(&self.key(taxonomy, title)).await {
                 Some(prediction) => answers.push(Some(Answer {
                     result: Ok(prediction),
                     usage: Usage::default(),
@@ -143,14 +141,14 @@ impl Dedupe {
             return answers.into_iter().flatten().collect();
         }
         let miss_titles: Vec<&str> = misses.iter().map(|(_, title)| *title).collect();
-        let (result, usage) = self.upstream.classify_pack(&miss_titles).await;
+        let (result, usage) = self.upstream.classify_pack(taxonomy, &miss_titles).await;
         let mut pack_usage = Some(usage);
         let slots = result.unwrap_or_else(|_| vec![None; misses.len()]);
         let mut alone = Vec::new();
         for ((position, title), slot) in misses.into_iter().zip(slots) {
             match slot {
                 Some(prediction) => {
-                    self.remember(title, &prediction).await;
+                    self.remember(&self.key(taxonomy, title), &prediction).await;
                     let usage = pack_usage.take().unwrap_or_default();
                     answers[position] = Some(Answer {
                         result: Ok(prediction),
@@ -161,8 +159,12 @@ impl Dedupe {
                 None => alone.push((position, title)),
             }
         }
-        let retried =
-            futures::future::join_all(alone.iter().map(|(_, title)| self.classify(title))).await;
+        let retried = futures::future::join_all(
+            alone
+                .iter()
+                .map(|(_, title)| self.classify(taxonomy, title)),
+        )
+        .await;
         for ((position, _), mut answer) in alone.into_iter().zip(retried) {
             if let Some(usage) = pack_usage.take() {
                 answer.usage += usage;
@@ -175,17 +177,17 @@ impl Dedupe {
             .collect()
     }
 
-    fn key(&self, title: &str) -> CallKey {
+    fn key(&self, taxonomy: &Taxonomy, title: &str) -> CallKey {
         CallKey {
             model: self.model.clone(),
-            taxonomy: self.taxonomy.clone(),
+            taxonomy: taxonomy.key().clone(),
             title: title.into(),
         }
     }
 
-    async fn remember(&self, title: &str, prediction: &Prediction) {
+    async fn remember(&self, key: &CallKey, prediction: &Prediction) {
         if let Some(cache) = &self.cache {
-            cache.insert(self.key(title), prediction.clone()).await;
+            cache.insert(key.clone(), prediction.clone()).await;
         }
     }
 

@@ -17,6 +17,7 @@ use dedupe::{Answer, Dedupe};
 pub use dedupe::{CacheSettings, Source};
 
 use crate::metrics::Metrics;
+use crate::taxonomy::{Taxonomies, Taxonomy};
 use crate::upstream::{Failure, Prediction, UpstreamClient, Usage};
 
 /// Bounds on what one request may ask for; the API validates against these.
@@ -89,6 +90,7 @@ impl BatchOutcome {
 #[derive(Debug)]
 pub struct Classifier {
     dedupe: Dedupe,
+    taxonomies: Taxonomies,
     limits: BatchLimits,
     metrics: Arc<Metrics>,
 }
@@ -96,12 +98,14 @@ pub struct Classifier {
 impl Classifier {
     pub fn new(
         upstream: Arc<UpstreamClient>,
+        taxonomies: Taxonomies,
         limits: BatchLimits,
         cache: Option<CacheSettings>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             dedupe: Dedupe::new(upstream, cache),
+            taxonomies,
             limits,
             metrics,
         }
@@ -113,6 +117,11 @@ impl Classifier {
 
     pub fn upstream(&self) -> &UpstreamClient {
         self.dedupe.upstream()
+    }
+
+    /// The taxonomies requests may name.
+    pub fn taxonomies(&self) -> &Taxonomies {
+        &self.taxonomies
     }
 
     /// Refuses the batch when no upstream capacity frees up within the admission wait.
@@ -128,23 +137,29 @@ impl Classifier {
     /// Classifies every title, in input order. Once admitted a batch never fails as a whole:
     /// each failure is that item's error. Dropping the future (the caller went away) drops its
     /// queued and in-flight calls.
-    pub async fn classify_batch(&self, titles: &[String]) -> Result<BatchOutcome, Overloaded> {
-        self.classify_batch_with(titles, |_, _| {}).await
+    pub async fn classify_batch(
+        &self,
+        taxonomy: &Taxonomy,
+        titles: &[String],
+    ) -> Result<BatchOutcome, Overloaded> {
+        self.classify_batch_with(taxonomy, titles, |_, _| {}).await
     }
 
     /// Like `classify_batch`, and calls `on_item(index, result)` as each item completes.
     pub async fn classify_batch_with(
         &self,
+        taxonomy: &Taxonomy,
         titles: &[String],
         on_item: impl FnMut(usize, &ItemResult),
     ) -> Result<BatchOutcome, Overloaded> {
         let span = tracing::info_span!(
             "batch",
             items = titles.len(),
+            taxonomy = taxonomy.name(),
             errors = tracing::field::Empty
         );
         let outcome = self
-            .run_batch(titles, on_item)
+            .run_batch(taxonomy, titles, on_item)
             .instrument(span.clone())
             .await?;
         span.record("errors", outcome.errors());
@@ -169,6 +184,7 @@ impl Classifier {
 
     async fn run_batch(
         &self,
+        taxonomy: &Taxonomy,
         titles: &[String],
         mut on_item: impl FnMut(usize, &ItemResult),
     ) -> Result<BatchOutcome, Overloaded> {
@@ -200,7 +216,7 @@ impl Classifier {
         let mut units = to_send.chunks(pack_size).map(<[(usize, &str)]>::to_vec);
         let mut in_flight = FuturesUnordered::new();
         for unit in units.by_ref().take(self.limits.request_concurrency.max(1)) {
-            in_flight.push(self.classify_unit(unit));
+            in_flight.push(self.classify_unit(taxonomy, unit));
         }
         let mut usage = Usage::default();
         while let Some(answers) = in_flight.next().await {
@@ -217,7 +233,7 @@ impl Classifier {
                 slots[index] = Some(result);
             }
             if let Some(unit) = units.next() {
-                in_flight.push(self.classify_unit(unit));
+                in_flight.push(self.classify_unit(taxonomy, unit));
             }
         }
 
@@ -229,12 +245,16 @@ impl Classifier {
     }
 
     /// One title through single-flight, or several through one packed call.
-    async fn classify_unit(&self, unit: Vec<(usize, &str)>) -> Vec<(usize, Answer)> {
+    async fn classify_unit(
+        &self,
+        taxonomy: &Taxonomy,
+        unit: Vec<(usize, &str)>,
+    ) -> Vec<(usize, Answer)> {
         if let [(index, title)] = unit[..] {
-            return vec![(index, self.dedupe.classify(title).await)];
+            return vec![(index, self.dedupe.classify(taxonomy, title).await)];
         }
         let titles: Vec<&str> = unit.iter().map(|(_, title)| *title).collect();
-        let answers = self.dedupe.classify_pack(&titles).await;
+        let answers = self.dedupe.classify_pack(taxonomy, &titles).await;
         unit.into_iter()
             .map(|(index, _)| index)
             .zip(answers)

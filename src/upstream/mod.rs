@@ -12,6 +12,7 @@ pub mod pricing;
 pub mod responses;
 mod retry;
 
+use std::collections::HashMap;
 use std::ops::AddAssign;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,7 +31,7 @@ pub use retry::{Decision, Failure, GiveUp, RetryPolicy};
 
 use crate::metrics::Metrics;
 use crate::secret::Secret;
-use crate::taxonomy::Taxonomy;
+use crate::taxonomy::{Taxonomies, Taxonomy};
 
 /// Which wire protocol the provider speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -140,10 +141,10 @@ pub struct UpstreamClient {
     /// Marked sensitive, so `Debug` of the client or a request never shows it.
     authorization: HeaderValue,
     api_key: Secret,
-    template: RequestTemplate,
-    packs: PackTemplate,
+    /// The request templates of every taxonomy, by `Taxonomy::key`: built once at start-up.
+    templates: HashMap<Arc<str>, Templates>,
+    model: String,
     pack_size: usize,
-    taxonomy: Arc<Taxonomy>,
     call_timeout: Duration,
     retry: RetryPolicy,
     limiter: AdaptiveLimiter,
@@ -152,6 +153,13 @@ pub struct UpstreamClient {
     price: Option<Price>,
     /// Set when the provider rejected our credentials or quota: until then, readiness is false.
     unusable_until: Mutex<Option<Instant>>,
+}
+
+/// One taxonomy's request templates, for one title and for packs.
+#[derive(Debug)]
+struct Templates {
+    single: RequestTemplate,
+    packs: PackTemplate,
 }
 
 /// How long a replica reports itself unready after the provider refused its key or quota.
@@ -179,7 +187,7 @@ pub enum BuildError {
 impl UpstreamClient {
     pub fn new(
         settings: UpstreamSettings,
-        taxonomy: Arc<Taxonomy>,
+        taxonomies: &Taxonomies,
         metrics: Arc<Metrics>,
     ) -> Result<Self, BuildError> {
         let mut authorization =
@@ -204,11 +212,24 @@ impl UpstreamClient {
                 settings.api.path()
             ),
             authorization,
-            template: RequestTemplate::new(settings.api, &settings.model, &taxonomy),
-            packs: PackTemplate::new(settings.api, &settings.model, &taxonomy, settings.pack_size),
+            templates: taxonomies
+                .iter()
+                .map(|t| {
+                    let templates = Templates {
+                        single: RequestTemplate::new(settings.api, &settings.model, t),
+                        packs: PackTemplate::new(
+                            settings.api,
+                            &settings.model,
+                            t,
+                            settings.pack_size,
+                        ),
+                    };
+                    (t.key().clone(), templates)
+                })
+                .collect(),
+            model: settings.model,
             pack_size: settings.pack_size.max(1),
             api_key: settings.api_key,
-            taxonomy,
             call_timeout: settings.call_timeout,
             retry: settings.retry,
             limiter: AdaptiveLimiter::new(settings.max_in_flight),
@@ -223,10 +244,6 @@ impl UpstreamClient {
     pub fn is_usable(&self) -> bool {
         let until = *self.unusable_until.lock().expect("health lock poisoned");
         until.is_none_or(|at| Instant::now() >= at)
-    }
-
-    pub fn taxonomy(&self) -> &Taxonomy {
-        &self.taxonomy
     }
 
     /// The adaptive limit's state, for logs and metrics.
@@ -250,15 +267,26 @@ impl UpstreamClient {
 
     /// The model name, for cache and single-flight keys.
     pub fn model(&self) -> &str {
-        self.template.model()
+        &self.model
     }
 
-    /// Classifies one title, retrying transient failures as the policy allows. Tokens of every
-    /// attempt count.
-    pub async fn classify(&self, title: &str) -> (Result<Prediction, Failure>, Usage) {
-        let body = self.template.encode(title);
-        let tokens = self.template.estimated_tokens(title);
-        self.with_retries(body, tokens, |b| self.template.decode(b, &self.taxonomy))
+    fn templates(&self, taxonomy: &Taxonomy) -> &Templates {
+        self.templates
+            .get(taxonomy.key())
+            .expect("every taxonomy the API accepts had its templates built at start-up")
+    }
+
+    /// Classifies one title into `taxonomy`, retrying transient failures as the policy allows.
+    /// Tokens of every attempt count.
+    pub async fn classify(
+        &self,
+        taxonomy: &Taxonomy,
+        title: &str,
+    ) -> (Result<Prediction, Failure>, Usage) {
+        let template = &self.templates(taxonomy).single;
+        let body = template.encode(title);
+        let tokens = template.estimated_tokens(title);
+        self.with_retries(body, tokens, |b| template.decode(b, taxonomy))
             .await
     }
 
@@ -266,11 +294,13 @@ impl UpstreamClient {
     /// where the model's answer for that title was missing or invalid.
     pub async fn classify_pack(
         &self,
+        taxonomy: &Taxonomy,
         titles: &[&str],
     ) -> (Result<Vec<Option<Prediction>>, Failure>, Usage) {
-        let (body, tokens) = self.packs.encode(titles);
+        let packs = &self.templates(taxonomy).packs;
+        let (body, tokens) = packs.encode(titles);
         let n = titles.len();
-        self.with_retries(body, tokens, |b| self.packs.decode(b, &self.taxonomy, n))
+        self.with_retries(body, tokens, |b| packs.decode(b, taxonomy, n))
             .await
     }
 
@@ -348,7 +378,7 @@ impl UpstreamClient {
         m.upstream_requests.with_label_values(&[&status]).inc();
         m.upstream_duration.observe(attempt.latency.as_secs_f64());
         let usage = &attempt.usage;
-        let model = self.template.model();
+        let model = self.model.as_str();
         for (kind, tokens) in [
             ("input", usage.input_tokens),
             ("cached_input", usage.cached_input_tokens),

@@ -444,7 +444,7 @@ mod tests {
             json!([{"role": "user", "content": "Hello \"HN\""}])
         );
         assert_eq!(req["text"]["format"]["strict"], true);
-        assert_eq!(req["text"]["format"]["name"], "hn_topic");
+        assert_eq!(req["text"]["format"]["name"], "hn-topics");
         assert_eq!(req["text"]["format"]["schema"], t.answer_schema());
         assert_eq!(req["max_output_tokens"], MAX_OUTPUT_TOKENS);
     }
@@ -546,7 +546,7 @@ mod packing {
             request["text"]["format"]["schema"],
             taxonomy.packed_schema(2)
         );
-        assert_eq!(request["text"]["format"]["name"], "hn_topic_pack");
+        assert_eq!(request["text"]["format"]["name"], "hn-topics_pack");
         assert!(tokens > 100);
     }
 

@@ -11,5 +11,6 @@ mod openapi;
 mod resilience;
 mod security;
 mod shutdown;
+mod taxonomies;
 mod upstream_answers;
 mod validation;

