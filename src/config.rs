@@ -3,6 +3,7 @@
 //! with a message that names the variable.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -12,7 +13,7 @@ use crate::secret::Secret;
 use crate::sim::SimConfig;
 use crate::taxonomy::{Taxonomies, TaxonomyError};
 use crate::upstream::pricing::{self, PriceFileError};
-use crate::upstream::{RetryPolicy, UpstreamApi, UpstreamSettings};
+use crate::upstream::{AuthStyle, EndpointSettings, RetryPolicy, UpstreamApi, UpstreamSettings};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 
@@ -96,6 +97,21 @@ pub struct ServeConfig {
     /// OpenAI-compatible servers such as vLLM, llama.cpp server, Ollama, Azure OpenAI).
     #[arg(long, env = "HNC_UPSTREAM_API", value_name = "HNC_UPSTREAM_API", value_enum, default_value_t = UpstreamApi::Responses)]
     pub upstream_api: UpstreamApi,
+
+    /// How the key is sent: `bearer` (`Authorization: Bearer`) or `api-key` (Azure OpenAI).
+    #[arg(long, env = "HNC_UPSTREAM_AUTH", value_name = "HNC_UPSTREAM_AUTH", value_enum, default_value_t = AuthStyle::Bearer)]
+    pub upstream_auth: AuthStyle,
+
+    /// A query string added to every upstream call, e.g. Azure's `api-version=2024-10-21`.
+    #[arg(long, env = "HNC_UPSTREAM_QUERY", value_name = "HNC_UPSTREAM_QUERY")]
+    pub upstream_query: Option<String>,
+
+    /// A TOML file of several upstream endpoints (`[[upstream]]` tables: name, api_key_env or
+    /// api_key_file, and optionally base_url, api, auth, query, model, weight, max_in_flight,
+    /// rpm_limit, tpm_limit). Replaces the single endpoint of OPENAI_*; unset fields take the
+    /// values of the single-endpoint settings.
+    #[arg(long, env = "HNC_UPSTREAMS", value_name = "HNC_UPSTREAMS")]
+    pub upstreams: Option<std::path::PathBuf>,
 
     /// Model to call.
     #[arg(
@@ -251,6 +267,8 @@ pub enum ConfigError {
     Prices(#[from] PriceFileError),
     #[error("HNC_TAXONOMIES: {0}")]
     Taxonomies(#[from] TaxonomyError),
+    #[error("HNC_UPSTREAMS: {0}")]
+    Upstreams(String),
     #[error("HNC_API_KEYS_FILE {path}: {source}")]
     ApiKeysFile {
         path: std::path::PathBuf,
@@ -315,38 +333,147 @@ impl ServeConfig {
         })
     }
 
-    /// Upstream settings for the real provider, or for the simulator at `sim_base_url`.
+    /// Upstream settings for the real provider (one endpoint from OPENAI_*, or the endpoints
+    /// of HNC_UPSTREAMS), or for the simulator at `sim_base_url`.
     pub fn upstream_settings(
         &self,
         sim_base_url: Option<String>,
     ) -> Result<UpstreamSettings, ConfigError> {
-        let (base_url, api_key) = match sim_base_url {
-            Some(url) => (url, Secret::new("sim-key")),
-            None => (
-                self.openai_base_url.clone(),
-                self.openai_api_key
+        let endpoints = match (sim_base_url, &self.upstreams) {
+            (Some(url), _) => vec![self.endpoint("simulator", url, Secret::new("sim-key"))?],
+            (None, Some(path)) => self.endpoints_from_file(path)?,
+            (None, None) => {
+                let key = self
+                    .openai_api_key
                     .clone()
-                    .ok_or(ConfigError::MissingApiKey)?,
-            ),
+                    .ok_or(ConfigError::MissingApiKey)?;
+                vec![self.endpoint("default", self.openai_base_url.clone(), key)?]
+            }
         };
         Ok(UpstreamSettings {
-            base_url,
-            api_key,
-            api: self.upstream_api,
-            model: self.openai_model.clone(),
+            endpoints,
             call_timeout: self.upstream_timeout,
-            max_in_flight: self.max_in_flight as usize,
             retry: RetryPolicy {
                 max_retries: self.max_retries,
                 base_backoff: Duration::from_millis(250),
                 max_backoff: Duration::from_secs(8),
                 item_deadline: self.item_deadline,
             },
+            pack_size: self.pack_size as usize,
+        })
+    }
+
+    /// One endpoint with the single-endpoint settings.
+    fn endpoint(
+        &self,
+        name: &str,
+        base_url: String,
+        api_key: Secret,
+    ) -> Result<EndpointSettings, ConfigError> {
+        Ok(EndpointSettings {
+            name: name.to_owned(),
+            base_url,
+            api_key,
+            auth: self.upstream_auth,
+            query: self.upstream_query.clone(),
+            api: self.upstream_api,
+            model: self.openai_model.clone(),
+            weight: 1,
+            max_in_flight: self.max_in_flight as usize,
             rpm_limit: self.rpm_limit,
             tpm_limit: self.tpm_limit,
             price: pricing::price_of(&self.openai_model, self.prices_file.as_deref())?,
-            pack_size: self.pack_size as usize,
         })
+    }
+
+    fn endpoints_from_file(&self, path: &Path) -> Result<Vec<EndpointSettings>, ConfigError> {
+        let fail =
+            |message: String| ConfigError::Upstreams(format!("{}: {message}", path.display()));
+        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+        let file: UpstreamsFile =
+            toml::from_str(&text).map_err(|e| fail(e.message().to_owned()))?;
+        if file.upstream.is_empty() {
+            return Err(fail("no [[upstream]] tables".to_owned()));
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut endpoints = Vec::with_capacity(file.upstream.len());
+        for entry in file.upstream {
+            if !names.insert(entry.name.clone()) {
+                return Err(fail(format!("upstream {:?} is defined twice", entry.name)));
+            }
+            let key = entry
+                .key()
+                .map_err(|m| fail(format!("upstream {:?}: {m}", entry.name)))?;
+            let base_url = match &entry.base_url {
+                Some(url) => parse_base_url(url)
+                    .map_err(|m| fail(format!("upstream {:?}: base_url {m}", entry.name)))?,
+                None => self.openai_base_url.clone(),
+            };
+            let mut endpoint = self.endpoint(&entry.name, base_url, key)?;
+            if let Some(model) = entry.model {
+                endpoint.price = pricing::price_of(&model, self.prices_file.as_deref())?;
+                endpoint.model = model;
+            }
+            endpoint.api = entry.api.unwrap_or(endpoint.api);
+            endpoint.auth = entry.auth.unwrap_or(endpoint.auth);
+            endpoint.query = entry.query.or(endpoint.query);
+            endpoint.weight = entry.weight.unwrap_or(1);
+            endpoint.max_in_flight = entry.max_in_flight.unwrap_or(endpoint.max_in_flight);
+            endpoint.rpm_limit = entry.rpm_limit.or(endpoint.rpm_limit);
+            endpoint.tpm_limit = entry.tpm_limit.or(endpoint.tpm_limit);
+            if endpoint.weight == 0 || endpoint.max_in_flight == 0 {
+                return Err(fail(format!(
+                    "upstream {:?}: weight and max_in_flight must be at least 1",
+                    endpoint.name
+                )));
+            }
+            endpoints.push(endpoint);
+        }
+        Ok(endpoints)
+    }
+}
+
+/// The HNC_UPSTREAMS file.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamsFile {
+    #[serde(default)]
+    upstream: Vec<UpstreamEntry>,
+}
+
+/// One `[[upstream]]` table. The key is never in the file itself: it names an environment
+/// variable or a file (a mounted secret).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamEntry {
+    name: String,
+    api_key_env: Option<String>,
+    api_key_file: Option<PathBuf>,
+    base_url: Option<String>,
+    api: Option<UpstreamApi>,
+    auth: Option<AuthStyle>,
+    query: Option<String>,
+    model: Option<String>,
+    weight: Option<u32>,
+    max_in_flight: Option<usize>,
+    rpm_limit: Option<u64>,
+    tpm_limit: Option<u64>,
+}
+
+impl UpstreamEntry {
+    fn key(&self) -> Result<Secret, String> {
+        let key = match (&self.api_key_env, &self.api_key_file) {
+            (Some(var), None) => std::env::var(var)
+                .map_err(|_| format!("the environment variable {var} is not set"))?,
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| format!("api_key_file {}: {e}", path.display()))?,
+            _ => return Err("set exactly one of api_key_env and api_key_file".to_owned()),
+        };
+        let key = key.trim();
+        if key.is_empty() {
+            return Err("the key is empty".to_owned());
+        }
+        Ok(Secret::new(key))
     }
 }
 

@@ -4,8 +4,8 @@
 //! at scrape time rather than kept in step on every change.
 
 use prometheus::{
-    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Buckets from 1 ms to a minute: LLM calls sit in the hundreds of milliseconds, batches longer.
@@ -24,8 +24,10 @@ pub struct Metrics {
     pub batches_in_flight: IntGauge,
     /// Items accepted, by client identity (`key-xxxxxxxx`, never the key; `anonymous` if open).
     pub client_items: IntCounterVec,
-    /// Upstream calls by HTTP status, or `timeout` / `transport`.
+    /// Upstream calls by endpoint name and HTTP status, or `timeout` / `transport`.
     pub upstream_requests: IntCounterVec,
+    /// 1 while an endpoint is benched (refused key or quota, or failing), by endpoint name.
+    pub upstream_benched: IntGaugeVec,
     pub upstream_duration: Histogram,
     /// Retries by the error code that caused them.
     pub upstream_retries: IntCounterVec,
@@ -84,9 +86,17 @@ impl Metrics {
             upstream_requests: IntCounterVec::new(
                 Opts::new(
                     "upstream_requests_total",
-                    "Calls to the provider, by HTTP status, timeout or transport.",
+                    "Calls to the provider, by endpoint and HTTP status, timeout or transport.",
                 ),
-                &["status"],
+                &["upstream", "status"],
+            )
+            .expect("valid metric"),
+            upstream_benched: IntGaugeVec::new(
+                Opts::new(
+                    "upstream_benched",
+                    "1 while an endpoint is left out after refusals or repeated failures.",
+                ),
+                &["upstream"],
             )
             .expect("valid metric"),
             upstream_duration: Histogram::with_opts(seconds(
@@ -135,7 +145,8 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 12] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
+            Box::new(self.upstream_benched.clone()),
             Box::new(self.upstream_cost.clone()),
             Box::new(self.client_items.clone()),
             Box::new(self.http_requests.clone()),

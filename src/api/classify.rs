@@ -18,7 +18,6 @@ use super::stream;
 use crate::classify::{BatchLimits, BatchOutcome, ItemResult};
 use crate::taxonomy::Taxonomy;
 use crate::upstream::Usage;
-use crate::upstream::pricing::Price;
 
 /// `{"titles": [...]}`, optionally with `"taxonomy"`. Unknown fields are ignored, so clients may
 /// send more over time.
@@ -130,25 +129,25 @@ impl ItemView {
 }
 
 impl UsageView {
-    pub(super) fn new(u: Usage, price: Option<Price>) -> Self {
+    pub(super) fn new(u: Usage) -> Self {
         Self {
             input_tokens: u.input_tokens,
             cached_input_tokens: u.cached_input_tokens,
             output_tokens: u.output_tokens,
             upstream_requests: u.upstream_requests,
             // To a ten-billionth of a dollar: below that it is float noise, not money.
-            cost_usd: price.map(|p| (p.cost(&u) * 1e10).round() / 1e10),
+            cost_usd: u.cost_usd().map(|usd| (usd * 1e10).round() / 1e10),
         }
     }
 }
 
 impl ClassifyBatchResponse {
-    fn new(outcome: &BatchOutcome, price: Option<Price>) -> Self {
+    fn new(outcome: &BatchOutcome) -> Self {
         Self {
             results: outcome.results.iter().map(ItemView::from).collect(),
             num_items: outcome.results.len(),
             errors: outcome.errors(),
-            usage: UsageView::new(outcome.usage, price),
+            usage: UsageView::new(outcome.usage),
         }
     }
 }
@@ -202,8 +201,7 @@ pub async fn classify_batch(
         .classifier
         .classify_batch(&taxonomy, &request.titles)
         .await?;
-    let price = state.classifier.upstream().price();
-    Ok(Json(ClassifyBatchResponse::new(&outcome, price)).into_response())
+    Ok(Json(ClassifyBatchResponse::new(&outcome)).into_response())
 }
 
 /// The taxonomy a request named, or the default one.

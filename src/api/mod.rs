@@ -153,9 +153,15 @@ async fn track_http(
 )]
 pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let m = &state.metrics;
-    let limiter = state.classifier.upstream().limiter().snapshot();
+    let upstream = state.classifier.upstream();
+    let limiter = upstream.limiter_snapshot();
     m.upstream_in_flight.set(limiter.in_flight as i64);
     m.upstream_concurrency_limit.set(limiter.limit as i64);
+    for (name, benched) in upstream.endpoint_health() {
+        m.upstream_benched
+            .with_label_values(&[name])
+            .set(i64::from(benched));
+    }
     m.batches_in_flight
         .set(state.lifecycle.batches_in_flight() as i64);
     let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");

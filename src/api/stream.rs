@@ -101,7 +101,7 @@ pub fn respond(state: Arc<AppState>, taxonomy: Arc<Taxonomy>, titles: Vec<String
                 (titles.len(), Usage::default())
             }
         };
-        let usage = UsageView::new(usage, state.classifier.upstream().price());
+        let usage = UsageView::new(usage);
         yield Ok(line(&DoneLine { done: true, num_items: titles.len(), errors, usage }));
     };
     (

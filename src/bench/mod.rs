@@ -23,7 +23,10 @@ use crate::secret::Secret;
 use crate::sim::{SimConfig, SimServer};
 use crate::startup::Application;
 use crate::taxonomy::{Taxonomies, Taxonomy};
-use crate::upstream::{RetryPolicy, UpstreamApi, UpstreamClient, UpstreamSettings, Usage, pricing};
+use crate::upstream::{
+    AuthStyle, EndpointSettings, RetryPolicy, UpstreamApi, UpstreamClient, UpstreamSettings, Usage,
+    pricing,
+};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchConfig {
@@ -41,6 +44,10 @@ pub struct BenchConfig {
     /// Model for `async` (also what cost is computed from).
     #[arg(long, default_value = "gpt-4.1-mini")]
     pub model: String,
+
+    /// The protocol --upstream-url speaks (`async`): `chat` for llama.cpp, vLLM, Ollama.
+    #[arg(long, value_enum, default_value_t = UpstreamApi::Responses)]
+    pub upstream_api: UpstreamApi,
 
     /// A running service for `service` [default: one started in-process on the simulator].
     #[arg(long)]
@@ -200,7 +207,13 @@ impl Target {
                     }
                 };
                 let max = config.concurrency.iter().copied().max().unwrap_or(1);
-                let client = Box::new(upstream_client(&url, key, &config.model, max)?);
+                let client = Box::new(upstream_client(
+                    &url,
+                    key,
+                    config.upstream_api,
+                    &config.model,
+                    max,
+                )?);
                 Ok(Self::Upstream {
                     client,
                     url,
@@ -264,25 +277,32 @@ async fn start_service(
 fn upstream_client(
     url: &str,
     key: Secret,
+    api: UpstreamApi,
     model: &str,
     max_in_flight: usize,
 ) -> Result<UpstreamClient, BenchError> {
     let settings = UpstreamSettings {
-        base_url: url.to_owned(),
-        api_key: key,
-        api: UpstreamApi::Responses,
-        model: model.to_owned(),
+        endpoints: vec![EndpointSettings {
+            name: "bench".to_owned(),
+            base_url: url.to_owned(),
+            api_key: key,
+            auth: AuthStyle::Bearer,
+            query: None,
+            api,
+            model: model.to_owned(),
+            weight: 1,
+            max_in_flight,
+            rpm_limit: None,
+            tpm_limit: None,
+            price: pricing::price_of(model, None).ok().flatten(),
+        }],
         call_timeout: Duration::from_secs(20),
-        max_in_flight,
         retry: RetryPolicy {
             max_retries: 3,
             base_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(8),
             item_deadline: Duration::from_secs(60),
         },
-        rpm_limit: None,
-        tpm_limit: None,
-        price: pricing::price_of(model, None).ok().flatten(),
         pack_size: 1,
     };
     UpstreamClient::new(settings, &Taxonomies::default(), Arc::new(Metrics::new()))
@@ -325,7 +345,7 @@ async fn run_async(client: &UpstreamClient, titles: &[String], concurrency: usiz
         latencies.push(latency);
         errors += usize::from(!ok);
     }
-    let cost = client.price().map(|p| p.cost(&usage));
+    let cost = usage.cost_usd();
     Measured {
         approach: Approach::Async,
         wall,
@@ -392,12 +412,13 @@ async fn run_service(
                         .is_none_or(|t| taxonomy.label(t).is_none())
             })
             .count();
-        usage += Usage {
-            input_tokens: body.usage.input_tokens,
-            cached_input_tokens: body.usage.cached_input_tokens,
-            output_tokens: body.usage.output_tokens,
-            upstream_requests: body.usage.upstream_requests,
-        };
+        let mut reported = Usage::billed(
+            body.usage.input_tokens,
+            body.usage.cached_input_tokens,
+            body.usage.output_tokens,
+        );
+        reported.upstream_requests = body.usage.upstream_requests;
+        usage += reported;
         cost = cost.zip(body.usage.cost_usd).map(|(a, b)| a + b);
     }
     Measured {

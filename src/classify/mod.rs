@@ -167,7 +167,7 @@ impl Classifier {
             let label = result.as_ref().map_or_else(ItemError::code, |_| "ok");
             self.metrics.items.with_label_values(&[label]).inc();
         }
-        let limiter = self.upstream().limiter().snapshot();
+        let limiter = self.upstream().limiter_snapshot();
         span.in_scope(|| {
             tracing::info!(
                 upstream_requests = outcome.usage.upstream_requests,

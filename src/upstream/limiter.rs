@@ -109,6 +109,13 @@ impl AdaptiveLimiter {
         );
     }
 
+    /// Calls per second this limit allows at the observed round trip: the endpoint's capacity
+    /// when no rate limit is known.
+    pub fn throughput(&self) -> f64 {
+        let s = self.lock();
+        s.issued.max(1) as f64 / s.round_trip.max(Duration::from_millis(1)).as_secs_f64()
+    }
+
     pub fn snapshot(&self) -> LimiterSnapshot {
         LimiterSnapshot {
             limit: self.lock().issued,

@@ -1,9 +1,12 @@
 //! The provider side: one shared, pooled HTTP client that classifies one title (or a pack of
-//! them) in the Responses or Chat Completions protocol, retrying transient failures, under a
-//! process-wide adaptive limit on calls in flight and a pacer that rides the provider's rate
-//! limit. Knows the wire protocol; knows nothing about batches or HTTP callers.
+//! them) in the Responses or Chat Completions protocol, retrying transient failures, over one or
+//! more endpoints (keys, deployments, providers), each under its own adaptive limit on calls in
+//! flight and a pacer that rides its rate limit. Each attempt goes to the endpoint with the least
+//! load per weight that is not benched. Knows the wire protocol; knows nothing about batches or
+//! HTTP callers.
 
 mod chat;
+mod endpoint;
 mod error;
 mod headers;
 mod limiter;
@@ -12,21 +15,15 @@ pub mod pricing;
 pub mod responses;
 mod retry;
 
-use std::collections::HashMap;
 use std::ops::AddAssign;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
-use serde::Deserialize;
-
+pub use endpoint::BENCH_FOR;
+use endpoint::{Attempt, Endpoint};
 pub use error::UpstreamError;
-use error::scrub_secrets;
-use headers::RateHeaders;
 pub use limiter::{AdaptiveLimiter, Congestion, LimiterSnapshot};
-use pacer::Pacer;
 use pricing::Price;
-use responses::{PackTemplate, RequestTemplate};
 pub use retry::{Decision, Failure, GiveUp, RetryPolicy};
 
 use crate::metrics::Metrics;
@@ -34,7 +31,8 @@ use crate::secret::Secret;
 use crate::taxonomy::{Taxonomies, Taxonomy};
 
 /// Which wire protocol the provider speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum UpstreamApi {
     /// OpenAI's Responses API (`POST /responses`): the default for OpenAI.
     Responses,
@@ -52,25 +50,50 @@ impl UpstreamApi {
     }
 }
 
-/// Where and how to call the provider; parsed once from the service config.
+/// How the key is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthStyle {
+    /// `Authorization: Bearer KEY`: OpenAI and most compatible servers.
+    #[default]
+    Bearer,
+    /// `api-key: KEY`: Azure OpenAI.
+    ApiKey,
+}
+
+/// One endpoint: where to call, with which key, protocol and model, and how much of the
+/// traffic it takes. Parsed once from the service config.
 #[derive(Debug, Clone)]
-pub struct UpstreamSettings {
+pub struct EndpointSettings {
+    /// Shown in metrics and logs (never the key).
+    pub name: String,
     /// Base URL up to and including the API version, e.g. `https://api.openai.com/v1`.
     pub base_url: String,
     pub api_key: Secret,
+    pub auth: AuthStyle,
+    /// Appended to every call's URL, e.g. Azure's `api-version=2024-10-21`.
+    pub query: Option<String>,
     pub api: UpstreamApi,
     pub model: String,
-    /// Deadline of one HTTP call, connect to last byte.
-    pub call_timeout: Duration,
-    /// Ceiling of calls in flight across every batch of this process (the adaptive limit's
-    /// starting point and maximum).
+    /// Relative share of the traffic, against the other endpoints' weights.
+    pub weight: u32,
+    /// Ceiling of this endpoint's calls in flight (its adaptive limit's start and maximum).
     pub max_in_flight: usize,
-    pub retry: RetryPolicy,
     /// Requests and tokens per minute to stay under, besides what the provider announces.
     pub rpm_limit: Option<u64>,
     pub tpm_limit: Option<u64>,
     /// The model's token prices, when known: what `cost_usd` is computed from.
     pub price: Option<Price>,
+}
+
+/// Everything the upstream side needs; parsed once from the service config.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// At least one.
+    pub endpoints: Vec<EndpointSettings>,
+    /// Deadline of one HTTP call, connect to last byte.
+    pub call_timeout: Duration,
+    pub retry: RetryPolicy,
     /// Titles per upstream call (1 = no packing).
     pub pack_size: usize,
 }
@@ -83,7 +106,7 @@ pub struct Prediction {
 }
 
 /// What calls cost: tokens as the provider counted them, and how many HTTP calls were made.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Usage {
     /// All prompt tokens, cached ones included.
     pub input_tokens: u64,
@@ -91,17 +114,35 @@ pub struct Usage {
     pub cached_input_tokens: u64,
     pub output_tokens: u64,
     pub upstream_requests: u64,
+    /// USD at the prices of the models that answered.
+    cost_usd: f64,
+    /// Calls to a model without a known price: the cost is then unknown.
+    unpriced_requests: u64,
 }
 
 impl Usage {
     /// The tokens one response reports (its request is counted by the caller).
-    fn billed(input_tokens: u64, cached_input_tokens: u64, output_tokens: u64) -> Self {
+    pub fn billed(input_tokens: u64, cached_input_tokens: u64, output_tokens: u64) -> Self {
         Self {
             input_tokens,
             cached_input_tokens,
             output_tokens,
-            upstream_requests: 0,
+            ..Self::default()
         }
+    }
+
+    /// Counts one call, at `price`; a call to an unpriced model makes the cost unknown.
+    fn count_call(&mut self, price: Option<Price>) {
+        self.upstream_requests += 1;
+        match price {
+            Some(price) => self.cost_usd += price.cost(self),
+            None => self.unpriced_requests += 1,
+        }
+    }
+
+    /// What the calls cost in USD; `None` when a model without a known price answered one.
+    pub fn cost_usd(&self) -> Option<f64> {
+        (self.unpriced_requests == 0).then_some(self.cost_usd)
     }
 }
 
@@ -130,56 +171,36 @@ impl AddAssign for Usage {
         self.cached_input_tokens += rhs.cached_input_tokens;
         self.output_tokens += rhs.output_tokens;
         self.upstream_requests += rhs.upstream_requests;
+        self.cost_usd += rhs.cost_usd;
+        self.unpriced_requests += rhs.unpriced_requests;
     }
 }
 
-/// The one client of the process: cheap to share behind `Arc`, holds the connection pool.
+fn least_loaded<'e>(endpoints: impl Iterator<Item = &'e Endpoint>) -> Option<&'e Endpoint> {
+    endpoints.min_by(|a, b| a.load().total_cmp(&b.load()))
+}
+
+/// The one client of the process: cheap to share behind `Arc`, holds the connection pool and
+/// every endpoint.
 #[derive(Debug)]
 pub struct UpstreamClient {
     http: reqwest::Client,
-    url: String,
-    /// Marked sensitive, so `Debug` of the client or a request never shows it.
-    authorization: HeaderValue,
-    api_key: Secret,
-    /// The request templates of every taxonomy, by `Taxonomy::key`: built once at start-up.
-    templates: HashMap<Arc<str>, Templates>,
-    model: String,
+    endpoints: Vec<Endpoint>,
+    /// The endpoints' models, joined: what cache keys hold, so answers of another set of
+    /// models are never served.
+    models: String,
     pack_size: usize,
     call_timeout: Duration,
     retry: RetryPolicy,
-    limiter: AdaptiveLimiter,
-    pacer: Pacer,
     metrics: Arc<Metrics>,
-    price: Option<Price>,
-    /// Set when the provider rejected our credentials or quota: until then, readiness is false.
-    unusable_until: Mutex<Option<Instant>>,
-}
-
-/// One taxonomy's request templates, for one title and for packs.
-#[derive(Debug)]
-struct Templates {
-    single: RequestTemplate,
-    packs: PackTemplate,
-}
-
-/// How long a replica reports itself unready after the provider refused its key or quota.
-/// Readiness would otherwise stay false for good: unready replicas get no traffic to retest it.
-const UNUSABLE_FOR: Duration = Duration::from_secs(30);
-
-/// One HTTP call's outcome, with what the response said besides its body.
-struct Attempt<T> {
-    result: Result<T, UpstreamError>,
-    usage: Usage,
-    headers: RateHeaders,
-    /// The HTTP status, when a response arrived.
-    status: Option<u16>,
-    latency: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error("the API key contains characters not allowed in an HTTP header")]
     InvalidApiKey,
+    #[error("no upstream endpoint is configured")]
+    NoEndpoints,
     #[error("could not build the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
 }
@@ -190,90 +211,90 @@ impl UpstreamClient {
         taxonomies: &Taxonomies,
         metrics: Arc<Metrics>,
     ) -> Result<Self, BuildError> {
-        let mut authorization =
-            HeaderValue::from_str(&format!("Bearer {}", settings.api_key.expose()))
-                .map_err(|_| BuildError::InvalidApiKey)?;
-        authorization.set_sensitive(true);
+        if settings.endpoints.is_empty() {
+            return Err(BuildError::NoEndpoints);
+        }
+        let pool_size: usize = settings.endpoints.iter().map(|e| e.max_in_flight).sum();
         // HTTP/1.1 keep-alive pool sized for the ceiling: one HTTP/2 connection caps at ~100
         // concurrent streams at OpenAI, so a pool of HTTP/1.1 connections scales further.
         let http = reqwest::Client::builder()
             .http1_only()
-            .pool_max_idle_per_host(settings.max_in_flight)
+            .pool_max_idle_per_host(pool_size)
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
             .connect_timeout(settings.call_timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("hn-classifier/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let pack_size = settings.pack_size.max(1);
+        let endpoints = settings
+            .endpoints
+            .into_iter()
+            .map(|e| Endpoint::new(e, taxonomies, pack_size))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut models: Vec<&str> = endpoints.iter().map(Endpoint::model).collect();
+        models.sort_unstable();
+        models.dedup();
         Ok(Self {
             http,
-            url: format!(
-                "{}/{}",
-                settings.base_url.trim_end_matches('/'),
-                settings.api.path()
-            ),
-            authorization,
-            templates: taxonomies
-                .iter()
-                .map(|t| {
-                    let templates = Templates {
-                        single: RequestTemplate::new(settings.api, &settings.model, t),
-                        packs: PackTemplate::new(
-                            settings.api,
-                            &settings.model,
-                            t,
-                            settings.pack_size,
-                        ),
-                    };
-                    (t.key().clone(), templates)
-                })
-                .collect(),
-            model: settings.model,
-            pack_size: settings.pack_size.max(1),
-            api_key: settings.api_key,
+            models: models.join("+"),
+            endpoints,
+            pack_size,
             call_timeout: settings.call_timeout,
             retry: settings.retry,
-            limiter: AdaptiveLimiter::new(settings.max_in_flight),
-            pacer: Pacer::new(settings.rpm_limit, settings.tpm_limit),
             metrics,
-            price: settings.price,
-            unusable_until: Mutex::new(None),
         })
     }
 
-    /// False for a while after the provider rejected our key (401/403) or quota.
+    /// False while every endpoint is benched (refused key or quota, or failing): readiness.
     pub fn is_usable(&self) -> bool {
-        let until = *self.unusable_until.lock().expect("health lock poisoned");
-        until.is_none_or(|at| Instant::now() >= at)
+        self.endpoints.iter().any(|e| !e.is_benched())
     }
 
-    /// The adaptive limit's state, for logs and metrics.
-    pub fn limiter(&self) -> &AdaptiveLimiter {
-        &self.limiter
+    /// Calls in flight, waiting, and the adaptive limits, summed over the endpoints.
+    pub fn limiter_snapshot(&self) -> LimiterSnapshot {
+        self.endpoints.iter().map(|e| e.limiter().snapshot()).fold(
+            LimiterSnapshot {
+                limit: 0,
+                in_flight: 0,
+                waiting: 0,
+            },
+            |a, b| LimiterSnapshot {
+                limit: a.limit + b.limit,
+                in_flight: a.in_flight + b.in_flight,
+                waiting: a.waiting + b.waiting,
+            },
+        )
     }
 
-    /// Whether a slot under the process-wide limit frees up within `wait` (it is released at
-    /// once): how a batch finds out, before it starts, that the process is saturated. Waiters
-    /// queue FIFO, so a true answer means the batch's calls are next in line.
+    /// Each endpoint's name and whether it is benched now, for metrics.
+    pub fn endpoint_health(&self) -> impl Iterator<Item = (&str, bool)> {
+        self.endpoints.iter().map(|e| (e.name(), e.is_benched()))
+    }
+
+    /// Whether a slot frees up within `wait` at the endpoint the next call would go to (it is
+    /// released at once): how a batch finds out, before it starts, that the process is
+    /// saturated. Waiters queue FIFO, so a true answer means the batch's calls are next in line.
     pub async fn has_capacity_within(&self, wait: Duration) -> bool {
-        tokio::time::timeout(wait, self.limiter.acquire())
+        tokio::time::timeout(wait, self.pick(None).limiter().acquire())
             .await
             .is_ok()
     }
 
-    /// The model's token prices, when known.
-    pub fn price(&self) -> Option<Price> {
-        self.price
-    }
-
-    /// The model name, for cache and single-flight keys.
+    /// Every endpoint's model, joined: for cache and single-flight keys.
     pub fn model(&self) -> &str {
-        &self.model
+        &self.models
     }
 
-    fn templates(&self, taxonomy: &Taxonomy) -> &Templates {
-        self.templates
-            .get(taxonomy.key())
-            .expect("every taxonomy the API accepts had its templates built at start-up")
+    /// The endpoint for the next attempt: the shortest expected wait among those not benched,
+    /// preferring one other than `avoid` (the one that just failed). With every endpoint
+    /// benched, the one whose bench ends first, so calls keep probing.
+    fn pick(&self, avoid: Option<&Endpoint>) -> &Endpoint {
+        let is_avoided = |e: &Endpoint| avoid.is_some_and(|a| std::ptr::eq(a, e));
+        let usable = || self.endpoints.iter().filter(|e| !e.is_benched());
+        least_loaded(usable().filter(|e| !is_avoided(e)))
+            .or_else(|| least_loaded(usable()))
+            .or_else(|| self.endpoints.iter().min_by_key(|e| e.benched_until()))
+            .expect("at least one endpoint, checked at start-up")
     }
 
     /// Classifies one title into `taxonomy`, retrying transient failures as the policy allows.
@@ -283,11 +304,14 @@ impl UpstreamClient {
         taxonomy: &Taxonomy,
         title: &str,
     ) -> (Result<Prediction, Failure>, Usage) {
-        let template = &self.templates(taxonomy).single;
-        let body = template.encode(title);
-        let tokens = template.estimated_tokens(title);
-        self.with_retries(body, tokens, |b| template.decode(b, taxonomy))
-            .await
+        self.with_retries(
+            |e| {
+                let template = &e.templates(taxonomy).single;
+                (template.encode(title), template.estimated_tokens(title))
+            },
+            |e, body| e.templates(taxonomy).single.decode(body, taxonomy),
+        )
+        .await
     }
 
     /// Classifies several titles in one call (packing), with the same retries. A slot is `None`
@@ -297,11 +321,12 @@ impl UpstreamClient {
         taxonomy: &Taxonomy,
         titles: &[&str],
     ) -> (Result<Vec<Option<Prediction>>, Failure>, Usage) {
-        let packs = &self.templates(taxonomy).packs;
-        let (body, tokens) = packs.encode(titles);
         let n = titles.len();
-        self.with_retries(body, tokens, |b| packs.decode(b, taxonomy, n))
-            .await
+        self.with_retries(
+            |e| e.templates(taxonomy).packs.encode(titles),
+            |e, body| e.templates(taxonomy).packs.decode(body, taxonomy, n),
+        )
+        .await
     }
 
     /// The most titles one packed call takes.
@@ -309,37 +334,53 @@ impl UpstreamClient {
         self.pack_size
     }
 
-    /// One request, sent under the limiter and the pacer and retried as the policy allows.
+    /// One request, each attempt sent to the endpoint `pick` chooses, under its limiter and
+    /// pacer, and retried as the policy allows. A refused key or quota moves the request to
+    /// another endpoint at once, without spending the retry budget.
     async fn with_retries<T>(
         &self,
-        body: Vec<u8>,
-        tokens: u64,
-        decode: impl Fn(&[u8]) -> (Result<T, UpstreamError>, Usage),
+        encode: impl Fn(&Endpoint) -> (Vec<u8>, u64),
+        decode: impl Fn(&Endpoint, &[u8]) -> (Result<T, UpstreamError>, Usage),
     ) -> (Result<T, Failure>, Usage) {
         let mut usage = Usage::default();
         let mut deadline = None;
         let mut attempts = 0;
         // Failures that spend the retry budget: a 429 for rate waits out the deadline instead.
         let mut budgeted_failures = 0;
+        let mut failed_at: Option<&Endpoint> = None;
         loop {
-            let slot = self.limiter.acquire().await;
-            self.pacer.wait_turn(tokens).await;
+            let endpoint = self.pick(failed_at);
+            let slot = endpoint.limiter().acquire().await;
+            let (body, tokens) = encode(endpoint);
+            endpoint.pacer().wait_turn(tokens).await;
             let deadline =
                 *deadline.get_or_insert_with(|| Instant::now() + self.retry.item_deadline);
             attempts += 1;
             let timeout = self
                 .call_timeout
                 .min(deadline.saturating_duration_since(Instant::now()));
-            let attempt = self.call(body.clone(), timeout, &decode).await;
-            usage += attempt.usage;
-            usage.upstream_requests += 1;
-            self.learn(&attempt);
+            let attempt: Attempt<T> = endpoint
+                .call(&self.http, body, timeout, |b| decode(endpoint, b))
+                .await;
+            let mut spent = attempt.usage;
+            spent.count_call(endpoint.price());
+            usage += spent;
+            endpoint.learn(&attempt, &self.metrics);
             drop(slot);
 
             let error = match attempt.result {
                 Ok(value) => return (Ok(value), usage),
                 Err(error) => error,
             };
+            failed_at = Some(endpoint);
+            if error.is_refusal_of_key() && self.endpoints.iter().any(|e| !e.is_benched()) {
+                tracing::debug!(
+                    upstream = endpoint.name(),
+                    error.code = error.code(),
+                    "moving to another endpoint"
+                );
+                continue;
+            }
             if !error.is_rate_limited() {
                 budgeted_failures += 1;
             }
@@ -365,146 +406,5 @@ impl UpstreamClient {
                 }
             }
         }
-    }
-
-    /// Feeds one attempt to the metrics, the limiter, the pacer and the health flag.
-    fn learn<T>(&self, attempt: &Attempt<T>) {
-        let m = &self.metrics;
-        let status = match (&attempt.status, &attempt.result) {
-            (Some(code), _) => code.to_string(),
-            (None, Err(UpstreamError::Timeout(_))) => "timeout".to_owned(),
-            (None, _) => "transport".to_owned(),
-        };
-        m.upstream_requests.with_label_values(&[&status]).inc();
-        m.upstream_duration.observe(attempt.latency.as_secs_f64());
-        let usage = &attempt.usage;
-        let model = self.model.as_str();
-        for (kind, tokens) in [
-            ("input", usage.input_tokens),
-            ("cached_input", usage.cached_input_tokens),
-            ("output", usage.output_tokens),
-        ] {
-            m.upstream_tokens
-                .with_label_values(&[kind, model])
-                .inc_by(tokens);
-        }
-        if let Some(price) = &self.price {
-            m.upstream_cost
-                .with_label_values(&[model])
-                .inc_by(price.cost(usage));
-        }
-
-        let rate_limited = attempt
-            .result
-            .as_ref()
-            .is_err_and(UpstreamError::is_rate_limited);
-        match &attempt.result {
-            _ if rate_limited => self.limiter.on_congestion(Congestion::RateLimited),
-            Err(UpstreamError::Timeout(_)) => self.limiter.on_congestion(Congestion::Timeout),
-            Ok(_) => self.limiter.on_success(attempt.latency),
-            Err(_) => {}
-        }
-        self.pacer.observe(&attempt.headers, rate_limited);
-        self.track_health(&attempt.result);
-    }
-
-    fn track_health<T>(&self, result: &Result<T, UpstreamError>) {
-        let refused = match result {
-            Err(e @ UpstreamError::Http { status, .. }) => {
-                matches!(status, 401 | 403) || e.code() == "upstream_quota_exhausted"
-            }
-            _ => false,
-        };
-        let mut until = self.unusable_until.lock().expect("health lock poisoned");
-        if refused {
-            *until = Some(Instant::now() + UNUSABLE_FOR);
-            tracing::warn!("the provider refused our key or quota: reporting unready");
-        } else if result.is_ok() {
-            *until = None;
-        }
-    }
-
-    /// One HTTP call of `body` within `timeout`, its 2xx body read by `decode`.
-    async fn call<T>(
-        &self,
-        body: Vec<u8>,
-        timeout: Duration,
-        decode: impl Fn(&[u8]) -> (Result<T, UpstreamError>, Usage),
-    ) -> Attempt<T> {
-        let started = Instant::now();
-        let sent = self
-            .http
-            .post(&self.url)
-            .header(AUTHORIZATION, self.authorization.clone())
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .timeout(timeout)
-            .body(body)
-            .send()
-            .await;
-        let failed = |error, headers, status| Attempt {
-            result: Err(error),
-            usage: Usage::default(),
-            headers,
-            status,
-            latency: started.elapsed(),
-        };
-        let response = match sent {
-            Ok(r) => r,
-            Err(e) => return failed(transport_error(e, timeout), RateHeaders::default(), None),
-        };
-        let status = response.status();
-        let headers = RateHeaders::parse(response.headers());
-        let body = match response.bytes().await {
-            Ok(b) => b,
-            Err(e) => return failed(transport_error(e, timeout), headers, Some(status.as_u16())),
-        };
-        if !status.is_success() {
-            let error = self.http_error(status.as_u16(), &body, &headers);
-            return failed(error, headers, Some(status.as_u16()));
-        }
-        let (result, usage) = decode(&body);
-        Attempt {
-            result,
-            usage,
-            headers,
-            status: Some(status.as_u16()),
-            latency: started.elapsed(),
-        }
-    }
-
-    /// A non-2xx answer, read as OpenAI's `{"error":{"message","type","param","code"}}` when it is
-    /// one, with anything key-like scrubbed from the message.
-    fn http_error(&self, status: u16, body: &[u8], headers: &RateHeaders) -> UpstreamError {
-        #[derive(Deserialize)]
-        struct Envelope {
-            error: ErrorBody,
-        }
-        #[derive(Deserialize)]
-        struct ErrorBody {
-            message: Option<String>,
-            code: Option<String>,
-        }
-        let (code, message) = match serde_json::from_slice::<Envelope>(body) {
-            Ok(e) => (e.error.code, e.error.message.unwrap_or_default()),
-            Err(_) => (
-                None,
-                String::from_utf8_lossy(body).chars().take(200).collect(),
-            ),
-        };
-        UpstreamError::Http {
-            status,
-            code,
-            message: scrub_secrets(&message, self.api_key.expose()),
-            retry_after: headers.retry_after,
-            should_retry: headers.should_retry,
-        }
-    }
-}
-
-fn transport_error(error: reqwest::Error, timeout: Duration) -> UpstreamError {
-    if error.is_timeout() {
-        UpstreamError::Timeout(timeout)
-    } else {
-        UpstreamError::Transport(error.without_url())
     }
 }

@@ -86,6 +86,12 @@ impl Pacer {
         start
     }
 
+    /// Requests per second the pacer lets through now, when a request limit is known.
+    pub fn request_rate(&self) -> Option<f64> {
+        let s = self.lock();
+        min_limit(self.configured_rpm, s.announced_rpm).map(|rpm| rpm as f64 * s.share / 60.0)
+    }
+
     /// Learns from a response's headers; `rate_limited` when it was a 429 for rate.
     pub fn observe(&self, headers: &RateHeaders, rate_limited: bool) {
         let mut s = self.lock();

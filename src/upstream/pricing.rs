@@ -165,12 +165,7 @@ mod tests {
     #[test]
     fn cached_input_is_priced_as_cached_and_never_twice() {
         let price = price_of("gpt-4.1-mini", None).unwrap().unwrap();
-        let usage = Usage {
-            input_tokens: 1_000_000,
-            cached_input_tokens: 400_000,
-            output_tokens: 100_000,
-            upstream_requests: 1,
-        };
+        let usage = Usage::billed(1_000_000, 400_000, 100_000);
         let expected = 0.6 * 0.40 + 0.4 * 0.10 + 0.1 * 1.60;
         assert!(
             (price.cost(&usage) - expected).abs() < 1e-12,

@@ -126,6 +126,17 @@ impl UpstreamError {
         }
     }
 
+    /// The provider refused the key itself (401, 403) or its quota: another key may work,
+    /// this one will not for a while.
+    pub fn is_refusal_of_key(&self) -> bool {
+        match self {
+            Self::Http { status, code, .. } => {
+                matches!(status, 401 | 403) || code.as_deref() == Some("insufficient_quota")
+            }
+            _ => false,
+        }
+    }
+
     /// A 429 for rate (not for quota): the provider is busy, not refusing.
     pub fn is_rate_limited(&self) -> bool {
         matches!(self, Self::Http { status: 429, .. }) && self.is_retryable()

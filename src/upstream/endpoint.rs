@@ -1,0 +1,324 @@
+//! One provider endpoint: a base URL and a key, with its own protocol, model, adaptive limit,
+//! pacer and health. It makes one HTTP call and learns from it; choosing an endpoint and retrying
+//! belong to the pool (`UpstreamClient`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue};
+use serde::Deserialize;
+
+use super::error::scrub_secrets;
+use super::headers::RateHeaders;
+use super::limiter::{AdaptiveLimiter, Congestion};
+use super::pacer::Pacer;
+use super::pricing::Price;
+use super::responses::{PackTemplate, RequestTemplate};
+use super::{AuthStyle, BuildError, EndpointSettings, UpstreamError, Usage};
+use crate::metrics::Metrics;
+use crate::secret::Secret;
+use crate::taxonomy::{Taxonomies, Taxonomy};
+
+/// How long an endpoint is left out after the provider refused its key or quota, or after
+/// `BENCH_AFTER_FAILURES` server errors in a row. Not for good: a benched endpoint gets no
+/// traffic to prove it recovered, so it is tried again after this.
+pub const BENCH_FOR: Duration = Duration::from_secs(30);
+/// Server errors or timeouts in a row that bench an endpoint.
+const BENCH_AFTER_FAILURES: u32 = 5;
+
+/// One taxonomy's request templates, for one title and for packs.
+#[derive(Debug)]
+pub struct Templates {
+    pub single: RequestTemplate,
+    pub packs: PackTemplate,
+}
+
+#[derive(Debug)]
+pub struct Endpoint {
+    name: String,
+    url: String,
+    /// The header the key travels in, marked sensitive so `Debug` never shows it.
+    auth: (HeaderName, HeaderValue),
+    api_key: Secret,
+    model: String,
+    weight: u32,
+    /// The request templates of every taxonomy, by `Taxonomy::key`: built once at start-up.
+    templates: HashMap<Arc<str>, Templates>,
+    limiter: AdaptiveLimiter,
+    pacer: Pacer,
+    price: Option<Price>,
+    benched_until: Mutex<Option<Instant>>,
+    failures_in_a_row: AtomicU32,
+}
+
+/// One HTTP call's outcome, with what the response said besides its body.
+pub struct Attempt<T> {
+    pub result: Result<T, UpstreamError>,
+    pub usage: Usage,
+    pub headers: RateHeaders,
+    /// The HTTP status, when a response arrived.
+    pub status: Option<u16>,
+    pub latency: Duration,
+}
+
+impl Endpoint {
+    pub fn new(
+        settings: EndpointSettings,
+        taxonomies: &Taxonomies,
+        pack_size: usize,
+    ) -> Result<Self, BuildError> {
+        let (header, value) = match settings.auth {
+            AuthStyle::Bearer => (
+                AUTHORIZATION,
+                format!("Bearer {}", settings.api_key.expose()),
+            ),
+            AuthStyle::ApiKey => (
+                HeaderName::from_static("api-key"),
+                settings.api_key.expose().to_owned(),
+            ),
+        };
+        let mut value = HeaderValue::from_str(&value).map_err(|_| BuildError::InvalidApiKey)?;
+        value.set_sensitive(true);
+        let mut url = format!(
+            "{}/{}",
+            settings.base_url.trim_end_matches('/'),
+            settings.api.path()
+        );
+        if let Some(query) = settings.query.as_deref().filter(|q| !q.is_empty()) {
+            url = format!("{url}?{}", query.trim_start_matches('?'));
+        }
+        let templates = taxonomies
+            .iter()
+            .map(|t| {
+                let templates = Templates {
+                    single: RequestTemplate::new(settings.api, &settings.model, t),
+                    packs: PackTemplate::new(settings.api, &settings.model, t, pack_size),
+                };
+                (t.key().clone(), templates)
+            })
+            .collect();
+        Ok(Self {
+            name: settings.name,
+            url,
+            auth: (header, value),
+            api_key: settings.api_key,
+            model: settings.model,
+            weight: settings.weight.max(1),
+            templates,
+            limiter: AdaptiveLimiter::new(settings.max_in_flight),
+            pacer: Pacer::new(settings.rpm_limit, settings.tpm_limit),
+            price: settings.price,
+            benched_until: Mutex::new(None),
+            failures_in_a_row: AtomicU32::new(0),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    pub fn limiter(&self) -> &AdaptiveLimiter {
+        &self.limiter
+    }
+
+    pub fn pacer(&self) -> &Pacer {
+        &self.pacer
+    }
+
+    pub fn price(&self) -> Option<Price> {
+        self.price
+    }
+
+    pub fn templates(&self, taxonomy: &Taxonomy) -> &Templates {
+        self.templates
+            .get(taxonomy.key())
+            .expect("every taxonomy the API accepts had its templates built at start-up")
+    }
+
+    /// About how long a call sent here now waits behind those already here: calls in flight or
+    /// queued over the rate the endpoint serves them at (its rate limit if known, else its
+    /// concurrency limit over its round trip), scaled by weight. The pool sends the next call
+    /// where this is lowest. Queue length alone is not enough: a call committed to a slower
+    /// endpoint's queue waits longer behind the same number of calls.
+    pub fn load(&self) -> f64 {
+        let s = self.limiter.snapshot();
+        let mut rate = self.limiter.throughput();
+        if let Some(paced) = self.pacer.request_rate() {
+            rate = rate.min(paced);
+        }
+        (s.in_flight + s.waiting + 1) as f64 / (rate.max(1e-3) * f64::from(self.weight))
+    }
+
+    /// When the endpoint is left out until, if it is.
+    pub fn benched_until(&self) -> Option<Instant> {
+        let until = *self.benched_until.lock().expect("health lock poisoned");
+        until.filter(|at| Instant::now() < *at)
+    }
+
+    pub fn is_benched(&self) -> bool {
+        self.benched_until().is_some()
+    }
+
+    fn bench(&self, why: &str) {
+        *self.benched_until.lock().expect("health lock poisoned") =
+            Some(Instant::now() + BENCH_FOR);
+        tracing::warn!(upstream = %self.name, why, bench_s = BENCH_FOR.as_secs(), "upstream benched");
+    }
+
+    /// Feeds one attempt to the metrics, the limiter, the pacer and the health flag.
+    pub fn learn<T>(&self, attempt: &Attempt<T>, metrics: &Metrics) {
+        let status = match (&attempt.status, &attempt.result) {
+            (Some(code), _) => code.to_string(),
+            (None, Err(UpstreamError::Timeout(_))) => "timeout".to_owned(),
+            (None, _) => "transport".to_owned(),
+        };
+        metrics
+            .upstream_requests
+            .with_label_values(&[&self.name, &status])
+            .inc();
+        metrics
+            .upstream_duration
+            .observe(attempt.latency.as_secs_f64());
+        let usage = &attempt.usage;
+        for (kind, tokens) in [
+            ("input", usage.input_tokens),
+            ("cached_input", usage.cached_input_tokens),
+            ("output", usage.output_tokens),
+        ] {
+            metrics
+                .upstream_tokens
+                .with_label_values(&[kind, &self.model])
+                .inc_by(tokens);
+        }
+        if let Some(price) = &self.price {
+            metrics
+                .upstream_cost
+                .with_label_values(&[&self.model])
+                .inc_by(price.cost(usage));
+        }
+
+        let rate_limited = attempt
+            .result
+            .as_ref()
+            .is_err_and(UpstreamError::is_rate_limited);
+        match &attempt.result {
+            _ if rate_limited => self.limiter.on_congestion(Congestion::RateLimited),
+            Err(UpstreamError::Timeout(_)) => self.limiter.on_congestion(Congestion::Timeout),
+            Ok(_) => self.limiter.on_success(attempt.latency),
+            Err(_) => {}
+        }
+        self.pacer.observe(&attempt.headers, rate_limited);
+        self.track_health(&attempt.result);
+    }
+
+    /// Benches the endpoint when the provider refuses its key or quota, or after several server
+    /// errors or timeouts in a row; any answer from the provider clears the streak.
+    fn track_health<T>(&self, result: &Result<T, UpstreamError>) {
+        match result {
+            Err(e) if e.is_refusal_of_key() => self.bench("the provider refused the key or quota"),
+            Err(UpstreamError::Timeout(_) | UpstreamError::Transport(_))
+            | Err(UpstreamError::Http { status: 500.., .. }) => {
+                let streak = self.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+                if streak >= BENCH_AFTER_FAILURES {
+                    self.failures_in_a_row.store(0, Ordering::Relaxed);
+                    self.bench("server errors or timeouts in a row");
+                }
+            }
+            Err(_) => self.failures_in_a_row.store(0, Ordering::Relaxed),
+            Ok(_) => {
+                self.failures_in_a_row.store(0, Ordering::Relaxed);
+                *self.benched_until.lock().expect("health lock poisoned") = None;
+            }
+        }
+    }
+
+    /// One HTTP call of `body` within `timeout`, its 2xx body read by `decode`.
+    pub async fn call<T>(
+        &self,
+        http: &reqwest::Client,
+        body: Vec<u8>,
+        timeout: Duration,
+        decode: impl FnOnce(&[u8]) -> (Result<T, UpstreamError>, Usage),
+    ) -> Attempt<T> {
+        let started = Instant::now();
+        let sent = http
+            .post(&self.url)
+            .header(self.auth.0.clone(), self.auth.1.clone())
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .timeout(timeout)
+            .body(body)
+            .send()
+            .await;
+        let failed = |error, headers, status| Attempt {
+            result: Err(error),
+            usage: Usage::default(),
+            headers,
+            status,
+            latency: started.elapsed(),
+        };
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) => return failed(transport_error(e, timeout), RateHeaders::default(), None),
+        };
+        let status = response.status();
+        let headers = RateHeaders::parse(response.headers());
+        let body = match response.bytes().await {
+            Ok(b) => b,
+            Err(e) => return failed(transport_error(e, timeout), headers, Some(status.as_u16())),
+        };
+        if !status.is_success() {
+            let error = self.http_error(status.as_u16(), &body, &headers);
+            return failed(error, headers, Some(status.as_u16()));
+        }
+        let (result, usage) = decode(&body);
+        Attempt {
+            result,
+            usage,
+            headers,
+            status: Some(status.as_u16()),
+            latency: started.elapsed(),
+        }
+    }
+
+    /// A non-2xx answer, read as OpenAI's `{"error":{"message","type","param","code"}}` when it is
+    /// one, with anything key-like scrubbed from the message.
+    fn http_error(&self, status: u16, body: &[u8], headers: &RateHeaders) -> UpstreamError {
+        #[derive(Deserialize)]
+        struct Envelope {
+            error: ErrorBody,
+        }
+        #[derive(Deserialize)]
+        struct ErrorBody {
+            message: Option<String>,
+            code: Option<String>,
+        }
+        let (code, message) = match serde_json::from_slice::<Envelope>(body) {
+            Ok(e) => (e.error.code, e.error.message.unwrap_or_default()),
+            Err(_) => (
+                None,
+                String::from_utf8_lossy(body).chars().take(200).collect(),
+            ),
+        };
+        UpstreamError::Http {
+            status,
+            code,
+            message: scrub_secrets(&message, self.api_key.expose()),
+            retry_after: headers.retry_after,
+            should_retry: headers.should_retry,
+        }
+    }
+}
+
+fn transport_error(error: reqwest::Error, timeout: Duration) -> UpstreamError {
+    if error.is_timeout() {
+        UpstreamError::Timeout(timeout)
+    } else {
+        UpstreamError::Transport(error.without_url())
+    }
+}
