@@ -3,6 +3,7 @@
 //! and Azure OpenAI's `api-key` header and `api-version` query.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Json;
 use axum::http::{HeaderMap, StatusCode, Uri};
@@ -12,7 +13,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use crate::helpers::{
-    HN_LABELS, config, data_lines, get, openai_error, spawn_app, spawn_fake_upstream, spawn_sim,
+    HN_LABELS, config, data_lines, echo_reply, get, openai_error, spawn_app, spawn_fake_upstream,
+    spawn_sim,
 };
 
 /// A scratch directory for one test's files.
@@ -125,14 +127,24 @@ fn always_401(_title: &str, _call: usize) -> Response {
     )
 }
 
+/// Answers normally for its first 20 calls, then as if the key had been revoked.
+fn revoked_after_20_calls(title: &str, call: usize) -> Response {
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    if CALLS.fetch_add(1, Ordering::Relaxed) < 20 {
+        echo_reply(title, call)
+    } else {
+        always_401(title, call)
+    }
+}
+
 #[tokio::test]
-async fn an_endpoint_that_refuses_its_key_is_benched_and_the_other_carries_every_item() {
-    let refusing = spawn_fake_upstream(always_401).await;
+async fn an_endpoint_that_starts_refusing_its_key_is_benched_and_the_other_carries_every_item() {
+    let revoked = spawn_fake_upstream(revoked_after_20_calls).await;
     let good = spawn_sim(&["--sim-latency-ms", "5"]).await;
     let file = upstreams_file(
         "refusing",
         &[
-            ("revoked", refusing.base_url(), ""),
+            ("revoked", revoked.base_url(), ""),
             ("good", good.base_url(), ""),
         ],
     );
@@ -140,14 +152,19 @@ async fn an_endpoint_that_refuses_its_key_is_benched_and_the_other_carries_every
     let titles: Vec<String> = data_lines("hn_titles.txt").into_iter().take(100).collect();
 
     let first = app.classify(&titles).await;
-    assert_eq!(first.errors, 0);
-    let refused_calls = refusing.total_calls();
-    assert!(refused_calls >= 1, "the first calls were spread over both");
+    assert_eq!(
+        first.errors,
+        0,
+        "{:?}",
+        first.results.iter().find(|r| r.error.is_some())
+    );
+    let calls = revoked.total_calls();
+    assert!(calls > 20, "it served, then refused: {calls} calls");
 
     // Benched: the next batch does not touch it, and the replica stays ready.
     let second = app.classify(&titles[..50]).await;
     assert_eq!(second.errors, 0);
-    assert_eq!(refusing.total_calls(), refused_calls);
+    assert_eq!(revoked.total_calls(), calls);
     let (status, _) = get(&app.url("/readyz")).await;
     assert_eq!(status, StatusCode::OK);
     let (_, metrics) = get(&app.url("/metrics")).await;
@@ -156,6 +173,7 @@ async fn an_endpoint_that_refuses_its_key_is_benched_and_the_other_carries_every
         "{metrics}"
     );
     assert!(metrics.contains("upstream_benched{upstream=\"good\"} 0"));
+    assert!(metrics.contains("upstream_requests_total{status=\"401\",upstream=\"revoked\"}"));
     // Which key served an item is for metrics only: results carry nothing about it.
     let text = serde_json::to_string(&first.results).unwrap();
     assert!(!text.contains("revoked") && !text.contains("good"));
