@@ -4,12 +4,12 @@
 //! interrupted run resumes where it stopped (titles already in the output are skipped).
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Write};
+use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::StreamExt;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -140,7 +140,7 @@ pub async fn classify_file(
         .unwrap_or_else(|| default_output(&config.input, config.format));
     let done = count_done(&output, config.format)?.min(titles.len());
     let mut writer = RowWriter::open(&output, config.format, done == 0)?;
-    let bar = progress_bar((titles.len() - done) as u64, progress);
+    let bar = crate::progress::bar((titles.len() - done) as u64, progress, "classify");
     let client = reqwest::Client::new();
     let mut summary = Summary {
         skipped: done,
@@ -229,18 +229,6 @@ fn count_done(output: &Path, format: OutputFormat) -> Result<usize, ClientError>
             .count(),
         OutputFormat::Csv => csv::Reader::from_reader(file).records().count(),
     })
-}
-
-fn progress_bar(len: u64, wanted: bool) -> ProgressBar {
-    if !wanted || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} items  {per_sec}  eta {eta}")
-            .expect("a valid template"),
-    );
-    bar
 }
 
 /// Appends rows in order, flushing after each batch.

@@ -360,6 +360,7 @@ impl ServeConfig {
                 item_deadline: self.item_deadline,
             },
             pack_size: self.pack_size as usize,
+            http2: false,
         })
     }
 

@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod lifecycle;
 pub mod metrics;
+pub mod progress;
 pub mod secret;
 pub mod server;
 pub mod sim;

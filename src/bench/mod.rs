@@ -1,39 +1,45 @@
-//! `hn-classifier bench`: load that reproduces the reference study's comparisons. Approaches:
-//! `async` (one async client calling the provider with N calls in flight) and `service` (batches
-//! POSTed to `/classify-batch` with N batches in flight, like the reference client). Both run
-//! against the built-in simulator started in-process unless a URL is given. Every item is checked
+//! `hn-classifier bench`: load that reproduces the reference study's comparison of four
+//! approaches. `pool` (blocking calls from N OS threads), `async` (one async client, N calls in
+//! flight), `sharded` (K clients with their own connection pools, N in flight in all) call the
+//! provider directly; `service` POSTs batches to `/classify-batch`, N batches in flight, like the
+//! reference client. Direct approaches go to the built-in simulator, started in-process, unless
+//! `--upstream-url` is given; `service` goes to `--service-url`, or to a `serve` child process
+//! bench starts (so its CPU seconds and peak RSS are measured alone). Every item is checked
 //! (answered with a label of the taxonomy, or counted as an error); each run is appended to
-//! `RESULTS_DIR/APPROACH.csv` with its settings and time.
+//! `RESULTS_DIR/APPROACH.csv`, and the best run per approach is drawn in `chart.png`/`.svg`.
+
+mod approaches;
+mod chart;
+mod service;
 
 use std::fs::OpenOptions;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use clap::Parser;
-use futures::StreamExt;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
-use crate::api::ClassifyBatchResponse;
-use crate::config::{Cli, Command};
+use approaches::Measured;
+use service::{ProcessUsage, ServiceProcess};
+
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::sim::{SimConfig, SimServer};
-use crate::startup::Application;
-use crate::taxonomy::{Taxonomies, Taxonomy};
+use crate::taxonomy::Taxonomies;
 use crate::upstream::{
-    AuthStyle, EndpointSettings, RetryPolicy, UpstreamApi, UpstreamClient, UpstreamSettings, Usage,
+    AuthStyle, EndpointSettings, RetryPolicy, UpstreamApi, UpstreamClient, UpstreamSettings,
     pricing,
 };
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchConfig {
-    #[arg(long, value_enum, default_value_t = Approach::Service)]
-    pub approach: Approach,
+    /// Approaches to run, in order; a comma list compares them in one run.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "service")]
+    pub approach: Vec<Approach>,
 
-    /// OpenAI-compatible base URL for `async` [default: the built-in simulator, in-process].
+    /// OpenAI-compatible base URL for the direct approaches [default: the built-in simulator,
+    /// in-process].
     #[arg(long)]
     pub upstream_url: Option<String>,
 
@@ -41,17 +47,30 @@ pub struct BenchConfig {
     #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
     pub api_key: Option<Secret>,
 
-    /// Model for `async` (also what cost is computed from).
+    /// Model for the direct approaches (also what cost is computed from).
     #[arg(long, default_value = "gpt-4.1-mini")]
     pub model: String,
 
-    /// The protocol --upstream-url speaks (`async`): `chat` for llama.cpp, vLLM, Ollama.
+    /// The protocol --upstream-url speaks: `chat` for llama.cpp, vLLM, Ollama.
     #[arg(long, value_enum, default_value_t = UpstreamApi::Responses)]
     pub upstream_api: UpstreamApi,
 
-    /// A running service for `service` [default: one started in-process on the simulator].
+    /// Clients of `sharded`, each with its own connection pool.
+    #[arg(long, default_value_t = 4)]
+    pub shards: usize,
+
+    /// `sharded` over HTTP/2 (prior knowledge): one multiplexed connection per shard.
+    #[arg(long)]
+    pub http2: bool,
+
+    /// A running service for `service` [default: `serve` started by bench as a child process,
+    /// on the simulator].
     #[arg(long)]
     pub service_url: Option<String>,
+
+    /// The `hn-classifier` binary to start for `service` [default: this one].
+    #[arg(long)]
+    pub service_binary: Option<PathBuf>,
 
     /// Items per run (the titles file is cycled if shorter).
     #[arg(long, default_value_t = 3000)]
@@ -61,7 +80,8 @@ pub struct BenchConfig {
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
 
-    /// Calls in flight (`async`) or batches in flight (`service`); a comma list sweeps.
+    /// Threads (`pool`), calls in flight (`async`, `sharded`) or batches in flight (`service`);
+    /// a comma list sweeps.
     #[arg(long, value_delimiter = ',', default_value = "50")]
     pub concurrency: Vec<usize>,
 
@@ -72,7 +92,7 @@ pub struct BenchConfig {
     #[arg(long, default_value = "data/hn_titles_1000.txt")]
     pub titles: PathBuf,
 
-    /// Where the CSV files go.
+    /// Where the CSV files and the chart go.
     #[arg(long, default_value = "bench-results")]
     pub results_dir: PathBuf,
 
@@ -83,8 +103,21 @@ pub struct BenchConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Approach {
+    Pool,
     Async,
+    Sharded,
     Service,
+}
+
+impl Approach {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pool => "pool",
+            Self::Async => "async",
+            Self::Sharded => "sharded",
+            Self::Service => "service",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +133,8 @@ pub enum BenchError {
     Start(String),
     #[error("--upstream-url needs a key (OPENAI_API_KEY or --api-key)")]
     MissingKey,
+    #[error("drawing the chart: {0}")]
+    Chart(String),
 }
 
 /// One run's figures: a row of `APPROACH.csv`.
@@ -111,11 +146,14 @@ pub struct RunResult {
     pub items: usize,
     pub concurrency: usize,
     pub batch_size: usize,
+    /// Clients of `sharded` (1 otherwise), and whether they spoke HTTP/2.
+    pub shards: usize,
+    pub http2: bool,
     pub sim_latency_ms: f64,
     pub wall_s: f64,
     pub items_per_s: f64,
     pub errors: usize,
-    /// Per item (`async`) or per batch (`service`).
+    /// Per item (`pool`, `async`, `sharded`) or per batch (`service`).
     pub p50_ms: f64,
     pub p95_ms: f64,
     pub p99_ms: f64,
@@ -125,117 +163,212 @@ pub struct RunResult {
     pub input_tokens_per_1k: f64,
     pub output_tokens_per_1k: f64,
     pub cost_usd_per_1k: Option<f64>,
+    /// The service process's CPU seconds, items per CPU-second and peak RSS during the run,
+    /// when bench started it.
+    pub service_cpu_s: Option<f64>,
+    pub items_per_cpu_s: Option<f64>,
+    pub service_peak_rss_mib: Option<f64>,
 }
 
-/// Runs every setting `repeat` times, appends each run to its CSV file, and returns the runs.
+/// Where the direct approaches send their calls.
+#[derive(Debug, Clone)]
+pub struct UpstreamTarget {
+    pub url: String,
+    pub key: Secret,
+    pub api: UpstreamApi,
+    pub model: String,
+    pub http2: bool,
+}
+
+/// Runs every approach at every concurrency `repeat` times, appends each run to its CSV file,
+/// draws the chart, and returns the runs.
 pub async fn run(config: &BenchConfig) -> Result<Vec<RunResult>, BenchError> {
     let titles = load_titles(&config.titles, config.items)?;
-    let target = Target::start(config).await?;
+    // One simulator for every approach that needs it, so all of them meet the same one.
+    let needs_sim = config.approach.iter().any(|a| match a {
+        Approach::Service => config.service_url.is_none(),
+        _ => config.upstream_url.is_none(),
+    });
+    let sim = match needs_sim {
+        true => Some(start_sim(&config.sim).await?),
+        false => None,
+    };
     let mut results = Vec::new();
-    for &concurrency in &config.concurrency {
-        for _ in 0..config.repeat {
-            let (url, measured) = match &target {
-                Target::Upstream { client, url, .. } => {
-                    (url, run_async(client, &titles, concurrency).await)
-                }
-                Target::Service { url, .. } => (
-                    url,
-                    run_service(url, &titles, concurrency, config.batch_size).await,
-                ),
-            };
-            let result = measured.into_result(config, url, titles.len(), concurrency);
-            append_csv(&config.results_dir, &result)?;
-            results.push(result);
+    for &approach in &config.approach {
+        let target = Target::start(approach, config, sim.as_ref()).await?;
+        for &concurrency in &config.concurrency {
+            for _ in 0..config.repeat {
+                let bar = crate::progress::bar(titles.len() as u64, true, approach.name());
+                let cpu_at_start = target.service().map(ServiceProcess::begin);
+                let measured = target.measure(config, &titles, concurrency, &bar).await?;
+                bar.finish_and_clear();
+                let process = target
+                    .service()
+                    .zip(cpu_at_start)
+                    .and_then(|(s, cpu)| s.usage_since(cpu));
+                let result =
+                    measured.into_result(config, &target, titles.len(), concurrency, process);
+                eprintln!("{}", line(&result));
+                append_csv(&config.results_dir, &result)?;
+                results.push(result);
+            }
         }
+    }
+    if !results.is_empty() {
+        chart::draw(&config.results_dir, &best_per_approach(&results))?;
     }
     Ok(results)
 }
 
-/// "approach c=N: items/s ..." for each run, then the best run.
+/// The best run per approach (each run's line was printed as it finished).
 pub fn report(results: &[RunResult]) -> String {
-    let mut lines: Vec<String> = results
-        .iter()
-        .map(|r| {
-            let cost = r.cost_usd_per_1k.map_or("unknown".to_owned(), |c| format!("${c:.4}"));
-            format!(
-                "{:?} concurrency={} items={} wall={:.2}s items/s={:.1} errors={} p50={:.0}ms p95={:.0}ms p99={:.0}ms per 1000 items: {:.0} upstream requests, {:.0} in / {:.0} out tokens, cost {}",
-                r.approach, r.concurrency, r.items, r.wall_s, r.items_per_s, r.errors, r.p50_ms, r.p95_ms, r.p99_ms,
-                r.upstream_requests_per_1k,
-                r.input_tokens_per_1k, r.output_tokens_per_1k, cost
-            )
-        })
-        .collect();
-    if let Some(best) = results
-        .iter()
-        .max_by(|a, b| a.items_per_s.total_cmp(&b.items_per_s))
-    {
+    let mut lines = Vec::new();
+    for best in best_per_approach(results) {
         lines.push(format!(
-            "best: {:?} at concurrency {}: {:.1} items/s",
-            best.approach, best.concurrency, best.items_per_s
+            "best {}: concurrency {}: {:.1} items/s",
+            best.approach.name(),
+            best.concurrency,
+            best.items_per_s
         ));
     }
     lines.join("\n")
 }
 
+fn line(r: &RunResult) -> String {
+    let cost = r
+        .cost_usd_per_1k
+        .map_or("unknown".to_owned(), |c| format!("${c:.4}"));
+    let process = match (r.service_cpu_s, r.items_per_cpu_s, r.service_peak_rss_mib) {
+        (Some(cpu), Some(per_cpu), Some(rss)) => {
+            format!(" service: {cpu:.2} CPU-s, {per_cpu:.0} items/CPU-s, peak RSS {rss:.1} MiB;")
+        }
+        _ => String::new(),
+    };
+    format!(
+        "{} concurrency={} items={} wall={:.2}s items/s={:.1} errors={} p50={:.0}ms p95={:.0}ms p99={:.0}ms;{process} per 1000 items: {:.0} upstream requests, {:.0} in / {:.0} out tokens, cost {cost}",
+        r.approach.name(),
+        r.concurrency,
+        r.items,
+        r.wall_s,
+        r.items_per_s,
+        r.errors,
+        r.p50_ms,
+        r.p95_ms,
+        r.p99_ms,
+        r.upstream_requests_per_1k,
+        r.input_tokens_per_1k,
+        r.output_tokens_per_1k,
+    )
+}
+
+/// The fastest run of each approach, in the order the approaches first ran.
+pub fn best_per_approach(results: &[RunResult]) -> Vec<&RunResult> {
+    let mut best: Vec<&RunResult> = Vec::new();
+    for r in results {
+        match best.iter_mut().find(|b| b.approach == r.approach) {
+            Some(b) if r.items_per_s > b.items_per_s => *b = r,
+            Some(_) => {}
+            None => best.push(r),
+        }
+    }
+    best
+}
+
 /// What the load goes to, and what keeps it alive for the bench's duration.
 enum Target {
-    Upstream {
-        client: Box<UpstreamClient>,
-        url: String,
-        _sim: Option<SimServer>,
-    },
+    Pool(UpstreamTarget),
+    Async(UpstreamTarget),
+    Sharded(UpstreamTarget, usize),
     Service {
         url: String,
-        _app: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-        _sim: Option<SimServer>,
+        process: Option<ServiceProcess>,
     },
 }
 
 impl Target {
-    async fn start(config: &BenchConfig) -> Result<Self, BenchError> {
-        match config.approach {
-            Approach::Async => {
-                let (url, key, sim) = match &config.upstream_url {
-                    Some(url) => (
-                        url.clone(),
-                        config.api_key.clone().ok_or(BenchError::MissingKey)?,
-                        None,
-                    ),
-                    None => {
-                        let sim = start_sim(&config.sim).await?;
-                        (sim.base_url(), Secret::new("sim-key"), Some(sim))
-                    }
-                };
-                let max = config.concurrency.iter().copied().max().unwrap_or(1);
-                let client = Box::new(upstream_client(
-                    &url,
-                    key,
-                    config.upstream_api,
-                    &config.model,
-                    max,
-                )?);
-                Ok(Self::Upstream {
-                    client,
-                    url,
-                    _sim: sim,
-                })
-            }
-            Approach::Service => match &config.service_url {
-                Some(url) => Ok(Self::Service {
+    async fn start(
+        approach: Approach,
+        config: &BenchConfig,
+        sim: Option<&SimServer>,
+    ) -> Result<Self, BenchError> {
+        if approach == Approach::Service {
+            return Ok(match (&config.service_url, sim) {
+                (Some(url), _) => Self::Service {
                     url: url.trim_end_matches('/').to_owned(),
-                    _app: None,
-                    _sim: None,
-                }),
-                None => {
-                    let sim = start_sim(&config.sim).await?;
-                    let (addr, app) = start_service(&sim.base_url()).await?;
-                    Ok(Self::Service {
-                        url: format!("http://{addr}"),
-                        _app: Some(app),
-                        _sim: Some(sim),
-                    })
+                    process: None,
+                },
+                (None, Some(sim)) => {
+                    let binary = match &config.service_binary {
+                        Some(path) => path.clone(),
+                        None => {
+                            std::env::current_exe().map_err(|e| BenchError::Start(e.to_string()))?
+                        }
+                    };
+                    let process = ServiceProcess::start(&binary, &sim.base_url()).await?;
+                    Self::Service {
+                        url: process.url.clone(),
+                        process: Some(process),
+                    }
                 }
-            },
+                (None, None) => unreachable!("a simulator is started when no service URL is given"),
+            });
+        }
+        let (url, key) = match (&config.upstream_url, sim) {
+            (Some(url), _) => (
+                url.clone(),
+                config.api_key.clone().ok_or(BenchError::MissingKey)?,
+            ),
+            (None, Some(sim)) => (sim.base_url(), Secret::new("sim-key")),
+            (None, None) => unreachable!("a simulator is started when no upstream URL is given"),
+        };
+        let upstream = UpstreamTarget {
+            url,
+            key,
+            api: config.upstream_api,
+            model: config.model.clone(),
+            http2: config.http2 && approach == Approach::Sharded,
+        };
+        Ok(match approach {
+            Approach::Pool => Self::Pool(upstream),
+            Approach::Async => Self::Async(upstream),
+            Approach::Sharded => Self::Sharded(upstream, config.shards.max(1)),
+            Approach::Service => unreachable!("handled above"),
+        })
+    }
+
+    fn service(&self) -> Option<&ServiceProcess> {
+        match self {
+            Self::Service { process, .. } => process.as_ref(),
+            _ => None,
+        }
+    }
+
+    fn url(&self) -> &str {
+        match self {
+            Self::Pool(t) | Self::Async(t) | Self::Sharded(t, _) => &t.url,
+            Self::Service { url, .. } => url,
+        }
+    }
+
+    async fn measure(
+        &self,
+        config: &BenchConfig,
+        titles: &[String],
+        concurrency: usize,
+        bar: &indicatif::ProgressBar,
+    ) -> Result<Measured, BenchError> {
+        match self {
+            Self::Pool(t) => approaches::pool(t, titles, concurrency, bar).await,
+            Self::Async(t) => {
+                let client = upstream_client(t, concurrency)?;
+                Ok(approaches::single_client(&client, titles, concurrency, bar).await)
+            }
+            Self::Sharded(t, shards) => {
+                approaches::sharded(t, titles, concurrency, *shards, bar).await
+            }
+            Self::Service { url, .. } => {
+                Ok(approaches::service(url, titles, concurrency, config.batch_size, bar).await)
+            }
         }
     }
 }
@@ -247,54 +380,25 @@ async fn start_sim(config: &SimConfig) -> Result<SimServer, BenchError> {
     SimServer::spawn(config, listener).map_err(|e| BenchError::Start(e.to_string()))
 }
 
-/// `serve` on a loopback port against `upstream`, with the default settings.
-async fn start_service(
-    upstream: &str,
-) -> Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>), BenchError> {
-    let args = [
-        "hn-classifier",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--openai-base-url",
-        upstream,
-        "--openai-api-key",
-        "sim-key",
-    ];
-    let Command::Serve(config) = Cli::try_parse_from(args)
-        .map_err(|e| BenchError::Start(e.to_string()))?
-        .command
-    else {
-        unreachable!("parsed as serve")
-    };
-    let app = Application::build(config)
-        .await
-        .map_err(|e| BenchError::Start(e.to_string()))?;
-    let addr = app.local_addr();
-    Ok((addr, tokio::spawn(app.run(std::future::pending()))))
-}
-
+/// The service's own upstream client, with the service's default retries, for `max_in_flight`.
 fn upstream_client(
-    url: &str,
-    key: Secret,
-    api: UpstreamApi,
-    model: &str,
+    target: &UpstreamTarget,
     max_in_flight: usize,
 ) -> Result<UpstreamClient, BenchError> {
     let settings = UpstreamSettings {
         endpoints: vec![EndpointSettings {
             name: "bench".to_owned(),
-            base_url: url.to_owned(),
-            api_key: key,
+            base_url: target.url.clone(),
+            api_key: target.key.clone(),
             auth: AuthStyle::Bearer,
             query: None,
-            api,
-            model: model.to_owned(),
+            api: target.api,
+            model: target.model.clone(),
             weight: 1,
-            max_in_flight,
+            max_in_flight: max_in_flight.max(1),
             rpm_limit: None,
             tpm_limit: None,
-            price: pricing::price_of(model, None).ok().flatten(),
+            price: pricing::price_of(&target.model, None).ok().flatten(),
         }],
         call_timeout: Duration::from_secs(20),
         retry: RetryPolicy {
@@ -304,6 +408,7 @@ fn upstream_client(
             item_deadline: Duration::from_secs(60),
         },
         pack_size: 1,
+        http2: target.http2,
     };
     UpstreamClient::new(settings, &Taxonomies::default(), Arc::new(Metrics::new()))
         .map_err(|e| BenchError::Start(e.to_string()))
@@ -323,132 +428,14 @@ fn load_titles(path: &Path, items: usize) -> Result<Vec<String>, BenchError> {
         .collect())
 }
 
-/// One async client, `concurrency` calls in flight.
-async fn run_async(client: &UpstreamClient, titles: &[String], concurrency: usize) -> Measured {
-    let taxonomy = &Taxonomy::hn_topics();
-    let started = Instant::now();
-    let outcomes: Vec<(bool, Usage, Duration)> = futures::stream::iter(titles)
-        .map(|title| async move {
-            let t0 = Instant::now();
-            let (result, usage) = client.classify(taxonomy, title).await;
-            (result.is_ok(), usage, t0.elapsed())
-        })
-        .buffer_unordered(concurrency.max(1))
-        .collect()
-        .await;
-    let wall = started.elapsed();
-    let mut usage = Usage::default();
-    let mut latencies = Vec::with_capacity(outcomes.len());
-    let mut errors = 0;
-    for (ok, u, latency) in outcomes {
-        usage += u;
-        latencies.push(latency);
-        errors += usize::from(!ok);
-    }
-    let cost = usage.cost_usd();
-    Measured {
-        approach: Approach::Async,
-        wall,
-        errors,
-        latencies,
-        usage,
-        cost,
-    }
-}
-
-/// Batches of `batch_size` POSTed with `concurrency` in flight; every item checked.
-async fn run_service(
-    url: &str,
-    titles: &[String],
-    concurrency: usize,
-    batch_size: usize,
-) -> Measured {
-    let client = reqwest::Client::new();
-    let taxonomy = Taxonomy::hn_topics();
-    let endpoint = format!("{url}/classify-batch");
-    let started = Instant::now();
-    let outcomes: Vec<(usize, Option<ClassifyBatchResponse>, Duration)> =
-        futures::stream::iter(titles.chunks(batch_size.max(1)))
-            .map(|batch| {
-                let (client, endpoint) = (&client, &endpoint);
-                async move {
-                    let t0 = Instant::now();
-                    let sent = client
-                        .post(endpoint)
-                        .json(&serde_json::json!({ "titles": batch }))
-                        .send()
-                        .await;
-                    let body = match sent {
-                        Ok(r) if r.status().is_success() => {
-                            r.json::<ClassifyBatchResponse>().await.ok()
-                        }
-                        _ => None,
-                    };
-                    (batch.len(), body, t0.elapsed())
-                }
-            })
-            .buffer_unordered(concurrency.max(1))
-            .collect()
-            .await;
-    let wall = started.elapsed();
-    let (mut errors, mut usage, mut cost, mut latencies) =
-        (0, Usage::default(), Some(0.0), Vec::new());
-    for (sent, body, latency) in outcomes {
-        latencies.push(latency);
-        let Some(body) = body else {
-            errors += sent;
-            continue;
-        };
-        // Answered means: one result per title, each a label of the taxonomy or an error.
-        let answered = body.results.len() == sent;
-        errors += if answered { 0 } else { sent };
-        errors += body
-            .results
-            .iter()
-            .filter(|r| {
-                r.error.is_some()
-                    || r.topic
-                        .as_deref()
-                        .is_none_or(|t| taxonomy.label(t).is_none())
-            })
-            .count();
-        let mut reported = Usage::billed(
-            body.usage.input_tokens,
-            body.usage.cached_input_tokens,
-            body.usage.output_tokens,
-        );
-        reported.upstream_requests = body.usage.upstream_requests;
-        usage += reported;
-        cost = cost.zip(body.usage.cost_usd).map(|(a, b)| a + b);
-    }
-    Measured {
-        approach: Approach::Service,
-        wall,
-        errors,
-        latencies,
-        usage,
-        cost,
-    }
-}
-
-/// What one run observed, before it becomes a CSV row.
-struct Measured {
-    approach: Approach,
-    wall: Duration,
-    errors: usize,
-    /// Per item (`async`) or per batch (`service`).
-    latencies: Vec<Duration>,
-    usage: Usage,
-    cost: Option<f64>,
-}
-
 impl Measured {
     fn into_result(
         self,
         config: &BenchConfig,
-        target: &str,
+        target: &Target,
         items: usize,
         concurrency: usize,
+        process: Option<ProcessUsage>,
     ) -> RunResult {
         let Self {
             approach,
@@ -471,10 +458,14 @@ impl Measured {
                 x * 1000.0 / items as f64
             }
         };
+        let (shards, http2) = match target {
+            Target::Sharded(t, shards) => (*shards, t.http2),
+            _ => (1, false),
+        };
         RunResult {
             ran_at_utc: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             approach,
-            target: target.to_owned(),
+            target: target.url().to_owned(),
             items,
             concurrency,
             batch_size: if approach == Approach::Service {
@@ -482,6 +473,8 @@ impl Measured {
             } else {
                 1
             },
+            shards,
+            http2,
             sim_latency_ms: config.sim.latency_median_ms,
             wall_s: wall.as_secs_f64(),
             items_per_s: items as f64 / wall.as_secs_f64().max(1e-9),
@@ -493,6 +486,11 @@ impl Measured {
             input_tokens_per_1k: per_1k(usage.input_tokens as f64),
             output_tokens_per_1k: per_1k(usage.output_tokens as f64),
             cost_usd_per_1k: cost.map(per_1k),
+            service_cpu_s: process.map(|p| p.cpu_s),
+            items_per_cpu_s: process
+                .filter(|p| p.cpu_s > 0.0)
+                .map(|p| items as f64 / p.cpu_s),
+            service_peak_rss_mib: process.map(|p| p.peak_rss_mib),
         }
     }
 }
@@ -503,11 +501,7 @@ fn append_csv(dir: &Path, result: &RunResult) -> Result<(), BenchError> {
         source,
     };
     std::fs::create_dir_all(dir).map_err(io)?;
-    let name = match result.approach {
-        Approach::Async => "async.csv",
-        Approach::Service => "service.csv",
-    };
-    let path = dir.join(name);
+    let path = dir.join(format!("{}.csv", result.approach.name()));
     let fresh = !path.exists();
     let file = OpenOptions::new()
         .create(true)

@@ -42,7 +42,8 @@ pub enum UpstreamApi {
 }
 
 impl UpstreamApi {
-    fn path(self) -> &'static str {
+    /// The path after the base URL.
+    pub fn path(self) -> &'static str {
         match self {
             Self::Responses => "responses",
             Self::Chat => "chat/completions",
@@ -96,6 +97,9 @@ pub struct UpstreamSettings {
     pub retry: RetryPolicy,
     /// Titles per upstream call (1 = no packing).
     pub pack_size: usize,
+    /// HTTP/2 with prior knowledge instead of a pool of HTTP/1.1 connections (the bench's
+    /// `sharded --http2`; the service keeps HTTP/1.1, see `UpstreamClient::new`).
+    pub http2: bool,
 }
 
 /// A validated answer: a label of the taxonomy and a confidence in 0..=1.
@@ -116,8 +120,8 @@ pub struct Usage {
     pub upstream_requests: u64,
     /// USD at the prices of the models that answered.
     cost_usd: f64,
-    /// Calls to a model without a known price: the cost is then unknown.
-    unpriced_requests: u64,
+    /// A call went to a model without a known price: the cost is then unknown.
+    unpriced: bool,
 }
 
 impl Usage {
@@ -131,18 +135,23 @@ impl Usage {
         }
     }
 
-    /// Counts one call, at `price`; a call to an unpriced model makes the cost unknown.
-    fn count_call(&mut self, price: Option<Price>) {
-        self.upstream_requests += 1;
+    /// The same tokens, counted as `requests` calls.
+    pub fn with_requests(mut self, requests: u64) -> Self {
+        self.upstream_requests = requests;
+        self
+    }
+
+    /// Prices these tokens at `price`; without one, the cost becomes unknown.
+    pub fn price_at(&mut self, price: Option<Price>) {
         match price {
             Some(price) => self.cost_usd += price.cost(self),
-            None => self.unpriced_requests += 1,
+            None => self.unpriced = true,
         }
     }
 
     /// What the calls cost in USD; `None` when a model without a known price answered one.
     pub fn cost_usd(&self) -> Option<f64> {
-        (self.unpriced_requests == 0).then_some(self.cost_usd)
+        (!self.unpriced).then_some(self.cost_usd)
     }
 }
 
@@ -172,7 +181,7 @@ impl AddAssign for Usage {
         self.output_tokens += rhs.output_tokens;
         self.upstream_requests += rhs.upstream_requests;
         self.cost_usd += rhs.cost_usd;
-        self.unpriced_requests += rhs.unpriced_requests;
+        self.unpriced |= rhs.unpriced;
     }
 }
 
@@ -217,8 +226,12 @@ impl UpstreamClient {
         let pool_size: usize = settings.endpoints.iter().map(|e| e.max_in_flight).sum();
         // HTTP/1.1 keep-alive pool sized for the ceiling: one HTTP/2 connection caps at ~100
         // concurrent streams at OpenAI, so a pool of HTTP/1.1 connections scales further.
-        let http = reqwest::Client::builder()
-            .http1_only()
+        let builder = if settings.http2 {
+            reqwest::Client::builder().http2_prior_knowledge()
+        } else {
+            reqwest::Client::builder().http1_only()
+        };
+        let http = builder
             .pool_max_idle_per_host(pool_size)
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
@@ -362,8 +375,8 @@ impl UpstreamClient {
             let attempt: Attempt<T> = endpoint
                 .call(&self.http, body, timeout, |b| decode(endpoint, b))
                 .await;
-            let mut spent = attempt.usage;
-            spent.count_call(endpoint.price());
+            let mut spent = attempt.usage.with_requests(1);
+            spent.price_at(endpoint.price());
             usage += spent;
             endpoint.learn(&attempt, &self.metrics);
             drop(slot);
