@@ -47,6 +47,16 @@ pub struct ClassifyFileConfig {
     /// Bearer token for a service with HNC_API_KEYS set.
     #[arg(long, env = "HNC_CLIENT_KEY", hide_env_values = true)]
     pub api_key: Option<Secret>,
+
+    /// Straight to the provider, no running service needed: the service's pipeline runs inside
+    /// this process (on loopback), configured from the same environment as `serve`
+    /// (OPENAI_API_KEY, OPENAI_MODEL, HNC_UPSTREAMS, HNC_PACK_SIZE, ...). --url is ignored.
+    #[arg(long)]
+    pub direct: bool,
+
+    /// Like --direct, on the built-in simulator (no key, no network): for demos and tests.
+    #[arg(long, conflicts_with = "direct")]
+    pub simulate: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -76,6 +86,8 @@ pub enum ClientError {
     Stream(String),
     #[error("writing CSV: {0}")]
     Csv(#[from] csv::Error),
+    #[error("could not start the in-process service: {0}")]
+    Start(String),
 }
 
 /// One result row as written to the output.
@@ -133,6 +145,22 @@ pub async fn classify_file(
     config: &ClassifyFileConfig,
     progress: bool,
 ) -> Result<Summary, ClientError> {
+    let in_process = match config.direct || config.simulate {
+        true => Some(InProcess::start(config.simulate).await?),
+        false => None,
+    };
+    let direct_config;
+    let config = match &in_process {
+        Some(service) => {
+            direct_config = ClassifyFileConfig {
+                url: service.url.clone(),
+                api_key: None,
+                ..config.clone()
+            };
+            &direct_config
+        }
+        None => config,
+    };
     let titles = read_titles(&config.input, config.field.as_deref())?;
     let output = config
         .output
@@ -167,6 +195,43 @@ pub async fn classify_file(
     }
     bar.finish_and_clear();
     Ok(summary)
+}
+
+/// The service's pipeline inside this process, on a loopback port, for `--direct`: retries,
+/// limits, pacing, packing and the cache come with it. Stopped when dropped.
+struct InProcess {
+    url: String,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl InProcess {
+    async fn start(simulate: bool) -> Result<Self, ClientError> {
+        // Settings come from the environment, as for `serve`; only the address is ours, and no
+        // client keys: nothing but this process can reach it.
+        let mut args = vec!["hn-classifier", "serve", "--listen", "127.0.0.1:0", "--api-keys", ""];
+        if simulate {
+            args.push("--simulate");
+        }
+        let config = match <crate::config::Cli as clap::Parser>::try_parse_from(args) {
+            Ok(crate::config::Cli {
+                command: crate::config::Command::Serve(config),
+            }) => config,
+            Ok(_) => unreachable!("parsed as serve"),
+            Err(e) => return Err(ClientError::Start(e.to_string())),
+        };
+        let app = crate::startup::Application::build(config)
+            .await
+            .map_err(|e| ClientError::Start(e.to_string()))?;
+        let url = format!("http://{}", app.local_addr());
+        let server = tokio::spawn(app.run(std::future::pending()));
+        Ok(Self { url, server })
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
 }
 
 fn default_output(input: &Path, format: OutputFormat) -> PathBuf {

@@ -10,7 +10,6 @@ use indicatif::ProgressBar;
 use rand::Rng;
 
 use super::{Approach, BenchError, UpstreamTarget, upstream_client};
-use crate::api::ClassifyBatchResponse;
 use crate::taxonomy::Taxonomy;
 use crate::upstream::pricing;
 use crate::upstream::responses::RequestTemplate;
@@ -242,7 +241,7 @@ pub async fn service(
     let taxonomy = Taxonomy::hn_topics();
     let endpoint = format!("{url}/classify-batch");
     let started = Instant::now();
-    let outcomes: Vec<(usize, Option<ClassifyBatchResponse>, Duration)> =
+    let outcomes: Vec<(usize, Option<BatchReply>, Duration)> =
         futures::stream::iter(titles.chunks(batch_size.max(1)))
             .map(|batch| {
                 let (client, endpoint) = (&client, &endpoint);
@@ -255,7 +254,7 @@ pub async fn service(
                         .await;
                     let body = match sent {
                         Ok(r) if r.status().is_success() => {
-                            r.json::<ClassifyBatchResponse>().await.ok()
+                            r.json::<BatchReply>().await.ok()
                         }
                         _ => None,
                     };
@@ -288,13 +287,15 @@ pub async fn service(
                         .is_none_or(|t| taxonomy.label(t).is_none())
             })
             .count();
-        usage += Usage::billed(
-            body.usage.input_tokens,
-            body.usage.cached_input_tokens,
-            body.usage.output_tokens,
-        )
-        .with_requests(body.usage.upstream_requests);
-        cost = cost.zip(body.usage.cost_usd).map(|(a, b)| a + b);
+        // A service that reports no usage (the Python reference) leaves tokens and cost unknown.
+        match body.usage {
+            Some(u) => {
+                usage += Usage::billed(u.input_tokens, u.cached_input_tokens, u.output_tokens)
+                    .with_requests(u.upstream_requests);
+                cost = cost.zip(u.cost_usd).map(|(a, b)| a + b);
+            }
+            None => cost = None,
+        }
     }
     Measured {
         approach: Approach::Service,
@@ -304,4 +305,30 @@ pub async fn service(
         usage,
         cost,
     }
+}
+
+/// The parts of a `/classify-batch` answer the bench checks. Its own type rather than the API's,
+/// so services that share only the reference contract (`results`, `num_items`, `errors`) can be
+/// measured too.
+#[derive(serde::Deserialize)]
+struct BatchReply {
+    results: Vec<ItemReply>,
+    #[serde(default)]
+    usage: Option<UsageReply>,
+}
+
+#[derive(serde::Deserialize)]
+struct ItemReply {
+    topic: Option<String>,
+    error: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct UsageReply {
+    input_tokens: u64,
+    #[serde(default)]
+    cached_input_tokens: u64,
+    output_tokens: u64,
+    upstream_requests: u64,
+    cost_usd: Option<f64>,
 }

@@ -28,6 +28,8 @@ fn config_for(
         concurrency: 3,
         field: None,
         api_key: None,
+        direct: false,
+        simulate: false,
     }
 }
 
@@ -132,4 +134,31 @@ async fn a_service_with_keys_needs_the_client_key() {
     config.api_key = Some(Secret::new("file-client-key"));
     assert_eq!(classify_file(&config, false).await.unwrap().items, 2);
     app.shutdown().await;
+}
+
+/// `classify FILE --simulate` through the real binary: no service running, the pipeline in
+/// process, every title back in order in the CSV.
+#[test]
+fn the_binary_classifies_a_file_without_a_running_service() {
+    let titles = data_lines("hn_titles.txt")[..300].to_vec();
+    let input = temp_path("direct.txt");
+    std::fs::write(&input, titles.join("\n") + "\n").unwrap();
+    let output = temp_path("direct.csv");
+    let _ = std::fs::remove_file(&output);
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_hn-classifier"))
+        .args(["classify", input.to_str().unwrap(), "--simulate", "--format", "csv"])
+        .args(["--output", output.to_str().unwrap(), "--url", "http://127.0.0.1:9"])
+        .env_remove("OPENAI_API_KEY")
+        .env("HNC_SIM_LATENCY_MS", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains("300 items (0 errors"), "{stderr}");
+    let mut reader = csv::Reader::from_path(&output).unwrap();
+    let rows: Vec<Row> = reader.deserialize().map(Result::unwrap).collect();
+    let back: Vec<&str> = rows.iter().map(|r| r.title.as_str()).collect();
+    let sent: Vec<&str> = titles.iter().map(|t| t.as_str()).collect();
+    assert_eq!(back, sent);
+    assert!(rows.iter().all(|r| HN_LABELS.contains(&r.topic.as_deref().unwrap())));
 }

@@ -1,0 +1,76 @@
+//! Micro-benchmarks of the per-call work the service does besides waiting: encoding a request
+//! (one title, or a pack of 20) and reading the provider's answer back through every check.
+//! `cargo bench --bench codec`; figures in docs/BENCHMARKS.md.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use hn_classifier::taxonomy::Taxonomy;
+use hn_classifier::upstream::UpstreamApi;
+use hn_classifier::upstream::responses::{PackTemplate, RequestTemplate};
+use serde_json::json;
+
+const TITLE: &str = "Show HN: A fast JSON parser in Rust that beats simd-json on small documents";
+
+fn responses_body(text: &str) -> Vec<u8> {
+    json!({
+        "id": "resp_1", "object": "response", "status": "completed", "model": "gpt-4.1-mini",
+        "output": [{"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+        "usage": {"input_tokens": 312, "input_tokens_details": {"cached_tokens": 0},
+                  "output_tokens": 15, "total_tokens": 327}
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn chat_body(text: &str) -> Vec<u8> {
+    json!({
+        "id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4.1-mini",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": text, "refusal": null}}],
+        "usage": {"prompt_tokens": 312, "completion_tokens": 15, "total_tokens": 327}
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn codec(c: &mut Criterion) {
+    let taxonomy = Taxonomy::hn_topics();
+    let answer = r#"{"topic":"programming_dev_tools","confidence":0.87}"#;
+    for (name, api, body) in [
+        ("responses", UpstreamApi::Responses, responses_body(answer)),
+        ("chat", UpstreamApi::Chat, chat_body(answer)),
+    ] {
+        let template = RequestTemplate::new(api, "gpt-4.1-mini", &taxonomy);
+        c.bench_function(&format!("{name}/encode one title"), |b| {
+            b.iter(|| template.encode(black_box(TITLE)))
+        });
+        c.bench_function(&format!("{name}/decode and check one answer"), |b| {
+            b.iter(|| {
+                let (result, _) = template.decode(black_box(&body), &taxonomy);
+                result.expect("a valid answer")
+            })
+        });
+    }
+
+    let titles: Vec<String> = (0..20).map(|i| format!("{TITLE} #{i}")).collect();
+    let titles: Vec<&str> = titles.iter().map(String::as_str).collect();
+    let packs = PackTemplate::new(UpstreamApi::Responses, "gpt-4.1-mini", &taxonomy, 20);
+    let items: Vec<_> = (0..20)
+        .map(|id| json!({"id": id, "topic": "programming_dev_tools", "confidence": 0.8}))
+        .collect();
+    let pack_body = responses_body(&json!({ "items": items }).to_string());
+    c.bench_function("responses/encode a pack of 20", |b| {
+        b.iter(|| packs.encode(black_box(&titles)))
+    });
+    c.bench_function("responses/decode and check a pack of 20", |b| {
+        b.iter(|| {
+            let (result, _) = packs.decode(black_box(&pack_body), &taxonomy, 20);
+            result.expect("a valid pack")
+        })
+    });
+}
+
+criterion_group!(benches, codec);
+criterion_main!(benches);
