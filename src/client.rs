@@ -208,7 +208,14 @@ impl InProcess {
     async fn start(simulate: bool) -> Result<Self, ClientError> {
         // Settings come from the environment, as for `serve`; only the address is ours, and no
         // client keys: nothing but this process can reach it.
-        let mut args = vec!["hn-classifier", "serve", "--listen", "127.0.0.1:0", "--api-keys", ""];
+        let mut args = vec![
+            "hn-classifier",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--api-keys",
+            "",
+        ];
         if simulate {
             args.push("--simulate");
         }

@@ -253,9 +253,7 @@ pub async fn service(
                         .send()
                         .await;
                     let body = match sent {
-                        Ok(r) if r.status().is_success() => {
-                            r.json::<BatchReply>().await.ok()
-                        }
+                        Ok(r) if r.status().is_success() => r.json::<BatchReply>().await.ok(),
                         _ => None,
                     };
                     bar.inc(batch.len() as u64);

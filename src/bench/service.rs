@@ -33,7 +33,7 @@ impl ServiceProcess {
         let child = Command::new(binary)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--openai-base-url", upstream, "--openai-api-key", "sim-key"])
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

@@ -146,8 +146,19 @@ fn the_binary_classifies_a_file_without_a_running_service() {
     let output = temp_path("direct.csv");
     let _ = std::fs::remove_file(&output);
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_hn-classifier"))
-        .args(["classify", input.to_str().unwrap(), "--simulate", "--format", "csv"])
-        .args(["--output", output.to_str().unwrap(), "--url", "http://127.0.0.1:9"])
+        .args([
+            "classify",
+            input.to_str().unwrap(),
+            "--simulate",
+            "--format",
+            "csv",
+        ])
+        .args([
+            "--output",
+            output.to_str().unwrap(),
+            "--url",
+            "http://127.0.0.1:9",
+        ])
         .env_remove("OPENAI_API_KEY")
         .env("HNC_SIM_LATENCY_MS", "1")
         .output()
@@ -160,5 +171,8 @@ fn the_binary_classifies_a_file_without_a_running_service() {
     let back: Vec<&str> = rows.iter().map(|r| r.title.as_str()).collect();
     let sent: Vec<&str> = titles.iter().map(|t| t.as_str()).collect();
     assert_eq!(back, sent);
-    assert!(rows.iter().all(|r| HN_LABELS.contains(&r.topic.as_deref().unwrap())));
+    assert!(
+        rows.iter()
+            .all(|r| HN_LABELS.contains(&r.topic.as_deref().unwrap()))
+    );
 }

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Peak RSS of one `serve` process while IN_FLIGHT upstream calls (default 10,000) are in flight
+# at once (DESIGN target: at most 64 MiB). The simulator runs as its own process with a long,
+# tight latency so every call is outstanding together; the titles are distinct (real titles,
+# numbered on repeat) so single-flight cannot merge them. Needs `ulimit -n` above IN_FLIGHT.
+# usage: [IN_FLIGHT=10000] [LATENCY_MS=4000] scripts/peak-rss.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+in_flight=${IN_FLIGHT:-10000}
+latency=${LATENCY_MS:-4000}
+batch=2000
+[ "$(ulimit -n)" -gt $((in_flight + 100)) ] || { echo "peak-rss: ulimit -n must exceed $in_flight" >&2; exit 1; }
+[ -x target/release/hn-classifier ] || cargo build --locked --release
+bin=target/release/hn-classifier
+port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+sim_port=$(port); our_port=$(port)
+RUST_LOG=warn "$bin" sim --listen "127.0.0.1:$sim_port" --sim-latency-ms "$latency" \
+  --sim-latency-sigma 0.02 >/dev/null 2>&1 &
+sim_pid=$!
+HNC_MAX_IN_FLIGHT=$in_flight HNC_REQUEST_CONCURRENCY=$batch HNC_MAX_BATCH=$batch \
+  HNC_ADMISSION_WAIT_S=60 RUST_LOG=warn "$bin" serve --listen "127.0.0.1:$our_port" \
+  --openai-base-url "http://127.0.0.1:$sim_port/v1" --openai-api-key sim-key >/dev/null 2>&1 &
+our_pid=$!
+trap 'kill $sim_pid $our_pid 2>/dev/null || true' EXIT
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$our_port/healthz" >/dev/null && break; sleep 0.05; done
+idle=$(awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$our_pid/status")
+python3 - "http://127.0.0.1:$our_port/classify-batch" "$in_flight" "$batch" <<'PY'
+import json, sys, threading, urllib.request
+url, total, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+lines = [l for l in open("data/hn_titles.txt", encoding="utf-8").read().splitlines() if l.strip()]
+titles = [lines[i % len(lines)] + ("" if i < len(lines) else f" ({i // len(lines)})") for i in range(total)]
+results = []
+def post(chunk):
+    body = json.dumps({"titles": chunk}).encode()
+    req = urllib.request.Request(url, body, {"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=300) as r:
+        results.append(json.load(r))
+threads = [threading.Thread(target=post, args=(titles[i:i + batch],)) for i in range(0, total, batch)]
+for t in threads: t.start()
+for t in threads: t.join()
+items = sum(r["num_items"] for r in results)
+errors = sum(r["errors"] for r in results)
+print(f"items={items} errors={errors}")
+PY
+max_in_flight=$(curl -s "http://127.0.0.1:$sim_port/_sim/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["max_in_flight"])')
+peak=$(awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$our_pid/status")
+echo "upstream calls in flight at once (simulator's count): $max_in_flight"
+echo "serve RSS idle: $idle MiB; peak: $peak MiB"
