@@ -24,6 +24,8 @@ our_pid=$!
 trap 'kill $sim_pid $our_pid 2>/dev/null || true' EXIT
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$our_port/healthz" >/dev/null && break; sleep 0.05; done
 idle=$(awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$our_pid/status")
+# RSS while every call is outstanding, sampled halfway through the simulated latency.
+( sleep "$(python3 -c "print($latency / 2000)")"; awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$our_pid/status" > "/tmp/peak-rss-mid.$our_pid" ) &
 python3 - "http://127.0.0.1:$our_port/classify-batch" "$in_flight" "$batch" <<'PY'
 import json, sys, threading, urllib.request
 url, total, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -45,4 +47,5 @@ PY
 max_in_flight=$(curl -s "http://127.0.0.1:$sim_port/_sim/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["max_in_flight"])')
 peak=$(awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$our_pid/status")
 echo "upstream calls in flight at once (simulator's count): $max_in_flight"
-echo "serve RSS idle: $idle MiB; peak: $peak MiB"
+echo "serve RSS idle: $idle MiB; with every call outstanding: $(cat "/tmp/peak-rss-mid.$our_pid") MiB; peak: $peak MiB"
+rm -f "/tmp/peak-rss-mid.$our_pid"

@@ -13,7 +13,9 @@ use crate::secret::Secret;
 use crate::sim::SimConfig;
 use crate::taxonomy::{Taxonomies, TaxonomyError};
 use crate::upstream::pricing::{self, PriceFileError};
-use crate::upstream::{AuthStyle, EndpointSettings, RetryPolicy, UpstreamApi, UpstreamSettings};
+use crate::upstream::{
+    AuthStyle, EndpointSettings, RetryPolicy, Transport, UpstreamApi, UpstreamSettings,
+};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 
@@ -112,6 +114,15 @@ pub struct ServeConfig {
     /// values of the single-endpoint settings.
     #[arg(long, env = "HNC_UPSTREAMS", value_name = "HNC_UPSTREAMS")]
     pub upstreams: Option<std::path::PathBuf>,
+
+    /// Call the provider over HTTP/2, many calls per connection, instead of one HTTP/1.1
+    /// connection per call in flight: much less memory with thousands in flight.
+    #[arg(long, env = "HNC_UPSTREAM_HTTP2")]
+    pub upstream_http2: bool,
+
+    /// With HTTP/2, the most calls on one connection (OpenAI allows about 100).
+    #[arg(long, env = "HNC_UPSTREAM_STREAMS_PER_CONNECTION", value_name = "HNC_UPSTREAM_STREAMS_PER_CONNECTION", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub upstream_streams_per_connection: u32,
 
     /// Model to call.
     #[arg(
@@ -360,7 +371,12 @@ impl ServeConfig {
                 item_deadline: self.item_deadline,
             },
             pack_size: self.pack_size as usize,
-            http2: false,
+            transport: match self.upstream_http2 {
+                true => Transport::Http2 {
+                    streams_per_connection: self.upstream_streams_per_connection as usize,
+                },
+                false => Transport::Http1,
+            },
         })
     }
 

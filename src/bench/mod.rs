@@ -28,8 +28,8 @@ use crate::secret::Secret;
 use crate::sim::{SimConfig, SimServer};
 use crate::taxonomy::Taxonomies;
 use crate::upstream::{
-    AuthStyle, EndpointSettings, RetryPolicy, UpstreamApi, UpstreamClient, UpstreamSettings,
-    pricing,
+    AuthStyle, EndpointSettings, RetryPolicy, Transport, UpstreamApi, UpstreamClient,
+    UpstreamSettings, pricing,
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -408,7 +408,13 @@ fn upstream_client(
             item_deadline: Duration::from_secs(60),
         },
         pack_size: 1,
-        http2: target.http2,
+        // One HTTP/2 connection per client: `sharded --http2` means one connection per shard.
+        transport: match target.http2 {
+            true => Transport::Http2 {
+                streams_per_connection: max_in_flight.max(1),
+            },
+            false => Transport::Http1,
+        },
     };
     UpstreamClient::new(settings, &Taxonomies::default(), Arc::new(Metrics::new()))
         .map_err(|e| BenchError::Start(e.to_string()))

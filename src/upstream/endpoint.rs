@@ -3,7 +3,7 @@
 //! belong to the pool (`UpstreamClient`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use super::limiter::{AdaptiveLimiter, Congestion};
 use super::pacer::Pacer;
 use super::pricing::Price;
 use super::responses::{PackTemplate, RequestTemplate};
-use super::{AuthStyle, BuildError, EndpointSettings, UpstreamError, Usage};
+use super::{AuthStyle, BuildError, EndpointSettings, Transport, UpstreamError, Usage};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::taxonomy::{Taxonomies, Taxonomy};
@@ -38,6 +38,10 @@ pub struct Templates {
 #[derive(Debug)]
 pub struct Endpoint {
     name: String,
+    /// One client (its own connection pool) for HTTP/1.1; for HTTP/2, one per connection,
+    /// taken in turn, since a client multiplexes every call over a single connection per host.
+    http: Vec<reqwest::Client>,
+    next_http: AtomicUsize,
     url: String,
     /// The header the key travels in, marked sensitive so `Debug` never shows it.
     auth: (HeaderName, HeaderValue),
@@ -66,9 +70,12 @@ pub struct Attempt<T> {
 impl Endpoint {
     pub fn new(
         settings: EndpointSettings,
+        transport: Transport,
+        call_timeout: Duration,
         taxonomies: &Taxonomies,
         pack_size: usize,
     ) -> Result<Self, BuildError> {
+        let http = http_clients(&settings, transport, call_timeout)?;
         let (header, value) = match settings.auth {
             AuthStyle::Bearer => (
                 AUTHORIZATION,
@@ -101,6 +108,8 @@ impl Endpoint {
             .collect();
         Ok(Self {
             name: settings.name,
+            http,
+            next_http: AtomicUsize::new(0),
             url,
             auth: (header, value),
             api_key: settings.api_key,
@@ -241,13 +250,13 @@ impl Endpoint {
     /// One HTTP call of `body` within `timeout`, its 2xx body read by `decode`.
     pub async fn call<T>(
         &self,
-        http: &reqwest::Client,
         body: Vec<u8>,
         timeout: Duration,
         decode: impl FnOnce(&[u8]) -> (Result<T, UpstreamError>, Usage),
     ) -> Attempt<T> {
         let started = Instant::now();
-        let sent = http
+        let turn = self.next_http.fetch_add(1, Ordering::Relaxed) % self.http.len();
+        let sent = self.http[turn]
             .post(&self.url)
             .header(self.auth.0.clone(), self.auth.1.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
@@ -311,6 +320,52 @@ impl Endpoint {
             message: scrub_secrets(&message, self.api_key.expose()),
             retry_after: headers.retry_after,
             should_retry: headers.should_retry,
+        }
+    }
+}
+
+/// The HTTP clients for `transport`, sized for the endpoint's ceiling of calls in flight.
+fn http_clients(
+    settings: &EndpointSettings,
+    transport: Transport,
+    call_timeout: Duration,
+) -> Result<Vec<reqwest::Client>, BuildError> {
+    let base = || {
+        reqwest::Client::builder()
+            // Retries are ours (`retry.rs`): reqwest's own would clone every request to keep a
+            // copy, and retry behind the limiter's and the pacer's back.
+            .retry(reqwest::retry::never())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .connect_timeout(call_timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("hn-classifier/", env!("CARGO_PKG_VERSION")))
+    };
+    match transport {
+        Transport::Http1 => Ok(vec![
+            base()
+                .http1_only()
+                .pool_max_idle_per_host(settings.max_in_flight)
+                .build()?,
+        ]),
+        Transport::Http2 {
+            streams_per_connection,
+        } => {
+            let connections = settings
+                .max_in_flight
+                .div_ceil(streams_per_connection.max(1))
+                .max(1);
+            let cleartext = settings.base_url.starts_with("http://");
+            (0..connections)
+                .map(|_| {
+                    let builder = base().http2_adaptive_window(true);
+                    let builder = if cleartext {
+                        builder.http2_prior_knowledge()
+                    } else {
+                        builder
+                    };
+                    builder.build().map_err(BuildError::from)
+                })
+                .collect()
         }
     }
 }

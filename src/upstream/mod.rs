@@ -97,9 +97,20 @@ pub struct UpstreamSettings {
     pub retry: RetryPolicy,
     /// Titles per upstream call (1 = no packing).
     pub pack_size: usize,
-    /// HTTP/2 with prior knowledge instead of a pool of HTTP/1.1 connections (the bench's
-    /// `sharded --http2`; the service keeps HTTP/1.1, see `UpstreamClient::new`).
-    pub http2: bool,
+    pub transport: Transport,
+}
+
+/// How calls travel to an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// A keep-alive pool of HTTP/1.1 connections, one per call in flight: the default, and what
+    /// every OpenAI-compatible server speaks. Costs about 16 KiB of buffers per connection.
+    Http1,
+    /// HTTP/2, at most `streams_per_connection` calls on one connection (OpenAI allows about
+    /// 100), as many connections as the endpoint's ceiling needs: far less memory per call in
+    /// flight. Over `http://` it assumes the server speaks HTTP/2 (prior knowledge); over
+    /// `https://` it is negotiated, falling back to HTTP/1.1.
+    Http2 { streams_per_connection: usize },
 }
 
 /// A validated answer: a label of the taxonomy and a confidence in 0..=1.
@@ -189,11 +200,10 @@ fn least_loaded<'e>(endpoints: impl Iterator<Item = &'e Endpoint>) -> Option<&'e
     endpoints.min_by(|a, b| a.load().total_cmp(&b.load()))
 }
 
-/// The one client of the process: cheap to share behind `Arc`, holds the connection pool and
-/// every endpoint.
+/// The one client of the process: cheap to share behind `Arc`, holds every endpoint (each with
+/// its connections).
 #[derive(Debug)]
 pub struct UpstreamClient {
-    http: reqwest::Client,
     endpoints: Vec<Endpoint>,
     /// The endpoints' models, joined: what cache keys hold, so answers of another set of
     /// models are never served.
@@ -223,32 +233,24 @@ impl UpstreamClient {
         if settings.endpoints.is_empty() {
             return Err(BuildError::NoEndpoints);
         }
-        let pool_size: usize = settings.endpoints.iter().map(|e| e.max_in_flight).sum();
-        // HTTP/1.1 keep-alive pool sized for the ceiling: one HTTP/2 connection caps at ~100
-        // concurrent streams at OpenAI, so a pool of HTTP/1.1 connections scales further.
-        let builder = if settings.http2 {
-            reqwest::Client::builder().http2_prior_knowledge()
-        } else {
-            reqwest::Client::builder().http1_only()
-        };
-        let http = builder
-            .pool_max_idle_per_host(pool_size)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .connect_timeout(settings.call_timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("hn-classifier/", env!("CARGO_PKG_VERSION")))
-            .build()?;
         let pack_size = settings.pack_size.max(1);
         let endpoints = settings
             .endpoints
             .into_iter()
-            .map(|e| Endpoint::new(e, taxonomies, pack_size))
+            .map(|e| {
+                Endpoint::new(
+                    e,
+                    settings.transport,
+                    settings.call_timeout,
+                    taxonomies,
+                    pack_size,
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let mut models: Vec<&str> = endpoints.iter().map(Endpoint::model).collect();
         models.sort_unstable();
         models.dedup();
         Ok(Self {
-            http,
             models: models.join("+"),
             endpoints,
             pack_size,
@@ -372,9 +374,7 @@ impl UpstreamClient {
             let timeout = self
                 .call_timeout
                 .min(deadline.saturating_duration_since(Instant::now()));
-            let attempt: Attempt<T> = endpoint
-                .call(&self.http, body, timeout, |b| decode(endpoint, b))
-                .await;
+            let attempt: Attempt<T> = endpoint.call(body, timeout, |b| decode(endpoint, b)).await;
             let mut spent = attempt.usage.with_requests(1);
             spent.price_at(endpoint.price());
             usage += spent;

@@ -208,3 +208,27 @@ async fn a_client_that_disconnects_cancels_its_outstanding_upstream_calls() {
     assert!(sent <= 40, "the remaining titles were never sent: {stats}");
     app.shutdown().await;
 }
+
+/// HNC_UPSTREAM_HTTP2: many calls share each connection (here at most 40 per connection, so
+/// 200 in flight need 5), and every title still comes back labelled, in order.
+#[tokio::test]
+async fn calls_can_travel_over_http2_several_per_connection() {
+    let app = spawn_simulated(&[
+        "--upstream-http2",
+        "--upstream-streams-per-connection",
+        "40",
+        "--max-in-flight",
+        "200",
+        "--sim-latency-ms",
+        "20",
+    ])
+    .await;
+    let titles = data_lines("hn_titles.txt")[..400].to_vec();
+    let responses = join_all(titles.chunks(100).map(|batch| app.classify(batch))).await;
+    for (response, batch) in responses.iter().zip(titles.chunks(100)) {
+        assert_eq!(response.errors, 0);
+        assert_eq!(response.results.len(), batch.len());
+    }
+    assert_eq!(app.sim_stats().await["requests_total"], 400);
+    app.shutdown().await;
+}
