@@ -30,7 +30,7 @@ use utoipa_scalar::{Scalar, Servable};
 pub use auth::{ClientId, ClientKeys, Quotas};
 pub use classify::{ClassifyBatchRequest, ClassifyBatchResponse, ItemView, UsageView};
 pub use error::ApiError;
-pub use openapi::{ApiDoc, document_json};
+pub use openapi::{ApiDoc, document_json, document_json_for};
 
 use crate::classify::Classifier;
 use crate::lifecycle::Lifecycle;
@@ -77,13 +77,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         routes = routes.route("/metrics", get(metrics));
     }
     let openapi = ApiDoc::openapi();
+    let document = Arc::new(document_json_for(state.classifier.taxonomies()));
     let routes = routes
         .route(
             "/openapi.json",
-            get(|| async {
+            get(|| async move {
                 (
                     [(header::CONTENT_TYPE, "application/json")],
-                    document_json(),
+                    document.as_str().to_owned(),
                 )
             }),
         )

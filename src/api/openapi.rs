@@ -2,6 +2,7 @@
 //! the code; `docs/openapi.json` holds a copy that a test keeps equal to it.
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{RefOr, Schema};
 use utoipa::{Modify, OpenApi};
 
 use super::classify::{
@@ -10,6 +11,7 @@ use super::classify::{
 };
 use super::error::{ErrorBody, ErrorDetail};
 use super::{StatusBody, classify};
+use crate::taxonomy::Taxonomies;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -40,9 +42,26 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The document as the service serves it and `docs/openapi.json` holds it.
+/// The document as `docs/openapi.json` holds it: the service with only the built-in taxonomy.
 pub fn document_json() -> String {
-    ApiDoc::openapi()
-        .to_pretty_json()
-        .expect("the document serialises")
+    document_json_for(&Taxonomies::default())
+}
+
+/// The document as a service with `taxonomies` serves it: the request's `taxonomy` field lists
+/// the names it accepts, so a client (or a fuzzer) reading the schema sends only valid ones.
+pub fn document_json_for(taxonomies: &Taxonomies) -> String {
+    let mut document = ApiDoc::openapi();
+    let field = document
+        .components
+        .as_mut()
+        .and_then(|c| c.schemas.get_mut("ClassifyBatchRequest"))
+        .and_then(|request| match request {
+            RefOr::T(Schema::Object(request)) => request.properties.get_mut("taxonomy"),
+            _ => None,
+        });
+    if let Some(RefOr::T(Schema::Object(field))) = field {
+        let names = taxonomies.names().into_iter().map(serde_json::Value::from);
+        field.enum_values = Some(names.chain([serde_json::Value::Null]).collect());
+    }
+    document.to_pretty_json().expect("the document serialises")
 }

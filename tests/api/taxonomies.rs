@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{HN_LABELS, TestApp, config, data_lines, spawn_simulated};
+use crate::helpers::{HN_LABELS, TestApp, config, data_lines, get, spawn_simulated};
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/taxonomies.toml");
 
@@ -65,6 +65,14 @@ async fn the_listing_shows_every_taxonomy_with_its_labels_and_the_default() {
     assert_eq!(
         body["taxonomies"][2]["labels"][6],
         json!({"name": "other", "description": ""})
+    );
+
+    // The served OpenAPI document lists exactly the names this service accepts.
+    let (_, document) = get(&app.url("/openapi.json")).await;
+    let document: Value = serde_json::from_str(&document).unwrap();
+    assert_eq!(
+        document["components"]["schemas"]["ClassifyBatchRequest"]["properties"]["taxonomy"]["enum"],
+        json!(["hn-topics", "sentiment", "post-kind", null])
     );
 }
 

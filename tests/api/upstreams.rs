@@ -9,6 +9,7 @@ use axum::Json;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use hn_classifier::sim::SimServer;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -87,20 +88,11 @@ async fn two_rate_limited_simulators_share_the_work_and_no_item_is_lost() {
             .iter()
             .all(|r| HN_LABELS.contains(&r.topic.as_deref().unwrap()))
     );
-    let served_slow = slow
-        .stats()
-        .snapshot(false)
-        .by_status
-        .get(&200)
-        .copied()
-        .unwrap_or(0);
-    let served_fast = fast
-        .stats()
-        .snapshot(false)
-        .by_status
-        .get(&200)
-        .copied()
-        .unwrap_or(0);
+    let served = |sim: &SimServer| {
+        let stats = sim.stats().snapshot(false);
+        stats.by_status.get(&200).copied().unwrap_or(0)
+    };
+    let (served_slow, served_fast) = (served(&slow), served(&fast));
     assert_eq!(served_slow + served_fast, 400);
     assert!(
         served_slow >= 40 && served_fast >= 40,
