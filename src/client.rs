@@ -145,9 +145,10 @@ pub async fn classify_file(
     config: &ClassifyFileConfig,
     progress: bool,
 ) -> Result<Summary, ClientError> {
-    let in_process = match config.direct || config.simulate {
-        true => Some(InProcess::start(config.simulate).await?),
-        false => None,
+    let in_process = if config.direct || config.simulate {
+        Some(InProcess::start(config.simulate).await?)
+    } else {
+        None
     };
     let direct_config;
     let config = match &in_process {

@@ -371,11 +371,12 @@ impl ServeConfig {
                 item_deadline: self.item_deadline,
             },
             pack_size: self.pack_size as usize,
-            transport: match self.upstream_http2 {
-                true => Transport::Http2 {
+            transport: if self.upstream_http2 {
+                Transport::Http2 {
                     streams_per_connection: self.upstream_streams_per_connection as usize,
-                },
-                false => Transport::Http1,
+                }
+            } else {
+                Transport::Http1
             },
         })
     }

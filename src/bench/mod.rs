@@ -189,9 +189,10 @@ pub async fn run(config: &BenchConfig) -> Result<Vec<RunResult>, BenchError> {
         Approach::Service => config.service_url.is_none(),
         _ => config.upstream_url.is_none(),
     });
-    let sim = match needs_sim {
-        true => Some(start_sim(&config.sim).await?),
-        false => None,
+    let sim = if needs_sim {
+        Some(start_sim(&config.sim).await?)
+    } else {
+        None
     };
     let mut results = Vec::new();
     for &approach in &config.approach {
@@ -409,11 +410,12 @@ fn upstream_client(
         },
         pack_size: 1,
         // One HTTP/2 connection per client: `sharded --http2` means one connection per shard.
-        transport: match target.http2 {
-            true => Transport::Http2 {
+        transport: if target.http2 {
+            Transport::Http2 {
                 streams_per_connection: max_in_flight.max(1),
-            },
-            false => Transport::Http1,
+            }
+        } else {
+            Transport::Http1
         },
     };
     UpstreamClient::new(settings, &Taxonomies::default(), Arc::new(Metrics::new()))
