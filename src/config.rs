@@ -364,12 +364,7 @@ impl ServeConfig {
         Ok(UpstreamSettings {
             endpoints,
             call_timeout: self.upstream_timeout,
-            retry: RetryPolicy {
-                max_retries: self.max_retries,
-                base_backoff: Duration::from_millis(250),
-                max_backoff: Duration::from_secs(8),
-                item_deadline: self.item_deadline,
-            },
+            retry: RetryPolicy::new(self.max_retries, self.item_deadline),
             pack_size: self.pack_size as usize,
             transport: if self.upstream_http2 {
                 Transport::Http2 {

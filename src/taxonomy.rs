@@ -399,19 +399,18 @@ impl Taxonomies {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text).map_err(|e| match e {
-            TaxonomyError::Parse { message, .. } => TaxonomyError::Parse {
-                path: path.display().to_string(),
-                message,
-            },
-            other => other,
-        })
+        Self::parse_from(&text, &path.display().to_string())
     }
 
     /// The built-in taxonomy plus those in `toml`.
     pub fn parse(toml: &str) -> Result<Self, TaxonomyError> {
+        Self::parse_from(toml, "the taxonomy file")
+    }
+
+    /// `parse`, naming `source` when the TOML itself is malformed.
+    fn parse_from(toml: &str, source: &str) -> Result<Self, TaxonomyError> {
         let file: TaxonomyFile = toml::from_str(toml).map_err(|e| TaxonomyError::Parse {
-            path: "the taxonomy file".to_owned(),
+            path: source.to_owned(),
             message: e.message().to_owned(),
         })?;
         let mut set = Self::default();

@@ -105,7 +105,7 @@ fn run_pool(
                                 usage.upstream_requests = calls;
                                 (result.is_ok(), usage)
                             }
-                            Err(calls) => (false, Usage::billed(0, 0, 0).with_requests(calls)),
+                            Err(calls) => (false, Usage::default().with_requests(calls)),
                         };
                         usage.price_at(price);
                         done.push((ok, usage, t0.elapsed()));

@@ -402,12 +402,7 @@ fn upstream_client(
             price: pricing::price_of(&target.model, None).ok().flatten(),
         }],
         call_timeout: Duration::from_secs(20),
-        retry: RetryPolicy {
-            max_retries: 3,
-            base_backoff: Duration::from_millis(250),
-            max_backoff: Duration::from_secs(8),
-            item_deadline: Duration::from_secs(60),
-        },
+        retry: RetryPolicy::new(3, Duration::from_secs(60)),
         pack_size: 1,
         // One HTTP/2 connection per client: `sharded --http2` means one connection per shard.
         transport: if target.http2 {

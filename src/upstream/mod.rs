@@ -304,6 +304,10 @@ impl UpstreamClient {
     /// preferring one other than `avoid` (the one that just failed). With every endpoint
     /// benched, the one whose bench ends first, so calls keep probing.
     fn pick(&self, avoid: Option<&Endpoint>) -> &Endpoint {
+        // The common case, one endpoint, needs no comparing (and no locks taken to compare).
+        if let [only] = &self.endpoints[..] {
+            return only;
+        }
         let is_avoided = |e: &Endpoint| avoid.is_some_and(|a| std::ptr::eq(a, e));
         let usable = || self.endpoints.iter().filter(|e| !e.is_benched());
         least_loaded(usable().filter(|e| !is_avoided(e)))
@@ -386,7 +390,7 @@ impl UpstreamClient {
                 Err(error) => error,
             };
             failed_at = Some(endpoint);
-            if error.is_refusal_of_key() && self.endpoints.iter().any(|e| !e.is_benched()) {
+            if error.is_refusal_of_key() && self.is_usable() {
                 tracing::debug!(
                     upstream = endpoint.name(),
                     error.code = error.code(),

@@ -73,6 +73,17 @@ pub enum Decision {
 }
 
 impl RetryPolicy {
+    /// `max_retries` within `item_deadline`, with the standard backoff: full jitter from 250 ms,
+    /// doubling up to 8 s.
+    pub fn new(max_retries: u32, item_deadline: Duration) -> Self {
+        Self {
+            max_retries,
+            base_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(8),
+            item_deadline,
+        }
+    }
+
     /// What to do after `error`, the `failures`th failure that counts against the budget (rate
     /// limits do not count: they are bounded by the deadline).
     pub fn decide(&self, error: &UpstreamError, failures: u32, deadline: Instant) -> Decision {
