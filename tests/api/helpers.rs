@@ -317,3 +317,18 @@ pub fn echo_reply(title: &str, _call: usize) -> Response {
     ))
     .into_response()
 }
+
+/// A scratch directory for one test's files.
+pub fn scratch(test: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("hnc-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Why `serve` with these flags refuses to start.
+pub async fn startup_error(flags: &[&str]) -> String {
+    match Application::build(config(flags)).await {
+        Ok(_) => panic!("start-up should have been refused with {flags:?}"),
+        Err(error) => error.to_string(),
+    }
+}

@@ -6,7 +6,9 @@ use std::collections::HashSet;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{HN_LABELS, TestApp, config, data_lines, get, spawn_simulated};
+use crate::helpers::{
+    HN_LABELS, TestApp, data_lines, get, scratch, spawn_simulated, startup_error,
+};
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/taxonomies.toml");
 
@@ -146,23 +148,13 @@ async fn the_cache_never_answers_one_taxonomy_with_anothers_label() {
 
 #[tokio::test]
 async fn a_bad_taxonomy_file_stops_start_up_naming_the_setting_and_the_fault() {
-    let dir = std::env::temp_dir().join(format!("hnc-tax-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("dup.toml");
+    let path = scratch("bad-taxonomies").join("dup.toml");
     std::fs::write(
         &path,
         "[[taxonomy]]\nname = \"s\"\nlabels = [\"yes\", \"no\", \"yes\"]\n",
     )
     .unwrap();
-    let error = hn_classifier::startup::Application::build(config(&[
-        "--simulate",
-        "--taxonomies",
-        path.to_str().unwrap(),
-    ]))
-    .await
-    .err()
-    .expect("refused")
-    .to_string();
+    let error = startup_error(&["--simulate", "--taxonomies", path.to_str().unwrap()]).await;
     assert!(error.contains("HNC_TAXONOMIES"), "{error}");
     assert!(
         error.contains("label \"yes\" appears more than once"),

@@ -2,7 +2,6 @@
 //! endpoint that refuses its key benched while the others carry every item, per-endpoint metrics;
 //! and Azure OpenAI's `api-key` header and `api-version` query.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Json;
@@ -14,16 +13,9 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use crate::helpers::{
-    HN_LABELS, config, data_lines, echo_reply, get, openai_error, spawn_app, spawn_fake_upstream,
-    spawn_sim,
+    HN_LABELS, config, data_lines, echo_reply, get, openai_error, scratch, spawn_app,
+    spawn_fake_upstream, spawn_sim, startup_error,
 };
-
-/// A scratch directory for one test's files.
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hnc-{test}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// An HNC_UPSTREAMS file naming each `(name, base_url, extra)` with a key in a file.
 fn upstreams_file(test: &str, upstreams: &[(&str, String, &str)]) -> String {
@@ -194,14 +186,7 @@ async fn a_bad_upstreams_file_stops_start_up_naming_the_setting() {
         "[[upstream]]\nname = \"a\"\napi_key_env = \"HNC_TEST_UNSET_KEY_VARIABLE\"\n",
     )
     .unwrap();
-    let error = hn_classifier::startup::Application::build(config(&[
-        "--upstreams",
-        path.to_str().unwrap(),
-    ]))
-    .await
-    .err()
-    .expect("refused")
-    .to_string();
+    let error = startup_error(&["--upstreams", path.to_str().unwrap()]).await;
     assert!(error.contains("HNC_UPSTREAMS"), "{error}");
     assert!(
         error.contains("HNC_TEST_UNSET_KEY_VARIABLE is not set"),
