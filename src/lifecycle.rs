@@ -2,12 +2,17 @@
 //! On SIGTERM readiness turns 503 at once, running batches finish, new ones are refused, and the
 //! server stops only when the last batch has answered.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 
+/// Cheap to clone: every clone is the same process's bookkeeping.
+#[derive(Debug, Default, Clone)]
+pub struct Lifecycle(Arc<State>);
+
 #[derive(Debug, Default)]
-pub struct Lifecycle {
+struct State {
     draining: AtomicBool,
     refusing: AtomicBool,
     batches: AtomicUsize,
@@ -15,37 +20,40 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
-    /// Registers a batch, or `None` when the process no longer takes new work.
-    pub fn admit(&self) -> Option<BatchGuard<'_>> {
-        self.batches.fetch_add(1, Ordering::SeqCst);
-        let guard = BatchGuard { lifecycle: self };
+    /// Registers a batch, or `None` when the process no longer takes new work. The guard owns
+    /// its share of the bookkeeping, so it can move into a streamed answer.
+    pub fn admit(&self) -> Option<BatchGuard> {
+        self.0.batches.fetch_add(1, Ordering::SeqCst);
+        let guard = BatchGuard {
+            lifecycle: self.clone(),
+        };
         // Checked after counting, so `wait_idle` cannot miss a batch admitted concurrently.
-        (!self.refusing.load(Ordering::SeqCst)).then_some(guard)
+        (!self.0.refusing.load(Ordering::SeqCst)).then_some(guard)
     }
 
     /// Readiness goes false; batches are still taken until `refuse_new_batches`.
     pub fn begin_drain(&self) {
-        self.draining.store(true, Ordering::SeqCst);
+        self.0.draining.store(true, Ordering::SeqCst);
     }
 
     pub fn refuse_new_batches(&self) {
-        self.draining.store(true, Ordering::SeqCst);
-        self.refusing.store(true, Ordering::SeqCst);
+        self.0.draining.store(true, Ordering::SeqCst);
+        self.0.refusing.store(true, Ordering::SeqCst);
     }
 
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
+        self.0.draining.load(Ordering::SeqCst)
     }
 
     pub fn batches_in_flight(&self) -> usize {
-        self.batches.load(Ordering::SeqCst)
+        self.0.batches.load(Ordering::SeqCst)
     }
 
     /// Resolves once no batch is running.
     pub async fn wait_idle(&self) {
         loop {
-            let notified = self.idle.notified();
-            if self.batches.load(Ordering::SeqCst) == 0 {
+            let notified = self.0.idle.notified();
+            if self.0.batches.load(Ordering::SeqCst) == 0 {
                 return;
             }
             notified.await;
@@ -55,14 +63,14 @@ impl Lifecycle {
 
 /// Held for the life of one batch.
 #[derive(Debug)]
-pub struct BatchGuard<'l> {
-    lifecycle: &'l Lifecycle,
+pub struct BatchGuard {
+    lifecycle: Lifecycle,
 }
 
-impl Drop for BatchGuard<'_> {
+impl Drop for BatchGuard {
     fn drop(&mut self) {
-        if self.lifecycle.batches.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.lifecycle.idle.notify_waiters();
+        if self.lifecycle.0.batches.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.lifecycle.0.idle.notify_waiters();
         }
     }
 }

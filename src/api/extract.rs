@@ -9,8 +9,8 @@ use axum::extract::{FromRequest, Request};
 use serde::de::DeserializeOwned;
 use validator::{ValidateArgs, ValidationErrors};
 
-use super::AppState;
 use super::error::ApiError;
+use super::state::AppState;
 use crate::classify::BatchLimits;
 
 pub struct ValidJson<T>(pub T);

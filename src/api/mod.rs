@@ -2,57 +2,36 @@
 //! JSON; hands titles to `classify` and turns its outcome into the contract's bodies.
 
 mod auth;
+pub mod body;
 mod classify;
 mod error;
 mod extract;
 mod openapi;
+mod probes;
+mod state;
 mod stream;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use axum::Json;
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, MatchedPath, State};
-use axum::http::{HeaderName, HeaderValue, Request, StatusCode, Uri, header};
+use axum::http::{HeaderName, Request, Uri, header};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
-use serde::Serialize;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::OpenApi;
 use utoipa_scalar::{Scalar, Servable};
 
 pub use auth::{ClientId, ClientKeys, Quotas};
-pub use classify::{ClassifyBatchRequest, ClassifyBatchResponse, ItemView, UsageView};
 pub use error::ApiError;
 pub use openapi::{ApiDoc, document_json, document_json_for};
-
-use crate::classify::Classifier;
-use crate::lifecycle::Lifecycle;
-use crate::metrics::Metrics;
-
-/// Everything a handler needs, built once at start-up and shared behind `Arc`.
-#[derive(Debug)]
-pub struct AppState {
-    pub classifier: Classifier,
-    /// Draining and running-batch bookkeeping for graceful shutdown.
-    pub lifecycle: Lifecycle,
-    /// The body limit, repeated here so a 413 can say what it is.
-    pub max_body_bytes: usize,
-    /// The whole request's deadline, body upload included.
-    pub request_timeout: Duration,
-    pub metrics: Arc<Metrics>,
-    /// False when `/metrics` is served on its own port instead.
-    pub metrics_on_main_port: bool,
-    /// Bearer tokens allowed to classify; empty = open.
-    pub client_keys: ClientKeys,
-    pub quotas: Quotas,
-}
+pub use state::AppState;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -71,10 +50,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             )),
         )
         .route("/taxonomies", get(classify::list_taxonomies))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz));
+        .route("/healthz", get(probes::healthz))
+        .route("/readyz", get(probes::readyz));
     if state.metrics_on_main_port {
-        routes = routes.route("/metrics", get(metrics));
+        routes = routes.route("/metrics", get(probes::metrics));
     }
     let openapi = ApiDoc::openapi();
     let document = Arc::new(document_json_for(state.classifier.taxonomies()));
@@ -123,7 +102,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// `/metrics` alone, for a separate port (`HNC_METRICS_LISTEN`).
 pub fn metrics_router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(probes::metrics))
         .with_state(state)
 }
 
@@ -145,30 +124,6 @@ async fn track_http(
     response
 }
 
-/// Prometheus text. Gauges of live state are read now, so they are exact at scrape time.
-#[utoipa::path(
-    get,
-    path = "/metrics",
-    tag = "operations",
-    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String))
-)]
-pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let m = &state.metrics;
-    let upstream = state.classifier.upstream();
-    let limiter = upstream.limiter_snapshot();
-    m.upstream_in_flight.set(limiter.in_flight as i64);
-    m.upstream_concurrency_limit.set(limiter.limit as i64);
-    for (name, benched) in upstream.endpoint_health() {
-        m.upstream_benched
-            .with_label_values(&[name])
-            .set(i64::from(benched));
-    }
-    m.batches_in_flight
-        .set(state.lifecycle.batches_in_flight() as i64);
-    let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
-    ([(header::CONTENT_TYPE, content_type)], m.encode())
-}
-
 fn request_span<B>(request: &Request<B>) -> tracing::Span {
     let request_id = request
         .headers()
@@ -182,44 +137,6 @@ fn request_span<B>(request: &Request<B>) -> tracing::Span {
         request_id,
         client = tracing::field::Empty,
     )
-}
-
-/// `{"status": ...}`: what the probes answer.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct StatusBody {
-    /// `ok`, `ready`, `draining` or `upstream_unusable`.
-    pub status: &'static str,
-}
-
-fn status(code: StatusCode, status: &'static str) -> (StatusCode, Json<StatusBody>) {
-    (code, Json(StatusBody { status }))
-}
-
-/// Liveness: the process answers.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = StatusBody)))]
-pub(super) async fn healthz() -> impl IntoResponse {
-    status(StatusCode::OK, "ok")
-}
-
-/// Readiness: false while draining, or while the provider refuses our key or quota, so load
-/// balancers send the work elsewhere.
-#[utoipa::path(
-    get,
-    path = "/readyz",
-    tag = "operations",
-    responses(
-        (status = 200, description = "`ready`", body = StatusBody),
-        (status = 503, description = "`draining` or `upstream_unusable`", body = StatusBody)
-    )
-)]
-pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    if state.lifecycle.is_draining() {
-        status(StatusCode::SERVICE_UNAVAILABLE, "draining")
-    } else if !state.classifier.upstream().is_usable() {
-        status(StatusCode::SERVICE_UNAVAILABLE, "upstream_unusable")
-    } else {
-        status(StatusCode::OK, "ready")
-    }
 }
 
 async fn not_found(uri: Uri) -> ApiError {

@@ -5,12 +5,13 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{RefOr, Schema};
 use utoipa::{Modify, OpenApi};
 
-use super::classify::{
+use super::body::{
     ClassifyBatchRequest, ClassifyBatchResponse, ItemView, LabelView, TaxonomiesResponse,
     TaxonomyView, UsageView,
 };
+use super::classify;
 use super::error::{ErrorBody, ErrorDetail};
-use super::{StatusBody, classify};
+use super::probes::{self, StatusBody};
 use crate::taxonomy::Taxonomies;
 
 #[derive(OpenApi)]
@@ -19,7 +20,7 @@ use crate::taxonomy::Taxonomies;
         title = "hn-classifier",
         description = "Classify short texts (Hacker News titles by default) with an LLM: one result per title, in input order, a per-item error instead of a failed batch."
     ),
-    paths(classify::classify_batch, classify::list_taxonomies, super::healthz, super::readyz, super::metrics),
+    paths(classify::classify_batch, classify::list_taxonomies, probes::healthz, probes::readyz, probes::metrics),
     components(schemas(ClassifyBatchRequest, ClassifyBatchResponse, ItemView, UsageView, TaxonomiesResponse, TaxonomyView, LabelView, ErrorBody, ErrorDetail, StatusBody)),
     modifiers(&BearerAuth),
     tags(

@@ -11,11 +11,11 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::classify::{ItemView, UsageView};
-use super::{ApiError, AppState};
-use crate::classify::ItemResult;
+use super::body::{DoneLine, ItemLine, ItemView, UsageView};
+use super::state::AppState;
+use crate::classify::Admitted;
+use crate::lifecycle::BatchGuard;
 use crate::taxonomy::Taxonomy;
-use crate::upstream::Usage;
 
 pub const NDJSON: &str = "application/x-ndjson";
 
@@ -31,78 +31,47 @@ pub fn wants_ndjson(headers: &HeaderMap) -> bool {
         })
 }
 
-#[derive(Serialize)]
-struct ItemLine {
-    index: usize,
-    #[serde(flatten)]
-    item: ItemView,
-}
-
-#[derive(Serialize)]
-struct DoneLine {
-    done: bool,
-    num_items: usize,
-    errors: usize,
-    usage: UsageView,
-}
-
 fn line(value: &impl Serialize) -> String {
     let mut text = serde_json::to_string(value).expect("the line types always serialise");
     text.push('\n');
     text
 }
 
-fn item_line(index: usize, result: &ItemResult) -> String {
-    line(&ItemLine {
-        index,
-        item: ItemView::from(result),
-    })
-}
-
-/// The streaming response for `titles`, already validated and admitted by the handler.
-pub fn respond(state: Arc<AppState>, taxonomy: Arc<Taxonomy>, titles: Vec<String>) -> Response {
+/// The streaming response for `titles`, validated and admitted by the handler: `batch` keeps
+/// the process from stopping until the last line has left.
+pub fn respond(
+    state: Arc<AppState>,
+    batch: BatchGuard,
+    admitted: Admitted,
+    taxonomy: Arc<Taxonomy>,
+    titles: Vec<String>,
+) -> Response {
     let lines = async_stream::stream! {
+        let _batch = batch;
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let outcome = {
-            let run = async {
-                // Taken again here, where the stream lives: the handler's check only told us
-                // the process was taking work when the request arrived.
-                let Some(_batch) = state.lifecycle.admit() else {
-                    return Err(ApiError::ShuttingDown);
-                };
-                state
-                    .classifier
-                    .classify_batch_with(&taxonomy, &titles, |index, result| {
-                        let _ = tx.send(item_line(index, result));
-                    })
-                    .await
-                    .map_err(ApiError::from)
-            };
-            tokio::pin!(run);
-            loop {
-                tokio::select! {
-                    Some(text) = rx.recv() => yield Ok::<_, Infallible>(text),
-                    outcome = &mut run => break outcome,
-                }
+        let run = state
+            .classifier
+            .classify_batch_with(admitted, &taxonomy, &titles, |index, result| {
+                let item = ItemView::from(result);
+                let _ = tx.send(line(&ItemLine { index, item }));
+            });
+        tokio::pin!(run);
+        let outcome = loop {
+            tokio::select! {
+                Some(text) = rx.recv() => yield Ok::<_, Infallible>(text),
+                outcome = &mut run => break outcome,
             }
         };
         while let Ok(text) = rx.try_recv() {
             yield Ok(text);
         }
-        let (errors, usage) = match outcome {
-            Ok(outcome) => (outcome.errors(), outcome.usage),
-            // Refused before any item started (a race with draining or saturation): every item
-            // still gets its line, with the reason.
-            Err(refusal) => {
-                for index in 0..titles.len() {
-                    let view = ItemView::refused(&refusal);
-                    yield Ok(line(&ItemLine { index, item: view }));
-                }
-                (titles.len(), Usage::default())
-            }
+        let done = DoneLine {
+            done: true,
+            num_items: titles.len(),
+            errors: outcome.errors(),
+            usage: UsageView::new(outcome.usage),
         };
-        let usage = UsageView::new(usage);
-        yield Ok(line(&DoneLine { done: true, num_items: titles.len(), errors, usage }));
+        yield Ok(line(&done));
     };
     (
         [(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON))],

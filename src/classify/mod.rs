@@ -41,6 +41,11 @@ pub struct Overloaded {
     pub waited: Duration,
 }
 
+/// Proof that a batch was admitted (`Classifier::admit`): only an admitted batch is classified,
+/// so the capacity check happens exactly once, where a refusal can still be a status code.
+#[derive(Debug)]
+pub struct Admitted(());
+
 /// Why one item has no label.
 #[derive(Debug, thiserror::Error)]
 pub enum ItemError {
@@ -124,34 +129,42 @@ impl Classifier {
         &self.taxonomies
     }
 
-    /// Refuses the batch when no upstream capacity frees up within the admission wait.
-    pub async fn admit(&self) -> Result<(), Overloaded> {
+    /// Admits a batch of `titles`: refused when none of the upstream capacity frees up within
+    /// the admission wait. A batch with nothing to send (every title rejected up front) needs
+    /// no capacity and is always admitted.
+    pub async fn admit(&self, titles: &[String]) -> Result<Admitted, Overloaded> {
+        if titles.iter().all(|t| self.check_title(t).is_err()) {
+            return Ok(Admitted(()));
+        }
         let wait = self.limits.admission_wait;
         if self.upstream().has_capacity_within(wait).await {
-            Ok(())
+            Ok(Admitted(()))
         } else {
             Err(Overloaded { waited: wait })
         }
     }
 
-    /// Classifies every title, in input order. Once admitted a batch never fails as a whole:
-    /// each failure is that item's error. Dropping the future (the caller went away) drops its
+    /// Classifies every title, in input order. An admitted batch never fails as a whole: each
+    /// failure is that item's error. Dropping the future (the caller went away) drops its
     /// queued and in-flight calls.
     pub async fn classify_batch(
         &self,
+        admitted: Admitted,
         taxonomy: &Taxonomy,
         titles: &[String],
-    ) -> Result<BatchOutcome, Overloaded> {
-        self.classify_batch_with(taxonomy, titles, |_, _| {}).await
+    ) -> BatchOutcome {
+        self.classify_batch_with(admitted, taxonomy, titles, |_, _| {})
+            .await
     }
 
     /// Like `classify_batch`, and calls `on_item(index, result)` as each item completes.
     pub async fn classify_batch_with(
         &self,
+        _admitted: Admitted,
         taxonomy: &Taxonomy,
         titles: &[String],
         on_item: impl FnMut(usize, &ItemResult),
-    ) -> Result<BatchOutcome, Overloaded> {
+    ) -> BatchOutcome {
         let span = tracing::info_span!(
             "batch",
             items = titles.len(),
@@ -161,7 +174,7 @@ impl Classifier {
         let outcome = self
             .run_batch(taxonomy, titles, on_item)
             .instrument(span.clone())
-            .await?;
+            .await;
         span.record("errors", outcome.errors());
         for result in &outcome.results {
             let label = result.as_ref().map_or_else(ItemError::code, |_| "ok");
@@ -179,7 +192,7 @@ impl Classifier {
                 "batch classified"
             );
         });
-        Ok(outcome)
+        outcome
     }
 
     async fn run_batch(
@@ -187,7 +200,7 @@ impl Classifier {
         taxonomy: &Taxonomy,
         titles: &[String],
         mut on_item: impl FnMut(usize, &ItemResult),
-    ) -> Result<BatchOutcome, Overloaded> {
+    ) -> BatchOutcome {
         let mut slots: Vec<Option<ItemResult>> = Vec::with_capacity(titles.len());
         let mut to_send = Vec::with_capacity(titles.len());
         for (index, title) in titles.iter().enumerate() {
@@ -198,9 +211,6 @@ impl Classifier {
                 }
                 Err(e) => slots.push(Some(Err(e))),
             }
-        }
-        if !to_send.is_empty() {
-            self.admit().await?;
         }
         for (index, slot) in slots.iter().enumerate() {
             if let Some(result) = slot {
@@ -241,7 +251,7 @@ impl Classifier {
             .into_iter()
             .map(|slot| slot.expect("every index is either rejected up front or sent exactly once"))
             .collect();
-        Ok(BatchOutcome { results, usage })
+        BatchOutcome { results, usage }
     }
 
     /// One title through single-flight, or several through one packed call.

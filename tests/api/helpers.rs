@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use clap::Parser;
-use hn_classifier::api::ClassifyBatchResponse;
+use hn_classifier::api::body::ClassifyBatchResponse;
 use hn_classifier::config::{Cli, Command, ServeConfig};
 use hn_classifier::sim::SimServer;
 use hn_classifier::startup::Application;
