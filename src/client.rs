@@ -6,14 +6,20 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::io::StreamReader;
 
+use crate::api::body::{ClassifyBatchRequest, StreamLine, UsageView};
+use crate::config::ServeConfig;
 use crate::secret::Secret;
+use crate::startup::{Application, StartupError};
+use crate::upstream::{Decision, RateHeaders, RetryPolicy, UpstreamError};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClassifyFileConfig {
@@ -67,7 +73,7 @@ pub enum OutputFormat {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -78,16 +84,22 @@ pub enum ClientError {
         line: usize,
         message: String,
     },
-    #[error("could not reach {url}: {source}")]
+    #[error("could not reach {url}")]
     Http { url: String, source: reqwest::Error },
     #[error("the service answered {status}: {body}")]
     Service { status: u16, body: String },
-    #[error("the service's stream ended early or was malformed: {0}")]
-    Stream(String),
-    #[error("writing CSV: {0}")]
+    #[error("the service's stream broke off")]
+    StreamRead(#[source] LinesCodecError),
+    #[error("the service's stream has a line that is not the contract's")]
+    StreamLine(#[source] serde_json::Error),
+    #[error("the service's stream is incomplete: {0}")]
+    StreamIncomplete(&'static str),
+    #[error("writing CSV")]
     Csv(#[from] csv::Error),
-    #[error("could not start the in-process service: {0}")]
-    Start(String),
+    #[error("the serve settings in the environment are invalid")]
+    Settings(#[source] clap::Error),
+    #[error("could not start the in-process service")]
+    Start(#[from] StartupError),
 }
 
 /// One result row as written to the output.
@@ -207,29 +219,9 @@ struct InProcess {
 
 impl InProcess {
     async fn start(simulate: bool) -> Result<Self, ClientError> {
-        // Settings come from the environment, as for `serve`; only the address is ours, and no
-        // client keys: nothing but this process can reach it.
-        let mut args = vec![
-            "hn-classifier",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--api-keys",
-            "",
-        ];
-        if simulate {
-            args.push("--simulate");
-        }
-        let config = match <crate::config::Cli as clap::Parser>::try_parse_from(args) {
-            Ok(crate::config::Cli {
-                command: crate::config::Command::Serve(config),
-            }) => config,
-            Ok(_) => unreachable!("parsed as serve"),
-            Err(e) => return Err(ClientError::Start(e.to_string())),
-        };
-        let app = crate::startup::Application::build(config)
-            .await
-            .map_err(|e| ClientError::Start(e.to_string()))?;
+        // Settings come from the environment, as for `serve`; start-up makes the address ours.
+        let config = ServeConfig::from_env().map_err(ClientError::Settings)?;
+        let app = Application::build_in_process(config, simulate).await?;
         let url = format!("http://{}", app.local_addr());
         let server = tokio::spawn(app.run(std::future::pending()));
         Ok(Self { url, server })
@@ -354,36 +346,38 @@ impl RowWriter {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct UsageLine {
-    #[serde(default)]
-    input_tokens: u64,
-    #[serde(default)]
-    output_tokens: u64,
-    #[serde(default)]
-    upstream_requests: u64,
-    cost_usd: Option<f64>,
-}
-
 struct BatchAnswer {
     rows: Vec<Row>,
-    usage: UsageLine,
+    usage: UsageView,
 }
 
-/// One batch over NDJSON, retried when the service asks (429, 503 with Retry-After).
+/// Attempts after the first for a batch the service refuses for now (429, 503 with
+/// Retry-After, other 5xx), and the most one batch may take over all of them.
+const BATCH_RETRIES: u32 = 4;
+const BATCH_DEADLINE: Duration = Duration::from_secs(600);
+
+/// One batch over NDJSON, retried by the crate's retry policy when the service says "not now".
 async fn send_batch(
     client: &reqwest::Client,
     config: &ClassifyFileConfig,
     titles: &[String],
     bar: &ProgressBar,
 ) -> Result<BatchAnswer, ClientError> {
-    const ATTEMPTS: u32 = 5;
     let url = format!("{}/classify-batch", config.url.trim_end_matches('/'));
-    for attempt in 1..=ATTEMPTS {
+    let body = serde_json::to_vec(&ClassifyBatchRequest {
+        taxonomy: None,
+        titles: titles.to_vec(),
+    })
+    .expect("a request body always serialises");
+    let policy = RetryPolicy::new(BATCH_RETRIES, BATCH_DEADLINE);
+    let deadline = Instant::now() + BATCH_DEADLINE;
+    let mut failures = 0;
+    loop {
         let mut request = client
             .post(&url)
-            .header("accept", "application/x-ndjson")
-            .json(&serde_json::json!({ "titles": titles }));
+            .header("content-type", "application/json")
+            .header("accept", crate::api::NDJSON)
+            .body(body.clone());
         if let Some(key) = &config.api_key {
             request = request.bearer_auth(key.expose());
         }
@@ -391,77 +385,65 @@ async fn send_batch(
             url: url.clone(),
             source,
         })?;
-        let status = response.status();
-        if status.is_success() {
+        let status = response.status().as_u16();
+        if response.status().is_success() {
             return read_stream(response, titles, bar).await;
         }
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let headers = RateHeaders::parse(response.headers());
         let body = response.text().await.unwrap_or_default();
-        let retryable = matches!(status.as_u16(), 429 | 503);
-        if !retryable || attempt == ATTEMPTS {
-            return Err(ClientError::Service {
-                status: status.as_u16(),
-                body,
-            });
+        let refusal = UpstreamError::Http {
+            status,
+            code: None,
+            message: String::new(),
+            retry_after: headers.retry_after,
+            should_retry: headers.should_retry,
+        };
+        failures += 1;
+        match policy.decide(&refusal, failures, deadline) {
+            Decision::RetryAfter(delay) => tokio::time::sleep(delay).await,
+            Decision::GiveUp(_) => return Err(ClientError::Service { status, body }),
         }
-        tokio::time::sleep(Duration::from_secs(retry_after.unwrap_or(1).clamp(1, 60))).await;
     }
-    unreachable!("the last attempt returns")
 }
 
+/// Reads a streamed batch: one row per index, then the summary line.
 async fn read_stream(
     response: reqwest::Response,
     titles: &[String],
     bar: &ProgressBar,
 ) -> Result<BatchAnswer, ClientError> {
-    #[derive(Deserialize)]
-    struct Line {
-        index: Option<usize>,
-        topic: Option<String>,
-        confidence: Option<f64>,
-        error: Option<String>,
-        error_code: Option<String>,
-        #[serde(default)]
-        done: bool,
-        usage: Option<UsageLine>,
-    }
+    let bytes = response.bytes_stream().map_err(std::io::Error::other);
+    let mut lines = FramedRead::new(StreamReader::new(bytes), LinesCodec::new());
     let mut rows: Vec<Option<Row>> = (0..titles.len()).map(|_| None).collect();
-    let mut pending = Vec::new();
-    let mut chunks = response.bytes_stream();
     let mut usage = None;
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk.map_err(|e| ClientError::Stream(e.to_string()))?;
-        pending.extend_from_slice(&chunk);
-        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-            let raw: Vec<u8> = pending.drain(..=end).collect();
-            let line: Line =
-                serde_json::from_slice(&raw).map_err(|e| ClientError::Stream(e.to_string()))?;
-            if line.done {
-                usage = line.usage;
-                continue;
+    while let Some(line) = lines.next().await {
+        let line = line.map_err(ClientError::StreamRead)?;
+        match serde_json::from_str(&line).map_err(ClientError::StreamLine)? {
+            StreamLine::Done(done) => usage = Some(done.usage),
+            StreamLine::Item(item) => {
+                let slot = rows
+                    .get_mut(item.index)
+                    .ok_or(ClientError::StreamIncomplete(
+                        "an item line without a valid index",
+                    ))?;
+                let view = item.item;
+                *slot = Some(Row {
+                    title: titles[item.index].clone(),
+                    topic: view.topic,
+                    confidence: view.confidence,
+                    error: view.error,
+                    error_code: view.error_code,
+                });
+                bar.inc(1);
             }
-            let index = line
-                .index
-                .filter(|i| *i < titles.len())
-                .ok_or_else(|| ClientError::Stream("an item line without a valid index".into()))?;
-            rows[index] = Some(Row {
-                title: titles[index].clone(),
-                topic: line.topic,
-                confidence: line.confidence,
-                error: line.error,
-                error_code: line.error_code,
-            });
-            bar.inc(1);
         }
     }
-    let usage = usage.ok_or_else(|| ClientError::Stream("no summary line".into()))?;
-    let rows = rows
-        .into_iter()
-        .collect::<Option<Vec<Row>>>()
-        .ok_or_else(|| ClientError::Stream("an item is missing from the stream".into()))?;
+    let usage = usage.ok_or(ClientError::StreamIncomplete("no summary line"))?;
+    let rows =
+        rows.into_iter()
+            .collect::<Option<Vec<Row>>>()
+            .ok_or(ClientError::StreamIncomplete(
+                "an item is missing from the stream",
+            ))?;
     Ok(BatchAnswer { rows, usage })
 }

@@ -6,44 +6,18 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, ValueEnum};
 
 use crate::classify::{BatchLimits, CacheSettings};
 use crate::secret::Secret;
 use crate::sim::SimConfig;
 use crate::taxonomy::{Taxonomies, TaxonomyError};
-use crate::upstream::pricing::{self, PriceFileError};
+use crate::upstream::pricing::{PriceFileError, PriceTable};
 use crate::upstream::{
     AuthStyle, EndpointSettings, RetryPolicy, Transport, UpstreamApi, UpstreamSettings,
 };
 
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "hn-classifier",
-    args_override_self = true,
-    version,
-    about = "Classify short texts with an LLM at the provider's full throughput"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-// One value, parsed once at start-up: the size difference of the variants costs nothing.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the HTTP service (`POST /classify-batch`).
-    Serve(ServeConfig),
-    /// Run the simulated OpenAI API on its own.
-    Sim(SimServeConfig),
-    /// Send a file of titles through a running service; write JSONL or CSV in input order.
-    Classify(crate::client::ClassifyFileConfig),
-    /// Load the provider or the service and record throughput, latency, errors and cost.
-    Bench(crate::bench::BenchConfig),
-}
 
 /// Settings of `hn-classifier serve`.
 #[derive(Debug, Clone, Args)]
@@ -133,26 +107,14 @@ pub struct ServeConfig {
     )]
     pub openai_model: String,
 
-    /// Deadline of one upstream call, in seconds.
-    #[arg(long, env = "HNC_UPSTREAM_TIMEOUT_S", value_name = "HNC_UPSTREAM_TIMEOUT_S", default_value = "20", value_parser = parse_seconds)]
-    pub upstream_timeout: Duration,
-
     /// Most upstream calls in flight for one request.
     #[arg(long, env = "HNC_REQUEST_CONCURRENCY", value_name = "HNC_REQUEST_CONCURRENCY", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub request_concurrency: u32,
 
-    /// Most upstream calls in flight for the whole process, across requests.
+    /// Most upstream calls in flight at each upstream endpoint (its adaptive limit starts here
+    /// and never exceeds it); several endpoints (HNC_UPSTREAMS) each have their own.
     #[arg(long, env = "HNC_MAX_IN_FLIGHT", value_name = "HNC_MAX_IN_FLIGHT", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_in_flight: u32,
-
-    /// Attempts after the first for a transient failure (timeout, connection error, 408, 409,
-    /// 429, 5xx).
-    #[arg(long, env = "HNC_MAX_RETRIES", value_name = "HNC_MAX_RETRIES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=20))]
-    pub max_retries: u32,
-
-    /// Wall time one item may take from its first attempt, retries and waits included, seconds.
-    #[arg(long, env = "HNC_ITEM_DEADLINE_S", value_name = "HNC_ITEM_DEADLINE_S", default_value = "60", value_parser = parse_seconds)]
-    pub item_deadline: Duration,
 
     /// Requests per minute to stay under (besides what the provider announces); unset = none.
     #[arg(long, env = "HNC_RPM_LIMIT", value_name = "HNC_RPM_LIMIT", value_parser = clap::value_parser!(u64).range(1..))]
@@ -228,10 +190,37 @@ pub struct ServeConfig {
     pub simulate: bool,
 
     #[command(flatten)]
+    pub tuning: UpstreamTuning,
+
+    #[command(flatten)]
     pub sim: SimConfig,
 
     #[command(flatten)]
     pub log: LogConfig,
+}
+
+/// How hard each upstream call is tried. Shared by `serve` and `bench`, so both run with the
+/// same defaults from this one definition.
+#[derive(Debug, Clone, Args)]
+pub struct UpstreamTuning {
+    /// Deadline of one upstream call, in seconds.
+    #[arg(long, env = "HNC_UPSTREAM_TIMEOUT_S", value_name = "HNC_UPSTREAM_TIMEOUT_S", default_value = "20", value_parser = parse_seconds)]
+    pub upstream_timeout: Duration,
+
+    /// Attempts after the first for a transient failure (timeout, connection error, 408, 409,
+    /// 429, 5xx).
+    #[arg(long, env = "HNC_MAX_RETRIES", value_name = "HNC_MAX_RETRIES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=20))]
+    pub max_retries: u32,
+
+    /// Wall time one item may take from its first attempt, retries and waits included, seconds.
+    #[arg(long, env = "HNC_ITEM_DEADLINE_S", value_name = "HNC_ITEM_DEADLINE_S", default_value = "60", value_parser = parse_seconds)]
+    pub item_deadline: Duration,
+}
+
+impl UpstreamTuning {
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy::new(self.max_retries, self.item_deadline)
+    }
 }
 
 /// Settings of `hn-classifier sim`.
@@ -276,18 +265,65 @@ pub enum ConfigError {
     MissingApiKey,
     #[error(transparent)]
     Prices(#[from] PriceFileError),
-    #[error("HNC_TAXONOMIES: {0}")]
+    #[error("HNC_TAXONOMIES")]
     Taxonomies(#[from] TaxonomyError),
-    #[error("HNC_UPSTREAMS: {0}")]
-    Upstreams(String),
-    #[error("HNC_API_KEYS_FILE {path}: {source}")]
+    #[error("HNC_UPSTREAMS {path}")]
+    Upstreams {
+        path: PathBuf,
+        #[source]
+        source: UpstreamsFileError,
+    },
+    #[error("HNC_API_KEYS_FILE {path}")]
     ApiKeysFile {
-        path: std::path::PathBuf,
+        path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
 }
 
+/// What is wrong with the HNC_UPSTREAMS file.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamsFileError {
+    #[error("could not read it")]
+    Read(#[source] std::io::Error),
+    #[error("not a valid upstreams file")]
+    Parse(#[source] toml::de::Error),
+    #[error("no [[upstream]] tables")]
+    Empty,
+    #[error("upstream {0:?} is defined twice")]
+    Duplicate(String),
+    #[error("upstream {0:?}: set exactly one of api_key_env and api_key_file")]
+    KeySource(String),
+    #[error("upstream {name:?}: the environment variable {var} is not set")]
+    KeyEnvUnset { name: String, var: String },
+    #[error("upstream {name:?}: api_key_file {path}")]
+    KeyFile {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("upstream {0:?}: the key is empty")]
+    KeyEmpty(String),
+    #[error("upstream {name:?}: base_url {reason}")]
+    BaseUrl { name: String, reason: String },
+    #[error("upstream {0:?}: weight and max_in_flight must be at least 1")]
+    NoShare(String),
+}
+
 impl ServeConfig {
+    /// The `serve` settings from the environment alone, no flags: what `classify --direct`
+    /// runs the service's pipeline with.
+    pub fn from_env() -> Result<Self, clap::Error> {
+        #[derive(Parser)]
+        #[command(no_binary_name = true)]
+        struct EnvOnly {
+            #[command(flatten)]
+            serve: ServeConfig,
+        }
+        EnvOnly::try_parse_from(std::iter::empty::<String>()).map(|e| e.serve)
+    }
+
     /// HNC_LISTEN if set, else all interfaces on PORT if set, else 0.0.0.0:8000.
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen
@@ -345,26 +381,34 @@ impl ServeConfig {
     }
 
     /// Upstream settings for the real provider (one endpoint from OPENAI_*, or the endpoints
-    /// of HNC_UPSTREAMS), or for the simulator at `sim_base_url`.
+    /// of HNC_UPSTREAMS), or for the simulator at `sim_base_url`. Resolved once, at start-up.
     pub fn upstream_settings(
         &self,
         sim_base_url: Option<String>,
     ) -> Result<UpstreamSettings, ConfigError> {
+        let prices = PriceTable::load(self.prices_file.as_deref())?;
         let endpoints = match (sim_base_url, &self.upstreams) {
-            (Some(url), _) => vec![self.endpoint("simulator", url, Secret::new("sim-key"))?],
-            (None, Some(path)) => self.endpoints_from_file(path)?,
+            (Some(url), _) => {
+                vec![self.endpoint("simulator", url, Secret::new("sim-key"), &prices)]
+            }
+            (None, Some(path)) => self.endpoints_from_file(path, &prices).map_err(|source| {
+                ConfigError::Upstreams {
+                    path: path.clone(),
+                    source,
+                }
+            })?,
             (None, None) => {
                 let key = self
                     .openai_api_key
                     .clone()
                     .ok_or(ConfigError::MissingApiKey)?;
-                vec![self.endpoint("default", self.openai_base_url.clone(), key)?]
+                vec![self.endpoint("default", self.openai_base_url.clone(), key, &prices)]
             }
         };
         Ok(UpstreamSettings {
             endpoints,
-            call_timeout: self.upstream_timeout,
-            retry: RetryPolicy::new(self.max_retries, self.item_deadline),
+            call_timeout: self.tuning.upstream_timeout,
+            retry: self.tuning.retry_policy(),
             pack_size: self.pack_size as usize,
             transport: if self.upstream_http2 {
                 Transport::Http2 {
@@ -382,8 +426,9 @@ impl ServeConfig {
         name: &str,
         base_url: String,
         api_key: Secret,
-    ) -> Result<EndpointSettings, ConfigError> {
-        Ok(EndpointSettings {
+        prices: &PriceTable,
+    ) -> EndpointSettings {
+        EndpointSettings {
             name: name.to_owned(),
             base_url,
             api_key,
@@ -395,36 +440,37 @@ impl ServeConfig {
             max_in_flight: self.max_in_flight as usize,
             rpm_limit: self.rpm_limit,
             tpm_limit: self.tpm_limit,
-            price: pricing::price_of(&self.openai_model, self.prices_file.as_deref())?,
-        })
+            price: prices.price_of(&self.openai_model),
+        }
     }
 
-    fn endpoints_from_file(&self, path: &Path) -> Result<Vec<EndpointSettings>, ConfigError> {
-        let fail =
-            |message: String| ConfigError::Upstreams(format!("{}: {message}", path.display()));
-        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-        let file: UpstreamsFile =
-            toml::from_str(&text).map_err(|e| fail(e.message().to_owned()))?;
+    fn endpoints_from_file(
+        &self,
+        path: &Path,
+        prices: &PriceTable,
+    ) -> Result<Vec<EndpointSettings>, UpstreamsFileError> {
+        let text = std::fs::read_to_string(path).map_err(UpstreamsFileError::Read)?;
+        let file: UpstreamsFile = toml::from_str(&text).map_err(UpstreamsFileError::Parse)?;
         if file.upstream.is_empty() {
-            return Err(fail("no [[upstream]] tables".to_owned()));
+            return Err(UpstreamsFileError::Empty);
         }
         let mut names = std::collections::HashSet::new();
         let mut endpoints = Vec::with_capacity(file.upstream.len());
         for entry in file.upstream {
             if !names.insert(entry.name.clone()) {
-                return Err(fail(format!("upstream {:?} is defined twice", entry.name)));
+                return Err(UpstreamsFileError::Duplicate(entry.name));
             }
-            let key = entry
-                .key()
-                .map_err(|m| fail(format!("upstream {:?}: {m}", entry.name)))?;
+            let key = entry.key()?;
             let base_url = match &entry.base_url {
-                Some(url) => parse_base_url(url)
-                    .map_err(|m| fail(format!("upstream {:?}: base_url {m}", entry.name)))?,
+                Some(url) => parse_base_url(url).map_err(|reason| UpstreamsFileError::BaseUrl {
+                    name: entry.name.clone(),
+                    reason,
+                })?,
                 None => self.openai_base_url.clone(),
             };
-            let mut endpoint = self.endpoint(&entry.name, base_url, key)?;
+            let mut endpoint = self.endpoint(&entry.name, base_url, key, prices);
             if let Some(model) = entry.model {
-                endpoint.price = pricing::price_of(&model, self.prices_file.as_deref())?;
+                endpoint.price = prices.price_of(&model);
                 endpoint.model = model;
             }
             endpoint.api = entry.api.unwrap_or(endpoint.api);
@@ -435,10 +481,7 @@ impl ServeConfig {
             endpoint.rpm_limit = entry.rpm_limit.or(endpoint.rpm_limit);
             endpoint.tpm_limit = entry.tpm_limit.or(endpoint.tpm_limit);
             if endpoint.weight == 0 || endpoint.max_in_flight == 0 {
-                return Err(fail(format!(
-                    "upstream {:?}: weight and max_in_flight must be at least 1",
-                    endpoint.name
-                )));
+                return Err(UpstreamsFileError::NoShare(endpoint.name));
             }
             endpoints.push(endpoint);
         }
@@ -474,17 +517,27 @@ struct UpstreamEntry {
 }
 
 impl UpstreamEntry {
-    fn key(&self) -> Result<Secret, String> {
+    fn key(&self) -> Result<Secret, UpstreamsFileError> {
+        let name = || self.name.clone();
         let key = match (&self.api_key_env, &self.api_key_file) {
-            (Some(var), None) => std::env::var(var)
-                .map_err(|_| format!("the environment variable {var} is not set"))?,
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|e| format!("api_key_file {}: {e}", path.display()))?,
-            _ => return Err("set exactly one of api_key_env and api_key_file".to_owned()),
+            (Some(var), None) => {
+                std::env::var(var).map_err(|_| UpstreamsFileError::KeyEnvUnset {
+                    name: name(),
+                    var: var.clone(),
+                })?
+            }
+            (None, Some(path)) => {
+                std::fs::read_to_string(path).map_err(|source| UpstreamsFileError::KeyFile {
+                    name: name(),
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            _ => return Err(UpstreamsFileError::KeySource(name())),
         };
         let key = key.trim();
         if key.is_empty() {
-            return Err("the key is empty".to_owned());
+            return Err(UpstreamsFileError::KeyEmpty(name()));
         }
         Ok(Secret::new(key))
     }
@@ -520,15 +573,14 @@ mod tests {
 
     #[test]
     fn port_is_used_only_when_listen_is_not_set() {
+        #[derive(Parser)]
+        struct Serve {
+            #[command(flatten)]
+            serve: ServeConfig,
+        }
         let parse = |args: &[&str]| {
-            let Command::Serve(c) =
-                Cli::try_parse_from([&["hn-classifier", "serve"], args].concat())
-                    .unwrap()
-                    .command
-            else {
-                unreachable!()
-            };
-            c.listen_addr().to_string()
+            let c = Serve::try_parse_from([&["serve"], args].concat()).unwrap();
+            c.serve.listen_addr().to_string()
         };
         assert_eq!(parse(&["--port", "9999"]), "0.0.0.0:9999");
         assert_eq!(

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod bench;
 pub mod classify;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod lifecycle;

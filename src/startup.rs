@@ -21,14 +21,14 @@ use crate::upstream::{self, UpstreamClient};
 pub enum StartupError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("invalid simulator setting: {0}")]
+    #[error("invalid simulator setting")]
     Sim(#[from] SimConfigError),
-    #[error("could not listen on {addr}: {source}")]
+    #[error("could not listen on {addr}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("could not build the upstream client: {0}")]
+    #[error("could not build the upstream client")]
     Upstream(#[from] upstream::BuildError),
 }
 
@@ -44,11 +44,10 @@ pub struct Application {
 }
 
 impl Application {
+    /// The service as `serve` runs it: every setting from `config`.
     pub async fn build(config: ServeConfig) -> Result<Self, StartupError> {
-        // Refuse a missing key before anything else, so the message is the first thing seen.
-        if !config.simulate {
-            config.upstream_settings(None)?;
-        }
+        // Without --simulate the upstream settings come first, so a missing key is the first
+        // thing refused.
         let sim = if config.simulate {
             Some(spawn_simulator(&config).await?)
         } else {
@@ -98,6 +97,24 @@ impl Application {
         })
     }
 
+    /// The pipeline for a client in this process (`classify --direct`): `config`'s upstream,
+    /// packing, cache and limits, on an ephemeral loopback port, open to nobody else (no client
+    /// keys, no separate metrics port).
+    pub async fn build_in_process(
+        config: ServeConfig,
+        simulate: bool,
+    ) -> Result<Self, StartupError> {
+        Self::build(ServeConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            api_keys: None,
+            api_keys_file: None,
+            metrics_listen: None,
+            simulate: config.simulate || simulate,
+            ..config
+        })
+        .await
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()
@@ -130,9 +147,16 @@ impl Application {
             config,
             sim,
         } = self;
+        // The metrics port runs the same accept loop, and stops after the main one has drained.
+        let metrics_stop = tokio_util::sync::CancellationToken::new();
         let metrics_server = metrics_listener.map(|l| {
-            let serve = axum::serve(l, api::metrics_router(state.clone()));
-            tokio::spawn(async move { serve.await })
+            let serve = crate::server::serve(
+                l,
+                api::metrics_router(state.clone()),
+                config.header_read_timeout,
+                metrics_stop.clone().cancelled_owned(),
+            );
+            tokio::spawn(serve)
         });
         tracing::info!(
             addr = %listener.local_addr()?,
@@ -165,8 +189,9 @@ impl Application {
         )
         .await;
 
+        metrics_stop.cancel();
         if let Some(server) = metrics_server {
-            server.abort();
+            let _ = server.await;
         }
         drop(sim);
         Ok(())

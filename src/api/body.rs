@@ -12,12 +12,12 @@ use crate::upstream::Usage;
 
 /// `{"titles": [...]}`, optionally with `"taxonomy"`. Unknown fields are ignored, so clients may
 /// send more over time.
-#[derive(Debug, Deserialize, Validate, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, Validate, ToSchema)]
 #[validate(context = BatchLimits)]
 pub struct ClassifyBatchRequest {
     /// The label set to classify into (see `GET /taxonomies`); the service's default when
     /// absent. An unknown name is refused with 422 `unknown_taxonomy`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(example = "hn-topics")]
     pub taxonomy: Option<String>,
     /// The texts to classify, 1 to `HNC_MAX_BATCH` (default 2000) of them. Each is trimmed of

@@ -32,6 +32,7 @@ pub use auth::{ClientId, ClientKeys, Quotas};
 pub use error::ApiError;
 pub use openapi::{ApiDoc, document_json, document_json_for};
 pub use state::AppState;
+pub use stream::NDJSON;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 

@@ -9,9 +9,10 @@ use futures::StreamExt;
 use indicatif::ProgressBar;
 use rand::Rng;
 
-use super::{Approach, BenchError, UpstreamTarget, upstream_client};
+use super::error::BenchError;
+use super::target::{Approach, UpstreamTarget, upstream_client};
 use crate::taxonomy::Taxonomy;
-use crate::upstream::pricing;
+use crate::upstream::pricing::PriceTable;
 use crate::upstream::responses::RequestTemplate;
 use crate::upstream::{UpstreamClient, Usage};
 
@@ -67,7 +68,7 @@ pub async fn pool(
     // The blocking client owns a runtime of its own: it must be built and dropped outside ours.
     tokio::task::spawn_blocking(move || run_pool(&target, &titles, threads.max(1), &bar))
         .await
-        .map_err(|e| BenchError::Start(format!("the thread pool panicked: {e}")))?
+        .map_err(BenchError::Panicked)?
 }
 
 fn run_pool(
@@ -78,13 +79,12 @@ fn run_pool(
 ) -> Result<Measured, BenchError> {
     let taxonomy = Taxonomy::hn_topics();
     let template = RequestTemplate::new(target.api, &target.model, &taxonomy);
-    let price = pricing::price_of(&target.model, None).ok().flatten();
+    let price = PriceTable::default().price_of(&target.model);
     let url = format!("{}/{}", target.url.trim_end_matches('/'), target.api.path());
     let client = reqwest::blocking::Client::builder()
         .pool_max_idle_per_host(threads)
-        .timeout(Duration::from_secs(20))
-        .build()
-        .map_err(|e| BenchError::Start(e.to_string()))?;
+        .timeout(target.tuning.upstream_timeout)
+        .build()?;
     let next = AtomicUsize::new(0);
     let started = Instant::now();
     let outcomes: Vec<(bool, Usage, Duration)> = std::thread::scope(|scope| {

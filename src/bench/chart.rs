@@ -9,7 +9,9 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::{Approach, BenchError, RunResult};
+use super::error::BenchError;
+use super::result::RunResult;
+use super::target::Approach;
 
 const SIZE: (u32, u32) = (960, 540);
 const FONT: &str = "sans-serif";

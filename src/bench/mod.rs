@@ -10,27 +10,28 @@
 
 mod approaches;
 mod chart;
+mod error;
+mod result;
 mod service;
+mod target;
 
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use serde::Serialize;
 use tokio::net::TcpListener;
 
 use approaches::Measured;
+pub use error::BenchError;
+pub use result::{RunResult, best_per_approach, report};
+use result::{append_csv, line};
 use service::{ProcessUsage, ServiceProcess};
+use target::upstream_client;
+pub use target::{Approach, UpstreamTarget};
 
-use crate::metrics::Metrics;
+use crate::config::UpstreamTuning;
 use crate::secret::Secret;
 use crate::sim::{SimConfig, SimServer};
-use crate::taxonomy::Taxonomies;
-use crate::upstream::{
-    AuthStyle, EndpointSettings, RetryPolicy, Transport, UpstreamApi, UpstreamClient,
-    UpstreamSettings, pricing,
-};
+use crate::upstream::UpstreamApi;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchConfig {
@@ -97,87 +98,10 @@ pub struct BenchConfig {
     pub results_dir: PathBuf,
 
     #[command(flatten)]
+    pub tuning: UpstreamTuning,
+
+    #[command(flatten)]
     pub sim: SimConfig,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Approach {
-    Pool,
-    Async,
-    Sharded,
-    Service,
-}
-
-impl Approach {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Pool => "pool",
-            Self::Async => "async",
-            Self::Sharded => "sharded",
-            Self::Service => "service",
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum BenchError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("writing results: {0}")]
-    Csv(#[from] csv::Error),
-    #[error("could not start the in-process simulator or service: {0}")]
-    Start(String),
-    #[error("--upstream-url needs a key (OPENAI_API_KEY or --api-key)")]
-    MissingKey,
-    #[error("drawing the chart: {0}")]
-    Chart(String),
-}
-
-/// One run's figures: a row of `APPROACH.csv`.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunResult {
-    pub ran_at_utc: String,
-    pub approach: Approach,
-    pub target: String,
-    pub items: usize,
-    pub concurrency: usize,
-    pub batch_size: usize,
-    /// Clients of `sharded` (1 otherwise), and whether they spoke HTTP/2.
-    pub shards: usize,
-    pub http2: bool,
-    pub sim_latency_ms: f64,
-    pub wall_s: f64,
-    pub items_per_s: f64,
-    pub errors: usize,
-    /// Per item (`pool`, `async`, `sharded`) or per batch (`service`).
-    pub p50_ms: f64,
-    pub p95_ms: f64,
-    pub p99_ms: f64,
-    /// Calls the provider received per 1000 items: below 1000 when single-flight shared
-    /// repeated titles, or with packing.
-    pub upstream_requests_per_1k: f64,
-    pub input_tokens_per_1k: f64,
-    pub output_tokens_per_1k: f64,
-    pub cost_usd_per_1k: Option<f64>,
-    /// The service process's CPU seconds, items per CPU-second and peak RSS during the run,
-    /// when bench started it.
-    pub service_cpu_s: Option<f64>,
-    pub items_per_cpu_s: Option<f64>,
-    pub service_peak_rss_mib: Option<f64>,
-}
-
-/// Where the direct approaches send their calls.
-#[derive(Debug, Clone)]
-pub struct UpstreamTarget {
-    pub url: String,
-    pub key: Secret,
-    pub api: UpstreamApi,
-    pub model: String,
-    pub http2: bool,
 }
 
 /// Runs every approach at every concurrency `repeat` times, appends each run to its CSV file,
@@ -221,60 +145,6 @@ pub async fn run(config: &BenchConfig) -> Result<Vec<RunResult>, BenchError> {
     Ok(results)
 }
 
-/// The best run per approach (each run's line was printed as it finished).
-pub fn report(results: &[RunResult]) -> String {
-    let mut lines = Vec::new();
-    for best in best_per_approach(results) {
-        lines.push(format!(
-            "best {}: concurrency {}: {:.1} items/s",
-            best.approach.name(),
-            best.concurrency,
-            best.items_per_s
-        ));
-    }
-    lines.join("\n")
-}
-
-fn line(r: &RunResult) -> String {
-    let cost = r
-        .cost_usd_per_1k
-        .map_or("unknown".to_owned(), |c| format!("${c:.4}"));
-    let process = match (r.service_cpu_s, r.items_per_cpu_s, r.service_peak_rss_mib) {
-        (Some(cpu), Some(per_cpu), Some(rss)) => {
-            format!(" service: {cpu:.2} CPU-s, {per_cpu:.0} items/CPU-s, peak RSS {rss:.1} MiB;")
-        }
-        _ => String::new(),
-    };
-    format!(
-        "{} concurrency={} items={} wall={:.2}s items/s={:.1} errors={} p50={:.0}ms p95={:.0}ms p99={:.0}ms;{process} per 1000 items: {:.0} upstream requests, {:.0} in / {:.0} out tokens, cost {cost}",
-        r.approach.name(),
-        r.concurrency,
-        r.items,
-        r.wall_s,
-        r.items_per_s,
-        r.errors,
-        r.p50_ms,
-        r.p95_ms,
-        r.p99_ms,
-        r.upstream_requests_per_1k,
-        r.input_tokens_per_1k,
-        r.output_tokens_per_1k,
-    )
-}
-
-/// The fastest run of each approach, in the order the approaches first ran.
-pub fn best_per_approach(results: &[RunResult]) -> Vec<&RunResult> {
-    let mut best: Vec<&RunResult> = Vec::new();
-    for r in results {
-        match best.iter_mut().find(|b| b.approach == r.approach) {
-            Some(b) if r.items_per_s > b.items_per_s => *b = r,
-            Some(_) => {}
-            None => best.push(r),
-        }
-    }
-    best
-}
-
 /// What the load goes to, and what keeps it alive for the bench's duration.
 enum Target {
     Pool(UpstreamTarget),
@@ -301,9 +171,7 @@ impl Target {
                 (None, Some(sim)) => {
                     let binary = match &config.service_binary {
                         Some(path) => path.clone(),
-                        None => {
-                            std::env::current_exe().map_err(|e| BenchError::Start(e.to_string()))?
-                        }
+                        None => std::env::current_exe().map_err(BenchError::CurrentExe)?,
                     };
                     let process = ServiceProcess::start(&binary, &sim.base_url()).await?;
                     Self::Service {
@@ -328,6 +196,7 @@ impl Target {
             api: config.upstream_api,
             model: config.model.clone(),
             http2: config.http2 && approach == Approach::Sharded,
+            tuning: config.tuning.clone(),
         };
         Ok(match approach {
             Approach::Pool => Self::Pool(upstream),
@@ -377,44 +246,8 @@ impl Target {
 async fn start_sim(config: &SimConfig) -> Result<SimServer, BenchError> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
-        .map_err(|e| BenchError::Start(e.to_string()))?;
-    SimServer::spawn(config, listener).map_err(|e| BenchError::Start(e.to_string()))
-}
-
-/// The service's own upstream client, with the service's default retries, for `max_in_flight`.
-fn upstream_client(
-    target: &UpstreamTarget,
-    max_in_flight: usize,
-) -> Result<UpstreamClient, BenchError> {
-    let settings = UpstreamSettings {
-        endpoints: vec![EndpointSettings {
-            name: "bench".to_owned(),
-            base_url: target.url.clone(),
-            api_key: target.key.clone(),
-            auth: AuthStyle::Bearer,
-            query: None,
-            api: target.api,
-            model: target.model.clone(),
-            weight: 1,
-            max_in_flight: max_in_flight.max(1),
-            rpm_limit: None,
-            tpm_limit: None,
-            price: pricing::price_of(&target.model, None).ok().flatten(),
-        }],
-        call_timeout: Duration::from_secs(20),
-        retry: RetryPolicy::new(3, Duration::from_secs(60)),
-        pack_size: 1,
-        // One HTTP/2 connection per client: `sharded --http2` means one connection per shard.
-        transport: if target.http2 {
-            Transport::Http2 {
-                streams_per_connection: max_in_flight.max(1),
-            }
-        } else {
-            Transport::Http1
-        },
-    };
-    UpstreamClient::new(settings, &Taxonomies::default(), Arc::new(Metrics::new()))
-        .map_err(|e| BenchError::Start(e.to_string()))
+        .map_err(BenchError::Bind)?;
+    Ok(SimServer::spawn(config, listener)?)
 }
 
 fn load_titles(path: &Path, items: usize) -> Result<Vec<String>, BenchError> {
@@ -496,25 +329,4 @@ impl Measured {
             service_peak_rss_mib: process.map(|p| p.peak_rss_mib),
         }
     }
-}
-
-fn append_csv(dir: &Path, result: &RunResult) -> Result<(), BenchError> {
-    let io = |source| BenchError::Io {
-        path: dir.to_owned(),
-        source,
-    };
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let path = dir.join(format!("{}.csv", result.approach.name()));
-    let fresh = !path.exists();
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(io)?;
-    let mut writer = csv::WriterBuilder::new()
-        .has_headers(fresh)
-        .from_writer(file);
-    writer.serialize(result)?;
-    writer.flush().map_err(io)?;
-    Ok(())
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::BenchError;
+use super::error::BenchError;
 
 /// A `serve` process on a loopback port; killed when dropped.
 pub struct ServiceProcess {
@@ -37,7 +37,10 @@ impl ServiceProcess {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| BenchError::Start(format!("{}: {e}", binary.display())))?;
+            .map_err(|source| BenchError::Spawn {
+                binary: binary.to_owned(),
+                source,
+            })?;
         let service = Self {
             child,
             url: format!("http://127.0.0.1:{port}"),
@@ -56,10 +59,7 @@ impl ServiceProcess {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(BenchError::Start(format!(
-            "the service at {} did not become healthy",
-            self.url
-        )))
+        Err(BenchError::Unhealthy(self.url.clone()))
     }
 
     /// CPU seconds so far; the start of a run's measurement. Also resets the peak RSS, so the
@@ -109,11 +109,6 @@ impl Drop for ServiceProcess {
 }
 
 fn free_port() -> Result<u16, BenchError> {
-    let listener =
-        TcpListener::bind("127.0.0.1:0").map_err(|e| BenchError::Start(e.to_string()))?;
-    let port = listener
-        .local_addr()
-        .map_err(|e| BenchError::Start(e.to_string()))?
-        .port();
-    Ok(port)
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(BenchError::Bind)?;
+    Ok(listener.local_addr().map_err(BenchError::Bind)?.port())
 }

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 pub use endpoint::BENCH_FOR;
 use endpoint::{Attempt, Endpoint};
 pub use error::UpstreamError;
+pub use headers::RateHeaders;
 pub use limiter::{AdaptiveLimiter, Congestion, LimiterSnapshot};
 use pricing::Price;
 pub use retry::{Decision, Failure, GiveUp, RetryPolicy};

@@ -103,12 +103,12 @@ const BUILT_IN: &[(&str, Price)] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum PriceFileError {
-    #[error("HNC_PRICES_FILE {path}: {source}")]
+    #[error("HNC_PRICES_FILE {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("HNC_PRICES_FILE {path}: {source}")]
+    #[error("HNC_PRICES_FILE {path}")]
     Parse {
         path: PathBuf,
         source: toml::de::Error,
@@ -117,7 +117,7 @@ pub enum PriceFileError {
     Invalid { path: PathBuf, model: String },
 }
 
-/// The price of `model`: from the file when it lists it, else built in, else unknown.
+/// Prices by model: the file's (read once, at start-up), then the built-in ones.
 ///
 /// The file maps model names (quoted: TOML splits bare keys at dots) to prices, e.g.
 /// ```toml
@@ -126,18 +126,27 @@ pub enum PriceFileError {
 /// cached_input = 0.10
 /// output = 1.60
 /// ```
-pub fn price_of(model: &str, file: Option<&Path>) -> Result<Option<Price>, PriceFileError> {
-    if let Some(path) = file {
+#[derive(Debug, Clone, Default)]
+pub struct PriceTable {
+    from_file: HashMap<String, Price>,
+}
+
+impl PriceTable {
+    /// The built-in prices, with those of `file` (HNC_PRICES_FILE) over them.
+    pub fn load(file: Option<&Path>) -> Result<Self, PriceFileError> {
+        let Some(path) = file else {
+            return Ok(Self::default());
+        };
         let text = std::fs::read_to_string(path).map_err(|source| PriceFileError::Read {
             path: path.to_owned(),
             source,
         })?;
-        let table: HashMap<String, Price> =
+        let from_file: HashMap<String, Price> =
             toml::from_str(&text).map_err(|source| PriceFileError::Parse {
                 path: path.to_owned(),
                 source,
             })?;
-        for (name, price) in &table {
+        for (name, price) in &from_file {
             let valid = [price.input, price.cached_input, price.output]
                 .iter()
                 .all(|p| p.is_finite() && *p >= 0.0);
@@ -148,14 +157,18 @@ pub fn price_of(model: &str, file: Option<&Path>) -> Result<Option<Price>, Price
                 });
             }
         }
-        if let Some(price) = table.get(model) {
-            return Ok(Some(*price));
-        }
+        Ok(Self { from_file })
     }
-    Ok(BUILT_IN
-        .iter()
-        .find(|(name, _)| *name == model)
-        .map(|(_, price)| *price))
+
+    /// The price of `model`: from the file when it lists it, else built in, else unknown.
+    pub fn price_of(&self, model: &str) -> Option<Price> {
+        self.from_file.get(model).copied().or_else(|| {
+            BUILT_IN
+                .iter()
+                .find(|(name, _)| *name == model)
+                .map(|(_, price)| *price)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -164,7 +177,7 @@ mod tests {
 
     #[test]
     fn cached_input_is_priced_as_cached_and_never_twice() {
-        let price = price_of("gpt-4.1-mini", None).unwrap().unwrap();
+        let price = PriceTable::default().price_of("gpt-4.1-mini").unwrap();
         let usage = Usage::billed(1_000_000, 400_000, 100_000);
         let expected = 0.6 * 0.40 + 0.4 * 0.10 + 0.1 * 1.60;
         assert!(
@@ -178,28 +191,14 @@ mod tests {
     fn a_file_overrides_and_extends_the_built_in_prices() {
         let path = std::env::temp_dir().join(format!("hnc-prices-{}.toml", std::process::id()));
         std::fs::write(&path, "[\"gpt-4.1-mini\"]\ninput = 1.0\ncached_input = 0.5\noutput = 2.0\n\n[my-local-model]\ninput = 0\ncached_input = 0\noutput = 0\n").unwrap();
-        assert_eq!(
-            price_of("gpt-4.1-mini", Some(&path))
-                .unwrap()
-                .unwrap()
-                .input,
-            1.0
-        );
-        assert_eq!(
-            price_of("my-local-model", Some(&path))
-                .unwrap()
-                .unwrap()
-                .output,
-            0.0
-        );
-        assert_eq!(
-            price_of("gpt-4o", Some(&path)).unwrap().unwrap().input,
-            2.50
-        );
-        assert_eq!(price_of("unknown-model", Some(&path)).unwrap(), None);
+        let table = PriceTable::load(Some(&path)).unwrap();
+        assert_eq!(table.price_of("gpt-4.1-mini").unwrap().input, 1.0);
+        assert_eq!(table.price_of("my-local-model").unwrap().output, 0.0);
+        assert_eq!(table.price_of("gpt-4o").unwrap().input, 2.50);
+        assert_eq!(table.price_of("unknown-model"), None);
         std::fs::write(&path, "[m]\ninput = -1.0\ncached_input = 0\noutput = 0\n").unwrap();
         assert!(matches!(
-            price_of("m", Some(&path)),
+            PriceTable::load(Some(&path)),
             Err(PriceFileError::Invalid { .. })
         ));
         std::fs::remove_file(path).unwrap();

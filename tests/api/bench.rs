@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use hn_classifier::bench::{Approach, BenchConfig, report, run};
-use hn_classifier::config::{Cli, Command};
+use hn_classifier::cli::{Cli, Command};
 
 fn bench_config(args: &[&str]) -> BenchConfig {
     let titles = format!("{}/data/hn_titles.txt", env!("CARGO_MANIFEST_DIR"));

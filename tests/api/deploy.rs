@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use clap::CommandFactory;
 use futures::future::join_all;
-use hn_classifier::config::Cli;
+use hn_classifier::cli::Cli;
 use serde_json::{Value, json};
 
 use crate::helpers::*;

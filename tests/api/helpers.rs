@@ -13,7 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use clap::Parser;
 use hn_classifier::api::body::ClassifyBatchResponse;
-use hn_classifier::config::{Cli, Command, ServeConfig};
+use hn_classifier::cli::{Cli, Command};
+use hn_classifier::config::ServeConfig;
 use hn_classifier::sim::SimServer;
 use hn_classifier::startup::Application;
 use serde_json::{Value, json};
@@ -329,6 +330,6 @@ pub fn scratch(test: &str) -> std::path::PathBuf {
 pub async fn startup_error(flags: &[&str]) -> String {
     match Application::build(config(flags)).await {
         Ok(_) => panic!("start-up should have been refused with {flags:?}"),
-        Err(error) => error.to_string(),
+        Err(error) => hn_classifier::cli::report(&error),
     }
 }

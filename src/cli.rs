@@ -1,0 +1,116 @@
+//! The command line: one subcommand per job, each with its own typed settings, and the one
+//! error type a run ends with. `main.rs` parses, calls `run`, and prints the error's chain.
+
+use std::error::Error;
+use std::fmt;
+use std::net::SocketAddr;
+
+use clap::{Parser, Subcommand};
+
+use crate::bench::{BenchConfig, BenchError};
+use crate::client::{ClassifyFileConfig, ClientError};
+use crate::config::{ServeConfig, SimServeConfig};
+use crate::sim::{SimConfigError, SimServer};
+use crate::startup::{Application, StartupError, shutdown_signal};
+use crate::telemetry;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hn-classifier",
+    args_override_self = true,
+    version,
+    about = "Classify short texts with an LLM at the provider's full throughput"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+// One value, parsed once at start-up: the size difference of the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service (`POST /classify-batch`).
+    Serve(ServeConfig),
+    /// Run the simulated OpenAI API on its own.
+    Sim(SimServeConfig),
+    /// Send a file of titles through a running service; write JSONL or CSV in input order.
+    Classify(ClassifyFileConfig),
+    /// Load the provider or the service and record throughput, latency, errors and cost.
+    Bench(BenchConfig),
+}
+
+/// Why a run stopped. Its `Debug` is the whole chain, so `main` can return it as it is.
+#[derive(thiserror::Error)]
+pub enum RunError {
+    #[error("could not start the service")]
+    Start(#[from] StartupError),
+    #[error("the service stopped with an error")]
+    Serve(#[source] std::io::Error),
+    #[error("could not listen on {addr}")]
+    SimBind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid simulator setting")]
+    Sim(#[from] SimConfigError),
+    #[error("classify failed")]
+    Classify(#[from] ClientError),
+    #[error("bench failed")]
+    Bench(#[from] BenchError),
+}
+
+impl fmt::Debug for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&report(self))
+    }
+}
+
+/// An error and every cause under it, one per line: what a person reads when a command fails.
+pub fn report(error: &dyn Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str("\n  caused by: ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
+}
+
+/// Runs the chosen subcommand to its end.
+pub async fn run(cli: Cli) -> Result<(), RunError> {
+    match cli.command {
+        Command::Serve(config) => serve(config).await,
+        Command::Sim(config) => sim(config).await,
+        Command::Classify(config) => {
+            let summary = crate::client::classify_file(&config, true).await?;
+            eprintln!("{}", summary.report());
+            Ok(())
+        }
+        Command::Bench(config) => {
+            let results = crate::bench::run(&config).await?;
+            println!("{}", crate::bench::report(&results));
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: ServeConfig) -> Result<(), RunError> {
+    telemetry::init(config.log.log_format);
+    let app = Application::build(config).await?;
+    app.run(shutdown_signal()).await.map_err(RunError::Serve)
+}
+
+async fn sim(config: SimServeConfig) -> Result<(), RunError> {
+    telemetry::init(config.log.log_format);
+    let addr = config.listen;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::SimBind { addr, source })?;
+    let server = SimServer::spawn(&config.sim, listener)?;
+    tracing::info!(base_url = %server.base_url(), "simulated OpenAI API serving");
+    shutdown_signal().await;
+    Ok(())
+}
