@@ -7,7 +7,7 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use hn_classifier::taxonomy::Taxonomy;
 use hn_classifier::upstream::UpstreamApi;
-use hn_classifier::upstream::responses::{PackTemplate, RequestTemplate};
+use hn_classifier::upstream::templates::{PackTemplate, RequestTemplate};
 use serde_json::json;
 
 const TITLE: &str = "Show HN: A fast JSON parser in Rust that beats simd-json on small documents";

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, ValueEnum};
 
 use crate::classify::{BatchLimits, CacheSettings};
@@ -71,11 +72,11 @@ pub struct ServeConfig {
 
     /// Wire protocol: `responses` (OpenAI's Responses API) or `chat` (Chat Completions, for
     /// OpenAI-compatible servers such as vLLM, llama.cpp server, Ollama, Azure OpenAI).
-    #[arg(long, env = "HNC_UPSTREAM_API", value_name = "HNC_UPSTREAM_API", value_enum, default_value_t = UpstreamApi::Responses)]
+    #[arg(long, env = "HNC_UPSTREAM_API", value_name = "HNC_UPSTREAM_API", value_parser = api_parser(), default_value = "responses")]
     pub upstream_api: UpstreamApi,
 
     /// How the key is sent: `bearer` (`Authorization: Bearer`) or `api-key` (Azure OpenAI).
-    #[arg(long, env = "HNC_UPSTREAM_AUTH", value_name = "HNC_UPSTREAM_AUTH", value_enum, default_value_t = AuthStyle::Bearer)]
+    #[arg(long, env = "HNC_UPSTREAM_AUTH", value_name = "HNC_UPSTREAM_AUTH", value_parser = named(AuthStyle::NAMES), default_value = "bearer")]
     pub upstream_auth: AuthStyle,
 
     /// A query string added to every upstream call, e.g. Azure's `api-version=2024-10-21`.
@@ -541,6 +542,24 @@ impl UpstreamEntry {
         }
         Ok(Secret::new(key))
     }
+}
+
+/// A parser of the names in `names` (the enums live in `upstream/`, which knows no command line).
+fn named<T: Copy + Send + Sync + 'static>(
+    names: [(&'static str, T); 2],
+) -> impl TypedValueParser<Value = T> {
+    PossibleValuesParser::new(names.map(|(name, _)| name)).map(move |given| {
+        names
+            .iter()
+            .find(|(name, _)| *name == given)
+            .expect("clap checked it is one of the names")
+            .1
+    })
+}
+
+/// `responses` or `chat`: for `HNC_UPSTREAM_API` and `bench --upstream-api`.
+pub fn api_parser() -> impl TypedValueParser<Value = UpstreamApi> {
+    named(UpstreamApi::NAMES)
 }
 
 fn parse_base_url(value: &str) -> Result<String, String> {

@@ -11,9 +11,10 @@ use rand::Rng;
 
 use super::error::BenchError;
 use super::target::{Approach, UpstreamTarget, upstream_client};
+use crate::api::body::{ItemView, UsageView};
 use crate::taxonomy::Taxonomy;
 use crate::upstream::pricing::PriceTable;
-use crate::upstream::responses::RequestTemplate;
+use crate::upstream::templates::RequestTemplate;
 use crate::upstream::{UpstreamClient, Usage};
 
 /// What one run observed, before it becomes a CSV row.
@@ -305,28 +306,12 @@ pub async fn service(
     }
 }
 
-/// The parts of a `/classify-batch` answer the bench checks. Its own type rather than the API's,
-/// so services that share only the reference contract (`results`, `num_items`, `errors`) can be
-/// measured too.
+/// A `/classify-batch` answer as the bench reads it: the service's own item and usage types,
+/// with `usage` optional so services that share only the reference contract (`results`,
+/// `num_items`, `errors`: the Python reference) can be measured too.
 #[derive(serde::Deserialize)]
 struct BatchReply {
-    results: Vec<ItemReply>,
+    results: Vec<ItemView>,
     #[serde(default)]
-    usage: Option<UsageReply>,
-}
-
-#[derive(serde::Deserialize)]
-struct ItemReply {
-    topic: Option<String>,
-    error: Option<String>,
-}
-
-#[derive(serde::Deserialize)]
-struct UsageReply {
-    input_tokens: u64,
-    #[serde(default)]
-    cached_input_tokens: u64,
-    output_tokens: u64,
-    upstream_requests: u64,
-    cost_usd: Option<f64>,
+    usage: Option<UsageView>,
 }

@@ -53,7 +53,7 @@ pub struct BenchConfig {
     pub model: String,
 
     /// The protocol --upstream-url speaks: `chat` for llama.cpp, vLLM, Ollama.
-    #[arg(long, value_enum, default_value_t = UpstreamApi::Responses)]
+    #[arg(long, value_parser = crate::config::api_parser(), default_value = "responses")]
     pub upstream_api: UpstreamApi,
 
     /// Clients of `sharded`, each with its own connection pool.

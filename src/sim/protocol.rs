@@ -586,7 +586,7 @@ fn unix_now() -> u64 {
 mod tests {
     use super::*;
     use crate::taxonomy::Taxonomy;
-    use crate::upstream::responses::RequestTemplate;
+    use crate::upstream::templates::RequestTemplate;
 
     fn our_request() -> Value {
         serde_json::from_slice(
@@ -643,7 +643,7 @@ mod tests {
 
     #[test]
     fn accepts_our_packed_requests_and_reads_their_items() {
-        let template = crate::upstream::responses::PackTemplate::new(
+        let template = crate::upstream::templates::PackTemplate::new(
             crate::upstream::UpstreamApi::Responses,
             "m",
             &Taxonomy::hn_topics(),

@@ -1,12 +1,14 @@
 //! The Chat Completions API on the wire, for OpenAI-compatible servers (vLLM, llama.cpp server,
 //! Ollama, Azure OpenAI): a system and a user message, `response_format` json_schema (strict),
 //! and `choices[0].message` read back. The templates and the answer checks are shared with the
-//! Responses API (`responses.rs`); only the envelope differs.
+//! Responses API (`templates.rs`, `answer.rs`); only the envelope differs.
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{UpstreamError, Usage};
+use super::decode::decode_with;
+use super::error::UpstreamError;
+use super::usage::Usage;
 
 #[derive(Serialize)]
 pub(super) struct Request<'a> {
@@ -68,7 +70,7 @@ struct PromptTokensDetails {
 /// The model's text from `choices[0]`, and the tokens either way. A refusal, or a finish reason
 /// of `length` (cut off) or `content_filter`, is an error, never a partial answer.
 pub(super) fn decode_text(body: &[u8]) -> (Result<String, UpstreamError>, Usage) {
-    super::decode_with(
+    decode_with(
         body,
         |r: &Response| {
             r.usage.as_ref().map_or_else(Usage::default, |u| {

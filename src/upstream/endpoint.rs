@@ -11,12 +11,14 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue};
 use serde::Deserialize;
 
 use super::error::scrub_secrets;
+use super::error::{BuildError, UpstreamError};
 use super::headers::RateHeaders;
 use super::limiter::{AdaptiveLimiter, Congestion};
 use super::pacer::Pacer;
 use super::pricing::Price;
-use super::responses::{PackTemplate, RequestTemplate};
-use super::{AuthStyle, BuildError, EndpointSettings, Transport, UpstreamError, Usage};
+use super::settings::{AuthStyle, EndpointSettings, Transport};
+use super::templates::{PackTemplate, RequestTemplate};
+use super::usage::Usage;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::taxonomy::{Taxonomies, Taxonomy};

@@ -47,6 +47,17 @@ pub enum UpstreamError {
     ConfidenceOutOfRange(f64),
 }
 
+/// Why the upstream client could not be built at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("the API key contains characters not allowed in an HTTP header")]
+    InvalidApiKey,
+    #[error("no upstream endpoint is configured")]
+    NoEndpoints,
+    #[error("could not build the HTTP client")]
+    Http(#[from] reqwest::Error),
+}
+
 impl UpstreamError {
     /// The stable machine-readable code of this failure.
     pub fn code(&self) -> &'static str {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::Usage;
+use super::usage::Usage;
 
 /// The date of the built-in prices.
 pub const BUILT_IN_PRICES_AS_OF: &str = "2025-08";

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use super::UpstreamError;
+use super::error::UpstreamError;
 
 /// How hard to try.
 #[derive(Debug, Clone, Copy)]

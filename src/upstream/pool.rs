@@ -1,0 +1,234 @@
+//! The one upstream client of the process: every endpoint, the choice of endpoint for each
+//! attempt, and the one retry loop.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::endpoint::{Attempt, Endpoint};
+use super::error::{BuildError, UpstreamError};
+use super::limiter::LimiterSnapshot;
+use super::retry::{Decision, Failure, RetryPolicy};
+use super::settings::UpstreamSettings;
+use super::usage::{Prediction, Usage};
+use crate::metrics::Metrics;
+use crate::taxonomy::{Taxonomies, Taxonomy};
+
+fn least_loaded<'e>(endpoints: impl Iterator<Item = &'e Endpoint>) -> Option<&'e Endpoint> {
+    endpoints.min_by(|a, b| a.load().total_cmp(&b.load()))
+}
+
+/// The one client of the process: cheap to share behind `Arc`, holds every endpoint (each with
+/// its connections).
+#[derive(Debug)]
+pub struct UpstreamClient {
+    endpoints: Vec<Endpoint>,
+    /// The endpoints' models, joined: what cache keys hold, so answers of another set of
+    /// models are never served.
+    models: String,
+    pack_size: usize,
+    call_timeout: Duration,
+    retry: RetryPolicy,
+    metrics: Arc<Metrics>,
+}
+
+impl UpstreamClient {
+    pub fn new(
+        settings: UpstreamSettings,
+        taxonomies: &Taxonomies,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, BuildError> {
+        if settings.endpoints.is_empty() {
+            return Err(BuildError::NoEndpoints);
+        }
+        let pack_size = settings.pack_size.max(1);
+        let endpoints = settings
+            .endpoints
+            .into_iter()
+            .map(|e| {
+                Endpoint::new(
+                    e,
+                    settings.transport,
+                    settings.call_timeout,
+                    taxonomies,
+                    pack_size,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut models: Vec<&str> = endpoints.iter().map(Endpoint::model).collect();
+        models.sort_unstable();
+        models.dedup();
+        Ok(Self {
+            models: models.join("+"),
+            endpoints,
+            pack_size,
+            call_timeout: settings.call_timeout,
+            retry: settings.retry,
+            metrics,
+        })
+    }
+
+    /// False while every endpoint is benched (refused key or quota, or failing): readiness.
+    pub fn is_usable(&self) -> bool {
+        self.endpoints.iter().any(|e| !e.is_benched())
+    }
+
+    /// Calls in flight, waiting, and the adaptive limits, summed over the endpoints.
+    pub fn limiter_snapshot(&self) -> LimiterSnapshot {
+        self.endpoints.iter().map(|e| e.limiter().snapshot()).fold(
+            LimiterSnapshot {
+                limit: 0,
+                in_flight: 0,
+                waiting: 0,
+            },
+            |a, b| LimiterSnapshot {
+                limit: a.limit + b.limit,
+                in_flight: a.in_flight + b.in_flight,
+                waiting: a.waiting + b.waiting,
+            },
+        )
+    }
+
+    /// Each endpoint's name and whether it is benched now, for metrics.
+    pub fn endpoint_health(&self) -> impl Iterator<Item = (&str, bool)> {
+        self.endpoints.iter().map(|e| (e.name(), e.is_benched()))
+    }
+
+    /// Whether a slot frees up within `wait` at the endpoint the next call would go to (it is
+    /// released at once): how a batch finds out, before it starts, that the process is
+    /// saturated. Waiters queue FIFO, so a true answer means the batch's calls are next in line.
+    pub async fn has_capacity_within(&self, wait: Duration) -> bool {
+        tokio::time::timeout(wait, self.pick(None).limiter().acquire())
+            .await
+            .is_ok()
+    }
+
+    /// Every endpoint's model, joined: for cache and single-flight keys.
+    pub fn model(&self) -> &str {
+        &self.models
+    }
+
+    /// The endpoint for the next attempt: the shortest expected wait among those not benched,
+    /// preferring one other than `avoid` (the one that just failed). With every endpoint
+    /// benched, the one whose bench ends first, so calls keep probing.
+    fn pick(&self, avoid: Option<&Endpoint>) -> &Endpoint {
+        // The common case, one endpoint, needs no comparing (and no locks taken to compare).
+        if let [only] = &self.endpoints[..] {
+            return only;
+        }
+        let is_avoided = |e: &Endpoint| avoid.is_some_and(|a| std::ptr::eq(a, e));
+        let usable = || self.endpoints.iter().filter(|e| !e.is_benched());
+        least_loaded(usable().filter(|e| !is_avoided(e)))
+            .or_else(|| least_loaded(usable()))
+            .or_else(|| self.endpoints.iter().min_by_key(|e| e.benched_until()))
+            .expect("at least one endpoint, checked at start-up")
+    }
+
+    /// Classifies one title into `taxonomy`, retrying transient failures as the policy allows.
+    /// Tokens of every attempt count.
+    pub async fn classify(
+        &self,
+        taxonomy: &Taxonomy,
+        title: &str,
+    ) -> (Result<Prediction, Failure>, Usage) {
+        self.with_retries(
+            |e| {
+                let template = &e.templates(taxonomy).single;
+                (template.encode(title), template.estimated_tokens(title))
+            },
+            |e, body| e.templates(taxonomy).single.decode(body, taxonomy),
+        )
+        .await
+    }
+
+    /// Classifies several titles in one call (packing), with the same retries. A slot is `None`
+    /// where the model's answer for that title was missing or invalid.
+    pub async fn classify_pack(
+        &self,
+        taxonomy: &Taxonomy,
+        titles: &[&str],
+    ) -> (Result<Vec<Option<Prediction>>, Failure>, Usage) {
+        let n = titles.len();
+        self.with_retries(
+            |e| e.templates(taxonomy).packs.encode(titles),
+            |e, body| e.templates(taxonomy).packs.decode(body, taxonomy, n),
+        )
+        .await
+    }
+
+    /// The most titles one packed call takes.
+    pub fn pack_size(&self) -> usize {
+        self.pack_size
+    }
+
+    /// One request, each attempt sent to the endpoint `pick` chooses, under its limiter and
+    /// pacer, and retried as the policy allows. A refused key or quota moves the request to
+    /// another endpoint at once, without spending the retry budget.
+    async fn with_retries<T>(
+        &self,
+        encode: impl Fn(&Endpoint) -> (Vec<u8>, u64),
+        decode: impl Fn(&Endpoint, &[u8]) -> (Result<T, UpstreamError>, Usage),
+    ) -> (Result<T, Failure>, Usage) {
+        let mut usage = Usage::default();
+        let mut deadline = None;
+        let mut attempts = 0;
+        // Failures that spend the retry budget: a 429 for rate waits out the deadline instead.
+        let mut budgeted_failures = 0;
+        let mut failed_at: Option<&Endpoint> = None;
+        loop {
+            let endpoint = self.pick(failed_at);
+            let slot = endpoint.limiter().acquire().await;
+            let (body, tokens) = encode(endpoint);
+            endpoint.pacer().wait_turn(tokens).await;
+            let deadline =
+                *deadline.get_or_insert_with(|| Instant::now() + self.retry.item_deadline);
+            attempts += 1;
+            let timeout = self
+                .call_timeout
+                .min(deadline.saturating_duration_since(Instant::now()));
+            let attempt: Attempt<T> = endpoint.call(body, timeout, |b| decode(endpoint, b)).await;
+            let mut spent = attempt.usage.with_requests(1);
+            spent.price_at(endpoint.price());
+            usage += spent;
+            endpoint.learn(&attempt, &self.metrics);
+            drop(slot);
+
+            let error = match attempt.result {
+                Ok(value) => return (Ok(value), usage),
+                Err(error) => error,
+            };
+            failed_at = Some(endpoint);
+            if error.is_refusal_of_key() && self.is_usable() {
+                tracing::debug!(
+                    upstream = endpoint.name(),
+                    error.code = error.code(),
+                    "moving to another endpoint"
+                );
+                continue;
+            }
+            if !error.is_rate_limited() {
+                budgeted_failures += 1;
+            }
+            match self.retry.decide(&error, budgeted_failures, deadline) {
+                Decision::GiveUp(gave_up) => {
+                    tracing::debug!(error.code = error.code(), %error, attempts, %gave_up, "upstream call failed");
+                    return (
+                        Err(Failure {
+                            attempts,
+                            gave_up,
+                            last: error,
+                        }),
+                        usage,
+                    );
+                }
+                Decision::RetryAfter(delay) => {
+                    self.metrics
+                        .upstream_retries
+                        .with_label_values(&[error.code()])
+                        .inc();
+                    tracing::debug!(error.code = error.code(), %error, attempts, delay_ms = delay.as_millis() as u64, "retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+}

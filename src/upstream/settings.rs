@@ -1,0 +1,102 @@
+//! What the upstream side is configured with: the endpoints, the protocol each speaks, how the
+//! key is sent, the transport, timeouts and retries. Plain data, filled in once at start-up by
+//! `config` (or by `bench`); no command-line parsing here.
+
+use std::time::Duration;
+
+use super::pricing::Price;
+use super::retry::RetryPolicy;
+use crate::secret::Secret;
+
+/// Which wire protocol the provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamApi {
+    /// OpenAI's Responses API (`POST /responses`): the default for OpenAI.
+    Responses,
+    /// Chat Completions (`POST /chat/completions`): for OpenAI-compatible servers (vLLM,
+    /// llama.cpp server, Ollama, Azure OpenAI).
+    Chat,
+}
+
+impl UpstreamApi {
+    /// Every protocol by its name in settings (`HNC_UPSTREAM_API`, the upstreams file).
+    pub const NAMES: [(&'static str, Self); 2] =
+        [("responses", Self::Responses), ("chat", Self::Chat)];
+
+    /// The path after the base URL.
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::Responses => "responses",
+            Self::Chat => "chat/completions",
+        }
+    }
+}
+
+/// How the key is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthStyle {
+    /// `Authorization: Bearer KEY`: OpenAI and most compatible servers.
+    #[default]
+    Bearer,
+    /// `api-key: KEY`: Azure OpenAI.
+    ApiKey,
+}
+
+/// One endpoint: where to call, with which key, protocol and model, and how much of the
+/// traffic it takes. Parsed once from the service config.
+#[derive(Debug, Clone)]
+pub struct EndpointSettings {
+    /// Shown in metrics and logs (never the key).
+    pub name: String,
+    /// Base URL up to and including the API version, e.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    pub api_key: Secret,
+    pub auth: AuthStyle,
+    /// Appended to every call's URL, e.g. Azure's `api-version=2024-10-21`.
+    pub query: Option<String>,
+    pub api: UpstreamApi,
+    pub model: String,
+    /// Relative share of the traffic, against the other endpoints' weights.
+    pub weight: u32,
+    /// Ceiling of this endpoint's calls in flight (its adaptive limit's start and maximum).
+    pub max_in_flight: usize,
+    /// Requests and tokens per minute to stay under, besides what the provider announces.
+    pub rpm_limit: Option<u64>,
+    pub tpm_limit: Option<u64>,
+    /// The model's token prices, when known: what `cost_usd` is computed from.
+    pub price: Option<Price>,
+}
+
+impl AuthStyle {
+    /// Every style by its name in settings (`HNC_UPSTREAM_AUTH`, the upstreams file).
+    pub const NAMES: [(&'static str, Self); 2] =
+        [("bearer", Self::Bearer), ("api-key", Self::ApiKey)];
+}
+
+/// Everything the upstream side needs; parsed once from the service config.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// At least one.
+    pub endpoints: Vec<EndpointSettings>,
+    /// Deadline of one HTTP call, connect to last byte.
+    pub call_timeout: Duration,
+    pub retry: RetryPolicy,
+    /// Titles per upstream call (1 = no packing).
+    pub pack_size: usize,
+    pub transport: Transport,
+}
+
+/// How calls travel to an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// A keep-alive pool of HTTP/1.1 connections, one per call in flight: the default, and what
+    /// every OpenAI-compatible server speaks. Costs about 16 KiB of buffers per connection.
+    Http1,
+    /// HTTP/2, at most `streams_per_connection` calls on one connection (OpenAI allows about
+    /// 100), as many connections as the endpoint's ceiling needs: far less memory per call in
+    /// flight. Over `http://` it assumes the server speaks HTTP/2 (prior knowledge); over
+    /// `https://` it is negotiated, falling back to HTTP/1.1.
+    Http2 { streams_per_connection: usize },
+}

@@ -1,0 +1,71 @@
+//! What a call produced and what it cost: a checked prediction, and the tokens, requests and
+//! USD of the calls behind it.
+
+use std::ops::AddAssign;
+use std::sync::Arc;
+
+use super::pricing::Price;
+
+/// A validated answer: a label of the taxonomy and a confidence in 0..=1.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    pub topic: Arc<str>,
+    pub confidence: f64,
+}
+
+/// What calls cost: tokens as the provider counted them, and how many HTTP calls were made.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    /// All prompt tokens, cached ones included.
+    pub input_tokens: u64,
+    /// The part of `input_tokens` served from the provider's prompt cache.
+    pub cached_input_tokens: u64,
+    pub output_tokens: u64,
+    pub upstream_requests: u64,
+    /// USD at the prices of the models that answered.
+    cost_usd: f64,
+    /// A call went to a model without a known price: the cost is then unknown.
+    unpriced: bool,
+}
+
+impl Usage {
+    /// The tokens one response reports (its request is counted by the caller).
+    pub fn billed(input_tokens: u64, cached_input_tokens: u64, output_tokens: u64) -> Self {
+        Self {
+            input_tokens,
+            cached_input_tokens,
+            output_tokens,
+            ..Self::default()
+        }
+    }
+
+    /// The same tokens, counted as `requests` calls.
+    pub fn with_requests(mut self, requests: u64) -> Self {
+        self.upstream_requests = requests;
+        self
+    }
+
+    /// Prices these tokens at `price`; without one, the cost becomes unknown.
+    pub fn price_at(&mut self, price: Option<Price>) {
+        match price {
+            Some(price) => self.cost_usd += price.cost(self),
+            None => self.unpriced = true,
+        }
+    }
+
+    /// What the calls cost in USD; `None` when a model without a known price answered one.
+    pub fn cost_usd(&self) -> Option<f64> {
+        (!self.unpriced).then_some(self.cost_usd)
+    }
+}
+
+impl AddAssign for Usage {
+    fn add_assign(&mut self, rhs: Self) {
+        self.input_tokens += rhs.input_tokens;
+        self.cached_input_tokens += rhs.cached_input_tokens;
+        self.output_tokens += rhs.output_tokens;
+        self.upstream_requests += rhs.upstream_requests;
+        self.cost_usd += rhs.cost_usd;
+        self.unpriced |= rhs.unpriced;
+    }
+}
