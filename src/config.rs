@@ -1,6 +1,6 @@
-//! The command line and the environment, parsed once at start-up into typed settings. Every
-//! `serve` setting is both a flag and an environment variable; a bad value stops the process
-//! with a message that names the variable.
+//! The settings of `serve` and `sim`, parsed once at start-up (clap derive with `env`) and
+//! resolved into the typed settings of the layers below. Every `serve` setting is both a flag
+//! and an environment variable; a bad value stops the process with a message that names it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

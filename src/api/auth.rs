@@ -6,17 +6,12 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::http::header::AUTHORIZATION;
-use axum::middleware::Next;
-use axum::response::Response;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
-use super::state::AppState;
 use crate::secret::Secret;
 
 /// A caller's public identity, for logs and metrics.
@@ -29,7 +24,7 @@ impl ClientId {
     }
 
     /// Everyone, when no keys are configured.
-    fn anonymous() -> Self {
+    pub(super) fn anonymous() -> Self {
         Self(Arc::from("anonymous"))
     }
 
@@ -71,7 +66,7 @@ impl ClientKeys {
 
     /// The identity of `token`, comparing against every key in constant time and without
     /// stopping at a match, so timing says nothing about which prefix or which key was close.
-    fn identify(&self, token: &[u8]) -> Option<ClientId> {
+    pub(super) fn identify(&self, token: &[u8]) -> Option<ClientId> {
         let mut found = None;
         for (key, id) in &self.keys {
             if bool::from(key.expose().as_bytes().ct_eq(token)) {
@@ -114,33 +109,6 @@ impl Quotas {
             }),
         }
     }
-}
-
-/// Admits a request with a valid bearer token (or anyone, when no keys are configured) and
-/// records who it is on the request's span and in its extensions.
-pub async fn require_key(
-    State(state): State<Arc<AppState>>,
-    mut request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let client = if state.client_keys.is_open() {
-        ClientId::anonymous()
-    } else {
-        let token = request
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .unwrap_or("");
-        state
-            .client_keys
-            .identify(token.as_bytes())
-            .ok_or(ApiError::Unauthorized)?
-    };
-    tracing::Span::current().record("client", client.as_str());
-    request.extensions_mut().insert(client);
-    Ok(next.run(request).await)
 }
 
 #[cfg(test)]

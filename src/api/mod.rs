@@ -45,10 +45,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         // Only classification spends credits: probes and metrics stay open for the platform.
         .route(
             "/classify-batch",
-            post(classify::classify_batch).route_layer(middleware::from_fn_with_state(
-                state.clone(),
-                auth::require_key,
-            )),
+            post(classify::classify_batch)
+                .route_layer(middleware::from_fn_with_state(state.clone(), require_key)),
         )
         .route("/taxonomies", get(classify::list_taxonomies))
         .route("/healthz", get(probes::healthz))
@@ -105,6 +103,33 @@ pub fn metrics_router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/metrics", get(probes::metrics))
         .with_state(state)
+}
+
+/// Admits a request with a valid bearer token (or anyone, when no keys are configured) and
+/// records who it is on the request's span and in its extensions.
+async fn require_key(
+    State(state): State<Arc<AppState>>,
+    mut request: Request<axum::body::Body>,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let client = if state.client_keys.is_open() {
+        ClientId::anonymous()
+    } else {
+        let token = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .unwrap_or("");
+        state
+            .client_keys
+            .identify(token.as_bytes())
+            .ok_or(ApiError::Unauthorized)?
+    };
+    tracing::Span::current().record("client", client.as_str());
+    request.extensions_mut().insert(client);
+    Ok(next.run(request).await)
 }
 
 async fn track_http(

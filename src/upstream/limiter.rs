@@ -1,4 +1,5 @@
-//! The process-wide ceiling on upstream calls in flight, adapted to what the provider takes:
+//! One endpoint's ceiling on upstream calls in flight (each endpoint has its own, shared by every
+//! batch of the process), adapted to what the provider takes:
 //! AIMD on outcomes. It starts at the configured maximum (no ramp-up when nothing pushes back),
 //! cuts by 10% on a 429 or a timeout (at most once per observed round trip, so one burst counts
 //! once), and grows back by about one slot per round trip of successes. Waiters queue FIFO on a

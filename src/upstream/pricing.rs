@@ -5,34 +5,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
-use super::usage::Usage;
+pub use super::usage::Price;
 
 /// The date of the built-in prices.
 pub const BUILT_IN_PRICES_AS_OF: &str = "2025-08";
-
-/// USD per million tokens for one model.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Price {
-    pub input: f64,
-    /// Input tokens served from the provider's prompt cache.
-    pub cached_input: f64,
-    pub output: f64,
-}
-
-impl Price {
-    /// The cost of `usage` in USD.
-    pub fn cost(&self, usage: &Usage) -> f64 {
-        let cached = usage.cached_input_tokens.min(usage.input_tokens);
-        let fresh = usage.input_tokens - cached;
-        (fresh as f64 * self.input
-            + cached as f64 * self.cached_input
-            + usage.output_tokens as f64 * self.output)
-            / 1_000_000.0
-    }
-}
 
 const BUILT_IN: &[(&str, Price)] = &[
     (
@@ -174,6 +150,7 @@ impl PriceTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::usage::Usage;
 
     #[test]
     fn cached_input_is_priced_as_cached_and_never_twice() {

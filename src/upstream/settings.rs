@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use super::pricing::Price;
 use super::retry::RetryPolicy;
+use super::usage::Price;
 use crate::secret::Secret;
 
 /// Which wire protocol the provider speaks.

@@ -4,7 +4,7 @@
 use std::ops::AddAssign;
 use std::sync::Arc;
 
-use super::pricing::Price;
+use serde::Deserialize;
 
 /// A validated answer: a label of the taxonomy and a confidence in 0..=1.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,5 +67,27 @@ impl AddAssign for Usage {
         self.upstream_requests += rhs.upstream_requests;
         self.cost_usd += rhs.cost_usd;
         self.unpriced |= rhs.unpriced;
+    }
+}
+
+/// USD per million tokens for one model.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input: f64,
+    /// Input tokens served from the provider's prompt cache.
+    pub cached_input: f64,
+    pub output: f64,
+}
+
+impl Price {
+    /// The cost of `usage` in USD.
+    pub fn cost(&self, usage: &Usage) -> f64 {
+        let cached = usage.cached_input_tokens.min(usage.input_tokens);
+        let fresh = usage.input_tokens - cached;
+        (fresh as f64 * self.input
+            + cached as f64 * self.cached_input
+            + usage.output_tokens as f64 * self.output)
+            / 1_000_000.0
     }
 }

@@ -1,5 +1,6 @@
 //! Integration tests: the real router over real sockets on 127.0.0.1.
 
+mod architecture;
 mod bench;
 mod chat;
 mod classify;
