@@ -399,7 +399,7 @@ async fn send_batch(
             should_retry: headers.should_retry,
         };
         failures += 1;
-        match policy.decide(&refusal, failures, deadline) {
+        match policy.decide(&refusal, failures, 0, deadline) {
             Decision::RetryAfter(delay) => tokio::time::sleep(delay).await,
             Decision::GiveUp(_) => return Err(ClientError::Service { status, body }),
         }

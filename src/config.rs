@@ -216,11 +216,18 @@ pub struct UpstreamTuning {
     /// Wall time one item may take from its first attempt, retries and waits included, seconds.
     #[arg(long, env = "HNC_ITEM_DEADLINE_S", value_name = "HNC_ITEM_DEADLINE_S", default_value = "60", value_parser = parse_seconds)]
     pub item_deadline: Duration,
+
+    /// Attempts after the first for an answer that is not the schema's JSON or did not
+    /// complete (usually a one-off, such as a truncated answer), within the item deadline;
+    /// 0 = never. A refusal or a label outside the taxonomy is final either way.
+    #[arg(long, env = "HNC_OUTPUT_RETRIES", value_name = "HNC_OUTPUT_RETRIES", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=5))]
+    pub output_retries: u32,
 }
 
 impl UpstreamTuning {
     pub fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy::new(self.max_retries, self.item_deadline)
+            .with_output_retries(self.output_retries)
     }
 }
 

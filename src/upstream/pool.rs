@@ -173,6 +173,7 @@ impl UpstreamClient {
         let mut attempts = 0;
         // Failures that spend the retry budget: a 429 for rate waits out the deadline instead.
         let mut budgeted_failures = 0;
+        let mut output_failures = 0;
         let mut failed_at: Option<&Endpoint> = None;
         loop {
             let endpoint = self.pick(failed_at);
@@ -205,10 +206,15 @@ impl UpstreamClient {
                 );
                 continue;
             }
-            if !error.is_rate_limited() {
+            if error.is_output_fault() {
+                output_failures += 1;
+            } else if !error.is_rate_limited() {
                 budgeted_failures += 1;
             }
-            match self.retry.decide(&error, budgeted_failures, deadline) {
+            match self
+                .retry
+                .decide(&error, budgeted_failures, output_failures, deadline)
+            {
                 Decision::GiveUp(gave_up) => {
                     tracing::debug!(error.code = error.code(), %error, attempts, %gave_up, "upstream call failed");
                     return (

@@ -20,6 +20,9 @@ pub struct RetryPolicy {
     pub max_backoff: Duration,
     /// Wall time one item may take from its first attempt, retries and waits included.
     pub item_deadline: Duration,
+    /// Attempts after the first for an answer that is not the schema's JSON or did not
+    /// complete: usually a one-off (a truncated answer), so asking again almost always works.
+    pub output_retries: u32,
 }
 
 /// Why an item stopped being retried.
@@ -75,18 +78,45 @@ pub enum Decision {
 impl RetryPolicy {
     /// `max_retries` within `item_deadline`, with the standard backoff: full jitter from 250 ms,
     /// doubling up to 8 s.
+    /// No retry of invalid output; see `with_output_retries`.
     pub fn new(max_retries: u32, item_deadline: Duration) -> Self {
         Self {
             max_retries,
             base_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(8),
             item_deadline,
+            output_retries: 0,
+        }
+    }
+
+    /// The same policy, asking again up to `retries` times after invalid or incomplete output.
+    pub fn with_output_retries(self, retries: u32) -> Self {
+        Self {
+            output_retries: retries,
+            ..self
         }
     }
 
     /// What to do after `error`, the `failures`th failure that counts against the budget (rate
-    /// limits do not count: they are bounded by the deadline).
-    pub fn decide(&self, error: &UpstreamError, failures: u32, deadline: Instant) -> Decision {
+    /// limits do not count: they are bounded by the deadline), with `output_failures` answers
+    /// so far that were invalid or incomplete (they have a budget of their own).
+    pub fn decide(
+        &self,
+        error: &UpstreamError,
+        failures: u32,
+        output_failures: u32,
+        deadline: Instant,
+    ) -> Decision {
+        if error.is_output_fault() {
+            // Asked again at once: nothing was overloaded, the answer was just unusable.
+            return if output_failures > self.output_retries {
+                Decision::GiveUp(GiveUp::Final)
+            } else if Instant::now() >= deadline {
+                Decision::GiveUp(GiveUp::DeadlineReached)
+            } else {
+                Decision::RetryAfter(Duration::ZERO)
+            };
+        }
         if !error.is_retryable() {
             return Decision::GiveUp(GiveUp::Final);
         }
@@ -137,6 +167,13 @@ impl UpstreamError {
         }
     }
 
+    /// An answer that came back but is not usable as it is: not the schema's JSON, or a
+    /// response that did not complete. A refusal or an off-taxonomy label is the model's
+    /// considered answer and stays final.
+    pub fn is_output_fault(&self) -> bool {
+        matches!(self, Self::InvalidOutput(_) | Self::NotCompleted { .. })
+    }
+
     /// The provider refused the key itself (401, 403) or its quota: another key may work,
     /// this one will not for a while.
     pub fn is_refusal_of_key(&self) -> bool {
@@ -171,6 +208,7 @@ mod tests {
         base_backoff: Duration::from_millis(100),
         max_backoff: Duration::from_secs(2),
         item_deadline: Duration::from_secs(60),
+        output_retries: 1,
     };
 
     fn http(
@@ -211,24 +249,57 @@ mod tests {
     fn honours_retry_after_and_stops_at_the_budget_or_the_deadline() {
         let e = http(429, Some("rate_limit_exceeded"), Some(300), None);
         assert_eq!(
-            POLICY.decide(&e, 1, far()),
+            POLICY.decide(&e, 1, 0, far()),
             Decision::RetryAfter(Duration::from_millis(300))
         );
         assert_eq!(
-            POLICY.decide(&e, 9, far()),
+            POLICY.decide(&e, 9, 0, far()),
             Decision::RetryAfter(Duration::from_millis(300)),
             "a rate limit waits for the deadline, not the retry budget"
         );
         let server_error = http(503, None, Some(300), None);
         assert_eq!(
-            POLICY.decide(&server_error, 4, far()),
+            POLICY.decide(&server_error, 4, 0, far()),
             Decision::GiveUp(GiveUp::RetriesExhausted)
         );
         let soon = Instant::now() + Duration::from_millis(100);
         assert_eq!(
-            POLICY.decide(&e, 1, soon),
+            POLICY.decide(&e, 1, 0, soon),
             Decision::GiveUp(GiveUp::DeadlineReached)
         );
+    }
+
+    #[test]
+    fn invalid_or_incomplete_output_is_asked_again_within_its_own_budget() {
+        let invalid = UpstreamError::InvalidOutput("EOF while parsing".into());
+        let incomplete = UpstreamError::NotCompleted {
+            status: "incomplete".into(),
+            reason: None,
+        };
+        for e in [&invalid, &incomplete] {
+            assert_eq!(
+                POLICY.decide(e, 0, 1, far()),
+                Decision::RetryAfter(Duration::ZERO)
+            );
+            assert_eq!(
+                POLICY.decide(e, 0, 2, far()),
+                Decision::GiveUp(GiveUp::Final)
+            );
+            let never = POLICY.with_output_retries(0);
+            assert_eq!(
+                never.decide(e, 0, 1, far()),
+                Decision::GiveUp(GiveUp::Final)
+            );
+        }
+        for considered in [
+            UpstreamError::Refusal("no".into()),
+            UpstreamError::OffTaxonomy("hacked".into()),
+        ] {
+            assert_eq!(
+                POLICY.decide(&considered, 0, 1, far()),
+                Decision::GiveUp(GiveUp::Final)
+            );
+        }
     }
 
     #[test]

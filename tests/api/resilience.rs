@@ -59,9 +59,17 @@ async fn under_the_fault_matrix_every_item_comes_back_in_order_and_only_final_fa
         }
     }
     let stats = faulty.sim_stats().await;
-    assert_eq!(
-        garbage, stats["faults"]["garbage"],
-        "each garbage answer fails its item, once"
+    // Garbage is asked again once (HNC_OUTPUT_RETRIES=1): an item fails for it only when both
+    // of its answers were garbage, about 2% of 2% of the items.
+    let garbage_answers = stats["faults"]["garbage"].as_u64().unwrap();
+    eprintln!(
+        "fault matrix: {} item errors of {} ({garbage} invalid output from {garbage_answers} garbage answers, {refusals} refusals, {exhausted} exhausted)",
+        garbage + refusals + exhausted,
+        titles.len()
+    );
+    assert!(
+        garbage * 2 <= garbage_answers && garbage <= 12,
+        "garbage is retried once: {garbage} items failed for {garbage_answers} garbage answers"
     );
     assert_eq!(
         refusals, stats["faults"]["refusal"],

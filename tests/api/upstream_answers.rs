@@ -26,6 +26,7 @@ fn troublesome(title: &str, call: usize) -> Response {
             Json(body).into_response()
         }
         "invalid json" => answer("Sure! The topic is AI."),
+        "truncated once" if call == 1 => answer("{\"topic\":\"oth"),
         "off enum" => answer(r#"{"topic":"hacked","confidence":1.0}"#),
         "confidence too high" => answer(r#"{"topic":"other","confidence":1.5}"#),
         "extra field" => answer(r#"{"topic":"other","confidence":0.5,"reason":"x"}"#),
@@ -122,8 +123,8 @@ async fn unusable_answers_become_per_item_errors_and_the_batch_still_answers_200
     assert_eq!(response.errors, cases.len() - 1);
     assert_eq!(
         upstream.total_calls(),
-        cases.len() + 3,
-        "one call per title, but 4 for the 500"
+        cases.len() + 3 + 3,
+        "one call per title, but 4 for the 500 and 2 for each invalid or incomplete answer"
     );
     assert_eq!(
         upstream.call_times("http 429 quota").len(),
@@ -199,4 +200,42 @@ async fn an_unreachable_upstream_is_a_per_item_error() {
             .all(|r| r.error_code.as_deref() == Some("upstream_unreachable"))
     );
     app.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_answer_cut_off_once_is_asked_again_and_only_once() {
+    let upstream = spawn_fake_upstream(troublesome).await;
+    let app = spawn_against(&upstream, &[]).await;
+    let response = app
+        .classify(&["truncated once", "invalid json", "refusal"])
+        .await;
+    let codes: Vec<Option<&str>> = response
+        .results
+        .iter()
+        .map(|r| r.error_code.as_deref())
+        .collect();
+    assert_eq!(codes, [None, Some("invalid_output"), Some("model_refused")]);
+    assert_eq!(upstream.call_times("truncated once").len(), 2);
+    assert_eq!(
+        upstream.call_times("invalid json").len(),
+        2,
+        "one retry, no more"
+    );
+    assert_eq!(
+        upstream.call_times("refusal").len(),
+        1,
+        "a refusal is final"
+    );
+}
+
+#[tokio::test]
+async fn with_output_retries_off_a_cut_off_answer_is_final() {
+    let upstream = spawn_fake_upstream(troublesome).await;
+    let app = spawn_against(&upstream, &["--output-retries", "0"]).await;
+    let response = app.classify(&["truncated once"]).await;
+    assert_eq!(
+        response.results[0].error_code.as_deref(),
+        Some("invalid_output")
+    );
+    assert_eq!(upstream.call_times("truncated once").len(), 1);
 }
