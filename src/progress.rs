@@ -1,4 +1,4 @@
-//! The progress bar `classify` and `bench` show on a terminal: rate and ETA. Hidden when stderr
+//! The progress bar `classify`, `eval` and `bench` show on a terminal: rate and ETA. Hidden when stderr
 //! is not a terminal (CI logs, pipes), so logs hold results, not redraws.
 
 use std::io::IsTerminal;

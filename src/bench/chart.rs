@@ -1,9 +1,7 @@
-//! The reference study's picture: best items/s per approach as bars, written as PNG and SVG.
-//! plotters draws both; the PNG's text uses a font compiled in (Ubuntu Light, from
-//! `epaint_default_fonts`), so no system fonts or C libraries are needed.
+//! The reference study's picture: best items/s per approach as bars, written as PNG and SVG
+//! (plotters, with the font of `plot`).
 
 use std::path::Path;
-use std::sync::Once;
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -12,17 +10,13 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use super::error::BenchError;
 use super::result::RunResult;
 use super::target::Approach;
+use crate::plot::FONT;
 
 const SIZE: (u32, u32) = (960, 540);
-const FONT: &str = "sans-serif";
 
 /// Writes `chart.png` and `chart.svg` in `dir` for the best run of each approach.
 pub fn draw(dir: &Path, best: &[&RunResult]) -> Result<(), BenchError> {
-    static FONT_ONCE: Once = Once::new();
-    FONT_ONCE.call_once(|| {
-        plotters::style::register_font(FONT, FontStyle::Normal, epaint_default_fonts::UBUNTU_LIGHT)
-            .unwrap_or_else(|_| panic!("the bundled font is a valid TTF"));
-    });
+    crate::plot::register();
     std::fs::create_dir_all(dir).map_err(|source| BenchError::Io {
         path: dir.to_owned(),
         source,

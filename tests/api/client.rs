@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use hn_classifier::client::{ClassifyFileConfig, ClientError, OutputFormat, Row, classify_file};
+use hn_classifier::client::{
+    ClassifyFileConfig, ClientError, OutputFormat, Row, ServiceArgs, classify_file,
+};
 use hn_classifier::secret::Secret;
 
 use crate::helpers::*;
@@ -21,15 +23,12 @@ fn config_for(
 ) -> ClassifyFileConfig {
     ClassifyFileConfig {
         input,
-        url: format!("http://{}", app.addr),
+        service: ServiceArgs::remote(format!("http://{}", app.addr)),
         output: Some(output),
         format,
         batch_size: 25,
         concurrency: 3,
         field: None,
-        api_key: None,
-        direct: false,
-        simulate: false,
     }
 }
 
@@ -131,7 +130,7 @@ async fn a_service_with_keys_needs_the_client_key() {
         matches!(refused, ClientError::Service { status: 401, .. }),
         "{refused}"
     );
-    config.api_key = Some(Secret::new("file-client-key"));
+    config.service.api_key = Some(Secret::new("file-client-key"));
     assert_eq!(classify_file(&config, false).await.unwrap().items, 2);
     app.shutdown().await;
 }

@@ -7,6 +7,7 @@ mod classify;
 mod client;
 mod deploy;
 mod efficiency;
+mod eval;
 mod helpers;
 mod local_llm;
 mod openapi;

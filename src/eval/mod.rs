@@ -1,0 +1,133 @@
+//! `hn-classifier eval GOLD.jsonl`: label quality against hand labels, per setting. Each pack
+//! size runs the whole gold set through the service's pipeline in this process (`--direct`, or
+//! `--simulate`), or a running service is measured as it is configured (`--url`). Per setting:
+//! accuracy strict and lenient, macro-F1, per-label precision and recall, a confusion matrix,
+//! calibration (ECE), agreement with pack size 1, item errors, tokens and cost per 1000 items.
+//! Written to `items.csv`, `summary.csv`, `labels.csv` and charts, and printed as a table.
+
+mod chart;
+mod error;
+mod gold;
+mod metrics;
+mod report;
+
+use std::path::PathBuf;
+
+use crate::client::{Batches, ServiceArgs};
+use crate::config::ServeConfig;
+pub use error::EvalError;
+pub use gold::{Fields, GoldError, GoldItem};
+pub use metrics::{Outcome, Scores, agreement, score};
+pub use report::{Report, Setting, table};
+use report::{outcomes, write_files};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct EvalConfig {
+    /// Hand-labelled items: JSON Lines with a title and a gold label per line, and optionally
+    /// a second acceptable label.
+    pub gold: PathBuf,
+
+    /// The field holding the title.
+    #[arg(long, default_value = "title")]
+    pub title_field: String,
+
+    /// The field holding the gold label.
+    #[arg(long, default_value = "label")]
+    pub label_field: String,
+
+    /// The field holding a second acceptable label (optional per line).
+    #[arg(long, default_value = "alt")]
+    pub alt_field: String,
+
+    /// Pack sizes to compare (HNC_PACK_SIZE), each over the whole set [default: 1]. Needs
+    /// --direct or --simulate: a running service packs as it was started.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub pack_sizes: Option<Vec<u32>>,
+
+    /// Only the first N items of the gold file.
+    #[arg(long)]
+    pub limit: Option<usize>,
+
+    /// Where the titles go; with `--url` alone, a running service measured as it was started.
+    #[command(flatten)]
+    pub service: ServiceArgs,
+
+    /// Titles per request.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=2000))]
+    pub batch_size: u32,
+
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub concurrency: u32,
+
+    /// Where the CSV files and charts go.
+    #[arg(long, short, default_value = "eval-results")]
+    pub output: PathBuf,
+}
+
+/// Runs every setting over the gold set, writes the files and charts, returns the reports.
+pub async fn run(config: &EvalConfig, progress: bool) -> Result<Vec<Report>, EvalError> {
+    let fields = Fields {
+        title: config.title_field.clone(),
+        label: config.label_field.clone(),
+        alt: config.alt_field.clone(),
+    };
+    let gold = gold::read(&config.gold, &fields, config.limit)?;
+    let titles: Vec<String> = gold.iter().map(|g| g.title.clone()).collect();
+    let in_process = config.service.in_process();
+    let settings: Vec<Setting> = match (&config.pack_sizes, in_process) {
+        (Some(_), false) => return Err(EvalError::PackSizesNeedDirect),
+        (Some(sizes), true) => sizes.iter().map(|k| Setting::Pack(*k)).collect(),
+        (None, true) => vec![Setting::Pack(1)],
+        (None, false) => vec![Setting::Service],
+    };
+    let batches = Batches {
+        size: config.batch_size as usize,
+        concurrency: config.concurrency as usize,
+    };
+    let mut reports: Vec<Report> = Vec::new();
+    for setting in settings {
+        let target = match setting {
+            Setting::Pack(k) => {
+                let pack = |serve| ServeConfig {
+                    pack_size: k,
+                    ..serve
+                };
+                config.service.connect(pack).await?
+            }
+            Setting::Service => config.service.connect(|serve| serve).await?,
+        };
+        let bar = crate::progress::bar(titles.len() as u64, progress, &format!("k={setting}"));
+        let mut rows = Vec::with_capacity(titles.len());
+        let usage = target
+            .classify(&titles, batches, &bar, |batch| {
+                rows.extend_from_slice(batch);
+                Ok(())
+            })
+            .await?;
+        bar.finish_and_clear();
+        let scores = score(&outcomes(&gold, &rows));
+        reports.push(Report {
+            setting,
+            rows,
+            scores,
+            agreement_with_k1: None,
+            usage,
+        });
+    }
+    let k1_topics: Option<Vec<Option<String>>> = reports
+        .iter()
+        .find(|r| r.setting == Setting::Pack(1))
+        .map(|r| r.rows.iter().map(|row| row.topic.clone()).collect());
+    if let Some(k1) = k1_topics {
+        let k1: Vec<Option<&str>> = k1.iter().map(Option::as_deref).collect();
+        for report in &mut reports {
+            let topics: Vec<Option<&str>> =
+                report.rows.iter().map(|r| r.topic.as_deref()).collect();
+            report.agreement_with_k1 = agreement(&k1, &topics);
+        }
+    }
+    write_files(&config.output, &gold, &reports)?;
+    chart::draw(&config.output, &reports).map_err(EvalError::Chart)?;
+    Ok(reports)
+}

@@ -1,0 +1,212 @@
+//! What one setting produced, and how it is written: the CSV files and the printed table.
+
+use std::fmt;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::error::EvalError;
+use super::gold::GoldItem;
+use super::metrics::{Outcome, Scores};
+use crate::client::{Row, Summary};
+
+/// What was varied: a pack size in this process, or a running service as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    Pack(u32),
+    Service,
+}
+
+impl fmt::Display for Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Pack(k) => write!(f, "{k}"),
+            Self::Service => f.write_str("service"),
+        }
+    }
+}
+
+/// One setting's answers and figures.
+pub struct Report {
+    pub setting: Setting,
+    pub rows: Vec<Row>,
+    pub scores: Scores,
+    /// Share of items with the same label as pack size 1 (both answered), when it ran.
+    pub agreement_with_k1: Option<f64>,
+    pub usage: Summary,
+}
+
+pub fn outcomes<'a>(gold: &'a [GoldItem], rows: &'a [Row]) -> Vec<Outcome<'a>> {
+    gold.iter()
+        .zip(rows)
+        .map(|(g, r)| Outcome {
+            gold: &g.label,
+            alt: g.alt.as_deref(),
+            topic: r.topic.as_deref(),
+            confidence: r.confidence,
+        })
+        .collect()
+}
+
+/// `items.csv`: one row per item and setting.
+#[derive(Serialize)]
+struct ItemRow<'a> {
+    title: &'a str,
+    gold: &'a str,
+    alt: Option<&'a str>,
+    pack_size: String,
+    topic: Option<&'a str>,
+    confidence: Option<f64>,
+    error_code: Option<&'a str>,
+}
+
+/// `summary.csv`: one row per setting.
+#[derive(Serialize)]
+struct SummaryRow {
+    pack_size: String,
+    items: usize,
+    strict_accuracy: f64,
+    lenient_accuracy: f64,
+    macro_f1: f64,
+    ece: f64,
+    agreement_with_k1: Option<f64>,
+    item_errors: usize,
+    cost_per_1000: Option<f64>,
+    input_tokens_per_1000: f64,
+    output_tokens_per_1000: f64,
+    upstream_requests_per_1000: f64,
+}
+
+/// `labels.csv`: one row per setting and gold label.
+#[derive(Serialize)]
+struct LabelRow<'a> {
+    pack_size: String,
+    label: &'a str,
+    support: usize,
+    predicted: usize,
+    precision: Option<f64>,
+    recall: f64,
+    f1: f64,
+}
+
+impl SummaryRow {
+    fn of(report: &Report) -> Self {
+        let s = &report.scores;
+        let per_1000 = |x: f64| {
+            if s.items == 0 {
+                0.0
+            } else {
+                x * 1000.0 / s.items as f64
+            }
+        };
+        Self {
+            pack_size: report.setting.to_string(),
+            items: s.items,
+            strict_accuracy: s.strict_accuracy,
+            lenient_accuracy: s.lenient_accuracy,
+            macro_f1: s.macro_f1,
+            ece: s.ece,
+            agreement_with_k1: report.agreement_with_k1,
+            item_errors: s.item_errors,
+            cost_per_1000: report.usage.cost_usd.map(per_1000),
+            input_tokens_per_1000: per_1000(report.usage.input_tokens as f64),
+            output_tokens_per_1000: per_1000(report.usage.output_tokens as f64),
+            upstream_requests_per_1000: per_1000(report.usage.upstream_requests as f64),
+        }
+    }
+}
+
+pub fn write_files(dir: &Path, gold: &[GoldItem], reports: &[Report]) -> Result<(), EvalError> {
+    std::fs::create_dir_all(dir).map_err(|source| EvalError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    write_csv(
+        &dir.join("items.csv"),
+        reports.iter().flat_map(|r| {
+            gold.iter().zip(&r.rows).map(move |(g, row)| ItemRow {
+                title: &g.title,
+                gold: &g.label,
+                alt: g.alt.as_deref(),
+                pack_size: r.setting.to_string(),
+                topic: row.topic.as_deref(),
+                confidence: row.confidence,
+                error_code: row.error_code.as_deref(),
+            })
+        }),
+    )?;
+    write_csv(&dir.join("summary.csv"), reports.iter().map(SummaryRow::of))?;
+    write_csv(
+        &dir.join("labels.csv"),
+        reports.iter().flat_map(|r| {
+            r.scores.per_label.iter().map(move |l| LabelRow {
+                pack_size: r.setting.to_string(),
+                label: &l.label,
+                support: l.support,
+                predicted: l.predicted,
+                precision: l.precision,
+                recall: l.recall,
+                f1: l.f1,
+            })
+        }),
+    )
+}
+
+fn write_csv<R: Serialize>(path: &Path, rows: impl Iterator<Item = R>) -> Result<(), EvalError> {
+    let csv_error = |source| EvalError::Csv {
+        path: path.to_owned(),
+        source,
+    };
+    let mut writer = csv::Writer::from_path(path).map_err(csv_error)?;
+    for row in rows {
+        writer.serialize(row).map_err(csv_error)?;
+    }
+    writer.flush().map_err(|source| EvalError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The table printed at the end: one line per setting, then where the files are.
+pub fn table(reports: &[Report], dir: &Path) -> String {
+    let mut lines = vec![format!(
+        "{:>8} {:>6} {:>7} {:>8} {:>8} {:>6} {:>9} {:>7} {:>11} {:>12}",
+        "pack",
+        "items",
+        "strict",
+        "lenient",
+        "macroF1",
+        "ECE",
+        "agree_k1",
+        "errors",
+        "calls/1000",
+        "cost/1000"
+    )];
+    for r in reports {
+        let row = SummaryRow::of(r);
+        let agree = row
+            .agreement_with_k1
+            .map_or("-".to_owned(), |a| format!("{a:.3}"));
+        let cost = row
+            .cost_per_1000
+            .map_or("unknown".to_owned(), |c| format!("${c:.4}"));
+        lines.push(format!(
+            "{:>8} {:>6} {:>7.3} {:>8.3} {:>8.3} {:>6.3} {:>9} {:>7} {:>11.0} {:>12}",
+            row.pack_size,
+            row.items,
+            row.strict_accuracy,
+            row.lenient_accuracy,
+            row.macro_f1,
+            row.ece,
+            agree,
+            row.item_errors,
+            row.upstream_requests_per_1000,
+            cost
+        ));
+    }
+    lines.push(format!(
+        "items.csv, summary.csv, labels.csv, confusion_k*.png/svg and reliability.png/svg in {}",
+        dir.display()
+    ));
+    lines.join("\n")
+}
