@@ -11,6 +11,7 @@
 mod approaches;
 mod chart;
 mod error;
+mod latency;
 mod result;
 mod service;
 mod target;
@@ -23,7 +24,7 @@ use tokio::net::TcpListener;
 use approaches::Measured;
 pub use error::BenchError;
 pub use result::{RunResult, best_per_approach, report};
-use result::{append_csv, line};
+use result::{append_csv, line, percentile_ms};
 use service::{ProcessUsage, ServiceProcess};
 use target::upstream_client;
 pub use target::{Approach, UpstreamTarget};
@@ -86,6 +87,15 @@ pub struct BenchConfig {
     #[arg(long, value_delimiter = ',', default_value = "50")]
     pub concurrency: Vec<usize>,
 
+    /// Requests per second for `latency`: one-title requests, open loop, each rate to the
+    /// service and then straight to the upstream; a comma list runs them in turn.
+    #[arg(long, value_delimiter = ',', default_value = "1000,3000")]
+    pub rates: Vec<u32>,
+
+    /// Seconds each `latency` rate runs per target.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration_s: f64,
+
     /// Titles per request (`service`).
     #[arg(long, default_value_t = 50)]
     pub batch_size: usize,
@@ -111,6 +121,7 @@ pub async fn run(config: &BenchConfig) -> Result<Vec<RunResult>, BenchError> {
     // One simulator for every approach that needs it, so all of them meet the same one.
     let needs_sim = config.approach.iter().any(|a| match a {
         Approach::Service => config.service_url.is_none(),
+        Approach::Latency => config.service_url.is_none() || config.upstream_url.is_none(),
         _ => config.upstream_url.is_none(),
     });
     let sim = if needs_sim {
@@ -120,6 +131,10 @@ pub async fn run(config: &BenchConfig) -> Result<Vec<RunResult>, BenchError> {
     };
     let mut results = Vec::new();
     for &approach in &config.approach {
+        if approach == Approach::Latency {
+            latency_study(config, sim.as_ref(), &titles).await?;
+            continue;
+        }
         let target = Target::start(approach, config, sim.as_ref()).await?;
         for &concurrency in &config.concurrency {
             for _ in 0..config.repeat {
@@ -134,7 +149,8 @@ pub async fn run(config: &BenchConfig) -> Result<Vec<RunResult>, BenchError> {
                 let result =
                     measured.into_result(config, &target, titles.len(), concurrency, process);
                 eprintln!("{}", line(&result));
-                append_csv(&config.results_dir, &result)?;
+                let file = format!("{}.csv", result.approach.name());
+                append_csv(&config.results_dir, &file, &result)?;
                 results.push(result);
             }
         }
@@ -143,6 +159,30 @@ pub async fn run(config: &BenchConfig) -> Result<Vec<RunResult>, BenchError> {
         chart::draw(&config.results_dir, &best_per_approach(&results))?;
     }
     Ok(results)
+}
+
+/// `latency`: the service (given, or a child process on the simulator) against the same
+/// upstream called directly.
+async fn latency_study(
+    config: &BenchConfig,
+    sim: Option<&SimServer>,
+    titles: &[String],
+) -> Result<(), BenchError> {
+    let service = Target::start(Approach::Service, config, sim).await?;
+    let Target::Async(upstream) = Target::start(Approach::Async, config, sim).await? else {
+        unreachable!("the async approach's target is an upstream")
+    };
+    let duration = std::time::Duration::from_secs_f64(config.duration_s.max(0.1));
+    latency::study(
+        service.url(),
+        &upstream,
+        &config.rates,
+        duration,
+        titles,
+        &config.results_dir,
+    )
+    .await?;
+    Ok(())
 }
 
 /// What the load goes to, and what keeps it alive for the bench's duration.
@@ -202,7 +242,7 @@ impl Target {
             Approach::Pool => Self::Pool(upstream),
             Approach::Async => Self::Async(upstream),
             Approach::Sharded => Self::Sharded(upstream, config.shards.max(1)),
-            Approach::Service => unreachable!("handled above"),
+            Approach::Service | Approach::Latency => unreachable!("handled above"),
         })
     }
 
@@ -282,11 +322,7 @@ impl Measured {
             cost,
         } = self;
         latencies.sort_unstable();
-        let percentile = |q: f64| {
-            latencies
-                .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
-                .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-        };
+        let percentile = |q: f64| percentile_ms(&latencies, q);
         let per_1k = |x: f64| {
             if items == 0 {
                 0.0

@@ -95,13 +95,20 @@ pub fn best_per_approach(results: &[RunResult]) -> Vec<&RunResult> {
     best
 }
 
-pub fn append_csv(dir: &Path, result: &RunResult) -> Result<(), BenchError> {
+/// The `q` quantile of `sorted` latencies, in milliseconds (0 when there are none).
+pub fn percentile_ms(sorted: &[std::time::Duration], q: f64) -> f64 {
+    let index = ((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1));
+    sorted.get(index).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+/// Appends `row` to `dir/file` (with a header when the file is new).
+pub fn append_csv(dir: &Path, file: &str, row: &impl Serialize) -> Result<(), BenchError> {
     let io = |source| BenchError::Io {
         path: dir.to_owned(),
         source,
     };
     std::fs::create_dir_all(dir).map_err(io)?;
-    let path = dir.join(format!("{}.csv", result.approach.name()));
+    let path = dir.join(file);
     let fresh = !path.exists();
     let file = OpenOptions::new()
         .create(true)
@@ -111,7 +118,7 @@ pub fn append_csv(dir: &Path, result: &RunResult) -> Result<(), BenchError> {
     let mut writer = csv::WriterBuilder::new()
         .has_headers(fresh)
         .from_writer(file);
-    writer.serialize(result)?;
+    writer.serialize(row)?;
     writer.flush().map_err(io)?;
     Ok(())
 }

@@ -22,6 +22,8 @@ pub enum Approach {
     Async,
     Sharded,
     Service,
+    /// Not a throughput approach: the latency the service adds, open loop (`--rates`).
+    Latency,
 }
 
 impl Approach {
@@ -31,6 +33,7 @@ impl Approach {
             Self::Async => "async",
             Self::Sharded => "sharded",
             Self::Service => "service",
+            Self::Latency => "latency",
         }
     }
 }

@@ -251,7 +251,11 @@ async fn handle(
         }
         Fault::None | Fault::Garbage | Fault::Refusal => {}
     }
-    tokio::time::sleep(sim.sample_latency()).await;
+    let latency = sim.sample_latency();
+    // A zero latency answers at once: the timer's millisecond ticks would add one.
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     // Counted once the answer is about to leave, not when drawn: a client that gave up during
     // the latency never saw this garbage or refusal.
     if fault != Fault::None && fault != Fault::Hang {

@@ -66,7 +66,11 @@ impl Pacer {
     /// Waits for this call's turn. `tokens` is its expected cost (prompt plus maximum output).
     pub async fn wait_turn(&self, tokens: u64) {
         let start = self.reserve(tokens, Instant::now());
-        tokio::time::sleep_until(start).await;
+        // Only a real wait goes through the timer: its wheel ticks in milliseconds, so even a
+        // sleep until now would add up to a millisecond to a call that need not wait at all.
+        if start > Instant::now() {
+            tokio::time::sleep_until(start).await;
+        }
     }
 
     /// Books the next start time for a call of `tokens` and returns it.
@@ -150,6 +154,18 @@ mod tests {
         let now = Instant::now();
         assert_eq!(p.reserve(100, now), now);
         assert_eq!(p.reserve(100, now), now);
+    }
+
+    #[tokio::test]
+    async fn a_call_that_need_not_wait_is_let_through_without_the_timer() {
+        use futures::FutureExt;
+        let p = Pacer::new(Some(6000), None);
+        // The first call's turn is now: ready on the first poll, not at the timer's next tick.
+        assert!(p.wait_turn(1).now_or_never().is_some());
+        assert!(
+            p.wait_turn(1).now_or_never().is_none(),
+            "the second waits its 10 ms"
+        );
     }
 
     #[test]

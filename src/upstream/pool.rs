@@ -232,7 +232,10 @@ impl UpstreamClient {
                         .with_label_values(&[error.code()])
                         .inc();
                     tracing::debug!(error.code = error.code(), %error, attempts, delay_ms = delay.as_millis() as u64, "retrying");
-                    tokio::time::sleep(delay).await;
+                    // An output retry asks again at once, without a trip through the timer.
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
                 }
             }
         }

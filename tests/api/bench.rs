@@ -160,3 +160,46 @@ async fn sharded_clients_can_speak_http2_to_the_simulator() {
     assert!(results[0].http2);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test]
+async fn latency_sends_open_loop_to_the_service_and_the_upstream_and_records_both() {
+    let dir = std::env::temp_dir().join(format!("hnc-bench-latency-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    run(&bench_config(&[
+        "--approach",
+        "latency",
+        "--service-binary",
+        env!("CARGO_BIN_EXE_hn-classifier"),
+        "--rates",
+        "200",
+        "--duration-s",
+        "0.5",
+        "--results-dir",
+        dir.to_str().unwrap(),
+    ]))
+    .await
+    .unwrap();
+    #[derive(serde::Deserialize)]
+    struct Row {
+        target: String,
+        sent: usize,
+        errors: usize,
+        p50_ms: f64,
+        p99_ms: f64,
+    }
+    let rows: Vec<Row> = csv::Reader::from_path(dir.join("latency.csv"))
+        .unwrap()
+        .deserialize()
+        .map(Result::unwrap)
+        .collect();
+    let targets: Vec<&str> = rows.iter().map(|r| r.target.as_str()).collect();
+    assert_eq!(targets, ["service", "direct"]);
+    for row in &rows {
+        assert_eq!((row.sent, row.errors), (100, 0), "{}", row.target);
+        assert!(
+            row.p50_ms > 0.0 && row.p99_ms >= row.p50_ms,
+            "{}",
+            row.target
+        );
+    }
+}
