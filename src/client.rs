@@ -6,6 +6,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
@@ -54,9 +55,16 @@ pub struct ClassifyFileConfig {
 /// service's pipeline in this process.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServiceArgs {
-    /// The service to send them to.
-    #[arg(long, env = "HNC_URL", default_value = "http://127.0.0.1:8000")]
-    pub url: String,
+    /// The service to send them to: one URL, or several replicas (repeat --url, or a comma
+    /// list in HNC_URL). Batches are spread over them; a batch a replica fails (connection
+    /// refused or reset, 429, 5xx, a stream cut short) is sent again to another, whole.
+    #[arg(
+        long = "url",
+        env = "HNC_URL",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8000"
+    )]
+    pub urls: Vec<String>,
 
     /// Bearer token for a service with HNC_API_KEYS set.
     #[arg(long, env = "HNC_CLIENT_KEY", hide_env_values = true)]
@@ -77,7 +85,7 @@ impl ServiceArgs {
     /// A running service at `url`.
     pub fn remote(url: String) -> Self {
         Self {
-            url,
+            urls: vec![url],
             api_key: None,
             direct: false,
             simulate: false,
@@ -96,7 +104,7 @@ impl ServiceArgs {
         adjust: impl FnOnce(ServeConfig) -> ServeConfig,
     ) -> Result<Target, ClientError> {
         if !self.in_process() {
-            return Ok(Target::remote(&self.url, self.api_key.clone()));
+            return Ok(Target::remote(&self.urls, self.api_key.clone()));
         }
         let serve = ServeConfig::from_env().map_err(ClientError::Settings)?;
         Target::in_process(adjust(serve), self.simulate).await
@@ -226,17 +234,30 @@ pub struct Batches {
 /// Where batches go: a running service, or the service's pipeline started in this process
 /// (`--direct`: retries, limits, pacing, packing and the cache come with it).
 pub struct Target {
-    url: String,
+    /// At least one, without a trailing slash.
+    urls: Vec<String>,
     api_key: Option<Secret>,
+    /// Where the next batch starts: batches are dealt round-robin over the replicas.
+    next: AtomicUsize,
     /// The in-process service, stopped when the target is dropped.
     _in_process: Option<InProcess>,
 }
 
 impl Target {
-    pub fn remote(url: &str, api_key: Option<Secret>) -> Self {
+    /// Running replicas at `urls` (one or more).
+    pub fn remote(urls: &[String], api_key: Option<Secret>) -> Self {
+        let mut urls: Vec<String> = urls
+            .iter()
+            .map(|u| u.trim().trim_end_matches('/').to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if urls.is_empty() {
+            urls.push("http://127.0.0.1:8000".to_owned());
+        }
         Self {
-            url: url.trim_end_matches('/').to_owned(),
+            urls,
             api_key,
+            next: AtomicUsize::new(0),
             _in_process: None,
         }
     }
@@ -245,8 +266,9 @@ impl Target {
     pub async fn in_process(config: ServeConfig, simulate: bool) -> Result<Self, ClientError> {
         let service = InProcess::start(config, simulate).await?;
         Ok(Self {
-            url: service.url.clone(),
+            urls: vec![service.url.clone()],
             api_key: None,
+            next: AtomicUsize::new(0),
             _in_process: Some(service),
         })
     }
@@ -426,19 +448,33 @@ struct BatchAnswer {
     usage: UsageView,
 }
 
-/// Attempts after the first for a batch the service refuses for now (429, 503 with
-/// Retry-After, other 5xx), and the most one batch may take over all of them.
+/// Rounds over every replica after the first for a batch they all refuse for now (429, 5xx,
+/// unreachable), and the most one batch may take over all of them.
 const BATCH_RETRIES: u32 = 4;
 const BATCH_DEADLINE: Duration = Duration::from_secs(600);
 
-/// One batch over NDJSON, retried by the crate's retry policy when the service says "not now".
+/// Why one attempt at a batch failed.
+enum Attempt {
+    /// The answer would be the same from any replica (a 4xx): the batch fails.
+    Final(ClientError),
+    /// This replica could not answer now; another may. `status` is what it answered, if it
+    /// answered at all.
+    Replica {
+        error: ClientError,
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// One batch over NDJSON. Each attempt goes to the next replica; a batch is only ever taken
+/// from one complete answer, so a replica that dies mid-stream costs a resend, never a
+/// duplicated or missing row. After a whole round of refusals the crate's retry policy waits.
 async fn send_batch(
     client: &reqwest::Client,
     target: &Target,
     titles: &[String],
     bar: &ProgressBar,
 ) -> Result<BatchAnswer, ClientError> {
-    let url = format!("{}/classify-batch", target.url);
     let body = serde_json::to_vec(&ClassifyBatchRequest {
         taxonomy: None,
         titles: titles.to_vec(),
@@ -446,38 +482,92 @@ async fn send_batch(
     .expect("a request body always serialises");
     let policy = RetryPolicy::new(BATCH_RETRIES, BATCH_DEADLINE);
     let deadline = Instant::now() + BATCH_DEADLINE;
-    let mut failures = 0;
-    loop {
-        let mut request = client
-            .post(&url)
-            .header("content-type", "application/json")
-            .header("accept", crate::api::NDJSON)
-            .body(body.clone());
-        if let Some(key) = &target.api_key {
-            request = request.bearer_auth(key.expose());
+    let replicas = target.urls.len();
+    let first = target.next.fetch_add(1, Ordering::Relaxed);
+    let mut rounds_failed = 0;
+    for attempt in 0.. {
+        let url = &target.urls[(first + attempt) % replicas];
+        let (error, status, retry_after) =
+            match attempt_batch(client, target, url, &body, titles, bar).await {
+                Ok(answer) => return Ok(answer),
+                Err(Attempt::Final(error)) => return Err(error),
+                Err(Attempt::Replica {
+                    error,
+                    status,
+                    retry_after,
+                }) => (error, status, retry_after),
+            };
+        tracing::debug!(replica = %url, %error, "batch failed at a replica");
+        if (attempt + 1) % replicas != 0 {
+            continue;
         }
-        let response = request.send().await.map_err(|source| ClientError::Http {
-            url: url.clone(),
-            source,
-        })?;
-        let status = response.status().as_u16();
-        if response.status().is_success() {
-            return read_stream(response, titles, bar).await;
-        }
-        let headers = RateHeaders::parse(response.headers());
-        let body = response.text().await.unwrap_or_default();
+        // Every replica refused this round: wait as the policy says (a 429 for rate waits for
+        // the deadline, not the budget).
+        rounds_failed += 1;
         let refusal = UpstreamError::Http {
-            status,
+            status: status.unwrap_or(503),
             code: None,
             message: String::new(),
-            retry_after: headers.retry_after,
-            should_retry: headers.should_retry,
+            retry_after,
+            should_retry: None,
         };
-        failures += 1;
-        match policy.decide(&refusal, failures, 0, deadline) {
+        match policy.decide(&refusal, rounds_failed, 0, deadline) {
             Decision::RetryAfter(delay) => tokio::time::sleep(delay).await,
-            Decision::GiveUp(_) => return Err(ClientError::Service { status, body }),
+            Decision::GiveUp(_) => return Err(error),
         }
+    }
+    unreachable!("the loop returns")
+}
+
+async fn attempt_batch(
+    client: &reqwest::Client,
+    target: &Target,
+    base: &str,
+    body: &[u8],
+    titles: &[String],
+    bar: &ProgressBar,
+) -> Result<BatchAnswer, Attempt> {
+    let url = format!("{base}/classify-batch");
+    let mut request = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("accept", crate::api::NDJSON)
+        .body(body.to_vec());
+    if let Some(key) = &target.api_key {
+        request = request.bearer_auth(key.expose());
+    }
+    let unreachable = |source| Attempt::Replica {
+        error: ClientError::Http {
+            url: url.clone(),
+            source,
+        },
+        status: None,
+        retry_after: None,
+    };
+    let response = request.send().await.map_err(unreachable)?;
+    let status = response.status().as_u16();
+    if response.status().is_success() {
+        return read_stream(response, titles, bar)
+            .await
+            .map_err(|error| Attempt::Replica {
+                error,
+                status: None,
+                retry_after: None,
+            });
+    }
+    let retry_after = RateHeaders::parse(response.headers()).retry_after;
+    let error = ClientError::Service {
+        status,
+        body: response.text().await.unwrap_or_default(),
+    };
+    if status == 429 || status >= 500 {
+        Err(Attempt::Replica {
+            error,
+            status: Some(status),
+            retry_after,
+        })
+    } else {
+        Err(Attempt::Final(error))
     }
 }
 
@@ -486,6 +576,21 @@ async fn read_stream(
     response: reqwest::Response,
     titles: &[String],
     bar: &ProgressBar,
+) -> Result<BatchAnswer, ClientError> {
+    let mut counted = 0;
+    let read = read_rows(response, titles, bar, &mut counted).await;
+    if read.is_err() {
+        // The batch will be sent again: its items are not done.
+        bar.dec(counted);
+    }
+    read
+}
+
+async fn read_rows(
+    response: reqwest::Response,
+    titles: &[String],
+    bar: &ProgressBar,
+    counted: &mut u64,
 ) -> Result<BatchAnswer, ClientError> {
     let bytes = response.bytes_stream().map_err(std::io::Error::other);
     let mut lines = FramedRead::new(StreamReader::new(bytes), LinesCodec::new());
@@ -510,6 +615,7 @@ async fn read_stream(
                     error_code: view.error_code,
                 });
                 bar.inc(1);
+                *counted += 1;
             }
         }
     }

@@ -175,3 +175,75 @@ fn the_binary_classifies_a_file_without_a_running_service() {
             .all(|r| HN_LABELS.contains(&r.topic.as_deref().unwrap()))
     );
 }
+
+/// `classify` over three replicas of the real binary, one of which `stop` ends a second into
+/// the run: every title comes back once, in order, labelled.
+fn three_replicas_one_stopped_mid_run(stop: fn(&mut std::process::Child), name: &str) {
+    let replicas: Vec<(std::process::Child, String)> = (0..3)
+        .map(|_| {
+            start_binary(&[
+                "--simulate",
+                "--sim-latency-ms",
+                "200",
+                "--sim-latency-sigma",
+                "0",
+            ])
+        })
+        .collect();
+    let titles = data_lines("hn_titles.txt")[..3000].to_vec();
+    let input = temp_path(&format!("{name}.txt"));
+    std::fs::write(&input, titles.join("\n") + "\n").unwrap();
+    let output = temp_path(&format!("{name}.csv"));
+    let _ = std::fs::remove_file(&output);
+    let mut classify = std::process::Command::new(env!("CARGO_BIN_EXE_hn-classifier"))
+        .args(["classify", input.to_str().unwrap(), "--format", "csv"])
+        .args(["--output", output.to_str().unwrap()])
+        .args(["--batch-size", "50", "--concurrency", "6"])
+        .args(
+            replicas
+                .iter()
+                .flat_map(|(_, addr)| ["--url".to_owned(), format!("http://{addr}")]),
+        )
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let mut replicas = replicas;
+    assert!(
+        classify.try_wait().unwrap().is_none(),
+        "still running when the replica stops"
+    );
+    stop(&mut replicas[1].0);
+    let run = classify.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains("3000 items (0 errors"), "{stderr}");
+    let rows: Vec<Row> = csv::Reader::from_path(&output)
+        .unwrap()
+        .deserialize()
+        .map(Result::unwrap)
+        .collect();
+    let back: Vec<&str> = rows.iter().map(|r| r.title.as_str()).collect();
+    let sent: Vec<&str> = titles.iter().map(String::as_str).collect();
+    assert_eq!(back, sent, "every title once, in input order");
+    assert!(rows.iter().all(|r| r.topic.is_some() && r.error.is_none()));
+    for (mut child, _) in replicas {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+#[test]
+fn a_replica_killed_mid_run_costs_a_resend_and_no_row() {
+    three_replicas_one_stopped_mid_run(
+        |child| {
+            child.kill().unwrap();
+        },
+        "replica-killed",
+    );
+}
+
+#[test]
+fn a_replica_stopped_with_sigterm_mid_run_loses_nothing() {
+    three_replicas_one_stopped_mid_run(|child| sigterm(child), "replica-sigterm");
+}

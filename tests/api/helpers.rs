@@ -2,7 +2,9 @@
 //! in-process fake upstream, plus request helpers. Logs stay quiet unless TEST_LOG is set.
 
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
@@ -332,4 +334,41 @@ pub async fn startup_error(flags: &[&str]) -> String {
         Ok(_) => panic!("start-up should have been refused with {flags:?}"),
         Err(error) => hn_classifier::cli::report(&error),
     }
+}
+
+/// Starts the binary on port 0 and reads its address from the "serving" log line.
+pub fn start_binary(args: &[&str]) -> (Child, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hn-classifier"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("OPENAI_API_KEY")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut lines = stderr.lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("the binary logs before exiting")
+            .unwrap();
+        let Ok(log) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        if log["message"] == "serving" {
+            break log["addr"].as_str().unwrap().to_owned();
+        }
+    };
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, addr)
+}
+
+pub fn sigterm(child: &Child) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
 }

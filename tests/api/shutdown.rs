@@ -1,50 +1,12 @@
 //! Graceful shutdown of the real binary: SIGTERM mid-batch.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::data_lines;
-
-/// Starts the binary on port 0 and reads its address from the "serving" log line.
-fn start_binary(args: &[&str]) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hn-classifier"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-        .args(args)
-        .env("RUST_LOG", "info")
-        .env_remove("OPENAI_API_KEY")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary starts");
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut lines = stderr.lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("the binary logs before exiting")
-            .unwrap();
-        let Ok(log) = serde_json::from_str::<Value>(&line) else {
-            continue;
-        };
-        if log["message"] == "serving" {
-            break log["addr"].as_str().unwrap().to_owned();
-        }
-    };
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, addr)
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
+use crate::helpers::{data_lines, sigterm, start_binary};
 
 #[tokio::test]
 async fn sigterm_lets_the_running_batch_finish_turns_readiness_off_and_exits_zero() {
