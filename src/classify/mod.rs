@@ -7,6 +7,7 @@
 mod dedupe;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -18,7 +19,7 @@ pub use dedupe::{CacheSettings, Source};
 
 use crate::metrics::Metrics;
 use crate::taxonomy::{Taxonomies, Taxonomy};
-use crate::upstream::{Failure, Prediction, UpstreamClient, Usage};
+use crate::upstream::{Failure, Prediction, UpstreamClient, Usage, with_share};
 
 /// Bounds on what one request may ask for; the API validates against these.
 #[derive(Debug, Clone, Copy)]
@@ -95,6 +96,8 @@ impl BatchOutcome {
 #[derive(Debug)]
 pub struct Classifier {
     dedupe: Dedupe,
+    /// Numbers each batch: its share of the upstream slots.
+    batches: AtomicU64,
     taxonomies: Taxonomies,
     limits: BatchLimits,
     metrics: Arc<Metrics>,
@@ -110,6 +113,7 @@ impl Classifier {
     ) -> Self {
         Self {
             dedupe: Dedupe::new(upstream, cache),
+            batches: AtomicU64::new(1),
             taxonomies,
             limits,
             metrics,
@@ -171,8 +175,10 @@ impl Classifier {
             taxonomy = taxonomy.name(),
             errors = tracing::field::Empty
         );
-        let outcome = self
-            .run_batch(taxonomy, titles, on_item)
+        // The batch's calls queue as one share, so the batches waiting for upstream slots
+        // take turns instead of the oldest queue going first.
+        let share = self.batches.fetch_add(1, Ordering::Relaxed);
+        let outcome = with_share(share, self.run_batch(taxonomy, titles, on_item))
             .instrument(span.clone())
             .await;
         span.record("errors", outcome.errors());

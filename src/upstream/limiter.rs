@@ -2,22 +2,23 @@
 //! batch of the process), adapted to what the provider takes:
 //! AIMD on outcomes. It starts at the configured maximum (no ramp-up when nothing pushes back),
 //! cuts by 10% on a 429 or a timeout (at most once per observed round trip, so one burst counts
-//! once), and grows back by about one slot per round trip of successes. Waiters queue FIFO on a
-//! tokio `Semaphore`, so concurrent batches interleave. Ours because no crate does AIMD on
-//! outcomes over a FIFO semaphore.
+//! once), and grows back by about one slot per round trip of successes. Waiters queue on a
+//! `FairSemaphore`: a freed slot goes to the waiting batches in turn, so a small batch is not
+//! held behind a large one's queue. Ours because no crate does AIMD on outcomes over a fair
+//! semaphore.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Semaphore, SemaphorePermit};
+use super::fair::{FairPermit, FairSemaphore};
 
 const DECREASE: f64 = 0.9;
 const MIN_COOLDOWN: Duration = Duration::from_millis(50);
 
 #[derive(Debug)]
 pub struct AdaptiveLimiter {
-    semaphore: Semaphore,
+    semaphore: FairSemaphore,
     state: Mutex<LimitState>,
     waiting: AtomicUsize,
     in_flight: AtomicUsize,
@@ -55,7 +56,7 @@ impl AdaptiveLimiter {
     pub fn new(max: usize) -> Self {
         let max = max.max(1);
         Self {
-            semaphore: Semaphore::new(max),
+            semaphore: FairSemaphore::new(max),
             state: Mutex::new(LimitState {
                 limit: max as f64,
                 max,
@@ -69,14 +70,15 @@ impl AdaptiveLimiter {
         }
     }
 
-    /// Waits for a slot, first come first served.
+    /// Waits for a slot, the waiting batches taking turns.
     pub async fn acquire(&self) -> Slot<'_> {
         self.waiting.fetch_add(1, Ordering::Relaxed);
+        let waited = Counted(&self.waiting);
         let permit = self.semaphore.acquire().await;
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        drop(waited);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         Slot {
-            permit: Some(permit.expect("the semaphore is never closed")),
+            permit: Some(permit),
             limiter: self,
         }
     }
@@ -147,10 +149,19 @@ impl AdaptiveLimiter {
     }
 }
 
+/// Takes one off a counter when dropped: a waiter cancelled while queued stops counting too.
+struct Counted<'c>(&'c AtomicUsize);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// One call's place under the limit; returned (or retired, after a cut) when dropped.
 #[derive(Debug)]
 pub struct Slot<'l> {
-    permit: Option<SemaphorePermit<'l>>,
+    permit: Option<FairPermit<'l>>,
     limiter: &'l AdaptiveLimiter,
 }
 

@@ -10,6 +10,7 @@ mod chat;
 mod decode;
 mod endpoint;
 mod error;
+mod fair;
 mod headers;
 mod limiter;
 mod pacer;
@@ -23,6 +24,7 @@ mod usage;
 
 pub use endpoint::BENCH_FOR;
 pub use error::{BuildError, UpstreamError};
+pub use fair::with_share;
 pub use headers::RateHeaders;
 pub use limiter::{AdaptiveLimiter, Congestion, LimiterSnapshot};
 pub use pool::UpstreamClient;
