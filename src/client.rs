@@ -79,6 +79,20 @@ pub struct ServiceArgs {
     /// Like --direct, on the built-in simulator (no key, no network): for demos and tests.
     #[arg(long, conflicts_with = "direct")]
     pub simulate: bool,
+
+    /// Longest one batch keeps being sent again while the service answers "not now" (429, 503
+    /// overloaded or draining), seconds.
+    #[arg(long, default_value = "600", value_parser = parse_deadline)]
+    pub batch_deadline_s: Duration,
+}
+
+fn parse_deadline(value: &str) -> Result<Duration, String> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("{value:?} is not a number of seconds above 0"))
 }
 
 impl ServiceArgs {
@@ -89,6 +103,7 @@ impl ServiceArgs {
             api_key: None,
             direct: false,
             simulate: false,
+            batch_deadline_s: Duration::from_secs(600),
         }
     }
 
@@ -103,11 +118,14 @@ impl ServiceArgs {
         &self,
         adjust: impl FnOnce(ServeConfig) -> ServeConfig,
     ) -> Result<Target, ClientError> {
-        if !self.in_process() {
-            return Ok(Target::remote(&self.urls, self.api_key.clone()));
-        }
-        let serve = ServeConfig::from_env().map_err(ClientError::Settings)?;
-        Target::in_process(adjust(serve), self.simulate).await
+        let mut target = if self.in_process() {
+            let serve = ServeConfig::from_env().map_err(ClientError::Settings)?;
+            Target::in_process(adjust(serve), self.simulate).await?
+        } else {
+            Target::remote(&self.urls, self.api_key.clone())
+        };
+        target.deadline = self.batch_deadline_s;
+        Ok(target)
     }
 }
 
@@ -239,8 +257,31 @@ pub struct Target {
     api_key: Option<Secret>,
     /// Where the next batch starts: batches are dealt round-robin over the replicas.
     next: AtomicUsize,
+    /// How long one batch may be retried while the service says "not now".
+    deadline: Duration,
+    /// The in-process pipeline's upstream slots and per-batch concurrency and pack size: what
+    /// caps how many batches are sent at once, so the command never overloads its own service.
+    pipeline: Option<Pipeline>,
     /// The in-process service, stopped when the target is dropped.
     _in_process: Option<InProcess>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pipeline {
+    max_in_flight: usize,
+    request_concurrency: usize,
+    pack_size: usize,
+}
+
+impl Pipeline {
+    /// Batches of `size` titles whose calls fit in the slots together (at least one).
+    fn batches_that_fit(&self, size: usize) -> usize {
+        let calls = size
+            .div_ceil(self.pack_size.max(1))
+            .min(self.request_concurrency)
+            .max(1);
+        (self.max_in_flight / calls).max(1)
+    }
 }
 
 impl Target {
@@ -258,19 +299,35 @@ impl Target {
             urls,
             api_key,
             next: AtomicUsize::new(0),
+            deadline: BATCH_DEADLINE,
+            pipeline: None,
             _in_process: None,
         }
     }
 
     /// The pipeline with `config`'s settings (on the built-in simulator with `simulate`).
     pub async fn in_process(config: ServeConfig, simulate: bool) -> Result<Self, ClientError> {
+        let pipeline = Pipeline {
+            max_in_flight: config.max_in_flight as usize,
+            request_concurrency: config.request_concurrency as usize,
+            pack_size: config.pack_size as usize,
+        };
         let service = InProcess::start(config, simulate).await?;
         Ok(Self {
             urls: vec![service.url.clone()],
             api_key: None,
             next: AtomicUsize::new(0),
+            deadline: BATCH_DEADLINE,
+            pipeline: Some(pipeline),
             _in_process: Some(service),
         })
+    }
+
+    /// Batches at once: as asked, but in process no more than the pipeline's slots take.
+    fn concurrency(&self, batches: Batches) -> usize {
+        let wanted = batches.concurrency.max(1);
+        self.pipeline
+            .map_or(wanted, |p| wanted.min(p.batches_that_fit(batches.size)))
     }
 
     /// Classifies `titles` in order; `on_rows` gets each batch's rows, in input order, as soon
@@ -289,7 +346,7 @@ impl Target {
         };
         let mut answers = futures::stream::iter(titles.chunks(batches.size.max(1)))
             .map(|batch| send_batch(&client, self, batch, bar))
-            .buffered(batches.concurrency.max(1));
+            .buffered(self.concurrency(batches));
         while let Some(answer) = answers.next().await {
             let answer = answer?;
             on_rows(&answer.rows)?;
@@ -448,8 +505,9 @@ struct BatchAnswer {
     usage: UsageView,
 }
 
-/// Rounds over every replica after the first for a batch they all refuse for now (429, 5xx,
-/// unreachable), and the most one batch may take over all of them.
+/// Rounds over every replica after the first for a batch they all fail (unreachable, 5xx other
+/// than 503, a broken stream); "not now" answers (429, 503) are bounded by the deadline alone,
+/// `--batch-deadline-s`, 600 s by default.
 const BATCH_RETRIES: u32 = 4;
 const BATCH_DEADLINE: Duration = Duration::from_secs(600);
 
@@ -480,8 +538,8 @@ async fn send_batch(
         titles: titles.to_vec(),
     })
     .expect("a request body always serialises");
-    let policy = RetryPolicy::new(BATCH_RETRIES, BATCH_DEADLINE);
-    let deadline = Instant::now() + BATCH_DEADLINE;
+    let policy = RetryPolicy::new(BATCH_RETRIES, target.deadline);
+    let deadline = Instant::now() + target.deadline;
     let replicas = target.urls.len();
     let first = target.next.fetch_add(1, Ordering::Relaxed);
     let mut rounds_failed = 0;
@@ -501,11 +559,15 @@ async fn send_batch(
         if (attempt + 1) % replicas != 0 {
             continue;
         }
-        // Every replica refused this round: wait as the policy says (a 429 for rate waits for
-        // the deadline, not the budget).
-        rounds_failed += 1;
+        // Every replica refused this round: wait as the policy says. A 429 or a 503 (overloaded,
+        // draining) means "not now": like a provider's 429 for rate it waits for the deadline,
+        // not the budget; anything else (unreachable, other 5xx, a broken stream) spends it.
+        let not_now = matches!(status, Some(429 | 503));
+        if !not_now {
+            rounds_failed += 1;
+        }
         let refusal = UpstreamError::Http {
-            status: status.unwrap_or(503),
+            status: if not_now { 429 } else { status.unwrap_or(502) },
             code: None,
             message: String::new(),
             retry_after,
@@ -627,4 +689,30 @@ async fn read_rows(
                 "an item is missing from the stream",
             ))?;
     Ok(BatchAnswer { rows, usage })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_process_the_batches_at_once_fit_the_pipelines_slots() {
+        let slow_local = Pipeline {
+            max_in_flight: 4,
+            request_concurrency: 50,
+            pack_size: 5,
+        };
+        assert_eq!(
+            slow_local.batches_that_fit(50),
+            1,
+            "10 packed calls > 4 slots"
+        );
+        let defaults = Pipeline {
+            max_in_flight: 512,
+            request_concurrency: 50,
+            pack_size: 1,
+        };
+        assert_eq!(defaults.batches_that_fit(500), 10);
+        assert_eq!(defaults.batches_that_fit(20), 25);
+    }
 }
