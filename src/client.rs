@@ -82,16 +82,17 @@ pub struct ServiceArgs {
 
     /// Longest one batch keeps being sent again while the service answers "not now" (429, 503
     /// overloaded or draining), seconds.
-    #[arg(long, default_value = "600", value_parser = parse_deadline)]
-    pub batch_deadline_s: Duration,
+    #[arg(long, default_value_t = DEFAULT_BATCH_DEADLINE_S, value_parser = parse_deadline)]
+    pub batch_deadline_s: f64,
 }
 
-fn parse_deadline(value: &str) -> Result<Duration, String> {
+const DEFAULT_BATCH_DEADLINE_S: f64 = 600.0;
+
+fn parse_deadline(value: &str) -> Result<f64, String> {
     value
         .parse::<f64>()
         .ok()
         .filter(|s| s.is_finite() && *s > 0.0)
-        .map(Duration::from_secs_f64)
         .ok_or_else(|| format!("{value:?} is not a number of seconds above 0"))
 }
 
@@ -103,7 +104,7 @@ impl ServiceArgs {
             api_key: None,
             direct: false,
             simulate: false,
-            batch_deadline_s: Duration::from_secs(600),
+            batch_deadline_s: DEFAULT_BATCH_DEADLINE_S,
         }
     }
 
@@ -118,14 +119,12 @@ impl ServiceArgs {
         &self,
         adjust: impl FnOnce(ServeConfig) -> ServeConfig,
     ) -> Result<Target, ClientError> {
-        let mut target = if self.in_process() {
-            let serve = ServeConfig::from_env().map_err(ClientError::Settings)?;
-            Target::in_process(adjust(serve), self.simulate).await?
-        } else {
-            Target::remote(&self.urls, self.api_key.clone())
-        };
-        target.deadline = self.batch_deadline_s;
-        Ok(target)
+        let deadline = Duration::from_secs_f64(self.batch_deadline_s);
+        if !self.in_process() {
+            return Ok(Target::remote(&self.urls, self.api_key.clone(), deadline));
+        }
+        let serve = ServeConfig::from_env().map_err(ClientError::Settings)?;
+        Target::in_process(adjust(serve), self.simulate, deadline).await
     }
 }
 
@@ -286,7 +285,7 @@ impl Pipeline {
 
 impl Target {
     /// Running replicas at `urls` (one or more).
-    pub fn remote(urls: &[String], api_key: Option<Secret>) -> Self {
+    fn remote(urls: &[String], api_key: Option<Secret>, deadline: Duration) -> Self {
         let mut urls: Vec<String> = urls
             .iter()
             .map(|u| u.trim().trim_end_matches('/').to_owned())
@@ -299,14 +298,18 @@ impl Target {
             urls,
             api_key,
             next: AtomicUsize::new(0),
-            deadline: BATCH_DEADLINE,
+            deadline,
             pipeline: None,
             _in_process: None,
         }
     }
 
     /// The pipeline with `config`'s settings (on the built-in simulator with `simulate`).
-    pub async fn in_process(config: ServeConfig, simulate: bool) -> Result<Self, ClientError> {
+    async fn in_process(
+        config: ServeConfig,
+        simulate: bool,
+        deadline: Duration,
+    ) -> Result<Self, ClientError> {
         let pipeline = Pipeline {
             max_in_flight: config.max_in_flight as usize,
             request_concurrency: config.request_concurrency as usize,
@@ -317,7 +320,7 @@ impl Target {
             urls: vec![service.url.clone()],
             api_key: None,
             next: AtomicUsize::new(0),
-            deadline: BATCH_DEADLINE,
+            deadline,
             pipeline: Some(pipeline),
             _in_process: Some(service),
         })
@@ -506,10 +509,9 @@ struct BatchAnswer {
 }
 
 /// Rounds over every replica after the first for a batch they all fail (unreachable, 5xx other
-/// than 503, a broken stream); "not now" answers (429, 503) are bounded by the deadline alone,
-/// `--batch-deadline-s`, 600 s by default.
+/// than 503, a broken stream); "not now" answers (429, 503) are bounded by the deadline alone
+/// (`--batch-deadline-s`).
 const BATCH_RETRIES: u32 = 4;
-const BATCH_DEADLINE: Duration = Duration::from_secs(600);
 
 /// Why one attempt at a batch failed.
 enum Attempt {

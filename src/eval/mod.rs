@@ -65,6 +65,11 @@ pub struct EvalConfig {
     pub output: PathBuf,
 }
 
+/// Each item's label, `None` for an error.
+fn topics(report: &Report) -> Vec<Option<&str>> {
+    report.rows.iter().map(|row| row.topic.as_deref()).collect()
+}
+
 /// Runs every setting over the gold set, writes the files and charts, returns the reports.
 pub async fn run(config: &EvalConfig, progress: bool) -> Result<Vec<Report>, EvalError> {
     let fields = Fields {
@@ -87,16 +92,16 @@ pub async fn run(config: &EvalConfig, progress: bool) -> Result<Vec<Report>, Eva
     };
     let mut reports: Vec<Report> = Vec::new();
     for setting in settings {
-        let target = match setting {
-            Setting::Pack(k) => {
-                let pack = |serve| ServeConfig {
+        let target = config
+            .service
+            .connect(|serve| match setting {
+                Setting::Pack(k) => ServeConfig {
                     pack_size: k,
                     ..serve
-                };
-                config.service.connect(pack).await?
-            }
-            Setting::Service => config.service.connect(|serve| serve).await?,
-        };
+                },
+                Setting::Service => serve,
+            })
+            .await?;
         let bar = crate::progress::bar(titles.len() as u64, progress, &format!("k={setting}"));
         let mut rows = Vec::with_capacity(titles.len());
         let usage = target
@@ -115,16 +120,12 @@ pub async fn run(config: &EvalConfig, progress: bool) -> Result<Vec<Report>, Eva
             usage,
         });
     }
-    let k1_topics: Option<Vec<Option<String>>> = reports
-        .iter()
-        .find(|r| r.setting == Setting::Pack(1))
-        .map(|r| r.rows.iter().map(|row| row.topic.clone()).collect());
-    if let Some(k1) = k1_topics {
-        let k1: Vec<Option<&str>> = k1.iter().map(Option::as_deref).collect();
-        for report in &mut reports {
-            let topics: Vec<Option<&str>> =
-                report.rows.iter().map(|r| r.topic.as_deref()).collect();
-            report.agreement_with_k1 = agreement(&k1, &topics);
+    if let Some(k1) = reports.iter().position(|r| r.setting == Setting::Pack(1)) {
+        let k1 = topics(&reports[k1]);
+        let agreements: Vec<Option<f64>> =
+            reports.iter().map(|r| agreement(&k1, &topics(r))).collect();
+        for (report, agreed) in reports.iter_mut().zip(agreements) {
+            report.agreement_with_k1 = agreed;
         }
     }
     write_files(&config.output, &gold, &reports)?;
