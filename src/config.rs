@@ -10,6 +10,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, ValueEnum};
 
 use crate::classify::{BatchLimits, CacheSettings};
+use crate::coord::RedisSettings;
 use crate::secret::Secret;
 use crate::sim::SimConfig;
 use crate::taxonomy::{Taxonomies, TaxonomyError};
@@ -48,6 +49,31 @@ pub struct ServeConfig {
         value_name = "HNC_QUOTA_ITEMS_PER_MIN"
     )]
     pub quota_items_per_min: Option<std::num::NonZeroU32>,
+
+    /// Redis or Valkey (`redis://` or `rediss://`, Redis >= 7) shared by every replica: one
+    /// provider budget per endpoint, quotas across replicas, and a second level of the result
+    /// cache. Unset: each replica paces, counts and caches alone.
+    #[arg(
+        long,
+        env = "HNC_REDIS_URL",
+        value_name = "HNC_REDIS_URL",
+        hide_env_values = true
+    )]
+    pub redis_url: Option<Secret>,
+
+    /// The longest one Redis command may take before the replica decides alone (and tries
+    /// Redis again a second later).
+    #[arg(long, env = "HNC_REDIS_TIMEOUT_MS", value_name = "HNC_REDIS_TIMEOUT_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub redis_timeout_ms: u64,
+
+    /// Prefix of every Redis key, so several deployments can share one Redis.
+    #[arg(
+        long,
+        env = "HNC_REDIS_PREFIX",
+        value_name = "HNC_REDIS_PREFIX",
+        default_value = "hnc"
+    )]
+    pub redis_prefix: String,
 
     /// Serve `/metrics` on this address instead of the main one (keep it off the public port).
     #[arg(long, env = "HNC_METRICS_LISTEN", value_name = "HNC_METRICS_LISTEN")]
@@ -390,6 +416,15 @@ impl ServeConfig {
 
     /// Upstream settings for the real provider (one endpoint from OPENAI_*, or the endpoints
     /// of HNC_UPSTREAMS), or for the simulator at `sim_base_url`. Resolved once, at start-up.
+    /// The shared store, when `HNC_REDIS_URL` is set.
+    pub fn redis(&self) -> Option<RedisSettings> {
+        self.redis_url.clone().map(|url| RedisSettings {
+            url,
+            timeout: Duration::from_millis(self.redis_timeout_ms),
+            prefix: self.redis_prefix.clone(),
+        })
+    }
+
     pub fn upstream_settings(
         &self,
         sim_base_url: Option<String>,

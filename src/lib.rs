@@ -10,6 +10,7 @@ pub mod classify;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod coord;
 pub mod eval;
 pub mod lifecycle;
 pub mod metrics;

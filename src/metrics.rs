@@ -37,6 +37,14 @@ pub struct Metrics {
     pub upstream_tokens: IntCounterVec,
     /// USD at the configured prices, by model (only models with a known price).
     pub upstream_cost: CounterVec,
+    /// Commands sent to the shared Redis, by operation (`budget_lease`, `quota_take`, ...).
+    pub redis_commands: IntCounterVec,
+    /// Redis commands that failed or timed out, by operation: each switched the replica to
+    /// deciding alone for a second.
+    pub redis_errors: IntCounterVec,
+    /// 1 while budget, quotas and cache are shared through Redis, 0 while this replica decides
+    /// alone (Redis unset reads 0 as well).
+    pub redis_coordinated: IntGauge,
 }
 
 impl Metrics {
@@ -138,6 +146,27 @@ impl Metrics {
                 &["model"],
             )
             .expect("valid metric"),
+            redis_commands: IntCounterVec::new(
+                Opts::new(
+                    "redis_commands_total",
+                    "Commands sent to the shared Redis, by operation.",
+                ),
+                &["op"],
+            )
+            .expect("valid metric"),
+            redis_errors: IntCounterVec::new(
+                Opts::new(
+                    "redis_errors_total",
+                    "Redis commands that failed or timed out, by operation.",
+                ),
+                &["op"],
+            )
+            .expect("valid metric"),
+            redis_coordinated: IntGauge::new(
+                "redis_coordinated",
+                "1 while budget, quotas and cache are shared through Redis; 0 while deciding alone.",
+            )
+            .expect("valid metric"),
             registry,
         };
         metrics.register_all();
@@ -145,7 +174,10 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 16] = [
+            Box::new(self.redis_commands.clone()),
+            Box::new(self.redis_errors.clone()),
+            Box::new(self.redis_coordinated.clone()),
             Box::new(self.upstream_benched.clone()),
             Box::new(self.upstream_cost.clone()),
             Box::new(self.client_items.clone()),

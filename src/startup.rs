@@ -11,6 +11,7 @@ use crate::api::{self, AppState, ClientKeys, Quotas};
 
 use crate::classify::Classifier;
 use crate::config::{ConfigError, ServeConfig};
+use crate::coord::{CoordError, Coordinator, SharedCache, SharedQuota};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::sim::{SimConfigError, SimServer};
@@ -30,6 +31,8 @@ pub enum StartupError {
     },
     #[error("could not build the upstream client")]
     Upstream(#[from] upstream::BuildError),
+    #[error(transparent)]
+    Redis(#[from] CoordError),
 }
 
 /// A bound, wired service that has not started serving yet.
@@ -64,15 +67,29 @@ impl Application {
         }
         let taxonomies = config.taxonomies()?;
         let metrics = Arc::new(Metrics::new());
-        let upstream = UpstreamClient::new(settings, &taxonomies, metrics.clone())?;
-        let state = Arc::new(AppState {
-            classifier: Classifier::new(
+        let mut upstream = UpstreamClient::new(settings, &taxonomies, metrics.clone())?;
+        let classifier = |upstream| {
+            Classifier::new(
                 Arc::new(upstream),
                 taxonomies,
                 config.batch_limits(),
                 config.cache(),
                 metrics.clone(),
-            ),
+            )
+        };
+        let mut quotas = Quotas::new(config.quota_items_per_min);
+        let classifier = match config.redis() {
+            None => classifier(upstream),
+            Some(redis) => {
+                let coordinator = Arc::new(Coordinator::new(&redis, metrics.clone())?);
+                tracing::info!(prefix = %redis.prefix, "budget, quotas and cache shared through redis");
+                upstream = upstream.share_budgets(&coordinator);
+                quotas = quotas.shared(SharedQuota::new(coordinator.clone()));
+                classifier(upstream).share_cache(SharedCache::new(coordinator, config.cache_ttl))
+            }
+        };
+        let state = Arc::new(AppState {
+            classifier,
             lifecycle: Lifecycle::default(),
             max_body_bytes: config.max_body_bytes as usize,
             request_timeout: config.request_timeout,
@@ -80,7 +97,7 @@ impl Application {
             metrics,
             metrics_on_main_port: config.metrics_listen.is_none(),
             client_keys,
-            quotas: Quotas::new(config.quota_items_per_min),
+            quotas,
         });
         let addr = config.listen_addr();
         let listener = bind(addr).await?;

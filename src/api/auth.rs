@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
+use crate::coord::SharedQuota;
 use crate::secret::Secret;
 
 /// A caller's public identity, for logs and metrics.
@@ -77,27 +78,47 @@ impl ClientKeys {
     }
 }
 
-/// Items per minute per client, shared by every request of the process.
+/// Items per minute per client, shared by every request of the process, and by every replica
+/// when Redis is set (the in-process limiter decides while Redis is unavailable).
 #[derive(Debug)]
 pub struct Quotas {
-    limiter: Option<DefaultKeyedRateLimiter<ClientId>>,
+    limiter: Option<(NonZeroU32, DefaultKeyedRateLimiter<ClientId>)>,
+    shared: Option<SharedQuota>,
 }
 
 impl Quotas {
     /// `per_minute` items a minute for each client (a full minute's worth may come at once).
     pub fn new(per_minute: Option<NonZeroU32>) -> Self {
         Self {
-            limiter: per_minute.map(|n| RateLimiter::keyed(Quota::per_minute(n).allow_burst(n))),
+            limiter: per_minute
+                .map(|n| (n, RateLimiter::keyed(Quota::per_minute(n).allow_burst(n)))),
+            shared: None,
+        }
+    }
+
+    /// The same quotas, counted across every replica through Redis.
+    pub fn shared(self, shared: SharedQuota) -> Self {
+        Self {
+            shared: Some(shared),
+            ..self
         }
     }
 
     /// Takes `items` from `client`'s quota, or says when to come back.
-    pub fn take(&self, client: &ClientId, items: usize) -> Result<(), ApiError> {
-        let Some(limiter) = &self.limiter else {
+    pub async fn take(&self, client: &ClientId, items: usize) -> Result<(), ApiError> {
+        let Some((per_minute, limiter)) = &self.limiter else {
             return Ok(());
         };
         let n =
             NonZeroU32::new(u32::try_from(items).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN);
+        if let Some(shared) = &self.shared
+            && n <= *per_minute
+            && let Some(taken) = shared
+                .take(client.as_str(), n.get(), per_minute.get())
+                .await
+        {
+            return taken.map_err(|retry_after| ApiError::QuotaExceeded { retry_after });
+        }
         match limiter.check_key_n(client, n) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(not_until)) => Err(ApiError::QuotaExceeded {
@@ -132,19 +153,19 @@ mod tests {
         );
     }
 
-    #[test]
-    fn quotas_refuse_past_the_per_minute_budget_and_say_when_to_return() {
+    #[tokio::test]
+    async fn quotas_refuse_past_the_per_minute_budget_and_say_when_to_return() {
         let quotas = Quotas::new(NonZeroU32::new(100));
         let client = ClientId::anonymous();
-        quotas.take(&client, 60).unwrap();
-        quotas.take(&client, 40).unwrap();
-        let Err(ApiError::QuotaExceeded { retry_after }) = quotas.take(&client, 10) else {
+        quotas.take(&client, 60).await.unwrap();
+        quotas.take(&client, 40).await.unwrap();
+        let Err(ApiError::QuotaExceeded { retry_after }) = quotas.take(&client, 10).await else {
             panic!("over quota")
         };
         assert!(
             retry_after > Duration::from_secs(5) && retry_after <= Duration::from_secs(7),
             "{retry_after:?}"
         );
-        assert!(Quotas::new(None).take(&client, 1_000_000).is_ok());
+        assert!(Quotas::new(None).take(&client, 1_000_000).await.is_ok());
     }
 }

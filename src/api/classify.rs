@@ -46,7 +46,7 @@ pub async fn classify_batch(
     ValidJson(request): ValidJson<ClassifyBatchRequest>,
 ) -> Result<Response, ApiError> {
     let taxonomy = resolve_taxonomy(&state, request.taxonomy.as_deref())?;
-    state.quotas.take(&client, request.titles.len())?;
+    state.quotas.take(&client, request.titles.len()).await?;
     state
         .metrics
         .client_items

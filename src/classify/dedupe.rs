@@ -2,7 +2,8 @@
 //! or across batches, share one upstream call (single-flight); an optional bounded cache (moka:
 //! TTL and LRU-like eviction) answers repeats without a call. Keys hold the model, the taxonomy's
 //! name and version, and the title exactly as it is sent, so an answer is never reused for
-//! another model or taxonomy.
+//! another model or taxonomy. With Redis, a second level behind it holds what every replica
+//! got (`coord::SharedCache`): a title any replica answered is a cache hit on all of them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use crate::coord::SharedCache;
 use crate::taxonomy::Taxonomy;
 use crate::upstream::{Failure, Prediction, UpstreamClient, Usage};
 
@@ -55,6 +57,16 @@ pub struct Dedupe {
     /// Per key in flight: the items waiting for the leader's answer.
     waiting: Mutex<HashMap<CallKey, Vec<oneshot::Sender<Outcome>>>>,
     cache: Option<moka::future::Cache<CallKey, Prediction>>,
+    /// Only with `cache`: it is the first level.
+    shared: Option<SharedCache>,
+}
+
+/// What the shared cache stores: the answer, not how it was got.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Stored<'a> {
+    #[serde(borrow)]
+    topic: std::borrow::Cow<'a, str>,
+    confidence: f64,
 }
 
 impl Dedupe {
@@ -69,6 +81,15 @@ impl Dedupe {
                     .time_to_live(c.ttl)
                     .build()
             }),
+            shared: None,
+        }
+    }
+
+    /// The same, with `shared` behind the in-process cache (when there is one).
+    pub fn with_shared(self, shared: SharedCache) -> Self {
+        Self {
+            shared: self.cache.is_some().then_some(shared),
+            ..self
         }
     }
 
@@ -80,7 +101,7 @@ impl Dedupe {
     /// for the same title, or from a call of its own.
     pub async fn classify(&self, taxonomy: &Taxonomy, title: &str) -> Answer {
         let key = self.key(taxonomy, title);
-        if let Some(prediction) = self.cached(&key).await {
+        if let Some(prediction) = self.cached(std::slice::from_ref(&key)).await.remove(0) {
             return Answer {
                 result: Ok(prediction),
                 usage: Usage::default(),
@@ -124,8 +145,10 @@ impl Dedupe {
     pub async fn classify_pack(&self, taxonomy: &Taxonomy, titles: &[&str]) -> Vec<Answer> {
         let mut answers: Vec<Option<Answer>> = Vec::with_capacity(titles.len());
         let mut misses = Vec::new();
-        for (position, title) in titles.iter().enumerate() {
-            match self.cached(&self.key(taxonomy, title)).await {
+        let keys: Vec<CallKey> = titles.iter().map(|t| self.key(taxonomy, t)).collect();
+        let cached = self.cached(&keys).await;
+        for ((position, title), cached) in titles.iter().enumerate().zip(cached) {
+            match cached {
                 Some(prediction) => answers.push(Some(Answer {
                     result: Ok(prediction),
                     usage: Usage::default(),
@@ -189,10 +212,49 @@ impl Dedupe {
         if let Some(cache) = &self.cache {
             cache.insert(key.clone(), prediction.clone()).await;
         }
+        if let Some(shared) = &self.shared {
+            let stored = Stored {
+                topic: std::borrow::Cow::Borrowed(&prediction.topic),
+                confidence: prediction.confidence,
+            };
+            let value = serde_json::to_string(&stored).expect("a label and a number serialize");
+            shared.put(shared_key(shared, key), value).await;
+        }
     }
 
-    async fn cached(&self, key: &CallKey) -> Option<Prediction> {
-        self.cache.as_ref()?.get(key).await
+    /// The cached answers for `keys`, in order: the in-process cache first, then, for what it
+    /// misses, the shared one in a single round trip (its hits are kept in process too).
+    async fn cached(&self, keys: &[CallKey]) -> Vec<Option<Prediction>> {
+        let Some(cache) = &self.cache else {
+            return vec![None; keys.len()];
+        };
+        let mut found = Vec::with_capacity(keys.len());
+        for key in keys {
+            found.push(cache.get(key).await);
+        }
+        let Some(shared) = &self.shared else {
+            return found;
+        };
+        let missing: Vec<usize> = (0..keys.len()).filter(|i| found[*i].is_none()).collect();
+        let names = missing
+            .iter()
+            .map(|i| shared_key(shared, &keys[*i]))
+            .collect();
+        for (i, value) in missing.into_iter().zip(shared.get_many(names).await) {
+            let Some(stored) = value
+                .as_deref()
+                .and_then(|v| serde_json::from_str::<Stored>(v).ok())
+            else {
+                continue;
+            };
+            let prediction = Prediction {
+                topic: Arc::from(stored.topic.as_ref()),
+                confidence: stored.confidence,
+            };
+            cache.insert(keys[i].clone(), prediction.clone()).await;
+            found[i] = Some(prediction);
+        }
+        found
     }
 
     /// Leads the call for `key`, or follows the one in flight.
@@ -209,6 +271,10 @@ impl Dedupe {
             key: key.clone(),
         })
     }
+}
+
+fn shared_key(shared: &SharedCache, key: &CallKey) -> String {
+    shared.key(&[&key.model, &key.taxonomy, &key.title])
 }
 
 enum Role<'d> {

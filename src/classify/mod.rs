@@ -17,6 +17,7 @@ use tracing::Instrument;
 use dedupe::{Answer, Dedupe};
 pub use dedupe::{CacheSettings, Source};
 
+use crate::coord::SharedCache;
 use crate::metrics::Metrics;
 use crate::taxonomy::{Taxonomies, Taxonomy};
 use crate::upstream::{Failure, Prediction, UpstreamClient, Usage, with_share};
@@ -44,8 +45,11 @@ pub struct Overloaded {
 
 /// Proof that a batch was admitted (`Classifier::admit`): only an admitted batch is classified,
 /// so the capacity check happens exactly once, where a refusal can still be a status code.
+/// It carries the batch's share of the upstream slots, which its admission already queued under.
 #[derive(Debug)]
-pub struct Admitted(());
+pub struct Admitted {
+    share: u64,
+}
 
 /// Why one item has no label.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +124,12 @@ impl Classifier {
         }
     }
 
+    /// Backs the result cache with the cache every replica shares (a second level).
+    pub fn share_cache(mut self, shared: SharedCache) -> Self {
+        self.dedupe = self.dedupe.with_shared(shared);
+        self
+    }
+
     pub fn limits(&self) -> BatchLimits {
         self.limits
     }
@@ -137,12 +147,19 @@ impl Classifier {
     /// the admission wait. A batch with nothing to send (every title rejected up front) needs
     /// no capacity and is always admitted.
     pub async fn admit(&self, titles: &[String]) -> Result<Admitted, Overloaded> {
+        // The batch's calls queue as one share, so the batches waiting for upstream slots
+        // take turns instead of the oldest queue going first; its admission queues under the
+        // same share, so many batches arriving at once do not wait behind each other's checks.
+        let admitted = Admitted {
+            share: self.batches.fetch_add(1, Ordering::Relaxed),
+        };
         if titles.iter().all(|t| self.check_title(t).is_err()) {
-            return Ok(Admitted(()));
+            return Ok(admitted);
         }
         let wait = self.limits.admission_wait;
-        if self.upstream().has_capacity_within(wait).await {
-            Ok(Admitted(()))
+        let has_capacity = with_share(admitted.share, self.upstream().has_capacity_within(wait));
+        if has_capacity.await {
+            Ok(admitted)
         } else {
             Err(Overloaded { waited: wait })
         }
@@ -164,7 +181,7 @@ impl Classifier {
     /// Like `classify_batch`, and calls `on_item(index, result)` as each item completes.
     pub async fn classify_batch_with(
         &self,
-        _admitted: Admitted,
+        admitted: Admitted,
         taxonomy: &Taxonomy,
         titles: &[String],
         on_item: impl FnMut(usize, &ItemResult),
@@ -175,10 +192,7 @@ impl Classifier {
             taxonomy = taxonomy.name(),
             errors = tracing::field::Empty
         );
-        // The batch's calls queue as one share, so the batches waiting for upstream slots
-        // take turns instead of the oldest queue going first.
-        let share = self.batches.fetch_add(1, Ordering::Relaxed);
-        let outcome = with_share(share, self.run_batch(taxonomy, titles, on_item))
+        let outcome = with_share(admitted.share, self.run_batch(taxonomy, titles, on_item))
             .instrument(span.clone())
             .await;
         span.record("errors", outcome.errors());

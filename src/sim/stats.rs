@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -17,6 +18,10 @@ pub struct SimStats {
 
 #[derive(Debug, Default)]
 struct Counts {
+    /// When the first call arrived, and when the last call answered 2xx had arrived: the
+    /// window over which the rate limit was ridden.
+    first_arrival: Option<Instant>,
+    last_ok_arrival: Option<Instant>,
     by_status: BTreeMap<u16, u64>,
     faults: BTreeMap<&'static str, u64>,
     per_title: HashMap<String, u64>,
@@ -35,6 +40,9 @@ pub struct StatsSnapshot {
     pub cancelled: u64,
     pub distinct_titles: usize,
     pub max_calls_per_title: u64,
+    /// Seconds from the first call's arrival to the arrival of the last call answered 2xx:
+    /// 2xx answers over this window is the rate the clients rode.
+    pub ok_window_s: f64,
     /// Present only when asked for (`?titles=true`): large on a long run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub per_title: Option<HashMap<String, u64>>,
@@ -45,9 +53,16 @@ impl SimStats {
     pub fn begin(&self) -> CallGuard<'_> {
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        let arrived = Instant::now();
+        self.counts
+            .lock()
+            .expect("stats lock poisoned")
+            .first_arrival
+            .get_or_insert(arrived);
         CallGuard {
             stats: self,
             finished: false,
+            arrived,
         }
     }
 
@@ -75,6 +90,10 @@ impl SimStats {
             cancelled: self.cancelled.load(Ordering::SeqCst),
             distinct_titles: counts.per_title.len(),
             max_calls_per_title: counts.per_title.values().copied().max().unwrap_or(0),
+            ok_window_s: match (counts.first_arrival, counts.last_ok_arrival) {
+                (Some(first), Some(last)) => (last - first).as_secs_f64(),
+                _ => 0.0,
+            },
             per_title: with_titles.then(|| counts.per_title.clone()),
         }
     }
@@ -83,6 +102,7 @@ impl SimStats {
 pub struct CallGuard<'s> {
     stats: &'s SimStats,
     finished: bool,
+    arrived: Instant,
 }
 
 impl CallGuard<'_> {
@@ -90,6 +110,10 @@ impl CallGuard<'_> {
         self.finished = true;
         let mut counts = self.stats.counts.lock().expect("stats lock poisoned");
         *counts.by_status.entry(status).or_default() += 1;
+        if (200..300).contains(&status) {
+            let last = counts.last_ok_arrival.get_or_insert(self.arrived);
+            *last = (*last).max(self.arrived);
+        }
     }
 }
 

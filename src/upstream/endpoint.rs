@@ -19,6 +19,7 @@ use super::settings::{AuthStyle, EndpointSettings, Transport};
 use super::templates::{PackTemplate, RequestTemplate};
 use super::usage::Price;
 use super::usage::Usage;
+use crate::coord::{Coordinator, SharedBudget};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::taxonomy::{Taxonomies, Taxonomy};
@@ -130,6 +131,13 @@ impl Endpoint {
         &self.name
     }
 
+    /// Paces this endpoint by the budget every replica on the same URL and key shares.
+    pub fn share_budget(&mut self, coordinator: &Arc<Coordinator>) {
+        let budget = SharedBudget::new(coordinator.clone(), &self.url, &self.api_key);
+        let local = std::mem::replace(&mut self.pacer, Pacer::new(None, None));
+        self.pacer = local.with_shared_budget(budget);
+    }
+
     pub fn model(&self) -> &str {
         &self.model
     }
@@ -224,7 +232,8 @@ impl Endpoint {
             Ok(_) => self.limiter.on_success(attempt.latency),
             Err(_) => {}
         }
-        self.pacer.observe(&attempt.headers, rate_limited);
+        let answered = attempt.status.is_some_and(|s| (200..300).contains(&s));
+        self.pacer.observe(&attempt.headers, rate_limited, answered);
         self.track_health(&attempt.result);
     }
 

@@ -28,6 +28,6 @@ pub use fair::with_share;
 pub use headers::RateHeaders;
 pub use limiter::{AdaptiveLimiter, Congestion, LimiterSnapshot};
 pub use pool::UpstreamClient;
-pub use retry::{Decision, Failure, GiveUp, RetryPolicy};
+pub use retry::{Decision, Failure, GiveUp, ItemDeadline, RetryPolicy};
 pub use settings::{AuthStyle, EndpointSettings, Transport, UpstreamApi, UpstreamSettings};
 pub use usage::{Prediction, Usage};

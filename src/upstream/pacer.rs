@@ -4,13 +4,19 @@
 //! (other replicas on the same key) and creeps back up on success. A 429's `retry-after` pauses
 //! every call. Hand-written because `governor`'s quota is fixed at construction and this rate
 //! moves at run time.
+//!
+//! With a shared budget (`HNC_REDIS_URL`), turns come from the budget every replica on the same
+//! endpoint leases from, a block of calls per round trip; the local schedule takes over at once
+//! whenever Redis does not answer.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::headers::RateHeaders;
+use crate::coord::{Lease, LeaseRequest, SharedBudget};
 
 /// The most of an announced limit we aim for: headroom for jitter between us and the provider.
 const MAX_SHARE: f64 = 0.98;
@@ -22,12 +28,88 @@ const SHARE_CUT_COOLDOWN: Duration = Duration::from_millis(250);
 /// Successes raise the share by 2% of the limit per second, however many calls that is, so the
 /// probing back up is gentle whatever the rate.
 const SHARE_GROWTH_PER_SECOND: f64 = 0.02;
+/// A shared lease covers at most this much of the budget's schedule (and at most
+/// `MAX_LEASE_CALLS` calls): long enough to take several calls per Redis round trip, short
+/// enough that replicas interleave finely.
+const LEASE_WINDOW: Duration = Duration::from_millis(50);
+const MAX_LEASE_CALLS: u32 = 64;
 
 #[derive(Debug)]
 pub struct Pacer {
     configured_rpm: Option<u64>,
     configured_tpm: Option<u64>,
     state: Mutex<PaceState>,
+    shared: Option<Shared>,
+}
+
+/// The replica's side of a shared budget.
+#[derive(Debug)]
+struct Shared {
+    budget: SharedBudget,
+    /// The calls leased and not yet handed out. A tokio lock: it is held across the lease's
+    /// round trip, so one lease serves every caller that queued behind it.
+    block: tokio::sync::Mutex<Block>,
+    /// Callers waiting for the block: how many calls the next lease asks for.
+    waiting: AtomicUsize,
+    /// Tokens estimated and not used, given back with the next lease.
+    refund: AtomicU64,
+    /// The provider answered without announcing any limit.
+    open: AtomicBool,
+}
+
+/// Leased calls, spread evenly over the lease's span.
+#[derive(Debug)]
+struct Block {
+    start: Instant,
+    spacing: Duration,
+    next: u32,
+    calls: u32,
+    tokens_left: u64,
+    /// Whether tokens are counted (a token limit is known).
+    counts_tokens: bool,
+    /// When it was leased and how many of its turns were taken: the replica's own demand,
+    /// which sizes the next lease.
+    leased_at: Instant,
+    taken: u32,
+}
+
+impl Block {
+    fn empty() -> Self {
+        let now = Instant::now();
+        Self {
+            start: now,
+            spacing: Duration::ZERO,
+            next: 0,
+            calls: 0,
+            tokens_left: 0,
+            counts_tokens: false,
+            leased_at: now,
+            taken: 0,
+        }
+    }
+
+    /// Calls a second this replica took turns at while the block lasted.
+    fn demand(&self, now: Instant) -> f64 {
+        let elapsed = (now - self.leased_at).as_secs_f64().max(1e-3);
+        f64::from(self.taken) / elapsed
+    }
+
+    /// The next leased turn for a call of `tokens`, if the block still has one. Turns already
+    /// in the past are dropped (not used late, which would burst above the shared rate).
+    fn take(&mut self, tokens: u64, now: Instant) -> Option<Instant> {
+        if !self.spacing.is_zero() && now > self.start {
+            let passed = ((now - self.start).as_secs_f64() / self.spacing.as_secs_f64()) as u32;
+            self.next = self.next.max(passed);
+        }
+        if self.next >= self.calls || (self.counts_tokens && tokens > self.tokens_left) {
+            return None;
+        }
+        let turn = self.start + self.spacing * self.next;
+        self.next += 1;
+        self.taken += 1;
+        self.tokens_left = self.tokens_left.saturating_sub(tokens);
+        Some(turn.max(now))
+    }
 }
 
 #[derive(Debug)]
@@ -60,16 +142,125 @@ impl Pacer {
                 next_by_tokens: now,
                 paused_until: now,
             }),
+            shared: None,
+        }
+    }
+
+    /// The same pacer, taking its turns from `budget` while Redis answers.
+    pub fn with_shared_budget(self, budget: SharedBudget) -> Self {
+        Self {
+            shared: Some(Shared {
+                budget,
+                block: tokio::sync::Mutex::new(Block::empty()),
+                waiting: AtomicUsize::new(0),
+                refund: AtomicU64::new(0),
+                open: AtomicBool::new(false),
+            }),
+            ..self
         }
     }
 
     /// Waits for this call's turn. `tokens` is its expected cost (prompt plus maximum output).
     pub async fn wait_turn(&self, tokens: u64) {
-        let start = self.reserve(tokens, Instant::now());
+        let shared_turn = match &self.shared {
+            // While Redis is out, calls pace locally without queueing on the lease; one call a
+            // second tries Redis again.
+            Some(shared) if shared.budget.may_send() => self.shared_turn(shared, tokens).await,
+            _ => None,
+        };
+        let start = shared_turn.unwrap_or_else(|| self.reserve(tokens, Instant::now()));
         // Only a real wait goes through the timer: its wheel ticks in milliseconds, so even a
         // sleep until now would add up to a millisecond to a call that need not wait at all.
         if start > Instant::now() {
             tokio::time::sleep_until(start).await;
+        }
+    }
+
+    /// A turn from the shared budget, or `None` when Redis does not answer.
+    async fn shared_turn(&self, shared: &Shared, tokens: u64) -> Option<Instant> {
+        shared.waiting.fetch_add(1, Ordering::Relaxed);
+        let mut block = shared.block.lock().await;
+        shared.waiting.fetch_sub(1, Ordering::Relaxed);
+        loop {
+            if let Some(turn) = block.take(tokens, Instant::now()) {
+                return Some(turn);
+            }
+            let waiting = shared.waiting.load(Ordering::Relaxed) as u32 + 1;
+            let calls = self.lease_size(block.demand(Instant::now()), waiting);
+            let request = {
+                let s = self.lock();
+                LeaseRequest {
+                    rpm: min_limit(self.configured_rpm, s.announced_rpm),
+                    tpm: min_limit(self.configured_tpm, s.announced_tpm),
+                    open: shared.open.load(Ordering::Relaxed),
+                    share: s.share,
+                    calls,
+                    tokens: tokens * u64::from(calls),
+                    refund: shared.refund.swap(0, Ordering::Relaxed),
+                }
+            };
+            let Some(lease) = shared.budget.lease(request).await else {
+                shared.refund.fetch_add(request.refund, Ordering::Relaxed);
+                return None;
+            };
+            self.learn_limits(&lease);
+            let asked_at = Instant::now();
+            if lease.calls == 0 {
+                // Another replica is learning the limits from the provider: ask again shortly,
+                // still holding the block, so one caller asks for all of this replica's.
+                tokio::time::sleep(lease.delay).await;
+                continue;
+            }
+            *block = Block {
+                start: asked_at + lease.delay,
+                spacing: lease.span / lease.calls,
+                next: 0,
+                calls: lease.calls,
+                tokens_left: tokens * u64::from(lease.calls),
+                counts_tokens: lease.tpm.is_some(),
+                leased_at: asked_at,
+                taken: 0,
+            };
+        }
+    }
+
+    /// How many calls to lease: what this replica takes in `LEASE_WINDOW` at its recent
+    /// `demand` (calls a second), at least the callers `waiting` now, and at most
+    /// `LEASE_WINDOW` of the whole budget's rate.
+    fn lease_size(&self, demand: f64, waiting: u32) -> u32 {
+        let window = LEASE_WINDOW.as_secs_f64();
+        let by_budget = self
+            .request_rate()
+            .map_or(1, |per_second| (per_second * window) as u32);
+        let wanted = ((demand * window).ceil() as u32).max(waiting);
+        wanted.min(by_budget).clamp(1, MAX_LEASE_CALLS)
+    }
+
+    /// Limits other replicas learned from the provider count as announced here too.
+    fn learn_limits(&self, lease: &Lease) {
+        let mut s = self.lock();
+        s.announced_rpm = s.announced_rpm.or(lease.rpm);
+        s.announced_tpm = s.announced_tpm.or(lease.tpm);
+    }
+
+    /// Gives back what a call did not use of its estimate: `estimated` tokens were reserved,
+    /// `used` were counted by the provider.
+    pub fn settle(&self, estimated: u64, used: u64) {
+        let unused = estimated.saturating_sub(used);
+        if unused == 0 {
+            return;
+        }
+        if let Some(shared) = &self.shared
+            && shared.budget.may_send()
+        {
+            shared.refund.fetch_add(unused, Ordering::Relaxed);
+            return;
+        }
+        let mut s = self.lock();
+        if let Some(tpm) = min_limit(self.configured_tpm, s.announced_tpm) {
+            let back = interval(unused as f64, tpm, s.share);
+            let now = Instant::now();
+            s.next_by_tokens = s.next_by_tokens.checked_sub(back).unwrap_or(now).max(now);
         }
     }
 
@@ -96,8 +287,17 @@ impl Pacer {
         min_limit(self.configured_rpm, s.announced_rpm).map(|rpm| rpm as f64 * s.share / 60.0)
     }
 
-    /// Learns from a response's headers; `rate_limited` when it was a 429 for rate.
-    pub fn observe(&self, headers: &RateHeaders, rate_limited: bool) {
+    /// Learns from a response's headers; `rate_limited` when it was a 429 for rate, `answered`
+    /// when the provider answered the call (2xx).
+    pub fn observe(&self, headers: &RateHeaders, rate_limited: bool, answered: bool) {
+        if let Some(shared) = &self.shared {
+            if answered && headers.limit_requests.is_none() && headers.limit_tokens.is_none() {
+                shared.open.store(true, Ordering::Relaxed);
+            }
+            if let (true, Some(wait)) = (rate_limited, headers.retry_after) {
+                shared.budget.pause(wait);
+            }
+        }
         let mut s = self.lock();
         s.announced_rpm = headers
             .limit_requests
@@ -185,7 +385,7 @@ mod tests {
             retry_after: Some(Duration::from_millis(300)),
             ..Default::default()
         };
-        p.observe(&headers, true);
+        p.observe(&headers, true, false);
         let now = Instant::now();
         let first = p.reserve(1, now);
         assert!(

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 use super::endpoint::{Attempt, Endpoint};
 use super::error::{BuildError, UpstreamError};
 use super::limiter::LimiterSnapshot;
-use super::retry::{Decision, Failure, RetryPolicy};
+use super::retry::{Decision, Failure, ItemDeadline, RetryPolicy};
 use super::settings::UpstreamSettings;
 use super::usage::{Prediction, Usage};
+use crate::coord::Coordinator;
 use crate::metrics::Metrics;
 use crate::taxonomy::{Taxonomies, Taxonomy};
 
@@ -65,6 +66,14 @@ impl UpstreamClient {
             retry: settings.retry,
             metrics,
         })
+    }
+
+    /// Paces every endpoint by the budget shared with the other replicas through Redis.
+    pub fn share_budgets(mut self, coordinator: &Arc<Coordinator>) -> Self {
+        for endpoint in &mut self.endpoints {
+            endpoint.share_budget(coordinator);
+        }
+        self
     }
 
     /// False while every endpoint is benched (refused key or quota, or failing): readiness.
@@ -177,20 +186,31 @@ impl UpstreamClient {
         let mut failed_at: Option<&Endpoint> = None;
         loop {
             let endpoint = self.pick(failed_at);
+            let queued_at = Instant::now();
             let slot = endpoint.limiter().acquire().await;
             let (body, tokens) = encode(endpoint);
             endpoint.pacer().wait_turn(tokens).await;
-            let deadline =
-                *deadline.get_or_insert_with(|| Instant::now() + self.retry.item_deadline);
+            let deadline = match &mut deadline {
+                None => deadline.insert(ItemDeadline::start(&self.retry)),
+                // Waiting for a slot or a turn of the rate limit is queueing, not being stuck.
+                Some(d) => {
+                    d.extend(queued_at.elapsed());
+                    d
+                }
+            };
             attempts += 1;
             let timeout = self
                 .call_timeout
-                .min(deadline.saturating_duration_since(Instant::now()));
+                .min(deadline.at().saturating_duration_since(Instant::now()));
             let attempt: Attempt<T> = endpoint.call(body, timeout, |b| decode(endpoint, b)).await;
             let mut spent = attempt.usage.with_requests(1);
             spent.price_at(endpoint.price());
             usage += spent;
             endpoint.learn(&attempt, &self.metrics);
+            if attempt.status.is_some() {
+                let used = attempt.usage.input_tokens + attempt.usage.output_tokens;
+                endpoint.pacer().settle(tokens, used);
+            }
             drop(slot);
 
             let error = match attempt.result {
@@ -208,12 +228,16 @@ impl UpstreamClient {
             }
             if error.is_output_fault() {
                 output_failures += 1;
-            } else if !error.is_rate_limited() {
+            } else if error.is_rate_limited() {
+                // The provider said "not now": the call and the wait it asks for do not count.
+                let wait = error.retry_after().unwrap_or(self.retry.max_backoff);
+                deadline.extend(attempt.latency + wait);
+            } else {
                 budgeted_failures += 1;
             }
             match self
                 .retry
-                .decide(&error, budgeted_failures, output_failures, deadline)
+                .decide(&error, budgeted_failures, output_failures, deadline.at())
             {
                 Decision::GiveUp(gave_up) => {
                     tracing::debug!(error.code = error.code(), %error, attempts, %gave_up, "upstream call failed");

@@ -25,6 +25,39 @@ pub struct RetryPolicy {
     pub output_retries: u32,
 }
 
+/// An item's total life, waits for the rate limit included, is at most this many deadlines: the
+/// backstop for a provider that says "not now" forever.
+const RATE_LIMIT_PATIENCE: u32 = 5;
+
+/// When an item gives up. It counts time in calls and in backoff after failures; time queued for
+/// a slot or for a turn of the provider's rate limit, and a 429's requested wait, move it later
+/// (up to `RATE_LIMIT_PATIENCE` deadlines from the first attempt), so replicas converging on one
+/// key lose no item while the provider is healthy.
+#[derive(Debug, Clone, Copy)]
+pub struct ItemDeadline {
+    at: Instant,
+    latest: Instant,
+}
+
+impl ItemDeadline {
+    pub fn start(policy: &RetryPolicy) -> Self {
+        let now = Instant::now();
+        Self {
+            at: now + policy.item_deadline,
+            latest: now + policy.item_deadline * RATE_LIMIT_PATIENCE,
+        }
+    }
+
+    pub fn at(&self) -> Instant {
+        self.at
+    }
+
+    /// Moves the deadline later by `waited`, which did not count.
+    pub fn extend(&mut self, waited: Duration) {
+        self.at = (self.at + waited).min(self.latest);
+    }
+}
+
 /// Why an item stopped being retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GiveUp {
@@ -300,6 +333,19 @@ mod tests {
                 Decision::GiveUp(GiveUp::Final)
             );
         }
+    }
+
+    #[test]
+    fn waits_for_the_rate_limit_move_the_deadline_up_to_a_backstop() {
+        let mut deadline = ItemDeadline::start(&POLICY);
+        let first = deadline.at();
+        deadline.extend(Duration::from_secs(10));
+        assert_eq!(deadline.at(), first + Duration::from_secs(10));
+        deadline.extend(Duration::from_secs(10_000));
+        assert_eq!(
+            deadline.at(),
+            first + POLICY.item_deadline * (RATE_LIMIT_PATIENCE - 1)
+        );
     }
 
     #[test]
