@@ -13,6 +13,7 @@ mod local_llm;
 mod openapi;
 mod resilience;
 mod security;
+mod shared;
 mod shutdown;
 mod taxonomies;
 mod upstream_answers;
