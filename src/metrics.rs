@@ -4,7 +4,7 @@
 //! at scrape time rather than kept in step on every change.
 
 use prometheus::{
-    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    CounterVec, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -37,6 +37,13 @@ pub struct Metrics {
     pub upstream_tokens: IntCounterVec,
     /// USD at the configured prices, by model (only models with a known price).
     pub upstream_cost: CounterVec,
+    /// Calls queued for a local slot (`upstream_in_flight` counts those holding one).
+    pub upstream_queued: IntGauge,
+    /// Calls holding a slot while they wait for the provider's rate limit.
+    pub upstream_rate_limit_waiting: IntGauge,
+    /// The autoscaling signal: this replica's busy share of its own capacity (see
+    /// `UpstreamClient::saturation`); above 1 when calls queue for a slot.
+    pub replica_saturation: Gauge,
     /// Commands sent to the shared Redis, by operation (`budget_lease`, `quota_take`, ...).
     pub redis_commands: IntCounterVec,
     /// Redis commands that failed or timed out, by operation: each switched the replica to
@@ -146,6 +153,21 @@ impl Metrics {
                 &["model"],
             )
             .expect("valid metric"),
+            upstream_queued: IntGauge::new(
+                "upstream_queued",
+                "Calls queued for a local upstream slot.",
+            )
+            .expect("valid metric"),
+            upstream_rate_limit_waiting: IntGauge::new(
+                "upstream_rate_limit_waiting",
+                "Calls holding a slot while they wait for the provider's rate limit.",
+            )
+            .expect("valid metric"),
+            replica_saturation: Gauge::new(
+                "replica_saturation",
+                "Busy share of this replica's own capacity (calls at the provider, plus calls queued for a slot unless the rate limit holds them, over the limit): the autoscaling signal.",
+            )
+            .expect("valid metric"),
             redis_commands: IntCounterVec::new(
                 Opts::new(
                     "redis_commands_total",
@@ -174,7 +196,10 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 16] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 19] = [
+            Box::new(self.upstream_queued.clone()),
+            Box::new(self.upstream_rate_limit_waiting.clone()),
+            Box::new(self.replica_saturation.clone()),
             Box::new(self.redis_commands.clone()),
             Box::new(self.redis_errors.clone()),
             Box::new(self.redis_coordinated.clone()),

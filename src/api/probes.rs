@@ -24,6 +24,11 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let limiter = upstream.limiter_snapshot();
     m.upstream_in_flight.set(limiter.in_flight as i64);
     m.upstream_concurrency_limit.set(limiter.limit as i64);
+    m.upstream_queued.set(limiter.waiting as i64);
+    let saturation = upstream.saturation();
+    m.replica_saturation.set(saturation.ratio);
+    m.upstream_rate_limit_waiting
+        .set(saturation.waiting_for_rate_limit as i64);
     for (name, benched) in upstream.endpoint_health() {
         m.upstream_benched
             .with_label_values(&[name])

@@ -233,7 +233,9 @@ impl Endpoint {
             Err(_) => {}
         }
         let answered = attempt.status.is_some_and(|s| (200..300).contains(&s));
-        self.pacer.observe(&attempt.headers, rate_limited, answered);
+        let sent_at = tokio::time::Instant::now() - attempt.latency;
+        self.pacer
+            .observe(&attempt.headers, rate_limited, answered, sent_at);
         self.track_health(&attempt.result);
     }
 

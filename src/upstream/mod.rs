@@ -27,7 +27,7 @@ pub use error::{BuildError, UpstreamError};
 pub use fair::with_share;
 pub use headers::RateHeaders;
 pub use limiter::{AdaptiveLimiter, Congestion, LimiterSnapshot};
-pub use pool::UpstreamClient;
+pub use pool::{Saturation, UpstreamClient};
 pub use retry::{Decision, Failure, GiveUp, ItemDeadline, RetryPolicy};
 pub use settings::{AuthStyle, EndpointSettings, Transport, UpstreamApi, UpstreamSettings};
 pub use usage::{Prediction, Usage};

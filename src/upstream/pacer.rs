@@ -32,6 +32,11 @@ const SHARE_GROWTH_PER_SECOND: f64 = 0.02;
 /// `MAX_LEASE_CALLS` calls): long enough to take several calls per Redis round trip, short
 /// enough that replicas interleave finely.
 const LEASE_WINDOW: Duration = Duration::from_millis(50);
+/// Turns are booked at most this far ahead; later callers queue (in order) until the schedule
+/// comes within reach. Without it, hundreds of calls holding slots would book seconds of turns
+/// at the old rate, and a cut of the share (another replica on the key) would only take effect
+/// after them: a 429 storm that feeds itself.
+const BOOKING_HORIZON: Duration = Duration::from_millis(100);
 const MAX_LEASE_CALLS: u32 = 64;
 
 #[derive(Debug)]
@@ -40,6 +45,14 @@ pub struct Pacer {
     configured_tpm: Option<u64>,
     state: Mutex<PaceState>,
     shared: Option<Shared>,
+    /// Calls holding a slot while they wait for their turn: waiting for the provider's budget,
+    /// which more replicas cannot shorten.
+    waiting: AtomicUsize,
+    /// The queue (first come, first served) of callers not yet within `BOOKING_HORIZON`.
+    booking: tokio::sync::Mutex<()>,
+    /// The provider answered without announcing any limit: nothing for the shared budget to
+    /// learn.
+    open: AtomicBool,
 }
 
 /// The replica's side of a shared budget.
@@ -53,8 +66,6 @@ struct Shared {
     waiting: AtomicUsize,
     /// Tokens estimated and not used, given back with the next lease.
     refund: AtomicU64,
-    /// The provider answered without announcing any limit.
-    open: AtomicBool,
 }
 
 /// Leased calls, spread evenly over the lease's span.
@@ -143,6 +154,9 @@ impl Pacer {
                 paused_until: now,
             }),
             shared: None,
+            waiting: AtomicUsize::new(0),
+            booking: tokio::sync::Mutex::new(()),
+            open: AtomicBool::new(false),
         }
     }
 
@@ -154,7 +168,6 @@ impl Pacer {
                 block: tokio::sync::Mutex::new(Block::empty()),
                 waiting: AtomicUsize::new(0),
                 refund: AtomicU64::new(0),
-                open: AtomicBool::new(false),
             }),
             ..self
         }
@@ -162,13 +175,18 @@ impl Pacer {
 
     /// Waits for this call's turn. `tokens` is its expected cost (prompt plus maximum output).
     pub async fn wait_turn(&self, tokens: u64) {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = scopeguard(&self.waiting);
         let shared_turn = match &self.shared {
             // While Redis is out, calls pace locally without queueing on the lease; one call a
             // second tries Redis again.
             Some(shared) if shared.budget.may_send() => self.shared_turn(shared, tokens).await,
             _ => None,
         };
-        let start = shared_turn.unwrap_or_else(|| self.reserve(tokens, Instant::now()));
+        let start = match shared_turn {
+            Some(start) => start,
+            None => self.local_turn(tokens).await,
+        };
         // Only a real wait goes through the timer: its wheel ticks in milliseconds, so even a
         // sleep until now would add up to a millisecond to a call that need not wait at all.
         if start > Instant::now() {
@@ -192,7 +210,7 @@ impl Pacer {
                 LeaseRequest {
                     rpm: min_limit(self.configured_rpm, s.announced_rpm),
                     tpm: min_limit(self.configured_tpm, s.announced_tpm),
-                    open: shared.open.load(Ordering::Relaxed),
+                    open: self.open.load(Ordering::Relaxed),
                     share: s.share,
                     calls,
                     tokens: tokens * u64::from(calls),
@@ -264,6 +282,34 @@ impl Pacer {
         }
     }
 
+    /// Books this call's turn on the local schedule, once the schedule is within
+    /// `BOOKING_HORIZON`: the turn reflects the share as it is then, not as it was when the call
+    /// started waiting.
+    async fn local_turn(&self, tokens: u64) -> Instant {
+        let _queue = self.booking.lock().await;
+        loop {
+            let now = Instant::now();
+            let earliest = self.earliest_start(now);
+            if earliest <= now + BOOKING_HORIZON {
+                return self.reserve(tokens, now);
+            }
+            tokio::time::sleep_until(earliest - BOOKING_HORIZON).await;
+        }
+    }
+
+    /// The earliest a call could start if it booked now.
+    fn earliest_start(&self, now: Instant) -> Instant {
+        let s = self.lock();
+        let mut earliest = now.max(s.paused_until);
+        if min_limit(self.configured_rpm, s.announced_rpm).is_some() {
+            earliest = earliest.max(s.next_by_requests);
+        }
+        if min_limit(self.configured_tpm, s.announced_tpm).is_some() {
+            earliest = earliest.max(s.next_by_tokens);
+        }
+        earliest
+    }
+
     /// Books the next start time for a call of `tokens` and returns it.
     fn reserve(&self, tokens: u64, now: Instant) -> Instant {
         let mut s = self.lock();
@@ -281,6 +327,11 @@ impl Pacer {
         start
     }
 
+    /// Calls waiting for their turn now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
     /// Requests per second the pacer lets through now, when a request limit is known.
     pub fn request_rate(&self) -> Option<f64> {
         let s = self.lock();
@@ -288,15 +339,21 @@ impl Pacer {
     }
 
     /// Learns from a response's headers; `rate_limited` when it was a 429 for rate, `answered`
-    /// when the provider answered the call (2xx).
-    pub fn observe(&self, headers: &RateHeaders, rate_limited: bool, answered: bool) {
-        if let Some(shared) = &self.shared {
-            if answered && headers.limit_requests.is_none() && headers.limit_tokens.is_none() {
-                shared.open.store(true, Ordering::Relaxed);
-            }
-            if let (true, Some(wait)) = (rate_limited, headers.retry_after) {
-                shared.budget.pause(wait);
-            }
+    /// when the provider answered the call (2xx); `sent_at` when the call left.
+    pub fn observe(
+        &self,
+        headers: &RateHeaders,
+        rate_limited: bool,
+        answered: bool,
+        sent_at: Instant,
+    ) {
+        if answered && headers.limit_requests.is_none() && headers.limit_tokens.is_none() {
+            self.open.store(true, Ordering::Relaxed);
+        }
+        if let Some(shared) = &self.shared
+            && let (true, Some(wait)) = (rate_limited, headers.retry_after)
+        {
+            shared.budget.pause(wait);
         }
         let mut s = self.lock();
         s.announced_rpm = headers
@@ -309,8 +366,10 @@ impl Pacer {
             if let Some(wait) = headers.retry_after {
                 s.paused_until = s.paused_until.max(now + wait);
             }
+            // Only a call sent at the current share says the share is too high: the 429s of
+            // calls sent before the last cut (a start-up burst, their retries) say nothing new.
             if s.last_share_cut
-                .is_none_or(|at| now - at >= SHARE_CUT_COOLDOWN)
+                .is_none_or(|at| sent_at >= at && now - at >= SHARE_CUT_COOLDOWN)
             {
                 s.last_share_cut = Some(now);
                 s.share_changed_at = now;
@@ -330,6 +389,17 @@ impl Pacer {
     fn lock(&self) -> std::sync::MutexGuard<'_, PaceState> {
         self.state.lock().expect("pacer lock poisoned")
     }
+}
+
+/// Decrements `counter` when dropped, however the wait ends (a cancelled caller included).
+fn scopeguard(counter: &AtomicUsize) -> impl Drop + '_ {
+    struct Decrement<'a>(&'a AtomicUsize);
+    impl Drop for Decrement<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    Decrement(counter)
 }
 
 fn min_limit(a: Option<u64>, b: Option<u64>) -> Option<u64> {
@@ -385,7 +455,7 @@ mod tests {
             retry_after: Some(Duration::from_millis(300)),
             ..Default::default()
         };
-        p.observe(&headers, true, false);
+        p.observe(&headers, true, false, Instant::now());
         let now = Instant::now();
         let first = p.reserve(1, now);
         assert!(
@@ -397,6 +467,31 @@ mod tests {
             (second - first).as_secs_f64() > 0.1,
             "paced at about 10 a second"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cut_reaches_calls_already_waiting_beyond_the_booking_horizon() {
+        let p = std::sync::Arc::new(Pacer::new(Some(6000), None)); // 10.2 ms apart at 98%
+        let started = Instant::now();
+        let calls: Vec<_> = (0..40)
+            .map(|_| {
+                let p = p.clone();
+                tokio::spawn(async move {
+                    p.wait_turn(1).await;
+                    Instant::now()
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        p.observe(&RateHeaders::default(), true, false, Instant::now()); // share -15%
+        let mut last = started;
+        for call in calls {
+            last = last.max(call.await.unwrap());
+        }
+        // Booked all at once, 40 turns would end at 0.40 s whatever the cut; booked within
+        // 100 ms of their turn, the 30 or so after the horizon go 12 ms apart.
+        let took = (last - started).as_secs_f64();
+        assert!(took > 0.44, "{took}");
     }
 
     #[test]

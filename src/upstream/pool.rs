@@ -14,6 +14,14 @@ use crate::coord::Coordinator;
 use crate::metrics::Metrics;
 use crate::taxonomy::{Taxonomies, Taxonomy};
 
+/// See `UpstreamClient::saturation`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Saturation {
+    pub ratio: f64,
+    /// Calls holding a slot while they wait for the rate limit.
+    pub waiting_for_rate_limit: usize,
+}
+
 fn least_loaded<'e>(endpoints: impl Iterator<Item = &'e Endpoint>) -> Option<&'e Endpoint> {
     endpoints.min_by(|a, b| a.load().total_cmp(&b.load()))
 }
@@ -95,6 +103,28 @@ impl UpstreamClient {
                 waiting: a.waiting + b.waiting,
             },
         )
+    }
+
+    /// How busy this replica is by its own capacity, for autoscaling: calls in flight at the
+    /// provider, plus calls queued for a slot unless the provider's rate limit is what holds
+    /// them, over the limit on calls in flight. Waits for the rate limit are left out: more
+    /// replicas on the same key cannot shorten them. 1.0 means every slot is busy.
+    pub fn saturation(&self) -> Saturation {
+        let mut busy = 0;
+        let mut limit = 0;
+        let mut paced = 0;
+        for endpoint in &self.endpoints {
+            let slots = endpoint.limiter().snapshot();
+            let pacing = endpoint.pacer().waiting();
+            let queued = if pacing == 0 { slots.waiting } else { 0 };
+            busy += slots.in_flight.saturating_sub(pacing) + queued;
+            limit += slots.limit;
+            paced += pacing;
+        }
+        Saturation {
+            ratio: busy as f64 / limit.max(1) as f64,
+            waiting_for_rate_limit: paced,
+        }
     }
 
     /// Each endpoint's name and whether it is benched now, for metrics.

@@ -296,3 +296,69 @@ async fn a_replica_draining_mid_load_finishes_its_batches_and_the_client_moves_o
         replica.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn the_autoscaler_scales_on_a_metric_the_service_exposes() {
+    let app = spawn_simulated(&[]).await;
+    app.classify(&["Rust 2.0 released"]).await;
+    let (_, exposed) = get(&app.url("/metrics")).await;
+
+    let hpa = yaml(&manifest_path("k8s/hpa.yaml"));
+    let pods_metric = hpa["spec"]["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["type"] == "Pods")
+        .expect("the HPA scales on a Pods metric");
+    let name = pods_metric["pods"]["metric"]["name"].as_str().unwrap();
+    assert!(
+        exposed.lines().any(|l| l.starts_with(&format!("{name} "))),
+        "{name} is not in /metrics"
+    );
+    let adapter = yaml(&manifest_path("k8s/prometheus-adapter/config.yaml"));
+    let rules: Value =
+        serde_norway::from_str(adapter["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    let rule = &rules["rules"][0];
+    assert!(rule["seriesQuery"].as_str().unwrap().starts_with(name));
+    assert_eq!(
+        rule["name"]["as"], name,
+        "the adapter serves it under that name"
+    );
+    app.shutdown().await;
+}
+
+#[test]
+fn every_kustomization_names_files_that_exist_and_settings_the_service_reads() {
+    let known_env = env_names_read_by_serve();
+    for dir in ["k8s", "k8s/components/redis", "k8s/overlays/redis"] {
+        let kustomization = yaml(&manifest_path(&format!("{dir}/kustomization.yaml")));
+        let mut paths: Vec<&str> = Vec::new();
+        for list in ["resources", "components"] {
+            if let Some(items) = kustomization[list].as_array() {
+                paths.extend(items.iter().map(|p| p.as_str().unwrap()));
+            }
+        }
+        if let Some(patches) = kustomization["patches"].as_array() {
+            paths.extend(patches.iter().map(|p| p["path"].as_str().unwrap()));
+        }
+        assert!(!paths.is_empty(), "{dir} names nothing");
+        for path in paths {
+            let full = std::path::Path::new(&manifest_path(dir)).join(path);
+            assert!(
+                full.exists(),
+                "{dir}/kustomization.yaml names {path}, which is missing"
+            );
+        }
+    }
+    let patch = yaml(&manifest_path("k8s/components/redis/configmap-patch.yaml"));
+    assert_eq!(
+        patch["metadata"]["name"], "hn-classifier",
+        "patches the base's ConfigMap"
+    );
+    for key in patch["data"].as_object().unwrap().keys() {
+        assert!(
+            known_env.contains(key),
+            "the Redis component sets {key}, which the service does not read"
+        );
+    }
+}
