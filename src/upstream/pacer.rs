@@ -37,6 +37,8 @@ const LEASE_WINDOW: Duration = Duration::from_millis(50);
 /// at the old rate, and a cut of the share (another replica on the key) would only take effect
 /// after them: a 429 storm that feeds itself.
 const BOOKING_HORIZON: Duration = Duration::from_millis(100);
+/// The resolution of tokio's timer.
+const TIMER_TICK: Duration = Duration::from_millis(1);
 const MAX_LEASE_CALLS: u32 = 64;
 
 #[derive(Debug)]
@@ -180,16 +182,20 @@ impl Pacer {
         let shared_turn = match &self.shared {
             // While Redis is out, calls pace locally without queueing on the lease; one call a
             // second tries Redis again.
-            Some(shared) if shared.budget.may_send() => self.shared_turn(shared, tokens).await,
+            Some(shared) if shared.budget.may_send() && !self.is_unlimited() => {
+                self.shared_turn(shared, tokens).await
+            }
             _ => None,
         };
         let start = match shared_turn {
             Some(start) => start,
             None => self.local_turn(tokens).await,
         };
-        // Only a real wait goes through the timer: its wheel ticks in milliseconds, so even a
-        // sleep until now would add up to a millisecond to a call that need not wait at all.
-        if start > Instant::now() {
+        // Only a wait of a timer tick or more goes through the timer: its wheel ticks in
+        // milliseconds, so a sleep until now or a few microseconds on would add up to a
+        // millisecond. Starting a fraction of a tick early leaves the rate as booked (each turn
+        // still takes its interval) and the provider's buckets hold a second's worth.
+        if start > Instant::now() + TIMER_TICK {
             tokio::time::sleep_until(start).await;
         }
     }
@@ -280,6 +286,13 @@ impl Pacer {
             let now = Instant::now();
             s.next_by_tokens = s.next_by_tokens.checked_sub(back).unwrap_or(now).max(now);
         }
+    }
+
+    /// No limit configured and the provider announces none: nothing to share.
+    fn is_unlimited(&self) -> bool {
+        self.open.load(Ordering::Relaxed)
+            && self.configured_rpm.is_none()
+            && self.configured_tpm.is_none()
     }
 
     /// Books this call's turn on the local schedule, once the schedule is within
