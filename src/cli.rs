@@ -60,6 +60,8 @@ pub enum RunError {
     Sim(#[from] SimConfigError),
     #[error("classify failed")]
     Classify(#[from] ClientError),
+    #[error("classify --batch-api failed")]
+    BatchApi(#[from] crate::batch_api::BatchLaneError),
     #[error("bench failed")]
     Bench(#[from] BenchError),
     #[error("eval failed")]
@@ -90,7 +92,11 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         Command::Serve(config) => serve(config).await,
         Command::Sim(config) => sim(config).await,
         Command::Classify(config) => {
-            let summary = crate::client::classify_file(&config, true).await?;
+            let summary = if config.batch_api {
+                crate::batch_api::classify_file(&config, true).await?
+            } else {
+                crate::client::classify_file(&config, true).await?
+            };
             eprintln!("{}", summary.report());
             Ok(())
         }

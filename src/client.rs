@@ -49,6 +49,42 @@ pub struct ClassifyFileConfig {
     /// The JSON field holding the title, for JSON Lines input [default: title].
     #[arg(long)]
     pub field: Option<String>,
+
+    /// Through the provider's Batch API instead of the live one: half the price, answers within
+    /// 24 h (usually minutes). Straight to the provider configured like `serve` (OPENAI_*,
+    /// HNC_PACK_SIZE), or the built-in simulator with --simulate; the state (files, batches,
+    /// which lines they hold) is kept in OUTPUT.batch-state.json, so an interrupted run resumes
+    /// its batches and never submits (or pays for) a line twice.
+    #[arg(long)]
+    pub batch_api: bool,
+
+    /// With --batch-api, what happens to items a batch did not answer (a failed line, an
+    /// invalid answer, an expired batch): another batch, the live API, or an error row.
+    #[arg(long, value_enum, default_value_t = Fallback::Batch, requires = "batch_api")]
+    pub fallback: Fallback,
+
+    /// With --batch-api, cancel the batches of the interrupted run for OUTPUT and forget them.
+    #[arg(long, requires = "batch_api")]
+    pub cancel: bool,
+
+    /// With --batch-api, seconds between two looks at the batches' progress.
+    #[arg(long, default_value_t = 10.0, requires = "batch_api")]
+    pub poll_s: f64,
+
+    /// With --batch-api, most requests in one batch (OpenAI's limit: 50,000).
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(1..=50_000), requires = "batch_api")]
+    pub batch_max_requests: u32,
+}
+
+/// What `--batch-api` does with items its batch did not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fallback {
+    /// A follow-up batch of those items (each alone), up to four more rounds.
+    Batch,
+    /// The live API, through the pipeline in this process.
+    Live,
+    /// An error row (`error_code` `batch_failed`).
+    None,
 }
 
 /// Where a client command (`classify`, `eval`) sends its titles: a running service, or the
@@ -391,7 +427,7 @@ impl Drop for InProcess {
     }
 }
 
-fn default_output(input: &Path, format: OutputFormat) -> PathBuf {
+pub(crate) fn default_output(input: &Path, format: OutputFormat) -> PathBuf {
     let extension = match format {
         OutputFormat::Jsonl => "classified.jsonl",
         OutputFormat::Csv => "classified.csv",
@@ -399,7 +435,7 @@ fn default_output(input: &Path, format: OutputFormat) -> PathBuf {
     input.with_extension(extension)
 }
 
-fn read_titles(path: &Path, field: Option<&str>) -> Result<Vec<String>, ClientError> {
+pub(crate) fn read_titles(path: &Path, field: Option<&str>) -> Result<Vec<String>, ClientError> {
     let io = |source| ClientError::Io {
         path: path.to_owned(),
         source,
@@ -432,7 +468,7 @@ fn read_titles(path: &Path, field: Option<&str>) -> Result<Vec<String>, ClientEr
 }
 
 /// Rows already written by an earlier run (the resume point).
-fn count_done(output: &Path, format: OutputFormat) -> Result<usize, ClientError> {
+pub(crate) fn count_done(output: &Path, format: OutputFormat) -> Result<usize, ClientError> {
     let file = match File::open(output) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
@@ -454,14 +490,18 @@ fn count_done(output: &Path, format: OutputFormat) -> Result<usize, ClientError>
 }
 
 /// Appends rows in order, flushing after each batch.
-enum RowWriter {
+pub(crate) enum RowWriter {
     Jsonl(BufWriter<File>, PathBuf),
     /// Boxed: the CSV writer's buffer makes it much larger than the other variant.
     Csv(Box<csv::Writer<File>>),
 }
 
 impl RowWriter {
-    fn open(path: &Path, format: OutputFormat, fresh: bool) -> Result<Self, ClientError> {
+    pub(crate) fn open(
+        path: &Path,
+        format: OutputFormat,
+        fresh: bool,
+    ) -> Result<Self, ClientError> {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -480,7 +520,7 @@ impl RowWriter {
         })
     }
 
-    fn write(&mut self, rows: &[Row]) -> Result<(), ClientError> {
+    pub(crate) fn write(&mut self, rows: &[Row]) -> Result<(), ClientError> {
         match self {
             Self::Jsonl(out, path) => {
                 let io = |source| ClientError::Io {

@@ -5,6 +5,7 @@
 //! parses the command line.
 
 pub mod api;
+pub mod batch_api;
 pub mod bench;
 pub mod classify;
 pub mod cli;

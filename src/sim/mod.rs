@@ -3,6 +3,7 @@
 //! classifier, log-normal latency, strict request validation, the provider's rate limits and
 //! faults on demand, and a stats route tests assert on.
 
+mod batch;
 mod faults;
 mod keywords;
 mod limits;
@@ -18,7 +19,7 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::header::{AUTHORIZATION, RETRY_AFTER};
+use axum::http::header::RETRY_AFTER;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -30,6 +31,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use batch::BatchSimConfig;
 use faults::Fault;
 pub use faults::FaultConfig;
 use limits::Bucket;
@@ -70,6 +72,9 @@ pub struct SimConfig {
 
     #[command(flatten)]
     pub faults: FaultConfig,
+
+    #[command(flatten)]
+    pub batch: BatchSimConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,7 +185,16 @@ enum Api {
 }
 
 /// The simulator's routes, over its state.
-fn router(sim: Arc<Sim>) -> Router {
+fn router(sim: Arc<Sim>, batch: BatchSimConfig, seed: u64) -> Router {
+    let answerer = sim.clone();
+    let answer_line: batch::LineAnswer =
+        Arc::new(move |url: &str, body: &Value| answer_line(&answerer, url, body));
+    let batches = Arc::new(batch::BatchApi::new(
+        batch,
+        seed,
+        answer_line,
+        sim.stats.clone(),
+    ));
     Router::new()
         .route(
             "/v1/responses",
@@ -193,6 +207,23 @@ fn router(sim: Arc<Sim>) -> Router {
         .route("/_sim/stats", get(stats))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .with_state(sim)
+        .merge(batch::router(batches))
+}
+
+/// One line of a batch, answered as the live route answers (same labels, same bodies), without
+/// its latency, rate limits or faults: the Batch API has its own queue and its own faults.
+fn answer_line(sim: &Sim, url: &str, body: &Value) -> Result<Value, OpenAiError> {
+    let api = match url {
+        "/v1/chat/completions" => Api::Chat,
+        _ => Api::Responses,
+    };
+    let request = match api {
+        Api::Responses => protocol::parse_responses(body)?,
+        Api::Chat => protocol::parse_chat(body)?,
+    };
+    let input_tokens =
+        protocol::estimate_tokens(request.prompt_chars + request.title.chars().count());
+    Ok(respond(api, sim, &request, input_tokens, Fault::None))
 }
 
 async fn answer(
@@ -215,7 +246,7 @@ async fn handle(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, OpenAiError> {
-    check_auth(headers)?;
+    protocol::check_auth(headers)?;
     let value: Value = serde_json::from_slice(body).map_err(|_| {
         OpenAiError::invalid(
             "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly.)",
@@ -388,24 +419,6 @@ fn server_error(status: u16) -> OpenAiError {
     )
 }
 
-/// A bearer token must be there, as the real API demands; any non-empty token is accepted.
-fn check_auth(headers: &HeaderMap) -> Result<(), OpenAiError> {
-    let token = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .filter(|t| !t.trim().is_empty());
-    match token {
-        Some(_) => Ok(()),
-        None => Err(OpenAiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_request_error",
-            None,
-            "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
-        )),
-    }
-}
-
 #[derive(Deserialize)]
 struct StatsQuery {
     #[serde(default)]
@@ -429,14 +442,15 @@ impl SimServer {
     pub fn spawn(config: &SimConfig, listener: TcpListener) -> Result<Self, SimConfigError> {
         let sim = Arc::new(Sim::new(config)?);
         let stats = sim.stats.clone();
+        let (batch, seed) = (config.batch.clone(), config.seed);
         let addr = listener
             .local_addr()
             .expect("a bound listener has an address");
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            let serve =
-                axum::serve(listener, router(sim)).with_graceful_shutdown(stop.cancelled_owned());
+            let app = router(sim, batch, seed);
+            let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
             if let Err(error) = serve.await {
                 tracing::error!(%error, "simulator stopped");
             }

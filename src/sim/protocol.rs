@@ -3,6 +3,7 @@
 //! so the client cannot drift from the real protocol while every test stays green.
 
 use axum::Json;
+use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
@@ -580,6 +581,24 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// A bearer token must be there, as the real API demands; any non-empty token is accepted.
+pub fn check_auth(headers: &HeaderMap) -> Result<(), OpenAiError> {
+    let token = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .filter(|t| !t.trim().is_empty());
+    match token {
+        Some(_) => Ok(()),
+        None => Err(OpenAiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            None,
+            "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ pub struct SimStats {
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
     cancelled: AtomicU64,
+    batches_created: AtomicU64,
     counts: Mutex<Counts>,
 }
 
@@ -38,6 +39,8 @@ pub struct StatsSnapshot {
     pub in_flight: u64,
     pub max_in_flight: u64,
     pub cancelled: u64,
+    /// Batch API batches created (`POST /v1/batches`), refused ones included.
+    pub batches_created: u64,
     pub distinct_titles: usize,
     pub max_calls_per_title: u64,
     /// Seconds from the first call's arrival to the arrival of the last call answered 2xx:
@@ -74,6 +77,10 @@ impl SimStats {
         *n
     }
 
+    pub fn count_batch_created(&self) {
+        self.batches_created.fetch_add(1, Ordering::SeqCst);
+    }
+
     pub fn count_fault(&self, kind: &'static str) {
         let mut counts = self.counts.lock().expect("stats lock poisoned");
         *counts.faults.entry(kind).or_default() += 1;
@@ -88,6 +95,7 @@ impl SimStats {
             in_flight: self.in_flight.load(Ordering::SeqCst),
             max_in_flight: self.max_in_flight.load(Ordering::SeqCst),
             cancelled: self.cancelled.load(Ordering::SeqCst),
+            batches_created: self.batches_created.load(Ordering::SeqCst),
             distinct_titles: counts.per_title.len(),
             max_calls_per_title: counts.per_title.values().copied().max().unwrap_or(0),
             ok_window_s: match (counts.first_arrival, counts.last_ok_arrival) {

@@ -30,4 +30,4 @@ pub use limiter::{AdaptiveLimiter, Congestion, LimiterSnapshot};
 pub use pool::{Saturation, UpstreamClient};
 pub use retry::{Decision, Failure, GiveUp, ItemDeadline, RetryPolicy};
 pub use settings::{AuthStyle, EndpointSettings, Transport, UpstreamApi, UpstreamSettings};
-pub use usage::{Prediction, Usage};
+pub use usage::{Prediction, Tier, Usage};

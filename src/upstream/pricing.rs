@@ -11,70 +11,14 @@ pub use super::usage::Price;
 pub const BUILT_IN_PRICES_AS_OF: &str = "2025-08";
 
 const BUILT_IN: &[(&str, Price)] = &[
-    (
-        "gpt-4.1",
-        Price {
-            input: 2.00,
-            cached_input: 0.50,
-            output: 8.00,
-        },
-    ),
-    (
-        "gpt-4.1-mini",
-        Price {
-            input: 0.40,
-            cached_input: 0.10,
-            output: 1.60,
-        },
-    ),
-    (
-        "gpt-4.1-nano",
-        Price {
-            input: 0.10,
-            cached_input: 0.025,
-            output: 0.40,
-        },
-    ),
-    (
-        "gpt-4o",
-        Price {
-            input: 2.50,
-            cached_input: 1.25,
-            output: 10.00,
-        },
-    ),
-    (
-        "gpt-4o-mini",
-        Price {
-            input: 0.15,
-            cached_input: 0.075,
-            output: 0.60,
-        },
-    ),
-    (
-        "gpt-5",
-        Price {
-            input: 1.25,
-            cached_input: 0.125,
-            output: 10.00,
-        },
-    ),
-    (
-        "gpt-5-mini",
-        Price {
-            input: 0.25,
-            cached_input: 0.025,
-            output: 2.00,
-        },
-    ),
-    (
-        "gpt-5-nano",
-        Price {
-            input: 0.05,
-            cached_input: 0.005,
-            output: 0.40,
-        },
-    ),
+    ("gpt-4.1", Price::list(2.00, 0.50, 8.00)),
+    ("gpt-4.1-mini", Price::list(0.40, 0.10, 1.60)),
+    ("gpt-4.1-nano", Price::list(0.10, 0.025, 0.40)),
+    ("gpt-4o", Price::list(2.50, 1.25, 10.00)),
+    ("gpt-4o-mini", Price::list(0.15, 0.075, 0.60)),
+    ("gpt-5", Price::list(1.25, 0.125, 10.00)),
+    ("gpt-5-mini", Price::list(0.25, 0.025, 2.00)),
+    ("gpt-5-nano", Price::list(0.05, 0.005, 0.40)),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -123,9 +67,11 @@ impl PriceTable {
                 source,
             })?;
         for (name, price) in &from_file {
+            let multiples = [price.batch, price.flex, price.priority];
             let valid = [price.input, price.cached_input, price.output]
-                .iter()
-                .all(|p| p.is_finite() && *p >= 0.0);
+                .into_iter()
+                .chain(multiples.into_iter().flatten())
+                .all(|p| p.is_finite() && p >= 0.0);
             if !valid {
                 return Err(PriceFileError::Invalid {
                     path: path.to_owned(),

@@ -53,6 +53,11 @@ impl Usage {
         }
     }
 
+    /// Adds a cost already priced elsewhere (the live pipeline's, for a batch run's fallback).
+    pub fn add_cost(&mut self, usd: f64) {
+        self.cost_usd += usd;
+    }
+
     /// What the calls cost in USD; `None` when a model without a known price answered one.
     pub fn cost_usd(&self) -> Option<f64> {
         (!self.unpriced).then_some(self.cost_usd)
@@ -70,7 +75,8 @@ impl AddAssign for Usage {
     }
 }
 
-/// USD per million tokens for one model.
+/// USD per million tokens for one model, at the standard tier, and what the other tiers cost
+/// as a multiple of it.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Price {
@@ -78,9 +84,67 @@ pub struct Price {
     /// Input tokens served from the provider's prompt cache.
     pub cached_input: f64,
     pub output: f64,
+    /// The Batch API's price as a multiple of the standard one [default: 0.5].
+    #[serde(default)]
+    pub batch: Option<f64>,
+    /// The flex tier's [default: 0.5, OpenAI's batch price on the live API].
+    #[serde(default)]
+    pub flex: Option<f64>,
+    /// The priority tier's [default: 1.75, OpenAI's premium for gpt-4.1 and gpt-5 models].
+    #[serde(default)]
+    pub priority: Option<f64>,
+}
+
+/// What served a call, for its price: the live API at a service tier, or the Batch API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tier {
+    #[default]
+    Standard,
+    Flex,
+    Priority,
+    Batch,
+}
+
+impl Tier {
+    /// The tier a response's `service_tier` names (`default`, `auto` and unknown: standard).
+    pub fn served(name: Option<&str>) -> Self {
+        match name {
+            Some("flex") => Self::Flex,
+            Some("priority") => Self::Priority,
+            _ => Self::Standard,
+        }
+    }
 }
 
 impl Price {
+    /// Standard prices with the default multiples for the other tiers.
+    pub const fn list(input: f64, cached_input: f64, output: f64) -> Self {
+        Self {
+            input,
+            cached_input,
+            output,
+            batch: None,
+            flex: None,
+            priority: None,
+        }
+    }
+
+    /// The prices at `tier`.
+    pub fn at(&self, tier: Tier) -> Self {
+        let factor = match tier {
+            Tier::Standard => 1.0,
+            Tier::Batch => self.batch.unwrap_or(0.5),
+            Tier::Flex => self.flex.unwrap_or(0.5),
+            Tier::Priority => self.priority.unwrap_or(1.75),
+        };
+        Self {
+            input: self.input * factor,
+            cached_input: self.cached_input * factor,
+            output: self.output * factor,
+            ..*self
+        }
+    }
+
     /// The cost of `usage` in USD.
     pub fn cost(&self, usage: &Usage) -> f64 {
         let cached = usage.cached_input_tokens.min(usage.input_tokens);

@@ -29,6 +29,11 @@ fn config_for(
         batch_size: 25,
         concurrency: 3,
         field: None,
+        batch_api: false,
+        fallback: hn_classifier::client::Fallback::Batch,
+        cancel: false,
+        poll_s: 10.0,
+        batch_max_requests: 50_000,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Integration tests: the real router over real sockets on 127.0.0.1.
 
 mod architecture;
+mod batch_api;
 mod bench;
 mod chat;
 mod classify;
