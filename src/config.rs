@@ -16,7 +16,7 @@ use crate::sim::SimConfig;
 use crate::taxonomy::{Taxonomies, TaxonomyError};
 use crate::upstream::pricing::{PriceFileError, PriceTable};
 use crate::upstream::{
-    AuthStyle, EndpointSettings, RetryPolicy, Transport, UpstreamApi, UpstreamSettings,
+    AuthStyle, EndpointSettings, RetryPolicy, ServiceTier, Transport, UpstreamApi, UpstreamSettings,
 };
 
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -124,6 +124,17 @@ pub struct ServeConfig {
     /// With HTTP/2, the most calls on one connection (OpenAI allows about 100).
     #[arg(long, env = "HNC_UPSTREAM_STREAMS_PER_CONNECTION", value_name = "HNC_UPSTREAM_STREAMS_PER_CONNECTION", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub upstream_streams_per_connection: u32,
+
+    /// `service_tier` sent with every call: `auto`, `default`, `flex` (batch prices on the live
+    /// API, slower, sometimes refused for capacity) or `priority` (faster, at a premium).
+    /// Unset: not sent. Cost is priced at the tier the response says served the call.
+    #[arg(long, env = "HNC_SERVICE_TIER", value_name = "HNC_SERVICE_TIER", value_parser = named(ServiceTier::NAMES))]
+    pub service_tier: Option<ServiceTier>,
+
+    /// With flex, a call refused for capacity (429 `resource_unavailable`) or timed out goes again
+    /// at once at the default tier, without spending the retry budget.
+    #[arg(long, env = "HNC_FLEX_FALLBACK", value_name = "HNC_FLEX_FALLBACK", default_value_t = true, action = clap::ArgAction::Set)]
+    pub flex_fallback: bool,
 
     /// Model to call.
     #[arg(
@@ -453,6 +464,8 @@ impl ServeConfig {
             call_timeout: self.tuning.upstream_timeout,
             retry: self.tuning.retry_policy(),
             pack_size: self.pack_size as usize,
+            service_tier: self.service_tier,
+            flex_fallback: self.flex_fallback,
             transport: if self.upstream_http2 {
                 Transport::Http2 {
                     streams_per_connection: self.upstream_streams_per_connection as usize,
@@ -587,8 +600,8 @@ impl UpstreamEntry {
 }
 
 /// A parser of the names in `names` (the enums live in `upstream/`, which knows no command line).
-fn named<T: Copy + Send + Sync + 'static>(
-    names: [(&'static str, T); 2],
+fn named<T: Copy + Send + Sync + 'static, const N: usize>(
+    names: [(&'static str, T); N],
 ) -> impl TypedValueParser<Value = T> {
     PossibleValuesParser::new(names.map(|(name, _)| name)).map(move |given| {
         names

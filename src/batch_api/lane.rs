@@ -560,11 +560,7 @@ impl Lane {
     }
 
     /// `--cancel`: cancels the interrupted run's batches that are still going, forgets the run.
-    async fn cancel(
-        &self,
-        state_path: &Path,
-        input_titles: usize,
-    ) -> Result<(), BatchLaneError> {
+    async fn cancel(&self, state_path: &Path, input_titles: usize) -> Result<(), BatchLaneError> {
         let Some(state) = RunState::load(state_path, input_titles)? else {
             eprintln!(
                 "no interrupted --batch-api run for this output ({} not found)",

@@ -73,6 +73,8 @@ pub fn upstream_client(
         call_timeout: target.tuning.upstream_timeout,
         retry: target.tuning.retry_policy(),
         pack_size: 1,
+        service_tier: None,
+        flex_fallback: true,
         // One HTTP/2 connection per client: `sharded --http2` means one connection per shard.
         transport: if target.http2 {
             Transport::Http2 {

@@ -73,6 +73,14 @@ pub struct SimConfig {
     #[command(flatten)]
     pub faults: FaultConfig,
 
+    /// Share of `service_tier: "flex"` calls refused with 429 `resource_unavailable`.
+    #[arg(
+        long = "sim-flex-unavailable-rate",
+        env = "HNC_SIM_FLEX_UNAVAILABLE_RATE",
+        default_value_t = 0.0
+    )]
+    pub flex_unavailable_rate: f64,
+
     #[command(flatten)]
     pub batch: BatchSimConfig,
 }
@@ -95,6 +103,7 @@ struct Sim {
     faults: FaultConfig,
     /// RPM and TPM buckets, checked and charged together.
     limits: Mutex<RateLimits>,
+    flex_unavailable_rate: f64,
     started: Instant,
 }
 
@@ -164,6 +173,7 @@ impl Sim {
                 tokens: (config.tpm > 0).then(|| Bucket::per_minute(config.tpm)),
             }),
             started: Instant::now(),
+            flex_unavailable_rate: config.flex_unavailable_rate,
         })
     }
 
@@ -269,6 +279,15 @@ async fn handle(
     let input_tokens =
         protocol::estimate_tokens(request.prompt_chars + request.title.chars().count());
     let limit_headers = sim.admit(&request, input_tokens)?;
+    if request.service_tier.as_deref() == Some("flex") && sim.draw_flex_unavailable() {
+        sim.stats.count_fault("flex_unavailable");
+        return Err(OpenAiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            Some("resource_unavailable"),
+            "Resource unavailable: flex processing has no capacity right now. Please retry later or use the default service tier.",
+        ));
+    }
     let fault = sim.draw_fault();
     match fault {
         Fault::ServerError(status) => {
@@ -322,7 +341,7 @@ fn respond(api: Api, sim: &Sim, request: &SimRequest, input_tokens: u64, fault: 
     };
     let output_tokens = protocol::estimate_tokens(text.len());
     let model = &request.model;
-    match (api, fault) {
+    let mut body = match (api, fault) {
         (Api::Responses, Fault::Refusal) => {
             protocol::responses_refusal_body(id, model, REFUSAL, input_tokens, output_tokens)
         }
@@ -333,7 +352,10 @@ fn respond(api: Api, sim: &Sim, request: &SimRequest, input_tokens: u64, fault: 
             protocol::responses_body(id, model, &text, input_tokens, output_tokens)
         }
         (Api::Chat, _) => protocol::chat_body(id, model, &text, input_tokens, output_tokens),
-    }
+    };
+    // As OpenAI does: the tier that served the call, whatever was asked.
+    body["service_tier"] = json!(request.served_tier());
+    body
 }
 
 impl Sim {
@@ -375,6 +397,13 @@ impl Sim {
                 Err(rate_limited(&request.model, kind, wait, headers))
             }
         }
+    }
+
+    fn draw_flex_unavailable(&self) -> bool {
+        use rand::Rng;
+        self.flex_unavailable_rate > 0.0
+            && self.rng.lock().expect("rng lock poisoned").random::<f64>()
+                < self.flex_unavailable_rate
     }
 
     fn draw_fault(&self) -> Fault {

@@ -82,6 +82,34 @@ pub struct SimRequest {
     pub labels: Vec<String>,
     /// For a packed request (the schema asks for `items`), the titles by id.
     pub pack: Option<Vec<(u64, String)>>,
+    /// The `service_tier` asked for, checked: `auto`, `default`, `flex` or `priority`.
+    pub service_tier: Option<String>,
+}
+
+/// The tier asked for, if any and valid.
+fn service_tier(obj: &Map<String, Value>) -> Result<Option<String>, OpenAiError> {
+    match obj.get("service_tier") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(t)) if ["auto", "default", "flex", "priority"].contains(&t.as_str()) => {
+            Ok(Some(t.clone()))
+        }
+        Some(_) => Err(OpenAiError::invalid(
+            "Invalid value for 'service_tier': expected one of 'auto', 'default', 'flex', 'priority'.",
+            "service_tier",
+            Some("invalid_value"),
+        )),
+    }
+}
+
+impl SimRequest {
+    /// The tier that serves it, as the response's `service_tier` says.
+    pub fn served_tier(&self) -> &'static str {
+        match self.service_tier.as_deref() {
+            Some("flex") => "flex",
+            Some("priority") => "priority",
+            _ => "default",
+        }
+    }
 }
 
 /// The titles of a packed request's user message, `[{"id", "title"}, ...]`. Anything else is
@@ -181,6 +209,7 @@ pub fn parse_responses(body: &Value) -> Result<SimRequest, OpenAiError> {
         title,
         prompt_chars: instructions.map_or(0, |i| i.chars().count()) + other_chars,
         labels: shape.labels,
+        service_tier: service_tier(obj)?,
     })
 }
 
@@ -223,6 +252,7 @@ pub fn parse_chat(body: &Value) -> Result<SimRequest, OpenAiError> {
         title,
         prompt_chars: other_chars,
         labels: shape.labels,
+        service_tier: service_tier(obj)?,
     })
 }
 

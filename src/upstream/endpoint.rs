@@ -18,7 +18,7 @@ use super::pacer::Pacer;
 use super::settings::{AuthStyle, EndpointSettings, Transport};
 use super::templates::{PackTemplate, RequestTemplate};
 use super::usage::Price;
-use super::usage::Usage;
+use super::usage::{Tier, Usage};
 use crate::coord::{Coordinator, SharedBudget};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
@@ -68,6 +68,8 @@ pub struct Attempt<T> {
     /// The HTTP status, when a response arrived.
     pub status: Option<u16>,
     pub latency: Duration,
+    /// The tier the response says served the call: what it is priced at.
+    pub served: Tier,
 }
 
 impl Endpoint {
@@ -283,6 +285,7 @@ impl Endpoint {
             headers,
             status,
             latency: started.elapsed(),
+            served: Tier::Standard,
         };
         let response = match sent {
             Ok(r) => r,
@@ -305,6 +308,7 @@ impl Endpoint {
             headers,
             status: Some(status.as_u16()),
             latency: started.elapsed(),
+            served: served_tier(&body),
         }
     }
 
@@ -381,6 +385,16 @@ fn http_clients(
                 .collect()
         }
     }
+}
+
+/// The `service_tier` a 2xx body names (standard when it names none).
+fn served_tier(body: &[u8]) -> Tier {
+    #[derive(Deserialize)]
+    struct Served<'a> {
+        #[serde(borrow, default)]
+        service_tier: Option<&'a str>,
+    }
+    serde_json::from_slice::<Served>(body).map_or(Tier::Standard, |s| Tier::served(s.service_tier))
 }
 
 fn transport_error(error: reqwest::Error, timeout: Duration) -> UpstreamError {

@@ -29,5 +29,7 @@ pub use headers::RateHeaders;
 pub use limiter::{AdaptiveLimiter, Congestion, LimiterSnapshot};
 pub use pool::{Saturation, UpstreamClient};
 pub use retry::{Decision, Failure, GiveUp, ItemDeadline, RetryPolicy};
-pub use settings::{AuthStyle, EndpointSettings, Transport, UpstreamApi, UpstreamSettings};
+pub use settings::{
+    AuthStyle, EndpointSettings, ServiceTier, Transport, UpstreamApi, UpstreamSettings,
+};
 pub use usage::{Prediction, Tier, Usage};

@@ -8,7 +8,7 @@ use super::endpoint::{Attempt, Endpoint};
 use super::error::{BuildError, UpstreamError};
 use super::limiter::LimiterSnapshot;
 use super::retry::{Decision, Failure, ItemDeadline, RetryPolicy};
-use super::settings::UpstreamSettings;
+use super::settings::{ServiceTier, UpstreamSettings};
 use super::usage::{Prediction, Usage};
 use crate::coord::Coordinator;
 use crate::metrics::Metrics;
@@ -37,7 +37,24 @@ pub struct UpstreamClient {
     pack_size: usize,
     call_timeout: Duration,
     retry: RetryPolicy,
+    service_tier: Option<ServiceTier>,
+    flex_fallback: bool,
     metrics: Arc<Metrics>,
+}
+
+/// Flex calls are slower (OpenAI suggests long timeouts): their call timeout is this many times
+/// the configured one.
+const FLEX_TIMEOUT_FACTOR: u32 = 3;
+
+/// `body` (a JSON object) with `"service_tier"` first, when one is asked for.
+fn with_service_tier(mut body: Vec<u8>, tier: Option<ServiceTier>) -> Vec<u8> {
+    if let Some(tier) = tier
+        && body.first() == Some(&b'{')
+    {
+        let field = format!(r#""service_tier":"{}","#, tier.name());
+        body.splice(1..1, field.into_bytes());
+    }
+    body
 }
 
 impl UpstreamClient {
@@ -72,6 +89,8 @@ impl UpstreamClient {
             pack_size,
             call_timeout: settings.call_timeout,
             retry: settings.retry,
+            service_tier: settings.service_tier,
+            flex_fallback: settings.flex_fallback,
             metrics,
         })
     }
@@ -214,11 +233,13 @@ impl UpstreamClient {
         let mut budgeted_failures = 0;
         let mut output_failures = 0;
         let mut failed_at: Option<&Endpoint> = None;
+        let mut tier = self.service_tier;
         loop {
             let endpoint = self.pick(failed_at);
             let queued_at = Instant::now();
             let slot = endpoint.limiter().acquire().await;
             let (body, tokens) = encode(endpoint);
+            let body = with_service_tier(body, tier);
             endpoint.pacer().wait_turn(tokens).await;
             let deadline = match &mut deadline {
                 None => deadline.insert(ItemDeadline::start(&self.retry)),
@@ -229,12 +250,14 @@ impl UpstreamClient {
                 }
             };
             attempts += 1;
-            let timeout = self
-                .call_timeout
-                .min(deadline.at().saturating_duration_since(Instant::now()));
+            let call_timeout = match tier {
+                Some(ServiceTier::Flex) => self.call_timeout * FLEX_TIMEOUT_FACTOR,
+                _ => self.call_timeout,
+            };
+            let timeout = call_timeout.min(deadline.at().saturating_duration_since(Instant::now()));
             let attempt: Attempt<T> = endpoint.call(body, timeout, |b| decode(endpoint, b)).await;
             let mut spent = attempt.usage.with_requests(1);
-            spent.price_at(endpoint.price());
+            spent.price_at(endpoint.price().map(|p| p.at(attempt.served)));
             usage += spent;
             endpoint.learn(&attempt, &self.metrics);
             if attempt.status.is_some() {
@@ -247,6 +270,17 @@ impl UpstreamClient {
                 Ok(value) => return (Ok(value), usage),
                 Err(error) => error,
             };
+            let flex_gave_way =
+                error.is_flex_unavailable() || matches!(error, UpstreamError::Timeout(_));
+            if tier == Some(ServiceTier::Flex) && self.flex_fallback && flex_gave_way {
+                // No flex capacity now: the default tier at once, the retry budget untouched.
+                tier = Some(ServiceTier::Default);
+                self.metrics
+                    .upstream_retries
+                    .with_label_values(&["flex_fallback"])
+                    .inc();
+                continue;
+            }
             failed_at = Some(endpoint);
             if error.is_refusal_of_key() && self.is_usable() {
                 tracing::debug!(

@@ -218,9 +218,17 @@ impl UpstreamError {
         }
     }
 
-    /// A 429 for rate (not for quota): the provider is busy, not refusing.
+    /// A 429 for rate (not for quota, nor flex capacity): the provider is busy, not refusing.
     pub fn is_rate_limited(&self) -> bool {
-        matches!(self, Self::Http { status: 429, .. }) && self.is_retryable()
+        matches!(self, Self::Http { status: 429, .. })
+            && self.is_retryable()
+            && !self.is_flex_unavailable()
+    }
+
+    /// The flex tier has no capacity for the call now (429 `resource_unavailable`): the default
+    /// tier has, at its own price.
+    pub fn is_flex_unavailable(&self) -> bool {
+        matches!(self, Self::Http { status: 429, code: Some(code), .. } if code == "resource_unavailable")
     }
 
     /// The provider's requested wait, if it sent one.

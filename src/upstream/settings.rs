@@ -86,6 +86,38 @@ pub struct UpstreamSettings {
     /// Titles per upstream call (1 = no packing).
     pub pack_size: usize,
     pub transport: Transport,
+    /// `service_tier` sent with every call (`None`: not sent, the provider's default).
+    pub service_tier: Option<ServiceTier>,
+    /// With flex, a call the provider has no capacity for (429 `resource_unavailable`) or that
+    /// timed out goes again at once at the default tier, without spending the retry budget.
+    pub flex_fallback: bool,
+}
+
+/// OpenAI's service tiers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceTier {
+    Auto,
+    Default,
+    /// Batch prices on the live API, slower, sometimes refused for capacity.
+    Flex,
+    /// Faster, at a premium.
+    Priority,
+}
+
+impl ServiceTier {
+    pub const NAMES: [(&'static str, Self); 4] = [
+        ("auto", Self::Auto),
+        ("default", Self::Default),
+        ("flex", Self::Flex),
+        ("priority", Self::Priority),
+    ];
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(_, t)| *t == self)
+            .map_or("auto", |(n, _)| n)
+    }
 }
 
 /// How calls travel to an endpoint.

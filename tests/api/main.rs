@@ -17,6 +17,7 @@ mod security;
 mod shared;
 mod shutdown;
 mod taxonomies;
+mod tiers;
 mod upstream_answers;
 mod upstreams;
 mod validation;
