@@ -35,7 +35,8 @@ pub enum Command {
     Serve(ServeConfig),
     /// Run the simulated OpenAI API on its own.
     Sim(SimServeConfig),
-    /// Send a file of titles through a running service; write JSONL or CSV in input order.
+    /// Classify a file of titles (through a running service, --direct to the provider,
+    /// --simulate, or --batch-api); write JSONL or CSV in input order.
     Classify(ClassifyFileConfig),
     /// Load the provider or the service and record throughput, latency, errors and cost.
     Bench(BenchConfig),
@@ -98,11 +99,18 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
                 crate::client::classify_file(&config, true).await?
             };
             eprintln!("{}", summary.report());
+            if let Some(output) = &summary.output {
+                eprintln!("rows written to {}", output.display());
+            }
             Ok(())
         }
         Command::Bench(config) => {
             let results = crate::bench::run(&config).await?;
             println!("{}", crate::bench::report(&results));
+            eprintln!(
+                "CSV files and charts written to {}/",
+                config.results_dir.display()
+            );
             Ok(())
         }
         Command::Eval(config) => {

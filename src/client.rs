@@ -31,7 +31,8 @@ pub struct ClassifyFileConfig {
     #[command(flatten)]
     pub service: ServiceArgs,
 
-    /// Where to write results [default: INPUT with `.classified.jsonl` or `.classified.csv`].
+    /// Where to write results [default: beside INPUT, its extension replaced by
+    /// `.classified.jsonl` or `.classified.csv`: data/titles.txt -> data/titles.classified.jsonl].
     #[arg(long, short)]
     pub output: Option<PathBuf>,
 
@@ -185,6 +186,16 @@ pub enum ClientError {
     },
     #[error("could not reach {url}")]
     Http { url: String, source: reqwest::Error },
+    #[error(
+        "nothing answers at {url} (connection refused). Start the service there with \
+         `hn-classifier serve` (add --simulate to try it offline), or classify without one: \
+         --direct (the provider, from OPENAI_API_KEY) or --simulate"
+    )]
+    NotRunning {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
     #[error("the service answered {status}: {body}")]
     Service { status: u16, body: String },
     #[error("the service's stream broke off")]
@@ -223,6 +234,8 @@ pub struct Summary {
     pub upstream_requests: u64,
     /// `None` when the service had no price for its model.
     pub cost_usd: Option<f64>,
+    /// Where the rows went.
+    pub output: Option<PathBuf>,
 }
 
 impl Summary {
@@ -273,6 +286,7 @@ pub async fn classify_file(
         .classify(&titles[done..], batches, &bar, |rows| writer.write(rows))
         .await?;
     summary.skipped = done;
+    summary.output = Some(output);
     bar.finish_and_clear();
     Ok(summary)
 }
@@ -640,10 +654,17 @@ async fn attempt_batch(
     if let Some(key) = &target.api_key {
         request = request.bearer_auth(key.expose());
     }
-    let unreachable = |source| Attempt::Replica {
-        error: ClientError::Http {
-            url: url.clone(),
-            source,
+    let unreachable = |source: reqwest::Error| Attempt::Replica {
+        error: if source.is_connect() {
+            ClientError::NotRunning {
+                url: base.to_owned(),
+                source,
+            }
+        } else {
+            ClientError::Http {
+                url: url.clone(),
+                source,
+            }
         },
         status: None,
         retry_after: None,

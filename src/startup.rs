@@ -24,9 +24,11 @@ pub enum StartupError {
     Config(#[from] ConfigError),
     #[error("invalid simulator setting")]
     Sim(#[from] SimConfigError),
-    #[error("could not listen on {addr}")]
+    #[error("could not listen on {addr} (choose another with {setting})")]
     Bind {
         addr: SocketAddr,
+        /// Where the address came from, so the message says what to change.
+        setting: &'static str,
         source: std::io::Error,
     },
     #[error("could not build the upstream client")]
@@ -100,9 +102,9 @@ impl Application {
             quotas,
         });
         let addr = config.listen_addr();
-        let listener = bind(addr).await?;
+        let listener = bind(addr, "--listen, HNC_LISTEN or PORT").await?;
         let metrics_listener = match config.metrics_listen {
-            Some(addr) => Some(bind(addr).await?),
+            Some(addr) => Some(bind(addr, "--metrics-listen or HNC_METRICS_LISTEN").await?),
             None => None,
         };
         Ok(Self {
@@ -215,15 +217,19 @@ impl Application {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
+async fn bind(addr: SocketAddr, setting: &'static str) -> Result<TcpListener, StartupError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| StartupError::Bind { addr, source })
+        .map_err(|source| StartupError::Bind {
+            addr,
+            setting,
+            source,
+        })
 }
 
 async fn spawn_simulator(config: &ServeConfig) -> Result<SimServer, StartupError> {
     // An ephemeral loopback port, so the real HTTP client path runs end to end.
-    let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0)), "another free port").await?;
     let sim = SimServer::spawn(&config.sim, listener)?;
     tracing::warn!(
         base_url = %sim.base_url(),

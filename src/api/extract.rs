@@ -37,12 +37,25 @@ fn rejection_to_error(rejection: JsonRejection, limit: usize) -> ApiError {
     match rejection {
         JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
         // Wrong types or a missing field: the inner serde_path_to_error message names the field.
-        JsonRejection::JsonDataError(e) => ApiError::Validation(inner_message(&e)),
+        JsonRejection::JsonDataError(e) => ApiError::Validation(data_error(&inner_message(&e))),
         JsonRejection::JsonSyntaxError(e) => ApiError::InvalidJson(inner_message(&e)),
         r if r.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
             ApiError::PayloadTooLarge { limit }
         }
         r => ApiError::InvalidJson(r.body_text()),
+    }
+}
+
+/// What a body of the wrong shape gets told. serde reads a struct from an array too, and its
+/// message then names our type ("expected struct ClassifyBatchRequest with 2 elements"): say
+/// what was expected instead.
+fn data_error(message: &str) -> String {
+    let top_level = message.starts_with('[') || message.contains("expected struct");
+    if top_level {
+        r#"the body must be a JSON object with a "titles" array, like {"titles": ["a title", "another"]}"#
+            .to_owned()
+    } else {
+        message.to_owned()
     }
 }
 

@@ -197,6 +197,7 @@ pub async fn classify_file(
         output_tokens: usage.output_tokens,
         upstream_requests: usage.upstream_requests,
         cost_usd: usage.cost_usd(),
+        output: Some(output),
     })
 }
 

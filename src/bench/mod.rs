@@ -100,6 +100,7 @@ pub struct BenchConfig {
     #[arg(long, default_value_t = 50)]
     pub batch_size: usize,
 
+    /// Titles to send, one per line (cycled when shorter than --items).
     #[arg(long, default_value = "data/hn_titles_1000.txt")]
     pub titles: PathBuf,
 

@@ -32,7 +32,31 @@ async fn each_bad_request_gets_its_status_code_and_a_message_naming_the_field() 
     let json = Some("application/json");
     let too_many = json!({"titles": vec!["t"; 2001]}).to_string();
     let too_big = json!({"titles": ["x".repeat(100_001)]}).to_string();
-    let cases: [Case; 9] = [
+    let cases: [Case; 12] = [
+        Case(
+            "an array for a body",
+            r#"["a"]"#.into(),
+            json,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            r#"the body must be a JSON object with a "titles" array"#,
+        ),
+        Case(
+            "an array of arrays",
+            r#"[["x"], null]"#.into(),
+            json,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            r#"like {"titles": ["a title", "another"]}"#,
+        ),
+        Case(
+            "a string for a body",
+            r#""a title""#.into(),
+            json,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            r#"the body must be a JSON object with a "titles" array"#,
+        ),
         Case(
             "no titles",
             r#"{"titles":[]}"#.into(),
@@ -118,6 +142,10 @@ async fn each_bad_request_gets_its_status_code_and_a_message_naming_the_field() 
             got_message.contains(message),
             "{name}: {got_message:?} lacks {message:?}"
         );
+        assert!(
+            !got_message.contains("ClassifyBatchRequest"),
+            "{name}: no internal type names: {got_message:?}"
+        );
     }
     app.shutdown().await;
 }
@@ -156,4 +184,38 @@ async fn unknown_routes_and_methods_answer_in_the_error_shape() {
         (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
     );
     app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_busy_port_names_the_settings_that_choose_another() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let message = crate::helpers::startup_error(&["--simulate", "--listen", &addr]).await;
+    assert!(message.contains(&addr), "{message}");
+    assert!(
+        message.contains("--listen, HNC_LISTEN or PORT"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn classify_against_nothing_says_to_start_the_service_or_go_direct() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let dir = crate::helpers::scratch("nothing-answers");
+    let input = dir.join("titles.txt");
+    std::fs::write(&input, "A title\n").unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_hn-classifier"))
+        .args(["classify", "--url", &url, "--batch-deadline-s", "1"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("connection refused"), "{stderr}");
+    assert!(
+        stderr.contains("hn-classifier serve") && stderr.contains("--direct"),
+        "{stderr}"
+    );
 }
