@@ -116,6 +116,16 @@ pub struct ServeConfig {
     #[arg(long, env = "HNC_UPSTREAMS", value_name = "HNC_UPSTREAMS")]
     pub upstreams: Option<std::path::PathBuf>,
 
+    /// A PEM file of one or more CA certificates to trust for the upstream, besides the
+    /// compiled-in roots and the operating system's store: a private CA (an internal vLLM or
+    /// Azure endpoint) or a TLS-inspecting proxy.
+    #[arg(
+        long,
+        env = "HNC_UPSTREAM_CA_FILE",
+        value_name = "HNC_UPSTREAM_CA_FILE"
+    )]
+    pub upstream_ca_file: Option<PathBuf>,
+
     /// Call the provider over HTTP/2, many calls per connection, instead of one HTTP/1.1
     /// connection per call in flight: much less memory with thousands in flight.
     #[arg(long, env = "HNC_UPSTREAM_HTTP2")]
@@ -318,6 +328,8 @@ pub enum ConfigError {
         #[source]
         source: UpstreamsFileError,
     },
+    #[error("HNC_UPSTREAM_CA_FILE {path}: {reason}")]
+    CaFile { path: PathBuf, reason: String },
     #[error("HNC_API_KEYS_FILE {path}")]
     ApiKeysFile {
         path: PathBuf,
@@ -427,6 +439,23 @@ impl ServeConfig {
 
     /// Upstream settings for the real provider (one endpoint from OPENAI_*, or the endpoints
     /// of HNC_UPSTREAMS), or for the simulator at `sim_base_url`. Resolved once, at start-up.
+    /// The certificates of HNC_UPSTREAM_CA_FILE (none when unset).
+    fn extra_roots(&self) -> Result<Vec<reqwest::Certificate>, ConfigError> {
+        let Some(path) = &self.upstream_ca_file else {
+            return Ok(Vec::new());
+        };
+        let bad = |reason: String| ConfigError::CaFile {
+            path: path.clone(),
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
+        if roots.is_empty() {
+            return Err(bad("no PEM certificate in it".to_owned()));
+        }
+        Ok(roots)
+    }
+
     /// The shared store, when `HNC_REDIS_URL` is set.
     pub fn redis(&self) -> Option<RedisSettings> {
         self.redis_url.clone().map(|url| RedisSettings {
@@ -466,6 +495,7 @@ impl ServeConfig {
             pack_size: self.pack_size as usize,
             service_tier: self.service_tier,
             flex_fallback: self.flex_fallback,
+            extra_roots: self.extra_roots()?,
             transport: if self.upstream_http2 {
                 Transport::Http2 {
                     streams_per_connection: self.upstream_streams_per_connection as usize,

@@ -75,6 +75,7 @@ pub fn upstream_client(
         pack_size: 1,
         service_tier: None,
         flex_fallback: true,
+        extra_roots: Vec::new(),
         // One HTTP/2 connection per client: `sharded --http2` means one connection per shard.
         transport: if target.http2 {
             Transport::Http2 {

@@ -76,11 +76,12 @@ impl Endpoint {
     pub fn new(
         settings: EndpointSettings,
         transport: Transport,
+        extra_roots: &[reqwest::Certificate],
         call_timeout: Duration,
         taxonomies: &Taxonomies,
         pack_size: usize,
     ) -> Result<Self, BuildError> {
-        let http = http_clients(&settings, transport, call_timeout)?;
+        let http = http_clients(&settings, transport, extra_roots, call_timeout)?;
         let (header, value) = match settings.auth {
             AuthStyle::Bearer => (
                 AUTHORIZATION,
@@ -345,10 +346,18 @@ impl Endpoint {
 fn http_clients(
     settings: &EndpointSettings,
     transport: Transport,
+    extra_roots: &[reqwest::Certificate],
     call_timeout: Duration,
 ) -> Result<Vec<reqwest::Client>, BuildError> {
+    // Trusted: the compiled-in roots (an image with no certificate store still reaches
+    // OpenAI), the operating system's store, and HNC_UPSTREAM_CA_FILE. HTTPS_PROXY, HTTP_PROXY
+    // and NO_PROXY are honoured (reqwest's system proxy).
     let base = || {
-        reqwest::Client::builder()
+        extra_roots
+            .iter()
+            .fold(reqwest::Client::builder(), |b, root| {
+                b.add_root_certificate(root.clone())
+            })
             // Retries are ours (`retry.rs`): reqwest's own would clone every request to keep a
             // copy, and retry behind the limiter's and the pacer's back.
             .retry(reqwest::retry::never())

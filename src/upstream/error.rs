@@ -10,7 +10,9 @@ pub enum UpstreamError {
     #[error("the upstream did not answer within {}s", .0.as_secs_f64())]
     Timeout(Duration),
 
-    #[error("could not reach the upstream: {0}")]
+    /// The whole chain is in the message: "error sending request" alone would hide the cause
+    /// (a refused connection, a certificate the roots do not trust, a proxy's refusal).
+    #[error("could not reach the upstream: {}", causes(.0))]
     Transport(#[source] reqwest::Error),
 
     #[error("the upstream answered HTTP {status}{}: {message}", code_suffix(.code))]
@@ -78,6 +80,21 @@ impl UpstreamError {
             Self::ConfidenceOutOfRange(_) => "confidence_out_of_range",
         }
     }
+}
+
+/// `error` and every cause under it, joined by ": ", repeats left out.
+fn causes(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(inner) = cause {
+        let part = inner.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = inner.source();
+    }
+    text
 }
 
 fn code_suffix(code: &Option<String>) -> String {

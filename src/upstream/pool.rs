@@ -74,6 +74,7 @@ impl UpstreamClient {
                 Endpoint::new(
                     e,
                     settings.transport,
+                    &settings.extra_roots,
                     settings.call_timeout,
                     taxonomies,
                     pack_size,

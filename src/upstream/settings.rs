@@ -86,6 +86,9 @@ pub struct UpstreamSettings {
     /// Titles per upstream call (1 = no packing).
     pub pack_size: usize,
     pub transport: Transport,
+    /// Roots trusted besides the compiled-in ones and the operating system's
+    /// (`HNC_UPSTREAM_CA_FILE`): a private CA, a TLS-inspecting proxy.
+    pub extra_roots: Vec<reqwest::Certificate>,
     /// `service_tier` sent with every call (`None`: not sent, the provider's default).
     pub service_tier: Option<ServiceTier>,
     /// With flex, a call the provider has no capacity for (429 `resource_unavailable`) or that

@@ -338,11 +338,17 @@ pub async fn startup_error(flags: &[&str]) -> String {
 
 /// Starts the binary on port 0 and reads its address from the "serving" log line.
 pub fn start_binary(args: &[&str]) -> (Child, String) {
+    start_binary_with(args, &[])
+}
+
+/// `start_binary`, with extra environment variables.
+pub fn start_binary_with(args: &[&str], env: &[(&str, &str)]) -> (Child, String) {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hn-classifier"))
         .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
         .args(args)
         .env("RUST_LOG", "info")
         .env_remove("OPENAI_API_KEY")
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .spawn()
         .expect("binary starts");

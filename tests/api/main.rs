@@ -18,6 +18,7 @@ mod shared;
 mod shutdown;
 mod taxonomies;
 mod tiers;
+mod tls;
 mod upstream_answers;
 mod upstreams;
 mod validation;
