@@ -59,6 +59,8 @@ pub enum RunError {
     },
     #[error("invalid simulator setting")]
     Sim(#[from] SimConfigError),
+    #[error("could not set up logs and traces")]
+    Telemetry(#[from] telemetry::TelemetryError),
     #[error("classify failed")]
     Classify(#[from] ClientError),
     #[error("classify --batch-api failed")]
@@ -122,13 +124,14 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
 }
 
 async fn serve(config: ServeConfig) -> Result<(), RunError> {
-    telemetry::init(config.log.log_format);
+    // Held to the end: dropping it flushes the spans not yet exported.
+    let _telemetry = telemetry::init(config.log.log_format)?;
     let app = Application::build(config).await?;
     app.run(shutdown_signal()).await.map_err(RunError::Serve)
 }
 
 async fn sim(config: SimServeConfig) -> Result<(), RunError> {
-    telemetry::init(config.log.log_format);
+    let _telemetry = telemetry::init(config.log.log_format)?;
     let addr = config.listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
-use clap::{Args, Parser, ValueEnum};
+use clap::{Args, Parser};
 
 use crate::classify::{BatchLimits, CacheSettings};
 use crate::coord::RedisSettings;
@@ -304,11 +304,7 @@ pub struct LogConfig {
     pub log_format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Json,
-    Pretty,
-}
+pub use crate::telemetry::LogFormat;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -23,7 +23,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tower_http::trace::{DefaultOnResponse, OnResponse, TraceLayer};
 use tracing::Level;
 use utoipa::OpenApi;
 use utoipa_scalar::{Scalar, Servable};
@@ -85,7 +85,16 @@ pub fn router(state: Arc<AppState>) -> Router {
             .layer(
                 TraceLayer::new_for_http()
                     .make_span_with(request_span)
-                    .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                    .on_response(
+                        |response: &axum::http::Response<axum::body::Body>,
+                         latency: std::time::Duration,
+                         span: &tracing::Span| {
+                            record_status(response, latency, span);
+                            DefaultOnResponse::new()
+                                .level(Level::INFO)
+                                .on_response(response, latency, span);
+                        },
+                    ),
             )
             // Echo the id on the response, errors included.
             .layer(PropagateRequestIdLayer::new(REQUEST_ID))
@@ -156,13 +165,36 @@ fn request_span<B>(request: &Request<B>) -> tracing::Span {
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    tracing::info_span!(
+    // HTTP semantic conventions for the trace; the short names stay for the logs.
+    let route = request.extensions().get::<MatchedPath>().map_or_else(
+        || request.uri().path().to_owned(),
+        |p| p.as_str().to_owned(),
+    );
+    let span = tracing::info_span!(
         "request",
         method = %request.method(),
         path = %request.uri().path(),
         request_id,
         client = tracing::field::Empty,
-    )
+        trace_id = tracing::field::Empty,
+        otel.name = format!("{} {route}", request.method()),
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        http.route = %route,
+        url.path = %request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    crate::telemetry::adopt_parent(&span, request.headers());
+    span
+}
+
+/// Records the status on the request's span (`http.response.status_code`).
+fn record_status(
+    response: &axum::http::Response<axum::body::Body>,
+    _latency: std::time::Duration,
+    span: &tracing::Span,
+) {
+    span.record("http.response.status_code", response.status().as_u16());
 }
 
 async fn not_found(uri: Uri) -> ApiError {

@@ -190,7 +190,10 @@ impl Classifier {
             "batch",
             items = titles.len(),
             taxonomy = taxonomy.name(),
-            errors = tracing::field::Empty
+            errors = tracing::field::Empty,
+            trace_id = crate::telemetry::current_trace_id(),
+            hnc.cache_hits = tracing::field::Empty,
+            hnc.single_flight_hits = tracing::field::Empty,
         );
         let outcome = with_share(admitted.share, self.run_batch(taxonomy, titles, on_item))
             .instrument(span.clone())
@@ -249,9 +252,12 @@ impl Classifier {
             in_flight.push(self.classify_unit(taxonomy, unit));
         }
         let mut usage = Usage::default();
+        let (mut cache_hits, mut shared) = (0u64, 0u64);
         while let Some(answers) = in_flight.next().await {
             for (index, answer) in answers {
                 usage += answer.usage;
+                cache_hits += u64::from(answer.source == Source::Cache);
+                shared += u64::from(answer.source == Source::Shared);
                 let result = match answer.result {
                     Ok(prediction) => Ok(Classified {
                         prediction,
@@ -267,6 +273,9 @@ impl Classifier {
             }
         }
 
+        let span = tracing::Span::current();
+        span.record("hnc.cache_hits", cache_hits);
+        span.record("hnc.single_flight_hits", shared);
         let results = slots
             .into_iter()
             .map(|slot| slot.expect("every index is either rejected up front or sent exactly once"))

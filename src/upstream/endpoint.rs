@@ -396,14 +396,31 @@ fn http_clients(
     }
 }
 
-/// The `service_tier` a 2xx body names (standard when it names none).
+/// The `service_tier` a 2xx body names (standard when it names none); its `id` and `model` go
+/// on the call's span (`gen_ai.response.*`) when traces are exported.
 fn served_tier(body: &[u8]) -> Tier {
     #[derive(Deserialize)]
     struct Served<'a> {
         #[serde(borrow, default)]
         service_tier: Option<&'a str>,
+        #[serde(borrow, default)]
+        id: Option<&'a str>,
+        #[serde(borrow, default)]
+        model: Option<&'a str>,
     }
-    serde_json::from_slice::<Served>(body).map_or(Tier::Standard, |s| Tier::served(s.service_tier))
+    let Ok(served) = serde_json::from_slice::<Served>(body) else {
+        return Tier::Standard;
+    };
+    let span = tracing::Span::current();
+    if !span.is_disabled() {
+        if let Some(id) = served.id {
+            span.record("gen_ai.response.id", id);
+        }
+        if let Some(model) = served.model {
+            span.record("gen_ai.response.model", model);
+        }
+    }
+    Tier::served(served.service_tier)
 }
 
 fn transport_error(error: reqwest::Error, timeout: Duration) -> UpstreamError {

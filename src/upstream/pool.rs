@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tracing::Instrument;
+
 use super::endpoint::{Attempt, Endpoint};
 use super::error::{BuildError, UpstreamError};
 use super::limiter::LimiterSnapshot;
@@ -13,6 +15,59 @@ use super::usage::{Prediction, Usage};
 use crate::coord::Coordinator;
 use crate::metrics::Metrics;
 use crate::taxonomy::{Taxonomies, Taxonomy};
+
+/// The span of one call, with the GenAI semantic conventions (only when traces are exported;
+/// titles only with `HNC_TRACE_CONTENT=true`).
+fn call_span(
+    endpoint: &Endpoint,
+    attempt: u32,
+    tier: Option<ServiceTier>,
+    titles: &[&str],
+    queued: Duration,
+) -> tracing::Span {
+    if !crate::telemetry::tracing_enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "upstream call",
+        otel.name = format!("chat {}", endpoint.model()),
+        otel.kind = "client",
+        gen_ai.operation.name = "chat",
+        gen_ai.provider.name = "openai",
+        gen_ai.system = "openai",
+        gen_ai.request.model = endpoint.model(),
+        gen_ai.response.model = tracing::field::Empty,
+        gen_ai.response.id = tracing::field::Empty,
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        hnc.attempt = attempt,
+        hnc.upstream = endpoint.name(),
+        hnc.items = titles.len(),
+        hnc.queue_wait_ms = queued.as_secs_f64() * 1000.0,
+        hnc.service_tier = tier.map(ServiceTier::name),
+        hnc.titles = tracing::field::Empty,
+    );
+    if crate::telemetry::trace_content() {
+        span.record("hnc.titles", tracing::field::debug(titles));
+    }
+    span
+}
+
+fn record_outcome<T>(span: &tracing::Span, attempt: &Attempt<T>) {
+    if span.is_disabled() {
+        return;
+    }
+    span.record("gen_ai.usage.input_tokens", attempt.usage.input_tokens);
+    span.record("gen_ai.usage.output_tokens", attempt.usage.output_tokens);
+    if let Some(status) = attempt.status {
+        span.record("http.response.status_code", status);
+    }
+    if let Err(error) = &attempt.result {
+        span.record("error.type", error.code());
+    }
+}
 
 /// See `UpstreamClient::saturation`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -190,6 +245,7 @@ impl UpstreamClient {
         title: &str,
     ) -> (Result<Prediction, Failure>, Usage) {
         self.with_retries(
+            &[title],
             |e| {
                 let template = &e.templates(taxonomy).single;
                 (template.encode(title), template.estimated_tokens(title))
@@ -208,6 +264,7 @@ impl UpstreamClient {
     ) -> (Result<Vec<Option<Prediction>>, Failure>, Usage) {
         let n = titles.len();
         self.with_retries(
+            titles,
             |e| e.templates(taxonomy).packs.encode(titles),
             |e, body| e.templates(taxonomy).packs.decode(body, taxonomy, n),
         )
@@ -224,6 +281,7 @@ impl UpstreamClient {
     /// another endpoint at once, without spending the retry budget.
     async fn with_retries<T>(
         &self,
+        titles: &[&str],
         encode: impl Fn(&Endpoint) -> (Vec<u8>, u64),
         decode: impl Fn(&Endpoint, &[u8]) -> (Result<T, UpstreamError>, Usage),
     ) -> (Result<T, Failure>, Usage) {
@@ -256,7 +314,12 @@ impl UpstreamClient {
                 _ => self.call_timeout,
             };
             let timeout = call_timeout.min(deadline.at().saturating_duration_since(Instant::now()));
-            let attempt: Attempt<T> = endpoint.call(body, timeout, |b| decode(endpoint, b)).await;
+            let span = call_span(endpoint, attempts, tier, titles, queued_at.elapsed());
+            let attempt: Attempt<T> = endpoint
+                .call(body, timeout, |b| decode(endpoint, b))
+                .instrument(span.clone())
+                .await;
+            record_outcome(&span, &attempt);
             let mut spent = attempt.usage.with_requests(1);
             spent.price_at(endpoint.price().map(|p| p.at(attempt.served)));
             usage += spent;

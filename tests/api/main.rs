@@ -19,6 +19,7 @@ mod shutdown;
 mod taxonomies;
 mod tiers;
 mod tls;
+mod traces;
 mod upstream_answers;
 mod upstreams;
 mod validation;
