@@ -37,6 +37,12 @@ pub struct Metrics {
     pub upstream_tokens: IntCounterVec,
     /// USD at the configured prices, by model (only models with a known price).
     pub upstream_cost: CounterVec,
+    /// Answers by where they came from: `upstream`, `cache`, `single_flight`.
+    pub answers: IntCounterVec,
+    /// 1 while `/readyz` would answer ready (not draining, an endpoint usable).
+    pub service_ready: IntGauge,
+    /// The share of each endpoint's rate limit its pacer aims for (0.98 at most).
+    pub upstream_rate_share: prometheus::GaugeVec,
     /// Calls queued for a local slot (`upstream_in_flight` counts those holding one).
     pub upstream_queued: IntGauge,
     /// Calls holding a slot while they wait for the provider's rate limit.
@@ -153,6 +159,27 @@ impl Metrics {
                 &["model"],
             )
             .expect("valid metric"),
+            answers: IntCounterVec::new(
+                Opts::new(
+                    "classify_answers_total",
+                    "Answers by source: upstream (a call of its own), cache, single_flight (another item's call).",
+                ),
+                &["source"],
+            )
+            .expect("valid metric"),
+            service_ready: IntGauge::new(
+                "service_ready",
+                "1 while the replica is ready (not draining, an upstream endpoint usable).",
+            )
+            .expect("valid metric"),
+            upstream_rate_share: prometheus::GaugeVec::new(
+                Opts::new(
+                    "upstream_rate_share",
+                    "Share of the endpoint's rate limit its pacer aims for (0.98 at most; lower after 429s).",
+                ),
+                &["upstream"],
+            )
+            .expect("valid metric"),
             upstream_queued: IntGauge::new(
                 "upstream_queued",
                 "Calls queued for a local upstream slot.",
@@ -196,7 +223,10 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 19] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 22] = [
+            Box::new(self.answers.clone()),
+            Box::new(self.service_ready.clone()),
+            Box::new(self.upstream_rate_share.clone()),
             Box::new(self.upstream_queued.clone()),
             Box::new(self.upstream_rate_limit_waiting.clone()),
             Box::new(self.replica_saturation.clone()),

@@ -34,6 +34,11 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             .with_label_values(&[name])
             .set(i64::from(benched));
     }
+    for (name, share) in upstream.pacer_shares() {
+        m.upstream_rate_share.with_label_values(&[name]).set(share);
+    }
+    let ready = !state.lifecycle.is_draining() && upstream.is_usable();
+    m.service_ready.set(i64::from(ready));
     m.batches_in_flight
         .set(state.lifecycle.batches_in_flight() as i64);
     let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");

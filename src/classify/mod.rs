@@ -276,6 +276,14 @@ impl Classifier {
         let span = tracing::Span::current();
         span.record("hnc.cache_hits", cache_hits);
         span.record("hnc.single_flight_hits", shared);
+        let from_upstream = to_send.len() as u64 - cache_hits - shared;
+        for (source, n) in [
+            ("upstream", from_upstream),
+            ("cache", cache_hits),
+            ("single_flight", shared),
+        ] {
+            self.metrics.answers.with_label_values(&[source]).inc_by(n);
+        }
         let results = slots
             .into_iter()
             .map(|slot| slot.expect("every index is either rejected up front or sent exactly once"))

@@ -345,6 +345,11 @@ impl Pacer {
         self.waiting.load(Ordering::Relaxed)
     }
 
+    /// The share of the known limits this pacer aims for now (0.98 at most; lower after 429s).
+    pub fn share(&self) -> f64 {
+        self.lock().share
+    }
+
     /// Requests per second the pacer lets through now, when a request limit is known.
     pub fn request_rate(&self) -> Option<f64> {
         let s = self.lock();

@@ -207,6 +207,11 @@ impl UpstreamClient {
         self.endpoints.iter().map(|e| (e.name(), e.is_benched()))
     }
 
+    /// Each endpoint's name and the share of its rate limit its pacer aims for now.
+    pub fn pacer_shares(&self) -> impl Iterator<Item = (&str, f64)> {
+        self.endpoints.iter().map(|e| (e.name(), e.pacer().share()))
+    }
+
     /// Whether a slot frees up within `wait` at the endpoint the next call would go to (it is
     /// released at once): how a batch finds out, before it starts, that the process is
     /// saturated. Waiters queue FIFO, so a true answer means the batch's calls are next in line.

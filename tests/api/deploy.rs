@@ -362,3 +362,66 @@ fn every_kustomization_names_files_that_exist_and_settings_the_service_reads() {
         );
     }
 }
+
+#[test]
+fn the_prometheus_rule_manifest_holds_the_rules_promtool_tests() {
+    let rules = yaml(&manifest_path("deploy/prometheus/rules.yaml"));
+    let manifest = yaml(&manifest_path("deploy/prometheus/prometheusrule.yaml"));
+    assert_eq!(manifest["kind"], "PrometheusRule");
+    assert_eq!(manifest["spec"]["groups"], rules["groups"]);
+}
+
+#[tokio::test]
+async fn every_metric_the_dashboard_and_alerts_query_is_one_the_service_exposes() {
+    let app = spawn_simulated(&["--cache-entries", "10"]).await;
+    app.classify(&["Rust 2.0 released", "   "]).await;
+    let (_, exposed) = get(&app.url("/metrics")).await;
+    // Series the run made, and the families the registry declares (a labelled family with no
+    // series yet, such as retries, is absent from the text until its first count).
+    let declared = std::fs::read_to_string(manifest_path("src/metrics.rs")).unwrap();
+    let mut families: BTreeSet<String> = exposed
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    families.extend(
+        declared
+            .split('"')
+            .skip(1)
+            .step_by(2)
+            .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            .map(str::to_owned),
+    );
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(manifest_path("deploy/grafana/hn-classifier.json")).unwrap(),
+    )
+    .unwrap();
+    let mut queries: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| t["expr"].as_str().unwrap().to_owned())
+        .collect();
+    let rules = yaml(&manifest_path("deploy/prometheus/rules.yaml"));
+    for rule in rules["groups"][0]["rules"].as_array().unwrap() {
+        queries.push(rule["expr"].as_str().unwrap().to_owned());
+    }
+    for query in &queries {
+        // Label values ("..." in matchers) are not metric names.
+        let unquoted: String = query.split('"').step_by(2).collect();
+        let names = unquoted
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|t| t.contains('_') && *t != "histogram_quantile")
+            .filter(|t| t.chars().next().is_some_and(|c| c.is_ascii_lowercase()));
+        for name in names {
+            let family = name.strip_suffix("_bucket").unwrap_or(name);
+            assert!(
+                families.contains(family),
+                "{query} uses {name}, which the service does not expose"
+            );
+        }
+    }
+    app.shutdown().await;
+}
