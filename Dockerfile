@@ -10,6 +10,7 @@ FROM ${BUILDER} AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY assets ./assets
 COPY benches ./benches
 # Statically linked glibc rather than musl: the musl standard library cannot be installed where
 # there is no rustup download (CI here), and the same link must work everywhere. A static glibc

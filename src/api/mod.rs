@@ -4,6 +4,7 @@
 mod auth;
 pub mod body;
 mod classify;
+mod docs;
 mod error;
 mod extract;
 mod openapi;
@@ -25,8 +26,6 @@ use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, OnResponse, TraceLayer};
 use tracing::Level;
-use utoipa::OpenApi;
-use utoipa_scalar::{Scalar, Servable};
 
 pub use auth::{ClientId, ClientKeys, Quotas};
 pub use error::ApiError;
@@ -54,7 +53,6 @@ pub fn router(state: Arc<AppState>) -> Router {
     if state.metrics_on_main_port {
         routes = routes.route("/metrics", get(probes::metrics));
     }
-    let openapi = ApiDoc::openapi();
     let document = Arc::new(document_json_for(state.classifier.taxonomies()));
     let routes = routes
         .route(
@@ -66,8 +64,9 @@ pub fn router(state: Arc<AppState>) -> Router {
                 )
             }),
         )
-        // The page is static HTML; the browser loads the Scalar viewer from its CDN when opened.
-        .merge(Scalar::with_url("/docs", openapi));
+        // The viewer comes from the binary too: the page works offline.
+        .route("/docs", get(docs::page))
+        .route("/docs/scalar.js", get(docs::viewer));
     let routes = routes
         // Counted by matched route, never the raw path, so metrics cardinality stays bounded.
         .route_layer(middleware::from_fn_with_state(state.clone(), track_http))

@@ -48,8 +48,24 @@ async fn every_documented_path_is_served_and_the_docs_page_renders() {
     let (status, page) = get(&app.url("/docs")).await;
     assert_eq!(status, StatusCode::OK);
     assert!(
-        page.contains("/openapi.json") || page.contains("\"openapi\""),
+        page.contains("/openapi.json"),
         "the page points at the document"
+    );
+    assert!(
+        !page.contains("https://"),
+        "the page loads nothing from another host: {page}"
+    );
+    let viewer = app
+        .client
+        .get(app.url("/docs/scalar.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(viewer.status(), StatusCode::OK);
+    let script = viewer.bytes().await.unwrap();
+    assert!(
+        script.len() > 1_000_000,
+        "the viewer is served from the binary"
     );
     app.shutdown().await;
 }
