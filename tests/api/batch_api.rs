@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use hn_classifier::sim::SimServer;
 use serde_json::Value;
 
-use crate::helpers::{data_lines, scratch, spawn_sim};
+use crate::helpers::{data_lines, json_of, scratch, spawn_sim};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_hn-classifier");
 
@@ -214,15 +214,34 @@ fn start_and_kill(sim: &SimServer, input: &Path, output: &Path) -> String {
 }
 
 async fn sim_json(sim: &SimServer, path: &str) -> Value {
-    reqwest::Client::new()
-        .get(format!("http://{}{path}", sim.addr()))
-        .bearer_auth("sk-batch")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    json_of(
+        reqwest::Client::new()
+            .get(format!("http://{}{path}", sim.addr()))
+            .bearer_auth("sk-batch"),
+    )
+    .await
+}
+
+/// `classify --direct --batch-api` against `sim`, to its end, with `extra` flags.
+async fn run_direct(sim: &SimServer, extra: &[&str], input: &Path, output: &Path) {
+    let base_url = sim.base_url();
+    let mut args: Vec<String> = ["--direct", "--batch-api", "--poll-s", "0.1", "--output"]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    args.push(output.to_str().unwrap().to_owned());
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args.push(input.to_str().unwrap().to_owned());
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env = [
+            ("OPENAI_API_KEY", "sk-batch"),
+            ("OPENAI_BASE_URL", base_url.as_str()),
+        ];
+        run(&args, &env)
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -234,30 +253,7 @@ async fn a_killed_run_resumes_its_batch_and_writes_every_row_once() {
     start_and_kill(&sim, &input, &output);
     assert!(!output.exists(), "nothing written yet");
 
-    let base_url = sim.base_url();
-    let (o, i) = (
-        output.to_str().unwrap().to_owned(),
-        input.to_str().unwrap().to_owned(),
-    );
-    tokio::task::spawn_blocking(move || {
-        run(
-            &[
-                "--direct",
-                "--batch-api",
-                "--poll-s",
-                "0.1",
-                "--output",
-                &o,
-                &i,
-            ],
-            &[
-                ("OPENAI_API_KEY", "sk-batch"),
-                ("OPENAI_BASE_URL", base_url.as_str()),
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    run_direct(&sim, &[], &input, &output).await;
 
     let written = rows(&output);
     let titles = data_lines("hn_titles.txt");
@@ -285,22 +281,7 @@ async fn cancel_stops_the_interrupted_runs_batches() {
     let output = dir.join("out.jsonl");
     let batch_id = start_and_kill(&sim, &input, &output);
 
-    let base_url = sim.base_url();
-    let (o, i) = (
-        output.to_str().unwrap().to_owned(),
-        input.to_str().unwrap().to_owned(),
-    );
-    tokio::task::spawn_blocking(move || {
-        run(
-            &["--direct", "--batch-api", "--cancel", "--output", &o, &i],
-            &[
-                ("OPENAI_API_KEY", "sk-batch"),
-                ("OPENAI_BASE_URL", base_url.as_str()),
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    run_direct(&sim, &["--cancel"], &input, &output).await;
 
     let batch = sim_json(&sim, &format!("/v1/batches/{batch_id}")).await;
     assert!(

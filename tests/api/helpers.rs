@@ -208,6 +208,17 @@ pub async fn spawn_sim(flags: &[&str]) -> SimServer {
     SimServer::spawn(&config, listener).expect("sim starts")
 }
 
+/// Sends `request` and reads its JSON answer, whatever the status.
+pub async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request
+        .send()
+        .await
+        .expect("request sent")
+        .json()
+        .await
+        .expect("a JSON answer")
+}
+
 /// GETs `url` and returns the status and body text.
 pub async fn get(url: &str) -> (StatusCode, String) {
     let response = reqwest::get(url).await.expect("GET sent");

@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    HN_LABELS, TestApp, data_lines, get, scratch, spawn_simulated, startup_error,
+    HN_LABELS, TestApp, data_lines, get, json_of, scratch, spawn_simulated, startup_error,
 };
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/taxonomies.toml");
@@ -38,15 +38,7 @@ fn topics(body: &Value) -> Vec<String> {
 #[tokio::test]
 async fn the_listing_shows_every_taxonomy_with_its_labels_and_the_default() {
     let app = spawn_simulated(&["--taxonomies", EXAMPLE]).await;
-    let body: Value = app
-        .client
-        .get(app.url("/taxonomies"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = json_of(app.client.get(app.url("/taxonomies"))).await;
     assert_eq!(body["default"], "hn-topics");
     let names: Vec<&str> = body["taxonomies"]
         .as_array()

@@ -11,14 +11,14 @@ use axum::routing::post;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::rustls::{ServerConfig, crypto::ring};
 
-use crate::helpers::{completed, config, scratch, spawn_app, start_binary_with};
+use crate::helpers::{completed, config, json_of, scratch, spawn_app, start_binary_with};
 
 /// A CA, and an HTTPS fake upstream for `localhost` whose certificate it signed.
 struct PrivateUpstream {
@@ -200,15 +200,12 @@ async fn https_proxy_is_honoured() {
         ],
         &[("HTTPS_PROXY", proxy_url.as_str()), ("NO_PROXY", "")],
     );
-    let answer: Value = reqwest::Client::new()
-        .post(format!("http://{addr}/classify-batch"))
-        .json(&json!({"titles": ["OpenSSL 4.0 released"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = json_of(
+        reqwest::Client::new()
+            .post(format!("http://{addr}/classify-batch"))
+            .json(&json!({"titles": ["OpenSSL 4.0 released"]})),
+    )
+    .await;
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(answer["errors"], 0, "{answer}");

@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use serde_json::json;
 
-use crate::helpers::{sigterm, start_binary_with};
+use crate::helpers::{json_of, sigterm, start_binary_with};
 
 type Received = Arc<Mutex<Vec<Span>>>;
 
@@ -77,16 +77,13 @@ async fn traced_batch(extra_env: &[(&str, &str)]) -> Vec<Span> {
     ];
     env.extend_from_slice(extra_env);
     let (child, addr) = start_binary_with(&["--simulate", "--sim-latency-ms", "0"], &env);
-    let answer: serde_json::Value = reqwest::Client::new()
-        .post(format!("http://{addr}/classify-batch"))
-        .header("traceparent", format!("00-{TRACE_ID}-00f067aa0ba902b7-01"))
-        .json(&json!({"titles": [TITLE, "Show HN: a tiny OTLP receiver"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = json_of(
+        reqwest::Client::new()
+            .post(format!("http://{addr}/classify-batch"))
+            .header("traceparent", format!("00-{TRACE_ID}-00f067aa0ba902b7-01"))
+            .json(&json!({"titles": [TITLE, "Show HN: a tiny OTLP receiver"]})),
+    )
+    .await;
     assert_eq!(answer["errors"], 0);
     sigterm(&child);
     let mut child = child;
