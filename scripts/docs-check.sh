@@ -7,12 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${B:-target/release/hn-classifier}
-if ! command -v chromium >/dev/null; then
-  sudo=""
-  [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
-fi
+scripts/ensure-deb.sh chromium
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 dir=$(mktemp -d)
 HNC_LISTEN="127.0.0.1:$port" RUST_LOG=warn "$bin" serve --simulate >"$dir/serve.log" 2>&1 &

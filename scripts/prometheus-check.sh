@@ -7,14 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${B:-target/release/hn-classifier}
-if ! command -v promtool >/dev/null; then
-  sudo=""
-  [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq prometheus >/dev/null
-  # The package starts a system service; this check runs its own.
-  ($sudo systemctl stop prometheus 2>/dev/null || $sudo service prometheus stop 2>/dev/null) || true
-fi
+scripts/ensure-deb.sh prometheus promtool
 
 promtool check rules deploy/prometheus/rules.yaml
 (cd deploy/prometheus && promtool test rules rules.test.yaml)
