@@ -290,3 +290,39 @@ async fn cancel_stops_the_interrupted_runs_batches() {
     );
     assert!(!PathBuf::from(format!("{}.batch-state.json", output.display())).exists());
 }
+
+#[test]
+fn packed_batch_requests_give_the_live_labels() {
+    let dir = scratch("batch-packed");
+    let input = titles_file(&dir, 200);
+    let (live, packed) = (dir.join("live.jsonl"), dir.join("packed.jsonl"));
+    run(
+        &[
+            "--simulate",
+            "--output",
+            live.to_str().unwrap(),
+            input.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let mut env = fast_batches();
+    env.push(("HNC_PACK_SIZE", "5"));
+    let packed_run = run(
+        &[
+            "--simulate",
+            "--batch-api",
+            "--poll-s",
+            "0.1",
+            "--output",
+            packed.to_str().unwrap(),
+            input.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert_eq!(rows(&live), rows(&packed));
+    let summary = String::from_utf8_lossy(&packed_run.stderr);
+    assert!(
+        summary.contains("200 upstream requests"),
+        "five titles a request: {summary}"
+    );
+}
