@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 
 use super::openai::{BatchApiError, BatchClient, BatchObject};
 use super::state::{Round, RunState, StateError};
-use crate::classify::ItemError;
+use crate::classify::{ItemError, check_title};
 use crate::client::{
     Batches, ClassifyFileConfig, ClientError, Fallback, Row, RowWriter, ServiceArgs, Summary,
     count_done, default_output, read_titles,
@@ -267,16 +267,7 @@ impl Lane {
 
     /// The live path's checks of a title, before anything is sent.
     fn check_title(&self, title: &str) -> Result<(), ItemError> {
-        let trimmed = title.trim();
-        let chars = trimmed.chars().count();
-        let max = self.max_title_chars;
-        if trimmed.is_empty() {
-            Err(ItemError::TitleEmpty)
-        } else if chars > max {
-            Err(ItemError::TitleTooLong { chars, max })
-        } else {
-            Ok(())
-        }
+        check_title(title, self.max_title_chars).map(drop)
     }
 
     /// Every sendable title after `done`, in packs of the pack size, split into files.
@@ -325,14 +316,14 @@ impl Lane {
         bar: &ProgressBar,
     ) -> Result<(Answers, Usage), BatchLaneError> {
         self.adopt_created(state, round, state_path).await?;
-        // A batch refused for the enqueued-token limit waits until one of ours finishes.
-        let mut blocked = false;
+        // A batch refused for the enqueued-token limit waits until fewer of ours run than when
+        // it was refused (or none), then goes again.
+        let mut waiting_for: Option<usize> = None;
         loop {
-            if !blocked {
-                blocked = self
+            let refused = waiting_for.is_none()
+                && self
                     .submit_pending(state, round, state_path, titles)
                     .await?;
-            }
             let mut running = 0;
             let mut done_lines = 0;
             for chunk in &state.rounds[round].chunks {
@@ -351,28 +342,14 @@ impl Lane {
             if running == 0 && !unsubmitted {
                 break;
             }
-            if blocked && running == 0 {
-                blocked = false;
-                continue;
-            }
+            waiting_for = match waiting_for {
+                _ if refused => Some(running),
+                Some(then) if running > 0 && running >= then => Some(then),
+                _ => None,
+            };
             tokio::time::sleep(self.poll).await;
-            if blocked {
-                // Look again whether a batch finished; if none is running, try again anyway.
-                blocked = running > 0 && !self.any_finished(state, round).await?;
-            }
         }
         self.collect(state, round).await
-    }
-
-    async fn any_finished(&self, state: &RunState, round: usize) -> Result<bool, BatchLaneError> {
-        for chunk in &state.rounds[round].chunks {
-            if let Some(id) = &chunk.batch_id
-                && self.client.retrieve(id).await?.is_terminal()
-            {
-                return Ok(true);
-            }
-        }
-        Ok(false)
     }
 
     /// Uploads and creates the round's batches not yet created, in order, until the provider

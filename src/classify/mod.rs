@@ -310,14 +310,20 @@ impl Classifier {
 
     /// The title as it will be sent (trimmed of Unicode whitespace), or why it will not be.
     fn check_title<'t>(&self, title: &'t str) -> Result<&'t str, ItemError> {
-        let trimmed = title.trim();
-        if trimmed.is_empty() {
-            return Err(ItemError::TitleEmpty);
-        }
-        let (chars, max) = (trimmed.chars().count(), self.limits.max_title_chars);
-        if chars > max {
-            return Err(ItemError::TitleTooLong { chars, max });
-        }
-        Ok(trimmed)
+        check_title(title, self.limits.max_title_chars)
     }
+}
+
+/// The title as it will be sent (trimmed of Unicode whitespace), or why it will not be: the
+/// check every lane applies before anything is sent (the Batch API lane too).
+pub fn check_title(title: &str, max_title_chars: usize) -> Result<&str, ItemError> {
+    let trimmed = title.trim();
+    if trimmed.is_empty() {
+        return Err(ItemError::TitleEmpty);
+    }
+    let (chars, max) = (trimmed.chars().count(), max_title_chars);
+    if chars > max {
+        return Err(ItemError::TitleTooLong { chars, max });
+    }
+    Ok(trimmed)
 }

@@ -390,6 +390,12 @@ async fn process(api: Arc<BatchApi>, id: String, endpoint: String, lines: Vec<Va
     } else {
         lines.len()
     };
+    // A failed batch answers no line: nothing to walk through.
+    let lines = if outcome == "failed" {
+        &[][..]
+    } else {
+        &lines[..]
+    };
     let mut output = Vec::new();
     let mut errors = Vec::new();
     for (n, line) in lines.iter().enumerate() {
@@ -404,9 +410,6 @@ async fn process(api: Arc<BatchApi>, id: String, endpoint: String, lines: Vec<Va
         }
         let custom_id = line["custom_id"].clone();
         let request_id = format!("batch_req_sim{n:08x}");
-        if outcome == "failed" {
-            continue;
-        }
         if n >= answered_lines {
             errors.push(json!({"id": request_id, "custom_id": custom_id, "response": null,
                 "error": {"code": "batch_expired", "message": "This request could not be executed before the completion window expired."}}));
