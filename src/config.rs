@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser};
+use tokio_rustls::rustls::pki_types::CertificateDer;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
 
 use crate::classify::{BatchLimits, CacheSettings};
 use crate::coord::RedisSettings;
@@ -436,7 +438,7 @@ impl ServeConfig {
     /// Upstream settings for the real provider (one endpoint from OPENAI_*, or the endpoints
     /// of HNC_UPSTREAMS), or for the simulator at `sim_base_url`. Resolved once, at start-up.
     /// The certificates of HNC_UPSTREAM_CA_FILE (none when unset).
-    fn extra_roots(&self) -> Result<Vec<reqwest::Certificate>, ConfigError> {
+    fn extra_roots(&self) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
         let Some(path) = &self.upstream_ca_file else {
             return Ok(Vec::new());
         };
@@ -445,7 +447,9 @@ impl ServeConfig {
             reason,
         };
         let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-        let roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
+        let roots = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(e.to_string()))?;
         if roots.is_empty() {
             return Err(bad("no PEM certificate in it".to_owned()));
         }

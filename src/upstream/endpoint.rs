@@ -3,17 +3,21 @@
 //! belong to the pool (`UpstreamClient`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue};
+use bytes::Bytes;
+use http::Uri;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
 use serde::Deserialize;
+use tokio_rustls::rustls::RootCertStore;
 
 use super::error::scrub_secrets;
 use super::error::{BuildError, UpstreamError};
 use super::headers::RateHeaders;
 use super::limiter::{AdaptiveLimiter, Congestion};
+use super::net::{Answer, Connections, Connector};
 use super::pacer::Pacer;
 use super::settings::{AuthStyle, EndpointSettings, Transport};
 use super::templates::{PackTemplate, RequestTemplate};
@@ -23,6 +27,8 @@ use crate::coord::{Coordinator, SharedBudget};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::taxonomy::{Taxonomies, Taxonomy};
+
+const USER_AGENT_VALUE: &str = concat!("hn-classifier/", env!("CARGO_PKG_VERSION"));
 
 /// How long an endpoint is left out after the provider refused its key or quota, or after
 /// `BENCH_AFTER_FAILURES` server errors in a row. Not for good: a benched endpoint gets no
@@ -41,13 +47,11 @@ pub struct Templates {
 #[derive(Debug)]
 pub struct Endpoint {
     name: String,
-    /// One client (its own connection pool) for HTTP/1.1; for HTTP/2, one per connection,
-    /// taken in turn, since a client multiplexes every call over a single connection per host.
-    http: Vec<reqwest::Client>,
-    next_http: AtomicUsize,
+    /// The connections, which send every call with the key's header (marked sensitive, so
+    /// `Debug` never shows it).
+    http: Connections,
+    /// The call's URL: what the shared budget is keyed by.
     url: String,
-    /// The header the key travels in, marked sensitive so `Debug` never shows it.
-    auth: (HeaderName, HeaderValue),
     api_key: Secret,
     model: String,
     weight: u32,
@@ -76,12 +80,11 @@ impl Endpoint {
     pub fn new(
         settings: EndpointSettings,
         transport: Transport,
-        extra_roots: &[reqwest::Certificate],
+        roots: &Arc<RootCertStore>,
         call_timeout: Duration,
         taxonomies: &Taxonomies,
         pack_size: usize,
     ) -> Result<Self, BuildError> {
-        let http = http_clients(&settings, transport, extra_roots, call_timeout)?;
         let (header, value) = match settings.auth {
             AuthStyle::Bearer => (
                 AUTHORIZATION,
@@ -102,6 +105,18 @@ impl Endpoint {
         if let Some(query) = settings.query.as_deref().filter(|q| !q.is_empty()) {
             url = format!("{url}?{}", query.trim_start_matches('?'));
         }
+        let uri: Uri = url.parse().map_err(|_| BuildError::InvalidUrl)?;
+        let connector = Connector::new(
+            &uri,
+            matches!(transport, Transport::Http2 { .. }),
+            roots,
+            call_timeout.min(Duration::from_secs(10)),
+        )?;
+        let mut headers = http::HeaderMap::new();
+        headers.insert(header, value);
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+        let http = Connections::new(connector, uri, headers, transport, settings.max_in_flight)?;
         let templates = taxonomies
             .iter()
             .map(|t| {
@@ -115,9 +130,7 @@ impl Endpoint {
         Ok(Self {
             name: settings.name,
             http,
-            next_http: AtomicUsize::new(0),
             url,
-            auth: (header, value),
             api_key: settings.api_key,
             model: settings.model,
             weight: settings.weight.max(1),
@@ -271,15 +284,6 @@ impl Endpoint {
         decode: impl FnOnce(&[u8]) -> (Result<T, UpstreamError>, Usage),
     ) -> Attempt<T> {
         let started = Instant::now();
-        let turn = self.next_http.fetch_add(1, Ordering::Relaxed) % self.http.len();
-        let sent = self.http[turn]
-            .post(&self.url)
-            .header(self.auth.0.clone(), self.auth.1.clone())
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .timeout(timeout)
-            .body(body)
-            .send()
-            .await;
         let failed = |error, headers, status| Attempt {
             result: Err(error),
             usage: Usage::default(),
@@ -288,16 +292,24 @@ impl Endpoint {
             latency: started.elapsed(),
             served: Tier::Standard,
         };
-        let response = match sent {
-            Ok(r) => r,
-            Err(e) => return failed(transport_error(e, timeout), RateHeaders::default(), None),
+        let Answer {
+            status,
+            headers,
+            body,
+        } = match tokio::time::timeout(timeout, self.http.send(Bytes::from(body))).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => {
+                return failed(UpstreamError::Transport(e), RateHeaders::default(), None);
+            }
+            Err(_) => {
+                return failed(
+                    UpstreamError::Timeout(timeout),
+                    RateHeaders::default(),
+                    None,
+                );
+            }
         };
-        let status = response.status();
-        let headers = RateHeaders::parse(response.headers());
-        let body = match response.bytes().await {
-            Ok(b) => b,
-            Err(e) => return failed(transport_error(e, timeout), headers, Some(status.as_u16())),
-        };
+        let headers = RateHeaders::parse(&headers);
         if !status.is_success() {
             let error = self.http_error(status.as_u16(), &body, &headers);
             return failed(error, headers, Some(status.as_u16()));
@@ -342,60 +354,6 @@ impl Endpoint {
     }
 }
 
-/// The HTTP clients for `transport`, sized for the endpoint's ceiling of calls in flight.
-fn http_clients(
-    settings: &EndpointSettings,
-    transport: Transport,
-    extra_roots: &[reqwest::Certificate],
-    call_timeout: Duration,
-) -> Result<Vec<reqwest::Client>, BuildError> {
-    // Trusted: the compiled-in roots (an image with no certificate store still reaches
-    // OpenAI), the operating system's store, and HNC_UPSTREAM_CA_FILE. HTTPS_PROXY, HTTP_PROXY
-    // and NO_PROXY are honoured (reqwest's system proxy).
-    let base = || {
-        extra_roots
-            .iter()
-            .fold(reqwest::Client::builder(), |b, root| {
-                b.add_root_certificate(root.clone())
-            })
-            // Retries are ours (`retry.rs`): reqwest's own would clone every request to keep a
-            // copy, and retry behind the limiter's and the pacer's back.
-            .retry(reqwest::retry::never())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .connect_timeout(call_timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("hn-classifier/", env!("CARGO_PKG_VERSION")))
-    };
-    match transport {
-        Transport::Http1 => Ok(vec![
-            base()
-                .http1_only()
-                .pool_max_idle_per_host(settings.max_in_flight)
-                .build()?,
-        ]),
-        Transport::Http2 {
-            streams_per_connection,
-        } => {
-            let connections = settings
-                .max_in_flight
-                .div_ceil(streams_per_connection.max(1))
-                .max(1);
-            let cleartext = settings.base_url.starts_with("http://");
-            (0..connections)
-                .map(|_| {
-                    let builder = base().http2_adaptive_window(true);
-                    let builder = if cleartext {
-                        builder.http2_prior_knowledge()
-                    } else {
-                        builder
-                    };
-                    builder.build().map_err(BuildError::from)
-                })
-                .collect()
-        }
-    }
-}
-
 /// The `service_tier` a 2xx body names (standard when it names none); its `id` and `model` go
 /// on the call's span (`gen_ai.response.*`) when traces are exported.
 fn served_tier(body: &[u8]) -> Tier {
@@ -421,12 +379,4 @@ fn served_tier(body: &[u8]) -> Tier {
         }
     }
     Tier::served(served.service_tier)
-}
-
-fn transport_error(error: reqwest::Error, timeout: Duration) -> UpstreamError {
-    if error.is_timeout() {
-        UpstreamError::Timeout(timeout)
-    } else {
-        UpstreamError::Transport(error.without_url())
-    }
 }

@@ -2,6 +2,8 @@
 //! in the per-item error, with a message that says what happened but never echoes request headers
 //! or keys.
 
+use std::error::Error;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The failure of a single call to the provider.
@@ -13,7 +15,7 @@ pub enum UpstreamError {
     /// The whole chain is in the message: "error sending request" alone would hide the cause
     /// (a refused connection, a certificate the roots do not trust, a proxy's refusal).
     #[error("could not reach the upstream: {}", causes(.0))]
-    Transport(#[source] reqwest::Error),
+    Transport(#[source] TransportError),
 
     #[error("the upstream answered HTTP {status}{}: {message}", code_suffix(.code))]
     Http {
@@ -56,8 +58,28 @@ pub enum BuildError {
     InvalidApiKey,
     #[error("no upstream endpoint is configured")]
     NoEndpoints,
-    #[error("could not build the HTTP client")]
-    Http(#[from] reqwest::Error),
+    #[error("an upstream URL has no host")]
+    InvalidUrl,
+}
+
+/// Why a call got no HTTP answer: the upstream was not reached, or the exchange broke off.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("could not connect")]
+    Connect(#[source] Box<dyn Error + Send + Sync>),
+    #[error("the proxy did not open a tunnel")]
+    Proxy(#[source] Box<dyn Error + Send + Sync>),
+    #[error("the TLS handshake failed")]
+    Tls(#[source] std::io::Error),
+    #[error("the HTTP handshake failed")]
+    Handshake(#[source] Box<dyn Error + Send + Sync>),
+    #[error("error sending the request")]
+    Send(#[source] Box<dyn Error + Send + Sync>),
+    #[error("error reading the response")]
+    Body(#[source] Box<dyn Error + Send + Sync>),
+    /// The failure of the connection this call waited for, opened for several calls.
+    #[error(transparent)]
+    Shared(Arc<TransportError>),
 }
 
 impl UpstreamError {
@@ -83,9 +105,9 @@ impl UpstreamError {
 }
 
 /// `error` and every cause under it, joined by ": ", repeats left out.
-fn causes(error: &reqwest::Error) -> String {
+fn causes(error: &TransportError) -> String {
     let mut text = error.to_string();
-    let mut cause = std::error::Error::source(error);
+    let mut cause = error.source();
     while let Some(inner) = cause {
         let part = inner.to_string();
         if !text.contains(&part) {

@@ -13,6 +13,7 @@ mod error;
 mod fair;
 mod headers;
 mod limiter;
+mod net;
 mod pacer;
 mod pool;
 pub mod pricing;
@@ -23,7 +24,7 @@ pub mod templates;
 mod usage;
 
 pub use endpoint::BENCH_FOR;
-pub use error::{BuildError, UpstreamError};
+pub use error::{BuildError, TransportError, UpstreamError};
 pub use fair::with_share;
 pub use headers::RateHeaders;
 pub use limiter::{AdaptiveLimiter, Congestion, LimiterSnapshot};

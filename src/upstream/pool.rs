@@ -122,6 +122,7 @@ impl UpstreamClient {
             return Err(BuildError::NoEndpoints);
         }
         let pack_size = settings.pack_size.max(1);
+        let roots = super::net::trusted_roots(&settings.extra_roots);
         let endpoints = settings
             .endpoints
             .into_iter()
@@ -129,7 +130,7 @@ impl UpstreamClient {
                 Endpoint::new(
                     e,
                     settings.transport,
-                    &settings.extra_roots,
+                    &roots,
                     settings.call_timeout,
                     taxonomies,
                     pack_size,

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use tokio_rustls::rustls::pki_types::CertificateDer;
+
 use super::retry::RetryPolicy;
 use super::usage::Price;
 use crate::secret::Secret;
@@ -88,7 +90,7 @@ pub struct UpstreamSettings {
     pub transport: Transport,
     /// Roots trusted besides the compiled-in ones and the operating system's
     /// (`HNC_UPSTREAM_CA_FILE`): a private CA, a TLS-inspecting proxy.
-    pub extra_roots: Vec<reqwest::Certificate>,
+    pub extra_roots: Vec<CertificateDer<'static>>,
     /// `service_tier` sent with every call (`None`: not sent, the provider's default).
     pub service_tier: Option<ServiceTier>,
     /// With flex, a call the provider has no capacity for (429 `resource_unavailable`) or that

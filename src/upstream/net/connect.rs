@@ -1,0 +1,219 @@
+//! Opening one connection to an endpoint: TCP (hyper-util's connector: DNS, happy eyeballs,
+//! nodelay, connect timeout), through the proxy that HTTPS_PROXY / HTTP_PROXY / ALL_PROXY name
+//! unless NO_PROXY exempts the host (a CONNECT tunnel, hyper-util's), then TLS with ALPN for
+//! `https://`. Per connection, never per call: the call path is `connections.rs`.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::proxy::matcher::Matcher;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tower::ServiceExt;
+
+use crate::upstream::error::{BuildError, TransportError};
+
+/// What an open connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// The roots every endpoint trusts: the compiled-in ones (an image with no certificate store
+/// still reaches OpenAI), the operating system's store, and HNC_UPSTREAM_CA_FILE's. Built once:
+/// reading the system store takes milliseconds.
+pub fn trusted_roots(extra: &[CertificateDer<'static>]) -> Arc<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    // A missing or partly unreadable system store is not fatal: the compiled-in roots remain.
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    roots.add_parsable_certificates(extra.iter().cloned());
+    Arc::new(roots)
+}
+
+/// Opens connections to one origin (scheme, host, port).
+#[derive(Clone)]
+pub struct Connector {
+    origin: Uri,
+    tcp: HttpConnector,
+    /// The CONNECT tunnel, when a proxy variable names one for this origin.
+    tunnel: Option<Tunnel<HttpConnector>>,
+    /// For `https://`: the TLS client (its ALPN offers h2 only when HTTP/2 is wanted) and the
+    /// name the certificate must carry.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// Over `http://`: whether the server is assumed to speak HTTP/2 (prior knowledge).
+    cleartext: Protocol,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("origin", &self.origin)
+            .field("proxied", &self.tunnel.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connector {
+    /// A connector for `url`'s origin; `http2` asks for HTTP/2 (negotiated over TLS, assumed
+    /// over cleartext).
+    pub fn new(
+        url: &Uri,
+        http2: bool,
+        roots: &Arc<RootCertStore>,
+        connect_timeout: Duration,
+    ) -> Result<Self, BuildError> {
+        let host = url.host().ok_or(BuildError::InvalidUrl)?.to_owned();
+        let https = url.scheme_str() == Some("https");
+        let origin = Uri::builder()
+            .scheme(url.scheme_str().unwrap_or("http"))
+            .authority(url.authority().ok_or(BuildError::InvalidUrl)?.as_str())
+            .path_and_query("/")
+            .build()
+            .map_err(|_| BuildError::InvalidUrl)?;
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(connect_timeout));
+        tcp.set_keepalive(Some(Duration::from_secs(60)));
+        let tunnel = Matcher::from_env().intercept(&origin).map(|proxy| {
+            let tunnel = Tunnel::new(proxy.uri().clone(), tcp.clone());
+            match proxy.basic_auth() {
+                Some(auth) => tunnel.with_auth(auth.clone()),
+                None => tunnel,
+            }
+        });
+        let tls = if https {
+            let mut config = ClientConfig::builder()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+            config.alpn_protocols = if http2 {
+                vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+            } else {
+                vec![b"http/1.1".to_vec()]
+            };
+            let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+                .map_err(|_| BuildError::InvalidUrl)?;
+            Some((TlsConnector::from(Arc::new(config)), name))
+        } else {
+            None
+        };
+        Ok(Self {
+            origin,
+            tcp,
+            tunnel,
+            tls,
+            cleartext: if http2 {
+                Protocol::Http2
+            } else {
+                Protocol::Http1
+            },
+        })
+    }
+
+    /// One new connection, and what it speaks.
+    pub async fn connect(&self) -> Result<(Stream, Protocol), TransportError> {
+        let tcp = match &self.tunnel {
+            Some(tunnel) => tunnel
+                .clone()
+                .oneshot(self.origin.clone())
+                .await
+                .map_err(|e| TransportError::Proxy(e.into()))?,
+            None => self
+                .tcp
+                .clone()
+                .oneshot(self.origin.clone())
+                .await
+                .map_err(|e| TransportError::Connect(e.into()))?,
+        }
+        .into_inner();
+        let Some((tls, name)) = &self.tls else {
+            return Ok((Stream::Plain(tcp), self.cleartext));
+        };
+        let stream = tls
+            .connect(name.clone(), tcp)
+            .await
+            .map_err(TransportError::Tls)?;
+        let protocol = match stream.get_ref().1.alpn_protocol() {
+            Some(b"h2") => Protocol::Http2,
+            _ => Protocol::Http1,
+        };
+        Ok((Stream::Tls(Box::new(stream)), protocol))
+    }
+}
+
+/// A connection's byte stream, with or without TLS.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(s) => s.is_write_vectored(),
+            Self::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
