@@ -292,8 +292,8 @@ impl Lane {
     fn line(&self, n: usize, titles: &[String], indices: &[usize]) -> Vec<u8> {
         let texts: Vec<&str> = indices.iter().map(|i| titles[*i].trim()).collect();
         let body = match texts.as_slice() {
-            [one] => self.single.encode(one),
-            many => self.packs.encode(many).0,
+            [one] => self.single.encode(one).to_vec(),
+            many => self.packs.encode(many).0.to_vec(),
         };
         let mut line = format!(
             r#"{{"custom_id":"req-{n}","method":"POST","url":"{}","body":"#,

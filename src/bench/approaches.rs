@@ -99,7 +99,7 @@ fn run_pool(
                             return done;
                         };
                         let t0 = Instant::now();
-                        let body = template.encode(title);
+                        let body = template.encode(title).to_vec();
                         let (ok, mut usage) = match blocking_call(&client, &url, target, &body) {
                             Ok((bytes, calls)) => {
                                 let (result, mut usage) = template.decode(&bytes, &taxonomy);

@@ -43,7 +43,7 @@ enum Call {
         client: reqwest::Client,
         url: String,
         target: UpstreamTarget,
-        template: RequestTemplate,
+        template: Box<RequestTemplate>,
     },
 }
 
@@ -68,7 +68,7 @@ impl Call {
                     .post(url)
                     .bearer_auth(target.key.expose())
                     .header("content-type", "application/json")
-                    .body(template.encode(title))
+                    .body(template.encode(title).to_vec())
                     .send()
                     .await
             }
@@ -110,7 +110,11 @@ pub async fn study(
                 upstream.url.trim_end_matches('/'),
                 upstream.api.path()
             ),
-            template: RequestTemplate::new(upstream.api, &upstream.model, &taxonomy),
+            template: Box::new(RequestTemplate::new(
+                upstream.api,
+                &upstream.model,
+                &taxonomy,
+            )),
             target: upstream.clone(),
         }),
     ];

@@ -101,7 +101,10 @@ impl Dedupe {
     /// for the same title, or from a call of its own.
     pub async fn classify(&self, taxonomy: &Taxonomy, title: &str) -> Answer {
         let key = self.key(taxonomy, title);
-        if let Some(prediction) = self.cached(std::slice::from_ref(&key)).await.remove(0) {
+        if let Some(prediction) = Box::pin(self.cached(std::slice::from_ref(&key)))
+            .await
+            .remove(0)
+        {
             return Answer {
                 result: Ok(prediction),
                 usage: Usage::default(),
@@ -125,7 +128,7 @@ impl Dedupe {
                     let (result, usage) = self.upstream.classify(taxonomy, title).await;
                     let result = result.map_err(Arc::new);
                     if let Ok(prediction) = &result {
-                        self.remember(&key, prediction).await;
+                        Box::pin(self.remember(&key, prediction)).await;
                     }
                     flight.land(&result);
                     return Answer {
@@ -146,7 +149,7 @@ impl Dedupe {
         let mut answers: Vec<Option<Answer>> = Vec::with_capacity(titles.len());
         let mut misses = Vec::new();
         let keys: Vec<CallKey> = titles.iter().map(|t| self.key(taxonomy, t)).collect();
-        let cached = self.cached(&keys).await;
+        let cached = Box::pin(self.cached(&keys)).await;
         for ((position, title), cached) in titles.iter().enumerate().zip(cached) {
             match cached {
                 Some(prediction) => answers.push(Some(Answer {
@@ -171,7 +174,7 @@ impl Dedupe {
         for ((position, title), slot) in misses.into_iter().zip(slots) {
             match slot {
                 Some(prediction) => {
-                    self.remember(&self.key(taxonomy, title), &prediction).await;
+                    Box::pin(self.remember(&self.key(taxonomy, title), &prediction)).await;
                     let usage = pack_usage.take().unwrap_or_default();
                     answers[position] = Some(Answer {
                         result: Ok(prediction),
@@ -224,6 +227,8 @@ impl Dedupe {
 
     /// The cached answers for `keys`, in order: the in-process cache first, then, for what it
     /// misses, the shared one in a single round trip (its hits are kept in process too).
+    /// Callers box this and `remember`: their futures (the cache's and Redis's) are larger than
+    /// the rest of a call's, and each call in flight would otherwise carry room for them.
     async fn cached(&self, keys: &[CallKey]) -> Vec<Option<Prediction>> {
         let Some(cache) = &self.cache else {
             return vec![None; keys.len()];

@@ -301,7 +301,9 @@ impl Classifier {
             return vec![(index, self.dedupe.classify(taxonomy, title).await)];
         }
         let titles: Vec<&str> = unit.iter().map(|(_, title)| *title).collect();
-        let answers = self.dedupe.classify_pack(taxonomy, &titles).await;
+        // Boxed: a pack's future is larger than a single title's, and every unit would
+        // otherwise be allocated at the larger size whether packing is on or not.
+        let answers = Box::pin(self.dedupe.classify_pack(taxonomy, &titles)).await;
         unit.into_iter()
             .map(|(index, _)| index)
             .zip(answers)

@@ -644,7 +644,8 @@ mod tests {
                 "gpt-4.1-mini",
                 &Taxonomy::hn_topics(),
             )
-            .encode("A title"),
+            .encode("A title")
+            .to_vec(),
         )
         .unwrap()
     }
@@ -699,7 +700,7 @@ mod tests {
             5,
         );
         let (body, _) = template.encode(&["Rust 2.0", "A GPU"]);
-        let req = parse_responses(&serde_json::from_slice(&body).unwrap()).unwrap();
+        let req = parse_responses(&serde_json::from_slice(&body.to_vec()).unwrap()).unwrap();
         assert_eq!(
             req.pack,
             Some(vec![(0, "Rust 2.0".to_owned()), (1, "A GPU".to_owned())])

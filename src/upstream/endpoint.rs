@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::Uri;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
 use serde::Deserialize;
 use tokio_rustls::rustls::RootCertStore;
 
+use super::body::RequestBody;
 use super::error::scrub_secrets;
 use super::error::{BuildError, UpstreamError};
 use super::headers::RateHeaders;
@@ -279,7 +279,7 @@ impl Endpoint {
     /// One HTTP call of `body` within `timeout`, its 2xx body read by `decode`.
     pub async fn call<T>(
         &self,
-        body: Vec<u8>,
+        body: RequestBody,
         timeout: Duration,
         decode: impl FnOnce(&[u8]) -> (Result<T, UpstreamError>, Usage),
     ) -> Attempt<T> {
@@ -296,7 +296,7 @@ impl Endpoint {
             status,
             headers,
             body,
-        } = match tokio::time::timeout(timeout, self.http.send(Bytes::from(body))).await {
+        } = match tokio::time::timeout(timeout, self.http.send(body)).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(e)) => {
                 return failed(UpstreamError::Transport(e), RateHeaders::default(), None);

@@ -6,6 +6,7 @@
 //! HTTP callers.
 
 mod answer;
+mod body;
 mod chat;
 mod decode;
 mod endpoint;
@@ -23,6 +24,7 @@ mod settings;
 pub mod templates;
 mod usage;
 
+pub use body::RequestBody;
 pub use endpoint::BENCH_FOR;
 pub use error::{BuildError, TransportError, UpstreamError};
 pub use fair::with_share;

@@ -182,8 +182,10 @@ impl Pacer {
         let shared_turn = match &self.shared {
             // While Redis is out, calls pace locally without queueing on the lease; one call a
             // second tries Redis again.
+            // Boxed, like the cache's futures: a lease's Redis round trip is a large future
+            // that every call in flight would otherwise carry.
             Some(shared) if shared.budget.may_send() && !self.is_unlimited() => {
-                self.shared_turn(shared, tokens).await
+                Box::pin(self.shared_turn(shared, tokens)).await
             }
             _ => None,
         };

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
+use super::body::RequestBody;
 use super::endpoint::{Attempt, Endpoint};
 use super::error::{BuildError, UpstreamError};
 use super::limiter::LimiterSnapshot;
@@ -100,17 +101,6 @@ pub struct UpstreamClient {
 /// Flex calls are slower (OpenAI suggests long timeouts): their call timeout is this many times
 /// the configured one.
 const FLEX_TIMEOUT_FACTOR: u32 = 3;
-
-/// `body` (a JSON object) with `"service_tier"` first, when one is asked for.
-fn with_service_tier(mut body: Vec<u8>, tier: Option<ServiceTier>) -> Vec<u8> {
-    if let Some(tier) = tier
-        && body.first() == Some(&b'{')
-    {
-        let field = format!(r#""service_tier":"{}","#, tier.name());
-        body.splice(1..1, field.into_bytes());
-    }
-    body
-}
 
 impl UpstreamClient {
     pub fn new(
@@ -288,7 +278,7 @@ impl UpstreamClient {
     async fn with_retries<T>(
         &self,
         titles: &[&str],
-        encode: impl Fn(&Endpoint) -> (Vec<u8>, u64),
+        encode: impl Fn(&Endpoint) -> (RequestBody, u64),
         decode: impl Fn(&Endpoint, &[u8]) -> (Result<T, UpstreamError>, Usage),
     ) -> (Result<T, Failure>, Usage) {
         let mut usage = Usage::default();
@@ -304,7 +294,7 @@ impl UpstreamClient {
             let queued_at = Instant::now();
             let slot = endpoint.limiter().acquire().await;
             let (body, tokens) = encode(endpoint);
-            let body = with_service_tier(body, tier);
+            let body = body.with_service_tier(tier);
             endpoint.pacer().wait_turn(tokens).await;
             let deadline = match &mut deadline {
                 None => deadline.insert(ItemDeadline::start(&self.retry)),

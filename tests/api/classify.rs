@@ -1,5 +1,9 @@
 //! The happy path and its guarantees: every title gets one result, in input order.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
 use futures::future::join_all;
 
 use crate::helpers::*;
@@ -207,6 +211,75 @@ async fn a_client_that_disconnects_cancels_its_outstanding_upstream_calls() {
     let sent = stats["requests_total"].as_u64().unwrap() + stats["cancelled"].as_u64().unwrap();
     assert!(sent <= 40, "the remaining titles were never sent: {stats}");
     app.shutdown().await;
+}
+
+/// An upstream that hangs up every connection 150 ms after accepting it (no GOAWAY, no
+/// `Connection: close`), and how many it accepted.
+async fn hanging_up_upstream() -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let app = axum::Router::new().route(
+        "/v1/responses",
+        axum::routing::post(
+            |axum::Json(request): axum::Json<serde_json::Value>| async move {
+                echo_reply(request["input"][0]["content"].as_str().unwrap_or(""), 1)
+            },
+        ),
+    );
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::Relaxed);
+            let service = hyper_util::service::TowerToHyperService::new(app.clone());
+            tokio::spawn(async move {
+                let builder = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                );
+                let serving = builder.serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+                let _ = tokio::time::timeout(Duration::from_millis(150), serving).await;
+            });
+        }
+    });
+    (format!("http://{addr}/v1"), accepted)
+}
+
+/// Connections the upstream closed are opened again, over HTTP/1.1 and HTTP/2 alike: a second
+/// round of calls after every connection of the first was dropped loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_the_upstream_closed_are_opened_again() {
+    let titles = data_lines("hn_titles.txt")[..50].to_vec();
+    for http2 in [false, true] {
+        let (url, accepted) = hanging_up_upstream().await;
+        let mut flags = vec![
+            "--openai-base-url",
+            url.as_str(),
+            "--openai-api-key",
+            "sk-test",
+        ];
+        if http2 {
+            flags.extend([
+                "--upstream-http2",
+                "--upstream-streams-per-connection",
+                "10",
+            ]);
+        }
+        let app = spawn_app(config(&flags)).await;
+        for round in 0..2 {
+            let answer = app.classify(&titles).await;
+            assert_eq!(answer.errors, 0, "http2 {http2}, round {round}: {answer:?}");
+            for (title, result) in titles.iter().zip(&answer.results) {
+                assert_eq!(result.topic.as_deref(), Some(echo_answer(title).0));
+            }
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        let opened = accepted.load(Ordering::Relaxed);
+        assert!(
+            opened >= 2,
+            "http2 {http2}: the second round reconnected ({opened} connections)"
+        );
+        app.shutdown().await;
+    }
 }
 
 /// HNC_UPSTREAM_HTTP2: many calls share each connection (here at most 40 per connection, so

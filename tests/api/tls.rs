@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::Json;
 use axum::Router;
+use axum::http::Version;
 use axum::routing::post;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
@@ -20,13 +21,20 @@ use tokio_rustls::rustls::{ServerConfig, crypto::ring};
 
 use crate::helpers::{completed, config, json_of, scratch, spawn_app, start_binary_with};
 
-/// A CA, and an HTTPS fake upstream for `localhost` whose certificate it signed.
+/// A CA, and an HTTPS fake upstream for `localhost` whose certificate it signed, with the HTTP
+/// versions of the calls it answered.
 struct PrivateUpstream {
     addr: SocketAddr,
     ca_pem: String,
+    versions: Arc<Mutex<Vec<Version>>>,
 }
 
 async fn private_upstream() -> PrivateUpstream {
+    private_upstream_speaking(&[b"http/1.1"]).await
+}
+
+/// The upstream, agreeing to the protocols of `alpn` (in its order of preference).
+async fn private_upstream_speaking(alpn: &[&[u8]]) -> PrivateUpstream {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -47,10 +55,15 @@ async fn private_upstream() -> PrivateUpstream {
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
         )
         .unwrap();
+    let mut tls = tls;
+    tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let versions = Arc::new(Mutex::new(Vec::new()));
+    let seen = versions.clone();
     let app = Router::new().route(
         "/v1/responses",
-        post(|| async {
+        post(move |version: Version| async move {
+            seen.lock().unwrap().push(version);
             Json(completed(
                 &json!({"topic": "security_privacy", "confidence": 0.9}).to_string(),
             ))
@@ -79,6 +92,7 @@ async fn private_upstream() -> PrivateUpstream {
     PrivateUpstream {
         addr,
         ca_pem: ca_cert.pem(),
+        versions,
     }
 }
 
@@ -122,6 +136,45 @@ async fn a_private_ca_is_trusted_through_the_ca_file_and_refused_without_it() {
         error.to_lowercase().contains("certificate"),
         "the message names the certificate problem: {error}"
     );
+}
+
+/// HNC_UPSTREAM_HTTP2 over TLS: HTTP/2 when the server agrees to it (ALPN), HTTP/1.1 when it
+/// only speaks that; without the setting, HTTP/1.1 even when the server offers HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_is_negotiated_over_tls_and_falls_back_to_http1() {
+    let titles: Vec<String> = crate::helpers::data_lines("hn_titles.txt")[..20].to_vec();
+    for (alpn, http2, expected) in [
+        (&[&b"h2"[..], b"http/1.1"][..], true, Version::HTTP_2),
+        (&[&b"http/1.1"[..]][..], true, Version::HTTP_11),
+        (&[&b"h2"[..], b"http/1.1"][..], false, Version::HTTP_11),
+    ] {
+        let upstream = private_upstream_speaking(alpn).await;
+        let ca_file = scratch("tls-alpn").join("ca.pem");
+        std::fs::write(&ca_file, &upstream.ca_pem).unwrap();
+        let url = base_url(&upstream);
+        let mut flags = vec![
+            "--openai-base-url",
+            url.as_str(),
+            "--openai-api-key",
+            "sk-private",
+            "--upstream-ca-file",
+            ca_file.to_str().unwrap(),
+        ];
+        if http2 {
+            flags.push("--upstream-http2");
+        }
+        let app = spawn_app(config(&flags)).await;
+        let answer = app.classify(&titles).await;
+        assert_eq!(answer.errors, 0, "{answer:?}");
+        assert_eq!(answer.results.len(), titles.len());
+        let versions = upstream.versions.lock().unwrap().clone();
+        assert_eq!(versions.len(), titles.len());
+        assert!(
+            versions.iter().all(|v| *v == expected),
+            "offered {alpn:?}, http2 {http2}: {versions:?}"
+        );
+        app.shutdown().await;
+    }
 }
 
 #[tokio::test]

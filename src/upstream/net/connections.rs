@@ -21,6 +21,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
 use super::connect::{Connector, Protocol, Stream};
+use crate::upstream::body::RequestBody;
 use crate::upstream::error::{BuildError, TransportError};
 use crate::upstream::settings::Transport;
 
@@ -45,7 +46,7 @@ pub struct Answer {
 /// An open HTTP/2 connection: its handle, and whether its driver task has ended.
 #[derive(Clone)]
 struct Http2 {
-    sender: h2::client::SendRequest<Bytes>,
+    sender: h2::client::SendRequest<RequestBody>,
     closed: Arc<AtomicBool>,
 }
 
@@ -76,13 +77,13 @@ impl Shared {
 /// A connection a call goes out on.
 enum Conn {
     Shared(Http2),
-    Own(http1::SendRequest<Full<Bytes>>),
+    Own(http1::SendRequest<Full<RequestBody>>),
 }
 
 /// Why `try_send` failed: `Unsent` when the request never left (the connection had closed), so
 /// sending it again elsewhere is safe.
 enum Failed {
-    Unsent(Bytes, TransportError),
+    Unsent(RequestBody, TransportError),
     Sent(TransportError),
 }
 
@@ -113,7 +114,7 @@ pub struct Connections {
     next: AtomicUsize,
     /// The server chose HTTP/1.1 when offered both over TLS: every call goes that way.
     http1_only: AtomicBool,
-    idle: Mutex<Vec<(http1::SendRequest<Full<Bytes>>, Instant)>>,
+    idle: Mutex<Vec<(http1::SendRequest<Full<RequestBody>>, Instant)>>,
     max_idle: usize,
 }
 
@@ -162,7 +163,7 @@ impl Connections {
 
     /// POSTs `body` and reads the whole answer. A request that never left because its
     /// connection had closed is sent once more; any other failure is the caller's to retry.
-    pub async fn send(&self, body: Bytes) -> Result<Answer, TransportError> {
+    pub async fn send(&self, body: RequestBody) -> Result<Answer, TransportError> {
         match self.try_send(body).await {
             Err(Failed::Unsent(body, _)) => self.try_send(body).await,
             other => other,
@@ -170,14 +171,16 @@ impl Connections {
         .map_err(Failed::into_error)
     }
 
-    async fn try_send(&self, body: Bytes) -> Result<Answer, Failed> {
+    async fn try_send(&self, body: RequestBody) -> Result<Answer, Failed> {
         match self.conn().await? {
             Conn::Shared(conn) => self.over_http2(conn, body).await,
-            Conn::Own(sender) => self.over_http1(sender, body).await,
+            // Boxed: hyper's HTTP/1.1 exchange is the larger future, and an HTTP/1.1 call has a
+            // connection of its own anyway.
+            Conn::Own(sender) => Box::pin(self.over_http1(sender, body)).await,
         }
     }
 
-    async fn over_http2(&self, conn: Http2, body: Bytes) -> Result<Answer, Failed> {
+    async fn over_http2(&self, conn: Http2, body: RequestBody) -> Result<Answer, Failed> {
         let unsent = |body, e: h2::Error| Failed::Unsent(body, TransportError::Send(e.into()));
         let mut sender = match conn.sender.ready().await {
             Ok(sender) => sender,
@@ -211,8 +214,8 @@ impl Connections {
 
     async fn over_http1(
         &self,
-        mut sender: http1::SendRequest<Full<Bytes>>,
-        body: Bytes,
+        mut sender: http1::SendRequest<Full<RequestBody>>,
+        body: RequestBody,
     ) -> Result<Answer, Failed> {
         let mut request = Request::post(self.path.clone())
             .body(Full::new(body.clone()))
@@ -317,7 +320,7 @@ impl Connections {
         Ok(Conn::Shared(conn))
     }
 
-    async fn idle_or_new(&self) -> Result<http1::SendRequest<Full<Bytes>>, TransportError> {
+    async fn idle_or_new(&self) -> Result<http1::SendRequest<Full<RequestBody>>, TransportError> {
         loop {
             let next = self.idle.lock().expect("idle lock poisoned").pop();
             let Some((mut sender, since)) = next else {
@@ -330,7 +333,7 @@ impl Connections {
         }
     }
 
-    fn keep_idle(&self, sender: http1::SendRequest<Full<Bytes>>) {
+    fn keep_idle(&self, sender: http1::SendRequest<Full<RequestBody>>) {
         let mut idle = self.idle.lock().expect("idle lock poisoned");
         if idle.len() < self.max_idle && !sender.is_closed() {
             idle.push((sender, Instant::now()));
@@ -340,7 +343,7 @@ impl Connections {
 
 async fn handshake_http1(
     stream: Stream,
-) -> Result<http1::SendRequest<Full<Bytes>>, TransportError> {
+) -> Result<http1::SendRequest<Full<RequestBody>>, TransportError> {
     let (sender, connection) = http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| TransportError::Handshake(e.into()))?;
