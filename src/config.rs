@@ -18,7 +18,8 @@ use crate::sim::SimConfig;
 use crate::taxonomy::{Taxonomies, TaxonomyError};
 use crate::upstream::pricing::{PriceFileError, PriceTable};
 use crate::upstream::{
-    AuthStyle, EndpointSettings, RetryPolicy, ServiceTier, Transport, UpstreamApi, UpstreamSettings,
+    AuthStyle, EndpointSettings, Http2, RetryPolicy, ServiceTier, Transport, UpstreamApi,
+    UpstreamSettings,
 };
 
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -128,10 +129,12 @@ pub struct ServeConfig {
     )]
     pub upstream_ca_file: Option<PathBuf>,
 
-    /// Call the provider over HTTP/2, many calls per connection, instead of one HTTP/1.1
-    /// connection per call in flight: much less memory with thousands in flight.
-    #[arg(long, env = "HNC_UPSTREAM_HTTP2")]
-    pub upstream_http2: bool,
+    /// When to call the provider over HTTP/2, many calls per connection, instead of one
+    /// HTTP/1.1 connection per call in flight (far less memory with thousands in flight):
+    /// `auto` over https when the server agrees (ALPN), `true` over http:// too (h2c), `false`
+    /// never. The bare flag means `true`.
+    #[arg(long, env = "HNC_UPSTREAM_HTTP2", value_name = "HNC_UPSTREAM_HTTP2", value_parser = named(Http2::NAMES), default_value = "auto", num_args = 0..=1, default_missing_value = "true")]
+    pub upstream_http2: Http2,
 
     /// With HTTP/2, the most calls on one connection (OpenAI allows about 100).
     #[arg(long, env = "HNC_UPSTREAM_STREAMS_PER_CONNECTION", value_name = "HNC_UPSTREAM_STREAMS_PER_CONNECTION", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -496,12 +499,9 @@ impl ServeConfig {
             service_tier: self.service_tier,
             flex_fallback: self.flex_fallback,
             extra_roots: self.extra_roots()?,
-            transport: if self.upstream_http2 {
-                Transport::Http2 {
-                    streams_per_connection: self.upstream_streams_per_connection as usize,
-                }
-            } else {
-                Transport::Http1
+            transport: Transport {
+                http2: self.upstream_http2,
+                streams_per_connection: self.upstream_streams_per_connection as usize,
             },
         })
     }

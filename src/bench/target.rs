@@ -12,7 +12,7 @@ use crate::secret::Secret;
 use crate::taxonomy::Taxonomies;
 use crate::upstream::pricing::PriceTable;
 use crate::upstream::{
-    AuthStyle, EndpointSettings, Transport, UpstreamApi, UpstreamClient, UpstreamSettings,
+    AuthStyle, EndpointSettings, Http2, Transport, UpstreamApi, UpstreamClient, UpstreamSettings,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -77,12 +77,13 @@ pub fn upstream_client(
         flex_fallback: true,
         extra_roots: Vec::new(),
         // One HTTP/2 connection per client: `sharded --http2` means one connection per shard.
-        transport: if target.http2 {
-            Transport::Http2 {
-                streams_per_connection: max_in_flight.max(1),
-            }
-        } else {
-            Transport::Http1
+        transport: Transport {
+            http2: if target.http2 {
+                Http2::Always
+            } else {
+                Http2::Never
+            },
+            streams_per_connection: max_in_flight.max(1),
         },
     };
     Ok(UpstreamClient::new(

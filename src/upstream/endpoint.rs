@@ -106,9 +106,10 @@ impl Endpoint {
             url = format!("{url}?{}", query.trim_start_matches('?'));
         }
         let uri: Uri = url.parse().map_err(|_| BuildError::InvalidUrl)?;
+        let http2 = transport.http2_for(uri.scheme_str() == Some("https"));
         let connector = Connector::new(
             &uri,
-            matches!(transport, Transport::Http2 { .. }),
+            http2,
             roots,
             call_timeout.min(Duration::from_secs(10)),
         )?;
@@ -116,7 +117,8 @@ impl Endpoint {
         headers.insert(header, value);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
-        let http = Connections::new(connector, uri, headers, transport, settings.max_in_flight)?;
+        let streams = http2.then_some(transport.streams_per_connection);
+        let http = Connections::new(connector, uri, headers, streams, settings.max_in_flight)?;
         let templates = taxonomies
             .iter()
             .map(|t| {

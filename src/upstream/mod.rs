@@ -33,6 +33,6 @@ pub use limiter::{AdaptiveLimiter, Congestion, LimiterSnapshot};
 pub use pool::{Saturation, UpstreamClient};
 pub use retry::{Decision, Failure, GiveUp, ItemDeadline, RetryPolicy};
 pub use settings::{
-    AuthStyle, EndpointSettings, ServiceTier, Transport, UpstreamApi, UpstreamSettings,
+    AuthStyle, EndpointSettings, Http2, ServiceTier, Transport, UpstreamApi, UpstreamSettings,
 };
 pub use usage::{Prediction, Tier, Usage};

@@ -125,15 +125,46 @@ impl ServiceTier {
     }
 }
 
+/// When calls travel over HTTP/2: many calls share a connection, a few KiB each, where HTTP/1.1
+/// needs a connection (about 23 KiB of buffers) per call in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Http2 {
+    /// Over `https://` when the server agrees to it (ALPN), as OpenAI does; HTTP/1.1 over
+    /// `http://`, which is what local OpenAI-compatible servers speak.
+    #[default]
+    Auto,
+    /// Over `http://` too (prior knowledge: the server must speak h2c).
+    Always,
+    /// HTTP/1.1 only.
+    Never,
+}
+
+impl Http2 {
+    /// Every choice by its name in settings (`HNC_UPSTREAM_HTTP2`).
+    pub const NAMES: [(&'static str, Self); 3] = [
+        ("auto", Self::Auto),
+        ("true", Self::Always),
+        ("false", Self::Never),
+    ];
+}
+
 /// How calls travel to an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    /// A keep-alive pool of HTTP/1.1 connections, one per call in flight: the default, and what
-    /// every OpenAI-compatible server speaks. Costs about 16 KiB of buffers per connection.
-    Http1,
-    /// HTTP/2, at most `streams_per_connection` calls on one connection (OpenAI allows about
-    /// 100), as many connections as the endpoint's ceiling needs: far less memory per call in
-    /// flight. Over `http://` it assumes the server speaks HTTP/2 (prior knowledge); over
-    /// `https://` it is negotiated, falling back to HTTP/1.1.
-    Http2 { streams_per_connection: usize },
+pub struct Transport {
+    pub http2: Http2,
+    /// With HTTP/2, the most calls on one connection (OpenAI allows about 100): as many
+    /// connections as the endpoint's ceiling needs.
+    pub streams_per_connection: usize,
+}
+
+impl Transport {
+    /// Whether calls to a URL over TLS (`https`) or not ask for HTTP/2. Over TLS it is only
+    /// offered: a server that picks HTTP/1.1 gets HTTP/1.1.
+    pub fn http2_for(&self, https: bool) -> bool {
+        match self.http2 {
+            Http2::Auto => https,
+            Http2::Always => true,
+            Http2::Never => false,
+        }
+    }
 }

@@ -138,15 +138,20 @@ async fn a_private_ca_is_trusted_through_the_ca_file_and_refused_without_it() {
     );
 }
 
-/// HNC_UPSTREAM_HTTP2 over TLS: HTTP/2 when the server agrees to it (ALPN), HTTP/1.1 when it
-/// only speaks that; without the setting, HTTP/1.1 even when the server offers HTTP/2.
+/// HTTP/2 over TLS: by default (`auto`) and with HNC_UPSTREAM_HTTP2=true when the server agrees
+/// to it (ALPN), HTTP/1.1 when the server only speaks that, and with HNC_UPSTREAM_HTTP2=false
+/// even when it offers HTTP/2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_is_negotiated_over_tls_and_falls_back_to_http1() {
     let titles: Vec<String> = crate::helpers::data_lines("hn_titles.txt")[..20].to_vec();
-    for (alpn, http2, expected) in [
-        (&[&b"h2"[..], b"http/1.1"][..], true, Version::HTTP_2),
-        (&[&b"http/1.1"[..]][..], true, Version::HTTP_11),
-        (&[&b"h2"[..], b"http/1.1"][..], false, Version::HTTP_11),
+    let both: &[&[u8]] = &[b"h2", b"http/1.1"];
+    let http1: &[&[u8]] = &[b"http/1.1"];
+    for (alpn, setting, expected) in [
+        (both, None, Version::HTTP_2),
+        (both, Some("true"), Version::HTTP_2),
+        (http1, None, Version::HTTP_11),
+        (http1, Some("true"), Version::HTTP_11),
+        (both, Some("false"), Version::HTTP_11),
     ] {
         let upstream = private_upstream_speaking(alpn).await;
         let ca_file = scratch("tls-alpn").join("ca.pem");
@@ -160,8 +165,8 @@ async fn http2_is_negotiated_over_tls_and_falls_back_to_http1() {
             "--upstream-ca-file",
             ca_file.to_str().unwrap(),
         ];
-        if http2 {
-            flags.push("--upstream-http2");
+        if let Some(value) = setting {
+            flags.extend(["--upstream-http2", value]);
         }
         let app = spawn_app(config(&flags)).await;
         let answer = app.classify(&titles).await;
@@ -171,7 +176,7 @@ async fn http2_is_negotiated_over_tls_and_falls_back_to_http1() {
         assert_eq!(versions.len(), titles.len());
         assert!(
             versions.iter().all(|v| *v == expected),
-            "offered {alpn:?}, http2 {http2}: {versions:?}"
+            "offered {alpn:?}, HNC_UPSTREAM_HTTP2 {setting:?}: {versions:?}"
         );
         app.shutdown().await;
     }

@@ -1,7 +1,7 @@
-//! Opening one connection to an endpoint: TCP (hyper-util's connector: DNS, happy eyeballs,
-//! nodelay, connect timeout), through the proxy that HTTPS_PROXY / HTTP_PROXY / ALL_PROXY name
-//! unless NO_PROXY exempts the host (a CONNECT tunnel, hyper-util's), then TLS with ALPN for
-//! `https://`. Per connection, never per call: the call path is `connections.rs`.
+//! Opening one connection to an endpoint: TCP (hyper-util's connector over hickory's resolver:
+//! happy eyeballs, nodelay, connect timeout), through the proxy that HTTPS_PROXY, HTTP_PROXY or
+//! ALL_PROXY names unless NO_PROXY exempts the host (a CONNECT tunnel, hyper-util's), then TLS
+//! with ALPN for `https://`. Per connection, never per call: the call path is `connections.rs`.
 
 use std::io;
 use std::pin::Pin;
@@ -21,6 +21,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tower::ServiceExt;
 
+use super::dns::Resolver;
 use crate::upstream::error::{BuildError, TransportError};
 
 /// What an open connection speaks.
@@ -47,9 +48,9 @@ pub fn trusted_roots(extra: &[CertificateDer<'static>]) -> Arc<RootCertStore> {
 #[derive(Clone)]
 pub struct Connector {
     origin: Uri,
-    tcp: HttpConnector,
+    tcp: HttpConnector<Resolver>,
     /// The CONNECT tunnel, when a proxy variable names one for this origin.
-    tunnel: Option<Tunnel<HttpConnector>>,
+    tunnel: Option<Tunnel<HttpConnector<Resolver>>>,
     /// For `https://`: the TLS client (its ALPN offers h2 only when HTTP/2 is wanted) and the
     /// name the certificate must carry.
     tls: Option<(TlsConnector, ServerName<'static>)>,
@@ -83,7 +84,7 @@ impl Connector {
             .path_and_query("/")
             .build()
             .map_err(|_| BuildError::InvalidUrl)?;
-        let mut tcp = HttpConnector::new();
+        let mut tcp = HttpConnector::new_with_resolver(Resolver);
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
         tcp.set_connect_timeout(Some(connect_timeout));

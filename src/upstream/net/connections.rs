@@ -23,7 +23,6 @@ use hyper_util::rt::TokioIo;
 use super::connect::{Connector, Protocol, Stream};
 use crate::upstream::body::RequestBody;
 use crate::upstream::error::{BuildError, TransportError};
-use crate::upstream::settings::Transport;
 
 /// An idle HTTP/1.1 connection older than this is closed rather than reused: servers and load
 /// balancers drop idle connections after a minute or two, and a call sent on one just dropped
@@ -128,20 +127,17 @@ impl std::fmt::Debug for Connections {
 }
 
 impl Connections {
-    /// Connections for up to `max_in_flight` POSTs to `url` at once, each with `headers`.
+    /// Connections for up to `max_in_flight` POSTs to `url` at once, each with `headers`; over
+    /// HTTP/2 (when asked for) at most `http2_streams` on one connection.
     pub fn new(
         connector: Connector,
         url: Uri,
         headers: HeaderMap,
-        transport: Transport,
+        http2_streams: Option<usize>,
         max_in_flight: usize,
     ) -> Result<Self, BuildError> {
-        let shared = match transport {
-            Transport::Http1 => 0,
-            Transport::Http2 {
-                streams_per_connection,
-            } => max_in_flight.div_ceil(streams_per_connection.max(1)).max(1),
-        };
+        let shared =
+            http2_streams.map_or(0, |streams| max_in_flight.div_ceil(streams.max(1)).max(1));
         let authority = url.authority().ok_or(BuildError::InvalidUrl)?;
         let host = HeaderValue::from_str(authority.as_str()).map_err(|_| BuildError::InvalidUrl)?;
         let path = url

@@ -5,6 +5,7 @@
 
 mod connect;
 mod connections;
+mod dns;
 
 pub use connect::{Connector, trusted_roots};
 pub use connections::{Answer, Connections};
