@@ -2,13 +2,15 @@
 # Peak RSS of one `serve` process while IN_FLIGHT upstream calls (default 10,000) are in flight
 # at once (DESIGN target: at most 64 MiB). The simulator runs as its own process with a long,
 # tight latency so every call is outstanding together; the titles are distinct (real titles,
-# numbered on repeat) so single-flight cannot merge them. Needs `ulimit -n` above IN_FLIGHT.
-# usage: [IN_FLIGHT=10000] [LATENCY_MS=4000] scripts/peak-rss.sh
+# numbered on repeat) so single-flight cannot merge them, sent as batches of BATCH titles from
+# as many client threads at once. The simulator is plain http://, so HTTP/2 (what `auto` picks
+# against OpenAI over https) needs HNC_UPSTREAM_HTTP2=true. Needs `ulimit -n` above IN_FLIGHT.
+# usage: [IN_FLIGHT=10000] [BATCH=2000] [LATENCY_MS=4000] [HNC_UPSTREAM_HTTP2=true] scripts/peak-rss.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 in_flight=${IN_FLIGHT:-10000}
 latency=${LATENCY_MS:-4000}
-batch=2000
+batch=${BATCH:-2000}
 [ "$(ulimit -n)" -gt $((in_flight + 100)) ] || { echo "peak-rss: ulimit -n must exceed $in_flight" >&2; exit 1; }
 [ -x target/release/hn-classifier ] || cargo build --locked --release
 bin=target/release/hn-classifier
@@ -17,7 +19,7 @@ sim_port=$(port); our_port=$(port)
 RUST_LOG=warn "$bin" sim --listen "127.0.0.1:$sim_port" --sim-latency-ms "$latency" \
   --sim-latency-sigma 0.02 >/dev/null 2>&1 &
 sim_pid=$!
-HNC_MAX_IN_FLIGHT=$in_flight HNC_REQUEST_CONCURRENCY=$batch HNC_MAX_BATCH=$batch \
+HNC_MAX_IN_FLIGHT=$in_flight HNC_REQUEST_CONCURRENCY=$batch HNC_MAX_BATCH=2000 \
   HNC_ADMISSION_WAIT_S=60 RUST_LOG=warn "$bin" serve --listen "127.0.0.1:$our_port" \
   --openai-base-url "http://127.0.0.1:$sim_port/v1" --openai-api-key sim-key >/dev/null 2>&1 &
 our_pid=$!

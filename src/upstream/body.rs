@@ -41,7 +41,7 @@ impl Frame {
     /// The body with `content` (serialised here as a JSON string) in its place.
     pub fn around(&self, content: &str) -> RequestBody {
         let own = serde_json::to_vec(content).expect("a string always serialises");
-        RequestBody {
+        RequestBody(Box::new(Chunks {
             chunks: [
                 self.head.clone(),
                 Bytes::new(),
@@ -50,13 +50,18 @@ impl Frame {
                 self.tail.clone(),
             ],
             at: 0,
-        }
+        }))
     }
 }
 
 /// One call's body: `[head, tier field, rest of head, own content, tail]`, empty chunks skipped.
+/// Boxed: the body passes through five futures of the call path by value, and each would keep
+/// room for all its chunks while the call waits.
 #[derive(Debug, Clone)]
-pub struct RequestBody {
+pub struct RequestBody(Box<Chunks>);
+
+#[derive(Debug, Clone)]
+struct Chunks {
     chunks: [Bytes; 5],
     /// The chunk being read.
     at: usize,
@@ -68,20 +73,19 @@ impl RequestBody {
         let Some(tier) = tier else {
             return self;
         };
-        let head = std::mem::take(&mut self.chunks[0]);
-        if head.first() != Some(&b'{') {
-            self.chunks[0] = head;
-            return self;
+        let chunks = &mut self.0.chunks;
+        if chunks[0].first() == Some(&b'{') {
+            let head = std::mem::take(&mut chunks[0]);
+            chunks[0] = head.slice(..1);
+            chunks[1] = Bytes::from_static(tier_field(tier).as_bytes());
+            chunks[2] = head.slice(1..);
         }
-        self.chunks[0] = head.slice(..1);
-        self.chunks[1] = Bytes::from_static(tier_field(tier).as_bytes());
-        self.chunks[2] = head.slice(1..);
         self
     }
 
     /// The whole body in one buffer (the Batch API's JSONL lines, tests, benchmarks).
     pub fn to_vec(&self) -> Vec<u8> {
-        self.chunks[self.at..].concat()
+        self.0.chunks[self.0.at..].concat()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -100,33 +104,34 @@ fn tier_field(tier: ServiceTier) -> &'static str {
 
 impl Buf for RequestBody {
     fn remaining(&self) -> usize {
-        self.chunks[self.at..].iter().map(Bytes::len).sum()
+        self.0.chunks[self.0.at..].iter().map(Bytes::len).sum()
     }
 
     fn chunk(&self) -> &[u8] {
-        self.chunks[self.at..]
+        self.0.chunks[self.0.at..]
             .iter()
             .find(|c| !c.is_empty())
             .map_or(&[], |c| &c[..])
     }
 
     fn advance(&mut self, mut n: usize) {
+        let Chunks { chunks, at } = &mut *self.0;
         while n > 0 {
-            let chunk = &mut self.chunks[self.at];
+            let chunk = &mut chunks[*at];
             let step = n.min(chunk.len());
             chunk.advance(step);
             n -= step;
             if n > 0 {
                 // Past the last chunk this indexes out of bounds: `Buf` says advancing past the
                 // end panics.
-                self.at += 1;
+                *at += 1;
             }
         }
     }
 
     fn chunks_vectored<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
         let mut n = 0;
-        for chunk in self.chunks[self.at..].iter().filter(|c| !c.is_empty()) {
+        for chunk in self.0.chunks[self.0.at..].iter().filter(|c| !c.is_empty()) {
             if n == dst.len() {
                 break;
             }

@@ -159,12 +159,19 @@ impl Connections {
 
     /// POSTs `body` and reads the whole answer. A request that never left because its
     /// connection had closed is sent once more; any other failure is the caller's to retry.
-    pub async fn send(&self, body: RequestBody) -> Result<Answer, TransportError> {
-        match self.try_send(body).await {
-            Err(Failed::Unsent(body, _)) => self.try_send(body).await,
-            other => other,
+    pub async fn send(&self, mut body: RequestBody) -> Result<Answer, TransportError> {
+        // One `await` in a loop rather than two in a row: the future keeps room for one
+        // attempt, not two.
+        let mut resent = false;
+        loop {
+            match self.try_send(body).await {
+                Err(Failed::Unsent(unsent, _)) if !resent => {
+                    body = unsent;
+                    resent = true;
+                }
+                result => return result.map_err(Failed::into_error),
+            }
         }
-        .map_err(Failed::into_error)
     }
 
     async fn try_send(&self, body: RequestBody) -> Result<Answer, Failed> {
