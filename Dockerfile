@@ -14,8 +14,8 @@ COPY assets ./assets
 COPY benches ./benches
 # Statically linked glibc rather than musl: the musl standard library cannot be installed where
 # there is no rustup download (CI here), and the same link must work everywhere. A static glibc
-# cannot load NSS modules, so the binary resolves names with its own resolver (reqwest's
-# hickory-dns feature reads /etc/resolv.conf and /etc/hosts) and never calls getaddrinfo.
+# cannot load NSS modules, so the binary resolves names with hickory's resolver (the upstream
+# connector's and reqwest's; it reads /etc/resolv.conf and /etc/hosts) and never calls getaddrinfo.
 # The cache mounts keep crates and compiled dependencies between builds (the dependency layer
 # of a classic Dockerfile, without stub sources); the binary is copied out of the cached target.
 RUN --mount=type=cache,id=hnc-cargo-registry,target=/usr/local/cargo/registry \

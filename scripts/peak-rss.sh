@@ -5,15 +5,16 @@
 # numbered on repeat) so single-flight cannot merge them, sent as batches of BATCH titles from
 # as many client threads at once. The simulator is plain http://, so HTTP/2 (what `auto` picks
 # against OpenAI over https) needs HNC_UPSTREAM_HTTP2=true. Needs `ulimit -n` above IN_FLIGHT.
-# usage: [IN_FLIGHT=10000] [BATCH=2000] [LATENCY_MS=4000] [HNC_UPSTREAM_HTTP2=true] scripts/peak-rss.sh
+# usage: [IN_FLIGHT=10000] [BATCH=2000] [LATENCY_MS=4000] [HNC_UPSTREAM_HTTP2=true]
+#        [BIN=target/release/hn-classifier] scripts/peak-rss.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 in_flight=${IN_FLIGHT:-10000}
 latency=${LATENCY_MS:-4000}
 batch=${BATCH:-2000}
 [ "$(ulimit -n)" -gt $((in_flight + 100)) ] || { echo "peak-rss: ulimit -n must exceed $in_flight" >&2; exit 1; }
-[ -x target/release/hn-classifier ] || cargo build --locked --release
-bin=target/release/hn-classifier
+bin=${BIN:-target/release/hn-classifier}
+[ -x "$bin" ] || cargo build --locked --release
 port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 sim_port=$(port); our_port=$(port)
 RUST_LOG=warn "$bin" sim --listen "127.0.0.1:$sim_port" --sim-latency-ms "$latency" \
