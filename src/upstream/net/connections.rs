@@ -184,7 +184,12 @@ impl Connections {
     }
 
     async fn over_http2(&self, conn: Http2, body: RequestBody) -> Result<Answer, Failed> {
-        let unsent = |body, e: h2::Error| Failed::Unsent(body, TransportError::Send(e.into()));
+        // A connection that cannot take a new stream is done: marked so, the resend (and every
+        // later call) opens a fresh one without waiting for its task to notice.
+        let unsent = |body, e: h2::Error| {
+            conn.closed.store(true, Ordering::Release);
+            Failed::Unsent(body, TransportError::Send(e.into()))
+        };
         let mut sender = match conn.sender.ready().await {
             Ok(sender) => sender,
             Err(e) => return Err(unsent(body, e)),
