@@ -96,21 +96,7 @@ impl Connector {
                 None => tunnel,
             }
         });
-        let tls = if https {
-            let mut config = ClientConfig::builder()
-                .with_root_certificates(roots.clone())
-                .with_no_client_auth();
-            config.alpn_protocols = if http2 {
-                vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-            } else {
-                vec![b"http/1.1".to_vec()]
-            };
-            let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
-                .map_err(|_| BuildError::InvalidUrl)?;
-            Some((TlsConnector::from(Arc::new(config)), name))
-        } else {
-            None
-        };
+        let tls = https.then(|| tls_client(&host, http2, roots)).transpose()?;
         Ok(Self {
             origin,
             tcp,
@@ -153,6 +139,32 @@ impl Connector {
         };
         Ok((Stream::Tls(Box::new(stream)), protocol))
     }
+}
+
+/// The TLS client for `host` (its ALPN offers h2 only when HTTP/2 is wanted), and the name its
+/// certificate must carry.
+fn tls_client(
+    host: &str,
+    http2: bool,
+    roots: &Arc<RootCertStore>,
+) -> Result<(TlsConnector, ServerName<'static>), BuildError> {
+    // ring named, not the process default: which providers get compiled in depends on every
+    // crate's features, and with two and no default the builder would panic.
+    let mut config = ClientConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports TLS 1.2 and 1.3")
+    .with_root_certificates(roots.clone())
+    .with_no_client_auth();
+    config.alpn_protocols = if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+        .map_err(|_| BuildError::InvalidUrl)?;
+    Ok((TlsConnector::from(Arc::new(config)), name))
 }
 
 /// A connection's byte stream, with or without TLS.
