@@ -4,8 +4,10 @@
 # tight latency so every call is outstanding together; the titles are distinct (real titles,
 # numbered on repeat) so single-flight cannot merge them, sent as batches of BATCH titles from
 # as many client threads at once. The simulator is plain http://, so HTTP/2 (what `auto` picks
-# against OpenAI over https) needs HNC_UPSTREAM_HTTP2=true. Needs `ulimit -n` above IN_FLIGHT.
-# usage: [IN_FLIGHT=10000] [BATCH=2000] [LATENCY_MS=4000] [HNC_UPSTREAM_HTTP2=true]
+# against OpenAI over https) needs HNC_UPSTREAM_HTTP2=true; or TLS=1 puts a TLS front (Python,
+# ALPN h2, a CA made here) before the simulator, so the default `auto` meets HTTPS as with
+# OpenAI and the TLS buffers count. Needs `ulimit -n` above IN_FLIGHT.
+# usage: [IN_FLIGHT=10000] [BATCH=2000] [LATENCY_MS=4000] [HNC_UPSTREAM_HTTP2=true] [TLS=1]
 #        [BIN=target/release/hn-classifier] scripts/peak-rss.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,11 +22,49 @@ sim_port=$(port); our_port=$(port)
 RUST_LOG=warn "$bin" sim --listen "127.0.0.1:$sim_port" --sim-latency-ms "$latency" \
   --sim-latency-sigma 0.02 >/dev/null 2>&1 &
 sim_pid=$!
+upstream="http://127.0.0.1:$sim_port/v1"
+tls_pid=
+if [ "${TLS:-0}" = 1 ]; then
+  dir=$(mktemp -d)
+  key() { openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "$@" 2>/dev/null; }
+  key -x509 -keyout "$dir/ca.key" -out "$dir/ca.pem" -days 1 -subj /CN=peak-rss-ca
+  key -keyout "$dir/leaf.key" -out "$dir/leaf.csr" -subj /CN=127.0.0.1
+  printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > "$dir/ext"
+  openssl x509 -req -in "$dir/leaf.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial \
+    -out "$dir/leaf.pem" -days 1 -extfile "$dir/ext" 2>/dev/null
+  tls_port=$(port)
+  python3 - "$dir" "$tls_port" "$sim_port" <<'PY' &
+import asyncio, ssl, sys
+d, port, sim = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+ctx.load_cert_chain(f"{d}/leaf.pem", f"{d}/leaf.key")
+ctx.set_alpn_protocols(["h2", "http/1.1"])
+async def pipe(r, w):
+    try:
+        while data := await r.read(65536):
+            w.write(data); await w.drain()
+    except (ConnectionError, ssl.SSLError):
+        pass
+    finally:
+        w.close()
+async def front(r, w):
+    sr, sw = await asyncio.open_connection("127.0.0.1", sim)
+    await asyncio.gather(pipe(r, sw), pipe(sr, w))
+async def main():
+    server = await asyncio.start_server(front, "127.0.0.1", port, ssl=ctx, backlog=4096)
+    await server.serve_forever()
+asyncio.run(main())
+PY
+  tls_pid=$!
+  upstream="https://127.0.0.1:$tls_port/v1"
+  export HNC_UPSTREAM_CA_FILE="$dir/ca.pem"
+  sleep 0.5
+fi
 HNC_MAX_IN_FLIGHT=$in_flight HNC_REQUEST_CONCURRENCY=$batch HNC_MAX_BATCH=2000 \
   HNC_ADMISSION_WAIT_S=60 RUST_LOG=warn "$bin" serve --listen "127.0.0.1:$our_port" \
-  --openai-base-url "http://127.0.0.1:$sim_port/v1" --openai-api-key sim-key >/dev/null 2>&1 &
+  --openai-base-url "$upstream" --openai-api-key sim-key >/dev/null 2>&1 &
 our_pid=$!
-trap 'kill $sim_pid $our_pid 2>/dev/null || true' EXIT
+trap 'kill $sim_pid $our_pid $tls_pid 2>/dev/null || true' EXIT
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$our_port/healthz" >/dev/null && break; sleep 0.05; done
 idle=$(awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$our_pid/status")
 # RSS while every call is outstanding, sampled halfway through the simulated latency.
