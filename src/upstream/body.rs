@@ -87,10 +87,6 @@ impl RequestBody {
     pub fn to_vec(&self) -> Vec<u8> {
         self.0.chunks[self.0.at..].concat()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.remaining() == 0
-    }
 }
 
 fn tier_field(tier: ServiceTier) -> &'static str {
@@ -179,7 +175,7 @@ mod tests {
             body.advance(step);
         }
         assert_eq!(read, whole);
-        assert!(body.is_empty());
+        assert!(!body.has_remaining());
     }
 
     #[test]

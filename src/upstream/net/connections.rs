@@ -206,7 +206,7 @@ impl Connections {
         let sent = |e: h2::Error| Failed::Sent(TransportError::Send(e.into()));
         stream.send_data(body, true).map_err(sent)?;
         let (parts, mut incoming) = response.await.map_err(sent)?.into_parts();
-        let mut body = Chunks::default();
+        let mut body = Received::default();
         while let Some(chunk) = incoming.data().await {
             let chunk = chunk.map_err(|e| TransportError::Body(e.into()))?;
             // Credit goes back at once: the whole answer is read regardless.
@@ -363,14 +363,14 @@ async fn handshake_http1(
     Ok(sender)
 }
 
-/// A body read in chunks, copied only when there is more than one.
+/// A response body read in chunks, copied only when there is more than one.
 #[derive(Default)]
-struct Chunks {
+struct Received {
     first: Bytes,
     rest: Option<BytesMut>,
 }
 
-impl Chunks {
+impl Received {
     fn push(&mut self, chunk: Bytes) {
         match &mut self.rest {
             Some(rest) => rest.extend_from_slice(&chunk),
