@@ -9,6 +9,6 @@ command -v "$command" >/dev/null && exit 0
 echo "installing $package (Debian's package)"
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"
-$sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$package" >/dev/null
+$sudo apt-get -o DPkg::Lock::Timeout=300 update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=300 install -y -qq "$package" >/dev/null
 ($sudo systemctl stop "$package" 2>/dev/null || $sudo service "$package" stop 2>/dev/null) || true

@@ -140,6 +140,21 @@ pub struct ServeConfig {
     #[arg(long, env = "HNC_UPSTREAM_STREAMS_PER_CONNECTION", value_name = "HNC_UPSTREAM_STREAMS_PER_CONNECTION", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub upstream_streams_per_connection: u32,
 
+    /// How often, in seconds, an HTTP/2 connection to the upstream is PINGed; one whose PING
+    /// goes unanswered for HNC_UPSTREAM_PING_TIMEOUT_S is replaced, and its calls are retried.
+    #[arg(long, env = "HNC_UPSTREAM_PING_INTERVAL_S", value_name = "HNC_UPSTREAM_PING_INTERVAL_S", default_value = "10", value_parser = parse_seconds)]
+    pub upstream_ping_interval: Duration,
+
+    /// How long, in seconds, a PING's answer may take (see HNC_UPSTREAM_PING_INTERVAL_S).
+    #[arg(long, env = "HNC_UPSTREAM_PING_TIMEOUT_S", value_name = "HNC_UPSTREAM_PING_TIMEOUT_S", default_value = "5", value_parser = parse_seconds)]
+    pub upstream_ping_timeout: Duration,
+
+    /// The largest upstream response body read, in bytes; a larger one fails its call with an
+    /// error that names this cap. Answers are small: the default leaves room for a pack of
+    /// hundreds.
+    #[arg(long, env = "HNC_UPSTREAM_MAX_RESPONSE_BYTES", value_name = "HNC_UPSTREAM_MAX_RESPONSE_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(1024..))]
+    pub upstream_max_response_bytes: u32,
+
     /// `service_tier` sent with every call: `auto`, `default`, `flex` (batch prices on the live
     /// API, slower, sometimes refused for capacity) or `priority` (faster, at a premium).
     /// Unset: not sent. Cost is priced at the tier the response says served the call.
@@ -502,6 +517,9 @@ impl ServeConfig {
             transport: Transport {
                 http2: self.upstream_http2,
                 streams_per_connection: self.upstream_streams_per_connection as usize,
+                ping_interval: self.upstream_ping_interval,
+                ping_timeout: self.upstream_ping_timeout,
+                max_response_bytes: self.upstream_max_response_bytes as usize,
             },
         })
     }

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub upstream_duration: Histogram,
     /// Retries by the error code that caused them.
     pub upstream_retries: IntCounterVec,
+    pub upstream_resent: IntCounterVec,
     pub upstream_in_flight: IntGauge,
     pub upstream_concurrency_limit: IntGauge,
     /// Tokens the provider counted, by `input` / `cached_input` / `output` and model.
@@ -133,6 +134,15 @@ impl Metrics {
                 &["reason"],
             )
             .expect("valid metric"),
+            upstream_resent: IntCounterVec::new(
+                Opts::new(
+                    "upstream_unprocessed_resent_total",
+                    "Requests the server never processed (refused by GOAWAY or REFUSED_STREAM, or \
+                     on a closing connection), sent again at once: not failures, not retries.",
+                ),
+                &["upstream"],
+            )
+            .expect("valid metric"),
             upstream_in_flight: IntGauge::new(
                 "upstream_in_flight",
                 "Calls to the provider in flight now.",
@@ -223,7 +233,7 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 22] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 23] = [
             Box::new(self.answers.clone()),
             Box::new(self.service_ready.clone()),
             Box::new(self.upstream_rate_share.clone()),
@@ -243,6 +253,7 @@ impl Metrics {
             Box::new(self.upstream_requests.clone()),
             Box::new(self.upstream_duration.clone()),
             Box::new(self.upstream_retries.clone()),
+            Box::new(self.upstream_resent.clone()),
             Box::new(self.upstream_in_flight.clone()),
             Box::new(self.upstream_concurrency_limit.clone()),
             Box::new(self.upstream_tokens.clone()),

@@ -34,6 +34,10 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             .with_label_values(&[name])
             .set(i64::from(benched));
     }
+    for (name, resent) in upstream.resent() {
+        let counter = m.upstream_resent.with_label_values(&[name]);
+        counter.inc_by(resent.saturating_sub(counter.get()));
+    }
     for (name, share) in upstream.pacer_shares() {
         m.upstream_rate_share.with_label_values(&[name]).set(share);
     }

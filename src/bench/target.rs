@@ -84,6 +84,7 @@ pub fn upstream_client(
                 Http2::Never
             },
             streams_per_connection: max_in_flight.max(1),
+            ..Transport::default()
         },
     };
     Ok(UpstreamClient::new(

@@ -5,6 +5,7 @@
 //! `bytes::Buf`, so HTTP/2 and HTTP/1.1 write it with vectored I/O, copying nothing.
 
 use std::io::IoSlice;
+use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
 
@@ -41,30 +42,30 @@ impl Frame {
     /// The body with `content` (serialised here as a JSON string) in its place.
     pub fn around(&self, content: &str) -> RequestBody {
         let own = serde_json::to_vec(content).expect("a string always serialises");
-        RequestBody(Box::new(Chunks {
-            chunks: [
+        RequestBody {
+            chunks: Arc::new([
                 self.head.clone(),
                 Bytes::new(),
                 Bytes::new(),
                 Bytes::from(own),
                 self.tail.clone(),
-            ],
+            ]),
             at: 0,
-        }))
+            offset: 0,
+        }
     }
 }
 
-/// One call's body: `[head, tier field, rest of head, own content, tail]`, empty chunks skipped.
-/// Boxed: the body passes through five futures of the call path by value, and each would keep
-/// room for all its chunks while the call waits.
+/// One call's body: `[head, tier field, rest of head, own content, tail]`, empty chunks skipped,
+/// and how far it has been read. The chunks are shared: the body passes through five futures of
+/// the call path by value, and a copy kept to send it again (a stream the server never
+/// processed) costs a reference count, not an allocation.
 #[derive(Debug, Clone)]
-pub struct RequestBody(Box<Chunks>);
-
-#[derive(Debug, Clone)]
-struct Chunks {
-    chunks: [Bytes; 5],
-    /// The chunk being read.
+pub struct RequestBody {
+    chunks: Arc<[Bytes; 5]>,
+    /// The chunk being read, and how much of it has been.
     at: usize,
+    offset: usize,
 }
 
 impl RequestBody {
@@ -73,7 +74,7 @@ impl RequestBody {
         let Some(tier) = tier else {
             return self;
         };
-        let chunks = &mut self.0.chunks;
+        let chunks = Arc::make_mut(&mut self.chunks);
         if chunks[0].first() == Some(&b'{') {
             let head = std::mem::take(&mut chunks[0]);
             chunks[0] = head.slice(..1);
@@ -85,7 +86,15 @@ impl RequestBody {
 
     /// The whole body in one buffer (the Batch API's JSONL lines, tests, benchmarks).
     pub fn to_vec(&self) -> Vec<u8> {
-        self.0.chunks[self.0.at..].concat()
+        self.unread().collect::<Vec<_>>().concat()
+    }
+
+    /// What is left to read, chunk by chunk, empty ones included.
+    fn unread(&self) -> impl Iterator<Item = &[u8]> {
+        self.chunks[self.at..]
+            .iter()
+            .enumerate()
+            .map(|(i, c)| if i == 0 { &c[self.offset..] } else { &c[..] })
     }
 }
 
@@ -100,34 +109,31 @@ fn tier_field(tier: ServiceTier) -> &'static str {
 
 impl Buf for RequestBody {
     fn remaining(&self) -> usize {
-        self.0.chunks[self.0.at..].iter().map(Bytes::len).sum()
+        self.unread().map(<[u8]>::len).sum()
     }
 
     fn chunk(&self) -> &[u8] {
-        self.0.chunks[self.0.at..]
-            .iter()
-            .find(|c| !c.is_empty())
-            .map_or(&[], |c| &c[..])
+        self.unread().find(|c| !c.is_empty()).unwrap_or(&[])
     }
 
     fn advance(&mut self, mut n: usize) {
-        let Chunks { chunks, at } = &mut *self.0;
         while n > 0 {
-            let chunk = &mut chunks[*at];
-            let step = n.min(chunk.len());
-            chunk.advance(step);
+            // Past the last chunk this indexes out of bounds: `Buf` says advancing past the end
+            // panics.
+            let left = self.chunks[self.at].len() - self.offset;
+            let step = n.min(left);
+            self.offset += step;
             n -= step;
             if n > 0 {
-                // Past the last chunk this indexes out of bounds: `Buf` says advancing past the
-                // end panics.
-                *at += 1;
+                self.at += 1;
+                self.offset = 0;
             }
         }
     }
 
     fn chunks_vectored<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
         let mut n = 0;
-        for chunk in self.0.chunks[self.0.at..].iter().filter(|c| !c.is_empty()) {
+        for chunk in self.unread().filter(|c| !c.is_empty()) {
             if n == dst.len() {
                 break;
             }
@@ -165,6 +171,7 @@ mod tests {
             .around("Rust 2.0")
             .with_service_tier(Some(ServiceTier::Flex));
         let whole = body.to_vec();
+        let copy = body.clone();
         let value: serde_json::Value = serde_json::from_slice(&whole).unwrap();
         assert_eq!(value["service_tier"], "flex");
         assert_eq!(value["input"], "Rust 2.0");
@@ -176,6 +183,11 @@ mod tests {
         }
         assert_eq!(read, whole);
         assert!(!body.has_remaining());
+        assert_eq!(
+            copy.to_vec(),
+            whole,
+            "a copy taken before reading reads whole"
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use super::error::scrub_secrets;
 use super::error::{BuildError, UpstreamError};
 use super::headers::RateHeaders;
 use super::limiter::{AdaptiveLimiter, Congestion};
-use super::net::{Answer, Connections, Connector};
+use super::net::{Answer, Connections, Connector, Limits, Liveness, Proxies};
 use super::pacer::Pacer;
 use super::settings::{AuthStyle, EndpointSettings, Transport};
 use super::templates::{PackTemplate, RequestTemplate};
@@ -34,6 +34,9 @@ const USER_AGENT_VALUE: &str = concat!("hn-classifier/", env!("CARGO_PKG_VERSION
 /// `BENCH_AFTER_FAILURES` server errors in a row. Not for good: a benched endpoint gets no
 /// traffic to prove it recovered, so it is tried again after this.
 pub const BENCH_FOR: Duration = Duration::from_secs(30);
+/// The longest a connection's opening (TCP, proxy, TLS, handshake) may take, within the call's
+/// own timeout.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Server errors or timeouts in a row that bench an endpoint.
 const BENCH_AFTER_FAILURES: u32 = 5;
 
@@ -111,14 +114,24 @@ impl Endpoint {
             &uri,
             http2,
             roots,
-            call_timeout.min(Duration::from_secs(10)),
+            call_timeout.min(OPEN_TIMEOUT),
+            &Proxies::from_env(),
         )?;
         let mut headers = http::HeaderMap::new();
         headers.insert(header, value);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
-        let streams = http2.then_some(transport.streams_per_connection);
-        let http = Connections::new(connector, uri, headers, streams, settings.max_in_flight)?;
+        let limits = Limits {
+            http2_streams: http2.then_some(transport.streams_per_connection),
+            max_in_flight: settings.max_in_flight,
+            liveness: Liveness {
+                interval: transport.ping_interval,
+                timeout: transport.ping_timeout,
+            },
+            open_timeout: call_timeout.min(OPEN_TIMEOUT),
+            max_response_bytes: transport.max_response_bytes,
+        };
+        let http = Connections::new(connector, uri, headers, limits)?;
         let templates = taxonomies
             .iter()
             .map(|t| {
@@ -154,6 +167,11 @@ impl Endpoint {
         let budget = SharedBudget::new(coordinator.clone(), &self.url, &self.api_key);
         let local = std::mem::replace(&mut self.pacer, Pacer::new(None, None));
         self.pacer = local.with_shared_budget(budget);
+    }
+
+    /// Requests sent again because the server never processed them.
+    pub fn resent(&self) -> u64 {
+        self.http.resent()
     }
 
     pub fn model(&self) -> &str {
@@ -262,6 +280,9 @@ impl Endpoint {
     fn track_health<T>(&self, result: &Result<T, UpstreamError>) {
         match result {
             Err(e) if e.is_refusal_of_key() => self.bench("the provider refused the key or quota"),
+            // One dead connection is not a failing endpoint: its calls go out again on a fresh
+            // one, and if that cannot be opened, the openings' failures count.
+            Err(UpstreamError::Transport(e)) if e.is_connection_replaced() => {}
             Err(UpstreamError::Timeout(_) | UpstreamError::Transport(_))
             | Err(UpstreamError::Http { status: 500.., .. }) => {
                 let streak = self.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;

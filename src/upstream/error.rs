@@ -60,6 +60,14 @@ pub enum BuildError {
     NoEndpoints,
     #[error("an upstream URL has no host")]
     InvalidUrl,
+    /// rustls to the proxy is not wired in, and a plaintext CONNECT to an `https://` proxy would
+    /// put the proxy's credentials on the wire in the clear: refused rather than half-done.
+    #[error(
+        "the proxy for {origin} is an https:// URL (HTTPS_PROXY, HTTP_PROXY or ALL_PROXY); TLS to \
+         the proxy itself is not supported: name it as http://HOST:PORT (calls to an https:// \
+         upstream are still encrypted end to end through its CONNECT tunnel)"
+    )]
+    HttpsProxy { origin: String },
 }
 
 /// Why a call got no HTTP answer: the upstream was not reached, or the exchange broke off.
@@ -77,9 +85,34 @@ pub enum TransportError {
     Send(#[source] Box<dyn Error + Send + Sync>),
     #[error("error reading the response")]
     Body(#[source] Box<dyn Error + Send + Sync>),
+    /// Opening a connection (TCP, proxy, TLS, handshake) took longer than its one timeout.
+    #[error("opening a connection took more than {}s", .0.as_secs_f64())]
+    OpenTimeout(Duration),
+    /// The connection the call was on stopped answering PINGs and was closed.
+    #[error("the connection stopped answering PINGs within {}s and was replaced", .0.as_secs_f64())]
+    Unresponsive(Duration),
+    #[error("the response is larger than HNC_UPSTREAM_MAX_RESPONSE_BYTES ({0} bytes)")]
+    TooLarge(usize),
     /// The failure of the connection this call waited for, opened for several calls.
     #[error(transparent)]
     Shared(Arc<TransportError>),
+}
+
+impl TransportError {
+    /// A response over the size cap: asking again would get the same.
+    pub fn is_too_large(&self) -> bool {
+        match self {
+            Self::TooLarge(_) => true,
+            Self::Shared(inner) => inner.is_too_large(),
+            _ => false,
+        }
+    }
+
+    /// The call was lost with a connection our PING check found dead: that connection's
+    /// failure, not the endpoint's (see `Endpoint::track_health`).
+    pub fn is_connection_replaced(&self) -> bool {
+        matches!(self, Self::Unresponsive(_))
+    }
 }
 
 impl UpstreamError {
@@ -87,6 +120,7 @@ impl UpstreamError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Timeout(_) => "upstream_timeout",
+            Self::Transport(e) if e.is_too_large() => "upstream_response_too_large",
             Self::Transport(_) => "upstream_unreachable",
             Self::Http {
                 code: Some(code), ..

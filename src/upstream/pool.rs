@@ -198,6 +198,12 @@ impl UpstreamClient {
         self.endpoints.iter().map(|e| (e.name(), e.is_benched()))
     }
 
+    /// Each endpoint's name and how many requests it sent again because the server never
+    /// processed them.
+    pub fn resent(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.endpoints.iter().map(|e| (e.name(), e.resent()))
+    }
+
     /// Each endpoint's name and the share of its rate limit its pacer aims for now.
     pub fn pacer_shares(&self) -> impl Iterator<Item = (&str, f64)> {
         self.endpoints.iter().map(|e| (e.name(), e.pacer().share()))

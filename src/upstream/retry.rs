@@ -182,7 +182,8 @@ impl UpstreamError {
     /// the provider says otherwise (`x-should-retry`) or the quota is gone (`insufficient_quota`).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Timeout(_) | Self::Transport(_) => true,
+            Self::Timeout(_) => true,
+            Self::Transport(e) => !e.is_too_large(),
             Self::Http {
                 code: Some(code), ..
             } if code == "insufficient_quota" => false,
@@ -243,6 +244,7 @@ impl UpstreamError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::error::TransportError;
 
     const POLICY: RetryPolicy = RetryPolicy {
         max_retries: 3,
@@ -283,6 +285,15 @@ mod tests {
         assert!(!http(500, None, None, Some(false)).is_retryable());
         assert!(http(400, None, None, Some(true)).is_retryable());
         assert!(UpstreamError::Timeout(Duration::from_secs(1)).is_retryable());
+        // A call lost with a connection that stopped answering PINGs goes again on a fresh one;
+        // an answer over the size cap would be as large again.
+        let lost = TransportError::Unresponsive(Duration::from_secs(5));
+        assert!(UpstreamError::Transport(lost).is_retryable());
+        assert!(!UpstreamError::Transport(TransportError::TooLarge(1024)).is_retryable());
+        assert_eq!(
+            UpstreamError::Transport(TransportError::TooLarge(1024)).code(),
+            "upstream_response_too_large"
+        );
         assert!(!UpstreamError::Refusal("no".into()).is_retryable());
     }
 

@@ -152,9 +152,28 @@ impl Http2 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transport {
     pub http2: Http2,
-    /// With HTTP/2, the most calls on one connection (OpenAI allows about 100): as many
-    /// connections as the endpoint's ceiling needs.
+    /// With HTTP/2, the most calls on one connection (OpenAI allows about 100), fewer when the
+    /// server's SETTINGS_MAX_CONCURRENT_STREAMS says so.
     pub streams_per_connection: usize,
+    /// How often an HTTP/2 connection is PINGed, and how long its answer may take before the
+    /// connection counts as dead and is replaced: a connection a NAT or load balancer dropped
+    /// without a word would otherwise take calls until TCP gives up, minutes later.
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    /// The largest response body read; a larger one fails its call, naming the cap.
+    pub max_response_bytes: usize,
+}
+
+impl Default for Transport {
+    fn default() -> Self {
+        Self {
+            http2: Http2::Auto,
+            streams_per_connection: 100,
+            ping_interval: Duration::from_secs(10),
+            ping_timeout: Duration::from_secs(5),
+            max_response_bytes: 1 << 20,
+        }
+    }
 }
 
 impl Transport {

@@ -1,7 +1,13 @@
 //! Opening one connection to an endpoint: TCP (hyper-util's connector over hickory's resolver:
 //! happy eyeballs, nodelay, connect timeout), through the proxy that HTTPS_PROXY, HTTP_PROXY or
-//! ALL_PROXY names unless NO_PROXY exempts the host (a CONNECT tunnel, hyper-util's), then TLS
-//! with ALPN for `https://`. Per connection, never per call: the call path is `connections.rs`.
+//! ALL_PROXY names unless NO_PROXY exempts the host, then TLS with ALPN for `https://`. Per
+//! connection, never per call: the call path is `connections.rs`.
+//!
+//! A proxy is used as curl, hyper-util's legacy client and every browser use one: an `https://`
+//! upstream (or h2c, which a forward proxy cannot carry) through a CONNECT tunnel to the
+//! origin's port, an `http://` one as a forward proxy, each request in absolute form. Proxies
+//! commonly allow CONNECT to port 443 only (Squid's default `SSL_ports`), so tunnelling plain
+//! HTTP is refused where forwarding it works.
 
 use std::io;
 use std::pin::Pin;
@@ -9,7 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::Uri;
+use http::{HeaderValue, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::proxy::matcher::Matcher;
@@ -44,13 +50,26 @@ pub fn trusted_roots(extra: &[CertificateDer<'static>]) -> Arc<RootCertStore> {
     Arc::new(roots)
 }
 
+/// How a connection reaches the origin.
+#[derive(Clone)]
+enum Route {
+    Direct,
+    /// A CONNECT tunnel through the proxy to the origin.
+    Tunnel(Tunnel<HttpConnector<Resolver>>),
+    /// To the forward proxy itself, which gets absolute-form requests (HTTP/1.1 over `http://`).
+    Forward {
+        proxy: Uri,
+        auth: Option<HeaderValue>,
+    },
+}
+
 /// Opens connections to one origin (scheme, host, port).
 #[derive(Clone)]
 pub struct Connector {
+    /// With its port always written out: a CONNECT tunnel to a URL without one aims at 443.
     origin: Uri,
     tcp: HttpConnector<Resolver>,
-    /// The CONNECT tunnel, when a proxy variable names one for this origin.
-    tunnel: Option<Tunnel<HttpConnector<Resolver>>>,
+    route: Route,
     /// For `https://`: the TLS client (its ALPN offers h2 only when HTTP/2 is wanted) and the
     /// name the certificate must carry.
     tls: Option<(TlsConnector, ServerName<'static>)>,
@@ -62,25 +81,27 @@ impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connector")
             .field("origin", &self.origin)
-            .field("proxied", &self.tunnel.is_some())
+            .field("proxied", &!matches!(self.route, Route::Direct))
             .finish_non_exhaustive()
     }
 }
 
 impl Connector {
     /// A connector for `url`'s origin; `http2` asks for HTTP/2 (negotiated over TLS, assumed
-    /// over cleartext).
+    /// over cleartext); `proxies` are the proxy variables (`Matcher::from_env()`).
     pub fn new(
         url: &Uri,
         http2: bool,
         roots: &Arc<RootCertStore>,
         connect_timeout: Duration,
+        proxies: &Matcher,
     ) -> Result<Self, BuildError> {
         let host = url.host().ok_or(BuildError::InvalidUrl)?.to_owned();
         let https = url.scheme_str() == Some("https");
+        let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
         let origin = Uri::builder()
-            .scheme(url.scheme_str().unwrap_or("http"))
-            .authority(url.authority().ok_or(BuildError::InvalidUrl)?.as_str())
+            .scheme(if https { "https" } else { "http" })
+            .authority(format!("{host}:{port}"))
             .path_and_query("/")
             .build()
             .map_err(|_| BuildError::InvalidUrl)?;
@@ -89,18 +110,31 @@ impl Connector {
         tcp.set_nodelay(true);
         tcp.set_connect_timeout(Some(connect_timeout));
         tcp.set_keepalive(Some(Duration::from_secs(60)));
-        let tunnel = Matcher::from_env().intercept(&origin).map(|proxy| {
-            let tunnel = Tunnel::new(proxy.uri().clone(), tcp.clone());
-            match proxy.basic_auth() {
-                Some(auth) => tunnel.with_auth(auth.clone()),
-                None => tunnel,
+        let route = match proxies.intercept(url) {
+            None => Route::Direct,
+            Some(proxy) if proxy.uri().scheme_str() == Some("https") => {
+                return Err(BuildError::HttpsProxy {
+                    origin: format!("{}://{host}:{port}", origin.scheme_str().unwrap_or("http")),
+                });
             }
-        });
+            // h2c cannot pass a forward proxy (it would downgrade or refuse the preface).
+            Some(proxy) if https || http2 => {
+                let tunnel = Tunnel::new(proxy.uri().clone(), tcp.clone());
+                Route::Tunnel(match proxy.basic_auth() {
+                    Some(auth) => tunnel.with_auth(auth.clone()),
+                    None => tunnel,
+                })
+            }
+            Some(proxy) => Route::Forward {
+                proxy: proxy.uri().clone(),
+                auth: proxy.basic_auth().cloned(),
+            },
+        };
         let tls = https.then(|| tls_client(&host, http2, roots)).transpose()?;
         Ok(Self {
             origin,
             tcp,
-            tunnel,
+            route,
             tls,
             cleartext: if http2 {
                 Protocol::Http2
@@ -110,18 +144,33 @@ impl Connector {
         })
     }
 
+    /// With a forward proxy, the `Proxy-Authorization` value (if any) its requests carry: they
+    /// are then sent in absolute form. `None` when requests go to the origin itself.
+    pub fn forward_proxy(&self) -> Option<Option<&HeaderValue>> {
+        match &self.route {
+            Route::Forward { auth, .. } => Some(auth.as_ref()),
+            _ => None,
+        }
+    }
+
     /// One new connection, and what it speaks.
     pub async fn connect(&self) -> Result<(Stream, Protocol), TransportError> {
-        let tcp = match &self.tunnel {
-            Some(tunnel) => tunnel
+        let tcp = match &self.route {
+            Route::Tunnel(tunnel) => tunnel
                 .clone()
                 .oneshot(self.origin.clone())
                 .await
                 .map_err(|e| TransportError::Proxy(e.into()))?,
-            None => self
+            Route::Direct => self
                 .tcp
                 .clone()
                 .oneshot(self.origin.clone())
+                .await
+                .map_err(|e| TransportError::Connect(e.into()))?,
+            Route::Forward { proxy, .. } => self
+                .tcp
+                .clone()
+                .oneshot(proxy.clone())
                 .await
                 .map_err(|e| TransportError::Connect(e.into()))?,
         }

@@ -1,38 +1,39 @@
-//! One endpoint's connections and one call over them. HTTP/2: a fixed set of connections, each
-//! shared by many calls, opened on first use and again after it closes (one opening at a time per
-//! connection; calls that waited on a failed opening fail with its error rather than each trying
-//! in turn). HTTP/1.1: idle connections kept for the next call, one call per connection.
+//! One endpoint's connections and one call over them: HTTP/2 (`http2.rs`, many calls on a
+//! connection) or HTTP/1.1 (`http1.rs`, one call on a connection at a time).
 //!
 //! HTTP/2 is spoken with the `h2` crate directly, HTTP/1.1 with hyper's connection API, rather
 //! than through a pooled client (reqwest, hyper-util's legacy client or pool services, or even
 //! hyper's HTTP/2 connection, which spawns two tasks per call the size of its connection task):
 //! those keep 3-10 KiB of state per call in flight, where the design allows 6 KiB for everything.
 //! A call here is the caller's own future plus h2's stream record.
+//!
+//! A request the server never processed is sent again at once, on another connection, and is
+//! no failure of the call's: RFC 9113 (8.7) says which those are over HTTP/2, a stream above a
+//! GOAWAY's last stream id or reset with REFUSED_STREAM, and one that could not start because
+//! its connection was closing; over HTTP/1.1, one hyper hands back unsent. hyper-util's legacy
+//! client resends the HTTP/1.1 kind only, and nothing over HTTP/2; nginx, CDNs and load
+//! balancers send GOAWAY on a connection's age or request count as a matter of routine, so
+//! here both are resent, without spending the retry budget or the endpoint's health.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::HOST;
+use http::header::{HOST, PROXY_AUTHORIZATION};
 use http::{HeaderMap, HeaderValue, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 
-use super::connect::{Connector, Protocol, Stream};
+use super::connect::{Connector, Protocol};
+use super::http1::{self, Idle};
+use super::http2::{Conn, Lease, Liveness, Pool};
+use super::openings::Openings;
 use crate::upstream::body::RequestBody;
 use crate::upstream::error::{BuildError, TransportError};
 
-/// An idle HTTP/1.1 connection older than this is closed rather than reused: servers and load
-/// balancers drop idle connections after a minute or two, and a call sent on one just dropped
-/// fails.
-const IDLE_FOR: Duration = Duration::from_secs(90);
-
-/// HTTP/2 flow-control credit given to the server: answers are small, so this only has to keep
-/// a connection's hundred answers from waiting on each other.
-const STREAM_WINDOW: u32 = 256 * 1024;
-const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+/// Resends of a request the server never processed, before its last refusal counts as the
+/// call's failure: a server that refuses every stream is failing, not rotating connections.
+const MAX_RESENDS: u32 = 16;
 
 /// A response, read whole.
 #[derive(Debug)]
@@ -42,45 +43,21 @@ pub struct Answer {
     pub body: Bytes,
 }
 
-/// An open HTTP/2 connection: its handle, and whether its driver task has ended.
-#[derive(Clone)]
-struct Http2 {
-    sender: h2::client::SendRequest<RequestBody>,
-    closed: Arc<AtomicBool>,
+/// How calls to an endpoint use their connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Over HTTP/2 (when asked for), at most this many calls on one connection.
+    pub http2_streams: Option<usize>,
+    /// The endpoint's ceiling on calls in flight.
+    pub max_in_flight: usize,
+    pub liveness: Liveness,
+    /// For the whole opening of a connection: TCP, proxy, TLS, handshake.
+    pub open_timeout: Duration,
+    pub max_response_bytes: usize,
 }
 
-/// One shared HTTP/2 connection.
-#[derive(Default)]
-struct Shared {
-    conn: Mutex<Option<Http2>>,
-    /// Held while the connection is being opened.
-    opening: tokio::sync::Mutex<()>,
-    /// Openings tried, and the last one's failure: calls that waited on it fail with it.
-    attempts: AtomicU64,
-    failure: Mutex<Option<Arc<TransportError>>>,
-}
-
-impl Shared {
-    fn live(&self) -> Option<Http2> {
-        let mut conn = self.conn.lock().expect("connection lock poisoned");
-        if conn
-            .as_ref()
-            .is_some_and(|c| c.closed.load(Ordering::Acquire))
-        {
-            *conn = None;
-        }
-        conn.clone()
-    }
-}
-
-/// A connection a call goes out on.
-enum Conn {
-    Shared(Http2),
-    Own(http1::SendRequest<Full<RequestBody>>),
-}
-
-/// Why `try_send` failed: `Unsent` when the request never left (the connection had closed), so
-/// sending it again elsewhere is safe.
+/// Why `try_send` failed: `Unsent` when the server never processed the request, so sending it
+/// again elsewhere is safe.
 enum Failed {
     Unsent(RequestBody, TransportError),
     Sent(TransportError),
@@ -102,97 +79,145 @@ impl Failed {
 
 pub struct Connections {
     connector: Connector,
-    /// The call's URL (HTTP/2 sends it whole) and its path (HTTP/1.1's request target).
+    /// The call's URL, which HTTP/2 sends whole, and every call's headers (the key among them,
+    /// marked sensitive).
     url: Uri,
-    path: Uri,
-    /// Every call's headers (the key among them, marked sensitive); HTTP/1.1 adds `Host`.
     headers: HeaderMap,
-    host: HeaderValue,
-    /// HTTP/2's connections; empty for HTTP/1.1.
-    shared: Box<[Shared]>,
-    next: AtomicUsize,
+    /// HTTP/1.1's request target (the path, or the whole URL through a forward proxy) and
+    /// headers (`Host` added, and the proxy's credentials).
+    http1_target: Uri,
+    http1_headers: HeaderMap,
+    /// HTTP/2's connections, when asked for.
+    http2: Option<Pool>,
     /// The server chose HTTP/1.1 when offered both over TLS: every call goes that way.
     http1_only: AtomicBool,
-    idle: Mutex<Vec<(http1::SendRequest<Full<RequestBody>>, Instant)>>,
-    max_idle: usize,
+    idle: Idle,
+    openings: Openings,
+    limits: Limits,
+    /// Requests sent again because the server never processed them.
+    resent: AtomicU64,
 }
 
 impl std::fmt::Debug for Connections {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connections")
             .field("connector", &self.connector)
-            .field("http2_connections", &self.shared.len())
+            .field("http2", &self.http2.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl Connections {
-    /// Connections for up to `max_in_flight` POSTs to `url` at once, each with `headers`; over
-    /// HTTP/2 (when asked for) at most `http2_streams` on one connection.
+    /// Connections for POSTs to `url`, each with `headers`.
     pub fn new(
         connector: Connector,
         url: Uri,
         headers: HeaderMap,
-        http2_streams: Option<usize>,
-        max_in_flight: usize,
+        limits: Limits,
     ) -> Result<Self, BuildError> {
-        let shared =
-            http2_streams.map_or(0, |streams| max_in_flight.div_ceil(streams.max(1)).max(1));
         let authority = url.authority().ok_or(BuildError::InvalidUrl)?;
         let host = HeaderValue::from_str(authority.as_str()).map_err(|_| BuildError::InvalidUrl)?;
-        let path = url
-            .path_and_query()
-            .map_or(Uri::from_static("/"), |p| Uri::from(p.clone()));
+        let mut http1_headers = headers.clone();
+        http1_headers.insert(HOST, host);
+        let http1_target = match connector.forward_proxy() {
+            Some(auth) => {
+                if let Some(auth) = auth {
+                    let mut auth = auth.clone();
+                    auth.set_sensitive(true);
+                    http1_headers.insert(PROXY_AUTHORIZATION, auth);
+                }
+                url.clone()
+            }
+            None => url
+                .path_and_query()
+                .map_or(Uri::from_static("/"), |p| Uri::from(p.clone())),
+        };
+        let http2 = limits
+            .http2_streams
+            .map(|streams| Pool::new(streams, limits.max_in_flight, limits.liveness));
         Ok(Self {
             connector,
             url,
-            path,
             headers,
-            host,
-            shared: (0..shared).map(|_| Shared::default()).collect(),
-            next: AtomicUsize::new(0),
+            http1_target,
+            http1_headers,
+            http2,
             http1_only: AtomicBool::new(false),
-            idle: Mutex::new(Vec::new()),
-            max_idle: max_in_flight,
+            idle: Idle::new(limits.max_in_flight),
+            openings: Openings::default(),
+            limits,
+            resent: AtomicU64::new(0),
         })
     }
 
-    /// POSTs `body` and reads the whole answer. A request that never left because its
-    /// connection had closed is sent once more; any other failure is the caller's to retry.
+    /// POSTs `body` and reads the whole answer. A request the server never processed is sent
+    /// again at once; any other failure is the caller's to retry.
     pub async fn send(&self, mut body: RequestBody) -> Result<Answer, TransportError> {
         // One `await` in a loop rather than two in a row: the future keeps room for one
         // attempt, not two.
-        let mut resent = false;
+        let mut resends = 0;
         loop {
             match self.try_send(body).await {
-                Err(Failed::Unsent(unsent, _)) if !resent => {
+                Err(Failed::Unsent(unsent, error)) if resends < MAX_RESENDS => {
+                    tracing::debug!(upstream = ?self.connector, %error, "request not processed by the server: sent again");
                     body = unsent;
-                    resent = true;
+                    resends += 1;
+                    self.resent.fetch_add(1, Ordering::Relaxed);
                 }
                 result => return result.map_err(Failed::into_error),
             }
         }
     }
 
-    async fn try_send(&self, body: RequestBody) -> Result<Answer, Failed> {
-        match self.conn().await? {
-            Conn::Shared(conn) => self.over_http2(conn, body).await,
-            // Boxed: hyper's HTTP/1.1 exchange is the larger future, and an HTTP/1.1 call has a
-            // connection of its own anyway.
-            Conn::Own(sender) => Box::pin(self.over_http1(sender, body)).await,
-        }
+    /// Requests sent again so far because the server never processed them.
+    pub fn resent(&self) -> u64 {
+        self.resent.load(Ordering::Relaxed)
     }
 
-    async fn over_http2(&self, conn: Http2, body: RequestBody) -> Result<Answer, Failed> {
-        // A connection that cannot take a new stream is done: marked so, the resend (and every
-        // later call) opens a fresh one without waiting for its task to notice.
-        let unsent = |body, e: h2::Error| {
-            conn.closed.store(true, Ordering::Release);
+    async fn try_send(&self, body: RequestBody) -> Result<Answer, Failed> {
+        if let Some(pool) = self.http2_pool() {
+            let lease = match pool.try_lease() {
+                Some(lease) => Some(lease),
+                // Boxed: waiting for room or opening a connection (DNS, TCP, proxy, TLS,
+                // handshake) is a large future that every call would otherwise carry while it
+                // waits for its answer.
+                None => {
+                    Box::pin(pool.lease(|| self.open_http2(pool), || self.openings.blocked()))
+                        .await?
+                }
+            };
+            if let Some(lease) = lease {
+                return self.over_http2(lease, body).await;
+            }
+        }
+        // Boxed: hyper's HTTP/1.1 exchange is the larger future, and an HTTP/1.1 call has a
+        // connection of its own anyway.
+        Box::pin(self.over_http1(body)).await
+    }
+
+    fn http2_pool(&self) -> Option<&Pool> {
+        self.http2
+            .as_ref()
+            .filter(|_| !self.http1_only.load(Ordering::Relaxed))
+    }
+
+    async fn over_http2(&self, lease: Lease, body: RequestBody) -> Result<Answer, Failed> {
+        let result = self.exchange_http2(&lease, body).await;
+        lease.end();
+        result
+    }
+
+    async fn exchange_http2(&self, lease: &Lease, body: RequestBody) -> Result<Answer, Failed> {
+        let conn = lease.conn();
+        // Before the stream starts, any failure leaves the request unsent, and the connection
+        // is done: marked so, the resend (and every later call) goes elsewhere.
+        let not_started = |body, e: h2::Error| {
+            conn.drain();
             Failed::Unsent(body, TransportError::Send(e.into()))
         };
-        let mut sender = match conn.sender.ready().await {
+        let mut sender = match lease.sender().ready().await {
             Ok(sender) => sender,
-            Err(e) => return Err(unsent(body, e)),
+            Err(e) => return Err(not_started(body, e)),
         };
         let mut request = Request::post(self.url.clone())
             .body(())
@@ -200,17 +225,31 @@ impl Connections {
         *request.headers_mut() = self.headers.clone();
         let (response, mut stream) = match sender.send_request(request, false) {
             Ok(sent) => sent,
-            Err(e) => return Err(unsent(body, e)),
+            Err(e) => return Err(not_started(body, e)),
         };
         drop(sender);
-        let sent = |e: h2::Error| Failed::Sent(TransportError::Send(e.into()));
-        stream.send_data(body, true).map_err(sent)?;
-        let (parts, mut incoming) = response.await.map_err(sent)?.into_parts();
+        // A copy, by reference, in case the server turns the stream away unprocessed.
+        let again = body.clone();
+        stream
+            .send_data(body, true)
+            .map_err(|e| self.stream_failed(conn, e, &again))?;
+        let (parts, mut incoming) = response
+            .await
+            .map_err(|e| self.stream_failed(conn, e, &again))?
+            .into_parts();
+        drop(again);
         let mut body = Received::default();
         while let Some(chunk) = incoming.data().await {
-            let chunk = chunk.map_err(|e| TransportError::Body(e.into()))?;
+            let chunk = chunk.map_err(|e| match self.lost(conn) {
+                Some(lost) => lost,
+                None => TransportError::Body(e.into()),
+            })?;
             // Credit goes back at once: the whole answer is read regardless.
             let _ = incoming.flow_control().release_capacity(chunk.len());
+            if body.len() + chunk.len() > self.limits.max_response_bytes {
+                // Dropping the stream resets it: the rest is not read.
+                return Err(TransportError::TooLarge(self.limits.max_response_bytes).into());
+            }
             body.push(chunk);
         }
         Ok(Answer {
@@ -220,16 +259,35 @@ impl Connections {
         })
     }
 
-    async fn over_http1(
-        &self,
-        mut sender: http1::SendRequest<Full<RequestBody>>,
-        body: RequestBody,
-    ) -> Result<Answer, Failed> {
-        let mut request = Request::post(self.path.clone())
+    /// A started stream's failure: unsent when the server never processed it, the PING
+    /// check's verdict when that closed the connection, else the error itself.
+    fn stream_failed(&self, conn: &Conn, error: h2::Error, body: &RequestBody) -> Failed {
+        if let Some(lost) = self.lost(conn) {
+            return lost.into();
+        }
+        if never_processed(&error) {
+            if error.is_go_away() {
+                conn.drain();
+            }
+            return Failed::Unsent(body.clone(), TransportError::Send(error.into()));
+        }
+        TransportError::Send(error.into()).into()
+    }
+
+    fn lost(&self, conn: &Conn) -> Option<TransportError> {
+        conn.is_unresponsive()
+            .then_some(TransportError::Unresponsive(self.limits.liveness.timeout))
+    }
+
+    async fn over_http1(&self, body: RequestBody) -> Result<Answer, Failed> {
+        let mut sender = match self.idle.take().await {
+            Some(sender) => sender,
+            None => self.open_http1().await?,
+        };
+        let mut request = Request::post(self.http1_target.clone())
             .body(Full::new(body.clone()))
             .expect("the URL was parsed at start-up");
-        *request.headers_mut() = self.headers.clone();
-        request.headers_mut().insert(HOST, self.host.clone());
+        *request.headers_mut() = self.http1_headers.clone();
         let response = match sender.try_send_request(request).await {
             Ok(response) => response,
             Err(mut e) => {
@@ -243,12 +301,19 @@ impl Connections {
             }
         };
         let (parts, incoming) = response.into_parts();
-        let body = incoming
+        let cap = self.limits.max_response_bytes;
+        let body = Limited::new(incoming, cap)
             .collect()
             .await
-            .map_err(|e| TransportError::Body(e.into()))?
+            .map_err(|e| {
+                if e.is::<LengthLimitError>() {
+                    TransportError::TooLarge(cap)
+                } else {
+                    TransportError::Body(e)
+                }
+            })?
             .to_bytes();
-        self.keep_idle(sender);
+        self.idle.put(sender);
         Ok(Answer {
             status: parts.status,
             headers: parts.headers,
@@ -256,111 +321,66 @@ impl Connections {
         })
     }
 
-    async fn conn(&self) -> Result<Conn, TransportError> {
-        if self.shared.is_empty() || self.http1_only.load(Ordering::Relaxed) {
-            return Ok(Conn::Own(self.idle_or_new().await?));
-        }
-        let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.shared.len();
-        let slot = &self.shared[turn];
-        match slot.live() {
-            Some(conn) => Ok(Conn::Shared(conn)),
-            // Boxed: opening a connection (DNS, TCP, proxy, TLS, handshake) is a large future
-            // that every call would otherwise carry while it waits for its answer.
-            None => Box::pin(self.open_shared(slot)).await,
-        }
+    /// A new HTTP/2 connection for the pool, or `None` when the server chose HTTP/1.1 (its
+    /// connection then waits idle for the next call, and every call goes over HTTP/1.1).
+    async fn open_http2(&self, pool: &Pool) -> Result<Option<Arc<Conn>>, TransportError> {
+        let opened = self
+            .within_open_timeout(async {
+                let (stream, protocol) = self.connector.connect().await?;
+                if protocol == Protocol::Http2 {
+                    return pool.handshake(stream).await.map(Some);
+                }
+                if !self.http1_only.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        upstream = ?self.connector,
+                        "the server chose HTTP/1.1 when offered HTTP/2: calls go over HTTP/1.1"
+                    );
+                }
+                self.idle.put(http1::handshake(stream).await?);
+                Ok(None)
+            })
+            .await;
+        self.settle(opened)
     }
 
-    /// The slot's connection, opened unless another call opened it meanwhile.
-    async fn open_shared(&self, slot: &Shared) -> Result<Conn, TransportError> {
-        let seen = slot.attempts.load(Ordering::Acquire);
-        let _opening = slot.opening.lock().await;
-        if let Some(conn) = slot.live() {
-            return Ok(Conn::Shared(conn));
-        }
-        if slot.attempts.load(Ordering::Acquire) != seen
-            && let Some(failure) = slot.failure.lock().expect("failure lock poisoned").clone()
-        {
+    async fn open_http1(&self) -> Result<http1::Sender, TransportError> {
+        if let Some(failure) = self.openings.blocked() {
             return Err(TransportError::Shared(failure));
         }
-        slot.attempts.fetch_add(1, Ordering::AcqRel);
-        let opened = self.open(slot).await;
-        let mut failure = slot.failure.lock().expect("failure lock poisoned");
-        match opened {
-            Ok(conn) => {
-                *failure = None;
-                Ok(conn)
-            }
-            Err(error) => {
-                let error = Arc::new(error);
-                *failure = Some(error.clone());
-                Err(TransportError::Shared(error))
-            }
-        }
+        let opened = Box::pin(self.within_open_timeout(async {
+            let (stream, _) = self.connector.connect().await?;
+            http1::handshake(stream).await
+        }))
+        .await;
+        self.settle(opened)
     }
 
-    async fn open(&self, slot: &Shared) -> Result<Conn, TransportError> {
-        let (stream, protocol) = self.connector.connect().await?;
-        if protocol == Protocol::Http1 {
-            if !self.http1_only.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    upstream = ?self.connector,
-                    "the server chose HTTP/1.1 when offered HTTP/2: calls go over HTTP/1.1"
-                );
-            }
-            return Ok(Conn::Own(handshake_http1(stream).await?));
-        }
-        let (sender, connection) = h2::client::Builder::new()
-            .initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .handshake(stream)
+    async fn within_open_timeout<T>(
+        &self,
+        opening: impl Future<Output = Result<T, TransportError>>,
+    ) -> Result<T, TransportError> {
+        let limit = self.limits.open_timeout;
+        tokio::time::timeout(limit, opening)
             .await
-            .map_err(|e| TransportError::Handshake(e.into()))?;
-        let closed = Arc::new(AtomicBool::new(false));
-        let ended = closed.clone();
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "upstream HTTP/2 connection closed");
-            }
-            ended.store(true, Ordering::Release);
-        });
-        let conn = Http2 { sender, closed };
-        *slot.conn.lock().expect("connection lock poisoned") = Some(conn.clone());
-        Ok(Conn::Shared(conn))
+            .unwrap_or(Err(TransportError::OpenTimeout(limit)))
     }
 
-    async fn idle_or_new(&self) -> Result<http1::SendRequest<Full<RequestBody>>, TransportError> {
-        loop {
-            let next = self.idle.lock().expect("idle lock poisoned").pop();
-            let Some((mut sender, since)) = next else {
-                let (stream, _) = Box::pin(self.connector.connect()).await?;
-                return Box::pin(handshake_http1(stream)).await;
-            };
-            if since.elapsed() < IDLE_FOR && sender.ready().await.is_ok() {
-                return Ok(sender);
+    /// Records an opening's outcome; a failure is shared with the calls that waited for it.
+    fn settle<T>(&self, opened: Result<T, TransportError>) -> Result<T, TransportError> {
+        match opened {
+            Ok(opened) => {
+                self.openings.succeeded();
+                Ok(opened)
             }
-        }
-    }
-
-    fn keep_idle(&self, sender: http1::SendRequest<Full<RequestBody>>) {
-        let mut idle = self.idle.lock().expect("idle lock poisoned");
-        if idle.len() < self.max_idle && !sender.is_closed() {
-            idle.push((sender, Instant::now()));
+            Err(error) => Err(TransportError::Shared(self.openings.failed(error))),
         }
     }
 }
 
-async fn handshake_http1(
-    stream: Stream,
-) -> Result<http1::SendRequest<Full<RequestBody>>, TransportError> {
-    let (sender, connection) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| TransportError::Handshake(e.into()))?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%error, "upstream HTTP/1.1 connection closed");
-        }
-    });
-    Ok(sender)
+/// RFC 9113 (8.7): the server did not process a stream it refused with REFUSED_STREAM, nor one
+/// above its GOAWAY's last stream id (h2 fails exactly those with the GOAWAY's error).
+fn never_processed(error: &h2::Error) -> bool {
+    error.is_remote() && (error.is_go_away() || error.reason() == Some(h2::Reason::REFUSED_STREAM))
 }
 
 /// A response body read in chunks, copied only when there is more than one.
@@ -371,6 +391,10 @@ struct Received {
 }
 
 impl Received {
+    fn len(&self) -> usize {
+        self.rest.as_ref().map_or(self.first.len(), BytesMut::len)
+    }
+
     fn push(&mut self, chunk: Bytes) {
         match &mut self.rest {
             Some(rest) => rest.extend_from_slice(&chunk),

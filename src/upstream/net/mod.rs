@@ -1,11 +1,19 @@
 //! An endpoint's HTTP connections, managed here rather than by a general-purpose client: one
 //! small future per call and no per-request boxing, so ten thousand calls in flight fit in a few
-//! KiB each (DESIGN target 4). HTTP/2 connections are shared by many calls, HTTP/1.1 ones are
-//! kept idle between calls.
+//! KiB each (docs/BENCHMARKS.md, memory at 10,000 calls in flight). HTTP/2 connections are shared by many calls
+//! (`http2.rs`), HTTP/1.1 ones are kept idle between calls (`http1.rs`); `connections.rs` sends
+//! one call over either, and `connect.rs` opens a connection (proxy, TLS).
 
 mod connect;
 mod connections;
 mod dns;
+mod http1;
+mod http2;
+mod openings;
+#[cfg(test)]
+mod tests;
 
 pub use connect::{Connector, trusted_roots};
-pub use connections::{Answer, Connections};
+pub use connections::{Answer, Connections, Limits};
+pub use http2::Liveness;
+pub use hyper_util::client::proxy::matcher::Matcher as Proxies;

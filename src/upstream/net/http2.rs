@@ -1,0 +1,380 @@
+//! An endpoint's HTTP/2 connections, each shared by many calls, spoken with the `h2` crate.
+//!
+//! What this reproduces of hyper's and pingora's HTTP/2 clients, each tested in `tests.rs`:
+//! - Streams are counted per connection against the smaller of our limit and the server's
+//!   `SETTINGS_MAX_CONCURRENT_STREAMS` (hyper leaves the queueing to h2, pingora counts as here).
+//!   When every connection is full another is opened, as many at once as the waiting calls
+//!   need, up to what the endpoint's ceiling on calls in flight needs; meanwhile calls wait
+//!   here, woken as streams end.
+//! - A connection that received GOAWAY, or refused a new stream, takes no new streams
+//!   (pingora's "no new streams after GOAWAY"); the streams it already carries finish, and the
+//!   next call that finds no room opens a replacement. Which streams the server never
+//!   processed, and so are safe to send again, is `connections.rs`'s to judge.
+//! - Keep-alive PINGs, while idle too (hyper's `keep_alive_interval` and `keep_alive_timeout`
+//!   with `keep_alive_while_idle`): a connection whose PING goes unanswered is closed, and the
+//!   calls on it fail as `Unresponsive`, to be retried on a fresh one. A call that times out or
+//!   is cancelled on a connection triggers a PING at once, so a silent connection is found
+//!   without waiting for the interval.
+//! - One timeout for the whole opening (TCP, proxy, TLS, handshake) and a wait after failed
+//!   openings (`openings.rs`), which neither library has per endpoint.
+
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use h2::client::SendRequest;
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+
+use super::connect::Stream;
+use crate::upstream::body::RequestBody;
+use crate::upstream::error::TransportError;
+
+/// HTTP/2 flow-control credit given to the server: answers are small, so this only has to keep
+/// a connection's hundred answers from waiting on each other.
+const STREAM_WINDOW: u32 = 256 * 1024;
+const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+
+/// How often a connection is PINGed, and how long the answer may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+/// One HTTP/2 connection.
+pub struct Conn {
+    sender: SendRequest<RequestBody>,
+    /// Our most streams on it; the server's SETTINGS may allow fewer.
+    limit: usize,
+    in_flight: AtomicUsize,
+    /// No new streams: the server sent GOAWAY or refused one. Its streams still finish.
+    draining: AtomicBool,
+    /// Its driver has ended: nothing more travels on it.
+    closed: AtomicBool,
+    /// Set by the PING check before it closes the connection, so the calls on it say why.
+    unresponsive: AtomicBool,
+    /// Asks the driver for a PING now.
+    check: Notify,
+    /// The pool's: a stream ended or a connection closed.
+    changed: Arc<Notify>,
+}
+
+impl Conn {
+    /// Streams it can take now.
+    fn room(&self) -> usize {
+        if self.draining.load(Ordering::Acquire) || self.closed.load(Ordering::Acquire) {
+            return 0;
+        }
+        let limit = self.limit.min(self.sender.current_max_send_streams());
+        limit.saturating_sub(self.in_flight.load(Ordering::Acquire))
+    }
+
+    /// Takes no new streams from now on.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether the PING check closed it.
+    pub fn is_unresponsive(&self) -> bool {
+        self.unresponsive.load(Ordering::Acquire)
+    }
+}
+
+/// A stream's place on a connection, given back when dropped. Dropped before the call ended
+/// (its timeout, or the caller gone), it asks the connection for a PING: a call that times out
+/// may be the first sign of a silent connection.
+pub struct Lease {
+    conn: Arc<Conn>,
+    ended: bool,
+}
+
+impl Lease {
+    pub fn conn(&self) -> &Conn {
+        &self.conn
+    }
+
+    /// A handle to start the stream with.
+    pub fn sender(&self) -> SendRequest<RequestBody> {
+        self.conn.sender.clone()
+    }
+
+    /// The call has its answer or its error.
+    pub fn end(mut self) {
+        self.ended = true;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.conn.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if !self.ended {
+            self.conn.check.notify_one();
+        }
+        self.conn.changed.notify_one();
+    }
+}
+
+/// An endpoint's HTTP/2 connections.
+pub struct Pool {
+    state: Mutex<State>,
+    changed: Arc<Notify>,
+    /// Our most streams on one connection.
+    streams: usize,
+    /// The endpoint's ceiling on calls in flight: with the streams a connection takes, how many
+    /// connections it can need.
+    max_in_flight: usize,
+    liveness: Liveness,
+}
+
+#[derive(Default)]
+struct State {
+    conns: Vec<Arc<Conn>>,
+    /// Connections being opened, and calls waiting for room.
+    opening: usize,
+    waiting: usize,
+}
+
+impl State {
+    fn forget_closed(&mut self) {
+        self.conns.retain(|c| !c.closed.load(Ordering::Acquire));
+    }
+
+    /// A stream on the connection with the most room, if any has room.
+    fn lease(&mut self) -> Option<Lease> {
+        let conn = self
+            .conns
+            .iter()
+            .map(|c| (c.room(), c))
+            .filter(|(room, _)| *room > 0)
+            .max_by_key(|(room, _)| *room)?
+            .1;
+        conn.in_flight.fetch_add(1, Ordering::AcqRel);
+        Some(Lease {
+            conn: conn.clone(),
+            ended: false,
+        })
+    }
+
+    /// Streams one connection takes: ours, or fewer if an open one's server says so.
+    fn per_connection(&self, streams: usize) -> usize {
+        self.conns
+            .iter()
+            .map(|c| c.limit.min(c.sender.current_max_send_streams()))
+            .min()
+            .unwrap_or(streams)
+            .max(1)
+    }
+}
+
+/// What a call that found no room does next.
+enum Next {
+    Open,
+    Wait,
+}
+
+impl Pool {
+    pub fn new(streams: usize, max_in_flight: usize, liveness: Liveness) -> Self {
+        Self {
+            state: Mutex::default(),
+            changed: Arc::new(Notify::new()),
+            streams: streams.max(1),
+            max_in_flight: max_in_flight.max(1),
+            liveness,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("HTTP/2 pool lock poisoned")
+    }
+
+    /// A stream on a connection with room now, if there is one.
+    pub fn try_lease(&self) -> Option<Lease> {
+        let mut state = self.state();
+        state.forget_closed();
+        state.lease()
+    }
+
+    /// Whether a call that found no room should open a connection or wait for room: open while
+    /// the connections being opened cannot take every waiting call, up to what the endpoint's
+    /// ceiling needs. Counts the caller as waiting when it is to wait.
+    fn next_step(&self, state: &mut State) -> Next {
+        let per_connection = state.per_connection(self.streams);
+        let needed = self.max_in_flight.div_ceil(per_connection);
+        let live = state
+            .conns
+            .iter()
+            .filter(|c| !c.draining.load(Ordering::Acquire))
+            .count();
+        if live + state.opening < needed && state.opening * per_connection <= state.waiting {
+            state.opening += 1;
+            Next::Open
+        } else {
+            state.waiting += 1;
+            Next::Wait
+        }
+    }
+
+    /// A stream, opening a connection with `open` or waiting for room as the pool needs; `None`
+    /// when `open` found that the server speaks HTTP/1.1 only. Fails with an opening's error:
+    /// this call's own, or the one it waited for (`blocked` says whether one just failed).
+    pub async fn lease<F, Fut>(
+        &self,
+        open: F,
+        blocked: impl Fn() -> Option<Arc<TransportError>>,
+    ) -> Result<Option<Lease>, TransportError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Option<Arc<Conn>>, TransportError>>,
+    {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let next = {
+                let mut state = self.state();
+                state.forget_closed();
+                if let Some(lease) = state.lease() {
+                    return Ok(Some(lease));
+                }
+                if let Some(failure) = blocked() {
+                    return Err(TransportError::Shared(failure));
+                }
+                self.next_step(&mut state)
+            };
+            match next {
+                Next::Open => {
+                    let opening = Opening(self);
+                    let Some(conn) = open().await? else {
+                        return Ok(None);
+                    };
+                    let mut state = self.state();
+                    state.conns.push(conn);
+                    let lease = state.lease();
+                    drop(state);
+                    drop(opening);
+                    if lease.is_some() {
+                        return Ok(lease);
+                    }
+                }
+                Next::Wait => {
+                    let _waiting = Waiting(self);
+                    notified.await;
+                }
+            }
+        }
+    }
+
+    /// Starts an HTTP/2 connection on `stream`: the handshake, and its driver task.
+    pub async fn handshake(&self, stream: Stream) -> Result<Arc<Conn>, TransportError> {
+        let (sender, connection) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            // Until the server's SETTINGS say otherwise: h2 assumes no limit.
+            .initial_max_send_streams(self.streams)
+            .handshake(stream)
+            .await
+            .map_err(|e| TransportError::Handshake(e.into()))?;
+        let (settled, answered) = oneshot::channel();
+        let conn = Arc::new(Conn {
+            sender,
+            limit: self.streams,
+            in_flight: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            unresponsive: AtomicBool::new(false),
+            check: Notify::new(),
+            changed: self.changed.clone(),
+        });
+        tokio::spawn(drive(connection, conn.clone(), self.liveness, settled));
+        // The server's SETTINGS come before its answer to our first PING: once it is here, the
+        // stream limit is the server's, and the first calls do not queue unseen inside h2.
+        answered.await.map_err(|_| {
+            TransportError::Handshake("the connection closed before the server's SETTINGS".into())
+        })?;
+        Ok(conn)
+    }
+}
+
+/// Holds a place among the connections being opened; the waiting calls are told when it ends,
+/// opened, failed or cancelled, so none waits on an opening nobody is making.
+struct Opening<'a>(&'a Pool);
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        self.0.state().opening -= 1;
+        self.0.changed.notify_waiters();
+    }
+}
+
+/// Counts a call among those waiting for room.
+struct Waiting<'a>(&'a Pool);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.state().waiting -= 1;
+    }
+}
+
+/// The connection's task: drives it, and PINGs it at once (`settled` is told of the answer),
+/// then every `interval` or when a call asks, closing it when a PING goes unanswered for
+/// `timeout`. Dropping the connection fails the calls still on it, which then retry elsewhere.
+async fn drive(
+    mut connection: h2::client::Connection<Stream, RequestBody>,
+    conn: Arc<Conn>,
+    liveness: Liveness,
+    settled: oneshot::Sender<()>,
+) {
+    let mut settled = Some(settled);
+    let mut pings = connection
+        .ping_pong()
+        .expect("the PING handle is taken once, here");
+    let mut next_ping = Instant::now();
+    // When the PING in flight must be answered by.
+    let mut answer_by: Option<Instant> = None;
+    if pings.send_ping(h2::Ping::opaque()).is_ok() {
+        answer_by = Some(Instant::now() + liveness.timeout);
+    }
+    loop {
+        let ping_now = tokio::select! {
+            ended = &mut connection => {
+                if let Err(error) = ended {
+                    tracing::debug!(%error, "upstream HTTP/2 connection closed");
+                }
+                break;
+            }
+            pong = poll_fn(|cx| pings.poll_pong(cx)), if answer_by.is_some() => {
+                if pong.is_err() {
+                    break;
+                }
+                answer_by = None;
+                next_ping = Instant::now() + liveness.interval;
+                if let Some(settled) = settled.take() {
+                    let _ = settled.send(());
+                }
+                false
+            }
+            () = tokio::time::sleep_until(answer_by.unwrap_or(next_ping)), if answer_by.is_some() => {
+                conn.unresponsive.store(true, Ordering::Release);
+                tracing::warn!(
+                    timeout_s = liveness.timeout.as_secs_f64(),
+                    calls = conn.in_flight.load(Ordering::Acquire),
+                    "upstream HTTP/2 connection did not answer a PING: replaced"
+                );
+                break;
+            }
+            () = tokio::time::sleep_until(next_ping), if answer_by.is_none() => true,
+            () = conn.check.notified(), if answer_by.is_none() => true,
+        };
+        if ping_now {
+            if pings.send_ping(h2::Ping::opaque()).is_err() {
+                break;
+            }
+            answer_by = Some(Instant::now() + liveness.timeout);
+        }
+    }
+    conn.closed.store(true, Ordering::Release);
+    drop(connection);
+    conn.changed.notify_waiters();
+}
