@@ -96,9 +96,9 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         Command::Sim(config) => sim(config).await,
         Command::Classify(config) => {
             let summary = if config.batch_api {
-                crate::batch_api::classify_file(&config, true).await?
+                Box::pin(crate::batch_api::classify_file(&config, true)).await?
             } else {
-                crate::client::classify_file(&config, true).await?
+                Box::pin(crate::client::classify_file(&config, true)).await?
             };
             eprintln!("{}", summary.report());
             if let Some(output) = &summary.output {
@@ -116,7 +116,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
             Ok(())
         }
         Command::Eval(config) => {
-            let reports = crate::eval::run(&config, true).await?;
+            let reports = Box::pin(crate::eval::run(&config, true)).await?;
             println!("{}", crate::eval::table(&reports, &config.output));
             Ok(())
         }

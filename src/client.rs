@@ -161,7 +161,7 @@ impl ServiceArgs {
             return Ok(Target::remote(&self.urls, self.api_key.clone(), deadline));
         }
         let serve = ServeConfig::from_env().map_err(ClientError::Settings)?;
-        Target::in_process(adjust(serve), self.simulate, deadline).await
+        Box::pin(Target::in_process(adjust(serve), self.simulate, deadline)).await
     }
 }
 
@@ -269,7 +269,7 @@ pub async fn classify_file(
     config: &ClassifyFileConfig,
     progress: bool,
 ) -> Result<Summary, ClientError> {
-    let target = config.service.connect(|serve| serve).await?;
+    let target = Box::pin(config.service.connect(|serve| serve)).await?;
     let titles = read_titles(&config.input, config.field.as_deref())?;
     let output = config
         .output
@@ -365,7 +365,7 @@ impl Target {
             request_concurrency: config.request_concurrency as usize,
             pack_size: config.pack_size as usize,
         };
-        let service = InProcess::start(config, simulate).await?;
+        let service = Box::pin(InProcess::start(config, simulate)).await?;
         Ok(Self {
             urls: vec![service.url.clone()],
             api_key: None,

@@ -6,5 +6,5 @@ use hn_classifier::cli::{self, Cli, RunError};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<RunError>> {
-    cli::run(Cli::parse()).await.map_err(Box::new)
+    Box::pin(cli::run(Cli::parse())).await.map_err(Box::new)
 }

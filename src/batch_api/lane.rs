@@ -151,9 +151,8 @@ pub async fn classify_file(
                 round += 1;
             }
             Fallback::Live => {
-                let rows = lane
-                    .live(config, &titles, &missing, progress, &mut usage)
-                    .await?;
+                let rows =
+                    Box::pin(lane.live(config, &titles, &missing, progress, &mut usage)).await?;
                 for (index, row) in missing.into_iter().zip(rows) {
                     results[index - first] = Some(match (row.topic, row.confidence) {
                         (Some(topic), Some(confidence)) => Ok(Prediction {
@@ -508,7 +507,7 @@ impl Lane {
             direct: !config.service.simulate,
             ..config.service.clone()
         };
-        let target = service.connect(|serve| serve).await?;
+        let target = Box::pin(service.connect(|serve| serve)).await?;
         let asked: Vec<String> = missing.iter().map(|i| titles[*i].clone()).collect();
         let bar = crate::progress::bar(asked.len() as u64, progress, "live fallback");
         let mut rows = Vec::with_capacity(asked.len());

@@ -92,16 +92,14 @@ pub async fn run(config: &EvalConfig, progress: bool) -> Result<Vec<Report>, Eva
     };
     let mut reports: Vec<Report> = Vec::new();
     for setting in settings {
-        let target = config
-            .service
-            .connect(|serve| match setting {
-                Setting::Pack(k) => ServeConfig {
-                    pack_size: k,
-                    ..serve
-                },
-                Setting::Service => serve,
-            })
-            .await?;
+        let target = Box::pin(config.service.connect(|serve| match setting {
+            Setting::Pack(k) => ServeConfig {
+                pack_size: k,
+                ..serve
+            },
+            Setting::Service => serve,
+        }))
+        .await?;
         let bar = crate::progress::bar(titles.len() as u64, progress, &format!("k={setting}"));
         let mut rows = Vec::with_capacity(titles.len());
         let usage = target

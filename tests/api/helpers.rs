@@ -389,3 +389,63 @@ pub fn sigterm(child: &Child) {
         .unwrap();
     assert!(status.success());
 }
+
+/// A TCP relay to `to` whose connections open so far can be made to go silent: nothing more
+/// forwarded either way, nothing closed, as when a NAT or load balancer drops a connection
+/// without a word. Connections opened afterwards pass.
+pub struct BlackHoleRelay {
+    pub addr: SocketAddr,
+    silenced: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl BlackHoleRelay {
+    pub async fn start(to: SocketAddr) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let silenced = Arc::new(AtomicBool::new(false));
+        let flag = silenced.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(to).await else {
+                    continue;
+                };
+                // Only connections open before the silence are silenced.
+                let hole = (!flag.load(Ordering::SeqCst)).then(|| flag.clone());
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pump(cr, sw, hole.clone()));
+                tokio::spawn(pump(sr, cw, hole));
+            }
+        });
+        Self { addr, silenced }
+    }
+
+    /// Silences every connection open now.
+    pub fn silence(&self) {
+        self.silenced
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    hole: Option<Arc<std::sync::atomic::AtomicBool>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0; 16 * 1024];
+    while let Ok(n @ 1..) = from.read(&mut buf).await {
+        if hole
+            .as_ref()
+            .is_some_and(|h| h.load(std::sync::atomic::Ordering::SeqCst))
+        {
+            let _held = (from, to);
+            std::future::pending::<()>().await;
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}

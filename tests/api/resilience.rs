@@ -201,3 +201,52 @@ async fn a_batch_that_cannot_start_in_time_is_refused_as_overloaded() {
     );
     app.shutdown().await;
 }
+
+/// A connection that goes silent mid-call (a NAT or load balancer dropped it without a word) is
+/// found by its PINGs and replaced: the calls that were on it are retried on a fresh one, none is
+/// lost, and the endpoint is not benched for one connection's death.
+#[tokio::test]
+async fn a_black_holed_connection_is_replaced_and_its_calls_retried() {
+    let sim = spawn_sim(&["--sim-latency-ms", "400", "--sim-latency-sigma", "0.01"]).await;
+    let relay = BlackHoleRelay::start(sim.addr()).await;
+    let url = format!("http://{}/v1", relay.addr);
+    let app = spawn_app(config(&[
+        "--openai-base-url",
+        &url,
+        "--openai-api-key",
+        "sk-test",
+        "--upstream-http2",
+        "--upstream-ping-interval",
+        "0.5",
+        "--upstream-ping-timeout",
+        "0.25",
+    ]))
+    .await;
+    let titles = data_lines("hn_titles.txt")[..40].to_vec();
+    // Opens the connection.
+    assert_eq!(app.classify(&titles[..2]).await.errors, 0);
+    let calls = app.classify(&titles);
+    let silence = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        relay.silence();
+        Instant::now()
+    };
+    let (answer, silenced_at) = tokio::join!(calls, silence);
+    let took = silenced_at.elapsed();
+    assert_eq!(answer.errors, 0, "{answer:?}");
+    assert!(answer.results.iter().all(|r| r.topic.is_some()));
+    // Well inside the 20 s call timeout: the PING check found it, not a call's timeout.
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    eprintln!("black hole: every call answered {took:?} after the silence");
+    let metrics = get(&app.url("/metrics")).await.1;
+    assert!(
+        metrics.contains("upstream_benched{upstream=\"default\"} 0"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("benched"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    app.shutdown().await;
+}

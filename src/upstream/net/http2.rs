@@ -246,7 +246,9 @@ impl Pool {
             match next {
                 Next::Open => {
                     let opening = Opening(self);
-                    let Some(conn) = open().await? else {
+                    // Boxed apart: opening (DNS, TCP, proxy, TLS, handshake) is a large future,
+                    // and every call waiting here would otherwise hold room for one.
+                    let Some(conn) = Box::pin(open()).await? else {
                         return Ok(None);
                     };
                     let mut state = self.state();
