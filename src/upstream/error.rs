@@ -60,14 +60,14 @@ pub enum BuildError {
     NoEndpoints,
     #[error("an upstream URL has no host")]
     InvalidUrl,
-    /// rustls to the proxy is not wired in, and a plaintext CONNECT to an `https://` proxy would
-    /// put the proxy's credentials on the wire in the clear: refused rather than half-done.
+    /// TLS to the proxy (and SOCKS) is not wired in, and a plaintext CONNECT to an `https://`
+    /// proxy would put its credentials on the wire in the clear: refused rather than half-done.
     #[error(
-        "the proxy for {origin} is an https:// URL (HTTPS_PROXY, HTTP_PROXY or ALL_PROXY); TLS to \
-         the proxy itself is not supported: name it as http://HOST:PORT (calls to an https:// \
+        "the proxy for {origin} is a {scheme}:// URL (HTTPS_PROXY, HTTP_PROXY or ALL_PROXY); only \
+         http:// proxies are supported: name it as http://HOST:PORT (calls to an https:// \
          upstream are still encrypted end to end through its CONNECT tunnel)"
     )]
-    HttpsProxy { origin: String },
+    UnsupportedProxy { origin: String, scheme: String },
 }
 
 /// Why a call got no HTTP answer: the upstream was not reached, or the exchange broke off.

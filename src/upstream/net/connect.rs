@@ -50,6 +50,11 @@ pub fn trusted_roots(extra: &[CertificateDer<'static>]) -> Arc<RootCertStore> {
     Arc::new(roots)
 }
 
+/// A forward proxy's part in each request: its credentials (`Proxy-Authorization`), if any.
+pub struct ForwardProxy<'a> {
+    pub auth: Option<&'a HeaderValue>,
+}
+
 /// How a connection reaches the origin.
 #[derive(Clone)]
 enum Route {
@@ -112,9 +117,10 @@ impl Connector {
         tcp.set_keepalive(Some(Duration::from_secs(60)));
         let route = match proxies.intercept(url) {
             None => Route::Direct,
-            Some(proxy) if proxy.uri().scheme_str() == Some("https") => {
-                return Err(BuildError::HttpsProxy {
+            Some(proxy) if proxy.uri().scheme_str() != Some("http") => {
+                return Err(BuildError::UnsupportedProxy {
                     origin: format!("{}://{host}:{port}", origin.scheme_str().unwrap_or("http")),
+                    scheme: proxy.uri().scheme_str().unwrap_or("").to_owned(),
                 });
             }
             // h2c cannot pass a forward proxy (it would downgrade or refuse the preface).
@@ -144,11 +150,13 @@ impl Connector {
         })
     }
 
-    /// With a forward proxy, the `Proxy-Authorization` value (if any) its requests carry: they
-    /// are then sent in absolute form. `None` when requests go to the origin itself.
-    pub fn forward_proxy(&self) -> Option<Option<&HeaderValue>> {
+    /// The forward proxy requests go to, in absolute form; `None` when they go to the origin
+    /// (directly or through a tunnel).
+    pub fn forward_proxy(&self) -> Option<ForwardProxy<'_>> {
         match &self.route {
-            Route::Forward { auth, .. } => Some(auth.as_ref()),
+            Route::Forward { auth, .. } => Some(ForwardProxy {
+                auth: auth.as_ref(),
+            }),
             _ => None,
         }
     }

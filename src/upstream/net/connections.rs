@@ -16,7 +16,7 @@
 //! here both are resent, without spending the retry budget or the endpoint's health.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -24,7 +24,7 @@ use http::header::{HOST, PROXY_AUTHORIZATION};
 use http::{HeaderMap, HeaderValue, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 
-use super::connect::{Connector, Protocol};
+use super::connect::{Connector, ForwardProxy, Protocol};
 use super::http1::{self, Idle};
 use super::http2::{Conn, Lease, Liveness, Pool};
 use super::openings::Openings;
@@ -89,8 +89,6 @@ pub struct Connections {
     http1_headers: HeaderMap,
     /// HTTP/2's connections, when asked for.
     http2: Option<Pool>,
-    /// The server chose HTTP/1.1 when offered both over TLS: every call goes that way.
-    http1_only: AtomicBool,
     idle: Idle,
     openings: Openings,
     limits: Limits,
@@ -120,7 +118,7 @@ impl Connections {
         let mut http1_headers = headers.clone();
         http1_headers.insert(HOST, host);
         let http1_target = match connector.forward_proxy() {
-            Some(auth) => {
+            Some(ForwardProxy { auth }) => {
                 if let Some(auth) = auth {
                     let mut auth = auth.clone();
                     auth.set_sensitive(true);
@@ -142,7 +140,6 @@ impl Connections {
             http1_target,
             http1_headers,
             http2,
-            http1_only: AtomicBool::new(false),
             idle: Idle::new(limits.max_in_flight),
             openings: Openings::default(),
             limits,
@@ -196,9 +193,7 @@ impl Connections {
     }
 
     fn http2_pool(&self) -> Option<&Pool> {
-        self.http2
-            .as_ref()
-            .filter(|_| !self.http1_only.load(Ordering::Relaxed))
+        self.http2.as_ref().filter(|pool| !pool.is_http1_only())
     }
 
     async fn over_http2(&self, lease: Lease, body: RequestBody) -> Result<Answer, Failed> {
@@ -230,13 +225,14 @@ impl Connections {
         drop(sender);
         // A copy, by reference, in case the server turns the stream away unprocessed.
         let again = body.clone();
-        stream
-            .send_data(body, true)
-            .map_err(|e| self.stream_failed(conn, e, &again))?;
-        let (parts, mut incoming) = response
-            .await
-            .map_err(|e| self.stream_failed(conn, e, &again))?
-            .into_parts();
+        let (parts, mut incoming) = match stream.send_data(body, true) {
+            Ok(()) => response.await,
+            // Reset or refused since it started: h2 says only "inactive stream" here, the
+            // answer says why.
+            Err(e) => Err(response.await.err().unwrap_or(e)),
+        }
+        .map_err(|e| self.stream_failed(conn, e, &again))?
+        .into_parts();
         drop(again);
         let mut body = Received::default();
         while let Some(chunk) = incoming.data().await {
@@ -330,7 +326,7 @@ impl Connections {
                 if protocol == Protocol::Http2 {
                     return pool.handshake(stream).await.map(Some);
                 }
-                if !self.http1_only.swap(true, Ordering::Relaxed) {
+                if pool.set_http1_only() {
                     tracing::warn!(
                         upstream = ?self.connector,
                         "the server chose HTTP/1.1 when offered HTTP/2: calls go over HTTP/1.1"

@@ -6,10 +6,12 @@
 //!   When every connection is full another is opened, as many at once as the waiting calls
 //!   need, up to what the endpoint's ceiling on calls in flight needs; meanwhile calls wait
 //!   here, woken as streams end.
-//! - A connection that received GOAWAY, or refused a new stream, takes no new streams
-//!   (pingora's "no new streams after GOAWAY"); the streams it already carries finish, and the
-//!   next call that finds no room opens a replacement. Which streams the server never
-//!   processed, and so are safe to send again, is `connections.rs`'s to judge.
+//! - A connection that received GOAWAY, or could not start a new stream, takes no new streams
+//!   (pingora's "no new streams after GOAWAY"); the streams it already carries finish, then it
+//!   leaves the pool and closes, and the next call that finds no room opens a replacement.
+//!   Which streams the server never processed, and so are safe to send again, is
+//!   `connections.rs`'s to judge. A connection nothing holds any more (the pool forgot it, or
+//!   its opening was given up on) closes itself, as h2 does with no handle left.
 //! - Keep-alive PINGs, while idle too (hyper's `keep_alive_interval` and `keep_alive_timeout`
 //!   with `keep_alive_while_idle`): a connection whose PING goes unanswered is closed, and the
 //!   calls on it fail as `Unresponsive`, to be retried on a fresh one. A call that times out or
@@ -43,13 +45,20 @@ pub struct Liveness {
     pub timeout: Duration,
 }
 
-/// One HTTP/2 connection.
+/// One HTTP/2 connection: the handle calls start streams with, held by the pool and the calls
+/// on it (not by its driver task, so that when they all let go, h2 closes it).
 pub struct Conn {
     sender: SendRequest<RequestBody>,
     /// Our most streams on it; the server's SETTINGS may allow fewer.
     limit: usize,
+    status: Arc<Status>,
+}
+
+/// What the connection's driver task and its calls share.
+struct Status {
     in_flight: AtomicUsize,
-    /// No new streams: the server sent GOAWAY or refused one. Its streams still finish.
+    /// No new streams: the server sent GOAWAY, or a stream could not start. Its streams still
+    /// finish.
     draining: AtomicBool,
     /// Its driver has ended: nothing more travels on it.
     closed: AtomicBool,
@@ -64,21 +73,34 @@ pub struct Conn {
 impl Conn {
     /// Streams it can take now.
     fn room(&self) -> usize {
-        if self.draining.load(Ordering::Acquire) || self.closed.load(Ordering::Acquire) {
+        if self.is_draining() || self.status.closed.load(Ordering::Acquire) {
             return 0;
         }
         let limit = self.limit.min(self.sender.current_max_send_streams());
-        limit.saturating_sub(self.in_flight.load(Ordering::Acquire))
+        limit.saturating_sub(self.in_flight())
+    }
+
+    fn in_flight(&self) -> usize {
+        self.status.in_flight.load(Ordering::Acquire)
+    }
+
+    fn is_draining(&self) -> bool {
+        self.status.draining.load(Ordering::Acquire)
+    }
+
+    /// Done: closed, or draining with nothing left on it.
+    fn is_done(&self) -> bool {
+        self.status.closed.load(Ordering::Acquire) || (self.is_draining() && self.in_flight() == 0)
     }
 
     /// Takes no new streams from now on.
     pub fn drain(&self) {
-        self.draining.store(true, Ordering::Release);
+        self.status.draining.store(true, Ordering::Release);
     }
 
     /// Whether the PING check closed it.
     pub fn is_unresponsive(&self) -> bool {
-        self.unresponsive.load(Ordering::Acquire)
+        self.status.unresponsive.load(Ordering::Acquire)
     }
 }
 
@@ -108,11 +130,12 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.conn.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let status = &self.conn.status;
+        status.in_flight.fetch_sub(1, Ordering::AcqRel);
         if !self.ended {
-            self.conn.check.notify_one();
+            status.check.notify_one();
         }
-        self.conn.changed.notify_one();
+        status.changed.notify_one();
     }
 }
 
@@ -126,6 +149,8 @@ pub struct Pool {
     /// connections it can need.
     max_in_flight: usize,
     liveness: Liveness,
+    /// The server chose HTTP/1.1 when offered both over TLS: the pool is not used.
+    http1_only: AtomicBool,
 }
 
 #[derive(Default)]
@@ -137,8 +162,14 @@ struct State {
 }
 
 impl State {
-    fn forget_closed(&mut self) {
-        self.conns.retain(|c| !c.closed.load(Ordering::Acquire));
+    /// Forgets the connections that are done; one no call holds then closes.
+    fn forget_done(&mut self) {
+        self.conns.retain(|c| !c.is_done());
+    }
+
+    /// Whether a connection takes streams, now or once some of its calls end.
+    fn has_live(&self) -> bool {
+        self.conns.iter().any(|c| !c.is_draining())
     }
 
     /// A stream on the connection with the most room, if any has room.
@@ -150,7 +181,7 @@ impl State {
             .filter(|(room, _)| *room > 0)
             .max_by_key(|(room, _)| *room)?
             .1;
-        conn.in_flight.fetch_add(1, Ordering::AcqRel);
+        conn.status.in_flight.fetch_add(1, Ordering::AcqRel);
         Some(Lease {
             conn: conn.clone(),
             ended: false,
@@ -182,7 +213,20 @@ impl Pool {
             streams: streams.max(1),
             max_in_flight: max_in_flight.max(1),
             liveness,
+            http1_only: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the server chose HTTP/1.1: every call goes that way.
+    pub fn is_http1_only(&self) -> bool {
+        self.http1_only.load(Ordering::Relaxed)
+    }
+
+    /// Marks the server as choosing HTTP/1.1; true the first time.
+    pub fn set_http1_only(&self) -> bool {
+        let first = !self.http1_only.swap(true, Ordering::Relaxed);
+        self.changed.notify_waiters();
+        first
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -192,7 +236,7 @@ impl Pool {
     /// A stream on a connection with room now, if there is one.
     pub fn try_lease(&self) -> Option<Lease> {
         let mut state = self.state();
-        state.forget_closed();
+        state.forget_done();
         state.lease()
     }
 
@@ -202,11 +246,7 @@ impl Pool {
     fn next_step(&self, state: &mut State) -> Next {
         let per_connection = state.per_connection(self.streams);
         let needed = self.max_in_flight.div_ceil(per_connection);
-        let live = state
-            .conns
-            .iter()
-            .filter(|c| !c.draining.load(Ordering::Acquire))
-            .count();
+        let live = state.conns.iter().filter(|c| !c.is_draining()).count();
         if live + state.opening < needed && state.opening * per_connection <= state.waiting {
             state.opening += 1;
             Next::Open
@@ -217,8 +257,10 @@ impl Pool {
     }
 
     /// A stream, opening a connection with `open` or waiting for room as the pool needs; `None`
-    /// when `open` found that the server speaks HTTP/1.1 only. Fails with an opening's error:
-    /// this call's own, or the one it waited for (`blocked` says whether one just failed).
+    /// when the server speaks HTTP/1.1 only. Fails with an opening's error: this call's own, or,
+    /// while no connection can take streams, the last one during the wait after it (`blocked`).
+    /// With a connection that is only full, a failed opening elsewhere makes a call wait for
+    /// room there, not fail.
     pub async fn lease<F, Fut>(
         &self,
         open: F,
@@ -229,27 +271,44 @@ impl Pool {
         Fut: Future<Output = Result<Option<Arc<Conn>>, TransportError>>,
     {
         loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
+            // Enabled before the state is read, so a wake-up between the two is not lost; boxed
+            // so the opening branch can let it go (a `notify_one` it took would wait for the
+            // opening to end before passing to another call).
+            let mut notified = Box::pin(self.changed.notified());
             notified.as_mut().enable();
             let next = {
                 let mut state = self.state();
-                state.forget_closed();
+                state.forget_done();
+                if self.is_http1_only() {
+                    return Ok(None);
+                }
                 if let Some(lease) = state.lease() {
                     return Ok(Some(lease));
                 }
-                if let Some(failure) = blocked() {
-                    return Err(TransportError::Shared(failure));
+                match blocked() {
+                    Some(failure) if !state.has_live() => {
+                        return Err(TransportError::Shared(failure));
+                    }
+                    // No opening during the wait after a failed one: room will come.
+                    Some(_) => {
+                        state.waiting += 1;
+                        Next::Wait
+                    }
+                    None => self.next_step(&mut state),
                 }
-                self.next_step(&mut state)
             };
             match next {
                 Next::Open => {
+                    drop(notified);
                     let opening = Opening(self);
                     // Boxed apart: opening (DNS, TCP, proxy, TLS, handshake) is a large future,
                     // and every call waiting here would otherwise hold room for one.
-                    let Some(conn) = Box::pin(open()).await? else {
-                        return Ok(None);
+                    let conn = match Box::pin(open()).await {
+                        Ok(Some(conn)) => conn,
+                        Ok(None) => return Ok(None),
+                        // A connection that is only full will have room: wait for it there.
+                        Err(_) if self.state().has_live() => continue,
+                        Err(error) => return Err(error),
                     };
                     let mut state = self.state();
                     state.conns.push(conn);
@@ -279,9 +338,7 @@ impl Pool {
             .await
             .map_err(|e| TransportError::Handshake(e.into()))?;
         let (settled, answered) = oneshot::channel();
-        let conn = Arc::new(Conn {
-            sender,
-            limit: self.streams,
+        let status = Arc::new(Status {
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -289,7 +346,12 @@ impl Pool {
             check: Notify::new(),
             changed: self.changed.clone(),
         });
-        tokio::spawn(drive(connection, conn.clone(), self.liveness, settled));
+        tokio::spawn(drive(connection, status.clone(), self.liveness, settled));
+        let conn = Arc::new(Conn {
+            sender,
+            limit: self.streams,
+            status,
+        });
         // The server's SETTINGS come before its answer to our first PING: once it is here, the
         // stream limit is the server's, and the first calls do not queue unseen inside h2.
         answered.await.map_err(|_| {
@@ -324,7 +386,7 @@ impl Drop for Waiting<'_> {
 /// `timeout`. Dropping the connection fails the calls still on it, which then retry elsewhere.
 async fn drive(
     mut connection: h2::client::Connection<Stream, RequestBody>,
-    conn: Arc<Conn>,
+    conn: Arc<Status>,
     liveness: Liveness,
     settled: oneshot::Sender<()>,
 ) {
@@ -357,6 +419,7 @@ async fn drive(
                 }
                 false
             }
+            // (`select!` builds every branch's future, disabled or not: hence the `unwrap_or`.)
             () = tokio::time::sleep_until(answer_by.unwrap_or(next_ping)), if answer_by.is_some() => {
                 conn.unresponsive.store(true, Ordering::Release);
                 tracing::warn!(

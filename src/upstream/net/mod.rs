@@ -1,5 +1,6 @@
 //! An endpoint's HTTP connections, managed here rather than by a general-purpose client: one
-//! small future per call and no per-request boxing, so ten thousand calls in flight fit in a few
+//! small future per call, boxing only what is rare (opening, waiting for room, HTTP/1.1's
+//! exchange), so ten thousand calls in flight fit in a few
 //! KiB each (docs/BENCHMARKS.md, memory at 10,000 calls in flight). HTTP/2 connections are shared by many calls
 //! (`http2.rs`), HTTP/1.1 ones are kept idle between calls (`http1.rs`); `connections.rs` sends
 //! one call over either, and `connect.rs` opens a connection (proxy, TLS).

@@ -14,11 +14,11 @@ const MAX_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Default)]
 pub struct Openings {
-    last: Mutex<Option<Failed>>,
+    last: Mutex<Option<LastFailure>>,
 }
 
 #[derive(Debug)]
-struct Failed {
+struct LastFailure {
     error: Arc<TransportError>,
     until: Instant,
     in_a_row: u32,
@@ -33,12 +33,17 @@ impl Openings {
             .map(|f| f.error.clone())
     }
 
-    /// Records a failed opening; its error is shared with the calls that waited for it.
+    /// Records a failed opening; its error is shared with the calls that waited for it. Openings
+    /// that fail together (started before the first failure's wait) count once.
     pub fn failed(&self, error: TransportError) -> Arc<TransportError> {
         let error = Arc::new(error);
         let mut last = self.last.lock().expect("openings lock poisoned");
-        let in_a_row = last.as_ref().map_or(0, |f| f.in_a_row) + 1;
-        *last = Some(Failed {
+        let in_a_row = match last.as_ref() {
+            Some(f) if Instant::now() < f.until => f.in_a_row,
+            Some(f) => f.in_a_row + 1,
+            None => 1,
+        };
+        *last = Some(LastFailure {
             error: error.clone(),
             until: Instant::now() + wait_after(in_a_row),
             in_a_row,
@@ -76,7 +81,11 @@ mod tests {
         assert_eq!(wait_after(2), FIRST_WAIT * 2);
         assert_eq!(wait_after(30), MAX_WAIT);
         openings.failed(refused());
-        assert_eq!(openings.last.lock().unwrap().as_ref().unwrap().in_a_row, 2);
+        let in_a_row = || openings.last.lock().unwrap().as_ref().unwrap().in_a_row;
+        assert_eq!(in_a_row(), 1, "failures during the wait count once");
+        openings.last.lock().unwrap().as_mut().unwrap().until = Instant::now();
+        openings.failed(refused());
+        assert_eq!(in_a_row(), 2);
         openings.succeeded();
         assert!(openings.blocked().is_none());
     }

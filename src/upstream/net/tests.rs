@@ -77,6 +77,8 @@ struct Plan {
     /// The first connection stops reading and answering, PINGs included, after this many
     /// streams, and stays open.
     silent_after: Option<usize>,
+    /// Every connection after the first is closed at once.
+    only_one_connection: bool,
 }
 
 /// What the server saw.
@@ -88,6 +90,8 @@ struct Seen {
     refused: AtomicUsize,
     /// Most streams open at once on one connection.
     most_at_once: AtomicUsize,
+    /// Connections that ended.
+    closed: AtomicUsize,
 }
 
 async fn h2_server(plan: Plan) -> (SocketAddr, Arc<Seen>) {
@@ -99,6 +103,9 @@ async fn h2_server(plan: Plan) -> (SocketAddr, Arc<Seen>) {
         loop {
             let (socket, _) = listener.accept().await.unwrap();
             let n = counters.connections.fetch_add(1, Ordering::SeqCst);
+            if plan.only_one_connection && n > 0 {
+                continue;
+            }
             if plan.first_silent && n == 0 {
                 tokio::spawn(async move {
                     let _held = socket;
@@ -106,7 +113,12 @@ async fn h2_server(plan: Plan) -> (SocketAddr, Arc<Seen>) {
                 });
                 continue;
             }
-            tokio::spawn(serve_h2(socket, plan.clone(), counters.clone()));
+            let counters = counters.clone();
+            let plan = plan.clone();
+            tokio::spawn(async move {
+                serve_h2(socket, plan, counters.clone()).await;
+                counters.closed.fetch_add(1, Ordering::SeqCst);
+            });
         }
     });
     (addr, seen)
@@ -288,6 +300,43 @@ async fn a_connection_that_stops_answering_pings_is_replaced_and_its_calls_fail_
     // The next calls open a fresh connection, which answers.
     assert!(send_all(&conns, 3).await.iter().all(Result::is_ok));
     assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_failed_opening_beside_a_full_connection_makes_calls_wait_for_room_not_fail() {
+    // Two streams a connection, and every further connection refused (a load balancer's
+    // connection limit): six calls share the one connection, two at a time.
+    let (addr, seen) = h2_server(Plan {
+        max_streams: Some(2),
+        only_one_connection: true,
+        delay: Duration::from_millis(100),
+        ..Plan::default()
+    })
+    .await;
+    let conns = Arc::new(connections(addr, limits(Some(100))));
+    assert!(send_all(&conns, 1).await.iter().all(Result::is_ok));
+    let results = send_all(&conns, 6).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert!(
+        seen.connections.load(Ordering::SeqCst) >= 2,
+        "another was tried"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_nothing_holds_any_more_is_closed() {
+    let (addr, seen) = h2_server(Plan::default()).await;
+    let conns = connections(addr, limits(Some(100)));
+    conns.send(body(0)).await.unwrap();
+    assert_eq!(seen.closed.load(Ordering::SeqCst), 0);
+    drop(conns);
+    for _ in 0..100 {
+        if seen.closed.load(Ordering::SeqCst) == 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the connection outlived its pool (its PINGs keep it open)");
 }
 
 #[tokio::test]
@@ -498,7 +547,7 @@ async fn a_tunnel_aims_at_the_origins_port_written_or_implied() {
 }
 
 #[test]
-fn an_https_proxy_url_is_refused_at_start_up_saying_why() {
+fn an_https_or_socks_proxy_url_is_refused_at_start_up_saying_why() {
     let proxies = Proxies::builder()
         .https("https://user:secret@proxy.example:3128")
         .build();
@@ -511,8 +560,21 @@ fn an_https_proxy_url_is_refused_at_start_up_saying_why() {
         &proxies,
     )
     .unwrap_err();
-    assert!(matches!(error, BuildError::HttpsProxy { .. }));
+    assert!(matches!(error, BuildError::UnsupportedProxy { .. }));
     let message = error.to_string();
+    assert!(message.contains("a https:// URL"), "{message}");
     assert!(message.contains("http://HOST:PORT"), "{message}");
     assert!(!message.contains("secret"), "{message}");
+    let socks = Proxies::builder()
+        .all("socks5://proxy.example:1080")
+        .build();
+    let error = Connector::new(
+        &uri,
+        true,
+        &trusted_roots(&[]),
+        Duration::from_secs(1),
+        &socks,
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("a socks5:// URL"), "{error}");
 }
