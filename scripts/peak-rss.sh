@@ -26,12 +26,7 @@ upstream="http://127.0.0.1:$sim_port/v1"
 tls_pid=
 if [ "${TLS:-0}" = 1 ]; then
   dir=$(mktemp -d)
-  key() { openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "$@" 2>/dev/null; }
-  key -x509 -keyout "$dir/ca.key" -out "$dir/ca.pem" -days 1 -subj /CN=peak-rss-ca
-  key -keyout "$dir/leaf.key" -out "$dir/leaf.csr" -subj /CN=127.0.0.1
-  printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > "$dir/ext"
-  openssl x509 -req -in "$dir/leaf.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial \
-    -out "$dir/leaf.pem" -days 1 -extfile "$dir/ext" 2>/dev/null
+  scripts/make-ca.sh "$dir"
   tls_port=$(port)
   python3 - "$dir" "$tls_port" "$sim_port" <<'PY' &
 import asyncio, ssl, sys

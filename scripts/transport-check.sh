@@ -32,13 +32,7 @@ cleanup() {
 trap cleanup EXIT
 port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-# A CA and a leaf for 127.0.0.1, as a company's private CA would be.
-key() { openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "$@" 2>/dev/null; }
-key -x509 -keyout "$dir/ca.key" -out "$dir/ca.pem" -days 1 -subj /CN=transport-check-ca
-key -keyout "$dir/leaf.key" -out "$dir/leaf.csr" -subj /CN=127.0.0.1
-printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > "$dir/ext"
-openssl x509 -req -in "$dir/leaf.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial \
-  -out "$dir/leaf.pem" -days 1 -extfile "$dir/ext" 2>/dev/null
+scripts/make-ca.sh "$dir"
 
 sim_port=$(port)
 RUST_LOG=warn "$bin" sim --listen "127.0.0.1:$sim_port" --sim-latency-ms 20 \
