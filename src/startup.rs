@@ -60,7 +60,12 @@ impl Application {
         };
         let settings = config.upstream_settings(sim.as_ref().map(SimServer::base_url))?;
         let client_keys = ClientKeys::new(config.client_keys()?);
-        if client_keys.is_open() {
+        if client_keys.is_open() && sim.is_some() {
+            tracing::info!(
+                "HNC_API_KEYS is empty: open to anyone who can reach this port (harmless on the \
+                 simulator; set keys before pointing it at a provider)"
+            );
+        } else if client_keys.is_open() {
             tracing::warn!(
                 "HNC_API_KEYS is empty: anyone who can reach this port can spend the provider's credits"
             );

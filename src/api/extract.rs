@@ -52,10 +52,16 @@ fn rejection_to_error(rejection: JsonRejection, limit: usize) -> ApiError {
 fn data_error(message: &str) -> String {
     let top_level = message.starts_with('[') || message.contains("expected struct");
     if top_level {
-        r#"the body must be a JSON object with a "titles" array, like {"titles": ["a title", "another"]}"#
-            .to_owned()
-    } else {
-        message.to_owned()
+        return r#"the body must be a JSON object with a "titles" array, like {"titles": ["a title", "another"]}"#
+            .to_owned();
+    }
+    // A missing field has no path before it: named first, like every other field's message.
+    match message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split_once('`'))
+    {
+        Some((field, _)) => format!("{field}: {message}"),
+        None => message.to_owned(),
     }
 }
 

@@ -95,7 +95,7 @@ async fn each_bad_request_gets_its_status_code_and_a_message_naming_the_field() 
             json,
             StatusCode::UNPROCESSABLE_ENTITY,
             "validation_failed",
-            "missing field `titles`",
+            "titles: missing field `titles`",
         ),
         Case(
             "invalid JSON",
