@@ -4,8 +4,9 @@
 //! likeliest still open), one the server closed is skipped (hyper's dispatcher sees the close),
 //! and idle ones are reaped on their age, below the minute or so after which servers and load
 //! balancers close them: a call sent on a connection just being closed would fail having been
-//! sent. Reaped whenever the list is touched, oldest first, so after a burst the sockets do not
-//! outlive the next call by more than `IDLE_FOR`.
+//! sent. They are reaped, oldest first, whenever the list is touched: after a burst, the first
+//! call past `IDLE_FOR` closes the sockets left idle (the server may close them sooner; hyper
+//! then sees it and the entry is skipped).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
