@@ -68,10 +68,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/docs", get(docs::page))
         .route("/docs/scalar.js", get(docs::viewer));
     let routes = routes
-        // Counted by matched route, never the raw path, so metrics cardinality stays bounded.
-        .route_layer(middleware::from_fn_with_state(state.clone(), track_http))
         .fallback(not_found)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        // After the fallbacks, so 404 and 405 are counted too: by matched route, never the raw
+        // path (`unmatched` for a path no route has), so metrics cardinality stays bounded.
+        .layer(middleware::from_fn_with_state(state.clone(), track_http))
         // The JSON extractor reads the body under this limit and we turn its 413 into ours.
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state);
@@ -142,18 +143,19 @@ async fn require_key(
 
 async fn track_http(
     State(state): State<Arc<AppState>>,
-    route: MatchedPath,
+    route: Option<MatchedPath>,
     request: Request<axum::body::Body>,
     next: Next,
 ) -> Response {
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     let started = Instant::now();
     let response = next.run(request).await;
     let m = &state.metrics;
     m.http_requests
-        .with_label_values(&[route.as_str(), response.status().as_str()])
+        .with_label_values(&[route, response.status().as_str()])
         .inc();
     m.http_duration
-        .with_label_values(&[route.as_str()])
+        .with_label_values(&[route])
         .observe(started.elapsed().as_secs_f64());
     response
 }

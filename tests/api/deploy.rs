@@ -22,12 +22,15 @@ async fn metrics_count_requests_by_route_items_by_outcome_and_upstream_calls() {
     app.classify(&["Rust 2.0 released", "   ", "A new GPU from Nvidia"])
         .await;
     get(&app.url("/no/such/page/12345")).await;
+    get(&app.url("/classify-batch")).await;
 
     let (status, text) = get(&app.url("/metrics")).await;
 
     assert_eq!(status, StatusCode::OK);
     for line in [
         "http_server_requests_total{route=\"/classify-batch\",status=\"200\"} 1",
+        "http_server_requests_total{route=\"/classify-batch\",status=\"405\"} 1",
+        "http_server_requests_total{route=\"unmatched\",status=\"404\"} 1",
         "classify_items_total{outcome=\"ok\"} 2",
         "classify_items_total{outcome=\"title_empty\"} 1",
         "upstream_requests_total{status=\"200\",upstream=\"simulator\"} 2",
