@@ -21,6 +21,7 @@ pub mod secret;
 pub mod server;
 pub mod sim;
 pub mod startup;
+pub mod tasks;
 pub mod taxonomy;
 pub mod telemetry;
 pub mod upstream;

@@ -1,4 +1,4 @@
-//! Prometheus metrics under the names DESIGN.md fixes. One registry per application, held in its
+//! Prometheus metrics under the names docs/observability.md lists. One registry per application, held in its
 //! state rather than a global recorder, so two apps in one process (tests) never mix counts.
 //! Gauges that mirror live state (calls in flight, the adaptive limit, running batches) are read
 //! at scrape time rather than kept in step on every change.
@@ -59,6 +59,8 @@ pub struct Metrics {
     /// 1 while budget, quotas and cache are shared through Redis, 0 while this replica decides
     /// alone (Redis unset reads 0 as well).
     pub redis_coordinated: IntGauge,
+    /// Background tasks of the process (`crate::tasks`): connection drivers, server connections.
+    pub background_tasks: IntGauge,
 }
 
 impl Metrics {
@@ -226,6 +228,11 @@ impl Metrics {
                 "1 while budget, quotas and cache are shared through Redis; 0 while deciding alone.",
             )
             .expect("valid metric"),
+            background_tasks: IntGauge::new(
+                "background_tasks",
+                "Background tasks running in the process (connection drivers, server connections).",
+            )
+            .expect("valid metric"),
             registry,
         };
         metrics.register_all();
@@ -233,7 +240,8 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 23] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 24] = [
+            Box::new(self.background_tasks.clone()),
             Box::new(self.answers.clone()),
             Box::new(self.service_ready.clone()),
             Box::new(self.upstream_rate_share.clone()),
@@ -262,6 +270,18 @@ impl Metrics {
             self.registry
                 .register(collector)
                 .expect("each metric registered once");
+        }
+    }
+
+    /// Creates the series with a known set of labels at 0, so that an alert or a dashboard on
+    /// them sees 0 from start-up rather than no series until the first count.
+    pub fn start_at_zero(&self, retry_reasons: &[&str], redis_ops: &[&str]) {
+        for reason in retry_reasons {
+            self.upstream_retries.with_label_values(&[reason]);
+        }
+        for op in redis_ops {
+            self.redis_commands.with_label_values(&[op]);
+            self.redis_errors.with_label_values(&[op]);
         }
     }
 

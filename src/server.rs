@@ -37,7 +37,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        crate::tasks::spawn(async move {
             let mut builder = Builder::new(TokioExecutor::new());
             builder
                 .http1()

@@ -11,7 +11,7 @@ use crate::api::{self, AppState, ClientKeys, Quotas};
 
 use crate::classify::Classifier;
 use crate::config::{ConfigError, ServeConfig};
-use crate::coord::{CoordError, Coordinator, SharedCache, SharedQuota};
+use crate::coord::{CoordError, Coordinator, RedisOp, SharedCache, SharedQuota};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::sim::{SimConfigError, SimServer};
@@ -74,6 +74,7 @@ impl Application {
         }
         let taxonomies = config.taxonomies()?;
         let metrics = Arc::new(Metrics::new());
+        metrics.start_at_zero(&upstream::RETRY_REASONS, &RedisOp::ALL.map(RedisOp::as_str));
         let mut upstream = UpstreamClient::new(settings, &taxonomies, metrics.clone())?;
         let classifier = |upstream| {
             Classifier::new(
@@ -180,7 +181,7 @@ impl Application {
                 config.header_read_timeout,
                 metrics_stop.clone().cancelled_owned(),
             );
-            tokio::spawn(serve)
+            crate::tasks::spawn(serve)
         });
         tracing::info!(
             addr = %listener.local_addr()?,

@@ -45,6 +45,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     m.service_ready.set(i64::from(ready));
     m.batches_in_flight
         .set(state.lifecycle.batches_in_flight() as i64);
+    m.background_tasks.set(crate::tasks::alive() as i64);
     let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
     ([(header::CONTENT_TYPE, content_type)], m.encode())
 }

@@ -67,7 +67,7 @@ pub async fn pool(
     let titles = Arc::new(titles.to_vec());
     let bar = bar.clone();
     // The blocking client owns a runtime of its own: it must be built and dropped outside ours.
-    tokio::task::spawn_blocking(move || run_pool(&target, &titles, threads.max(1), &bar))
+    crate::tasks::spawn_blocking(move || run_pool(&target, &titles, threads.max(1), &bar))
         .await
         .map_err(BenchError::Panicked)?
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use redis::Script;
 use sha2::{Digest, Sha256};
 
-use super::store::Coordinator;
+use super::store::{Coordinator, RedisOp};
 use crate::secret::Secret;
 
 /// An idle budget is forgotten after this: its state is only ever "now or later".
@@ -141,7 +141,7 @@ impl SharedBudget {
         let key = self.key.clone();
         let reply: (i64, i64, i64, i64, i64) = self
             .coordinator
-            .run("budget_lease", |mut connection| async move {
+            .run(RedisOp::BudgetLease, |mut connection| async move {
                 SCRIPT
                     .key(key)
                     .arg(request.rpm.unwrap_or(0))
@@ -177,11 +177,11 @@ impl SharedBudget {
         static SCRIPT: std::sync::LazyLock<Script> =
             std::sync::LazyLock::new(|| Script::new(PAUSE));
         let budget = self.clone();
-        tokio::spawn(async move {
+        crate::tasks::spawn(async move {
             let key = budget.key.clone();
             budget
                 .coordinator
-                .run("budget_pause", |mut connection| async move {
+                .run(RedisOp::BudgetPause, |mut connection| async move {
                     SCRIPT
                         .key(key)
                         .arg(wait.as_micros() as u64)

@@ -8,7 +8,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use sha2::{Digest, Sha256};
 
-use super::store::Coordinator;
+use super::store::{Coordinator, RedisOp};
 
 /// Bump when the stored value's shape changes, so replicas of two versions never misread it.
 const FORMAT: &str = "v1";
@@ -43,7 +43,7 @@ impl SharedCache {
             return Vec::new();
         }
         self.coordinator
-            .run("cache_get", |mut connection| async move {
+            .run(RedisOp::CacheGet, |mut connection| async move {
                 connection.mget::<_, Vec<Option<String>>>(keys).await
             })
             .await
@@ -55,7 +55,7 @@ impl SharedCache {
     pub async fn put(&self, key: String, value: String) {
         let ttl = self.ttl.as_secs().max(1);
         self.coordinator
-            .run("cache_put", |mut connection| async move {
+            .run(RedisOp::CachePut, |mut connection| async move {
                 connection.set_ex::<_, _, ()>(key, value, ttl).await
             })
             .await;

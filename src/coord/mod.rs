@@ -19,4 +19,4 @@ mod store;
 pub use budget::{Lease, LeaseRequest, SharedBudget};
 pub use cache::SharedCache;
 pub use quota::SharedQuota;
-pub use store::{CoordError, Coordinator, RedisSettings};
+pub use store::{CoordError, Coordinator, RedisOp, RedisSettings};

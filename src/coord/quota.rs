@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use redis::Script;
 
-use super::store::Coordinator;
+use super::store::{Coordinator, RedisOp};
 
 /// `KEYS[1]`: the client's theoretical arrival time, in µs. ARGV: items, items per minute.
 /// Returns 0 when taken, else the µs until they would be.
@@ -48,7 +48,7 @@ impl SharedQuota {
         let key = self.coordinator.key(&["quota", client]);
         let wait_us: i64 = self
             .coordinator
-            .run("quota_take", |mut connection| async move {
+            .run(RedisOp::QuotaTake, |mut connection| async move {
                 SCRIPT
                     .key(key)
                     .arg(items)

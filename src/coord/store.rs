@@ -105,7 +105,7 @@ impl Coordinator {
 
     /// Runs `command` (labelled `op` in the metrics) within the timeout, or returns `None` at
     /// once while the replica is deciding alone. `None` means "decide locally".
-    pub(super) async fn run<T, F, Fut>(&self, op: &'static str, command: F) -> Option<T>
+    pub(super) async fn run<T, F, Fut>(&self, op: RedisOp, command: F) -> Option<T>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
@@ -113,7 +113,10 @@ impl Coordinator {
         if self.paused() {
             return None;
         }
-        self.metrics.redis_commands.with_label_values(&[op]).inc();
+        self.metrics
+            .redis_commands
+            .with_label_values(&[op.as_str()])
+            .inc();
         let outcome = tokio::time::timeout(self.timeout, command(self.connection.clone())).await;
         match outcome {
             Ok(Ok(value)) => {
@@ -153,18 +156,52 @@ impl Coordinator {
         }
     }
 
-    fn on_failure(&self, op: &'static str, why: &str) {
-        self.metrics.redis_errors.with_label_values(&[op]).inc();
+    fn on_failure(&self, op: RedisOp, why: &str) {
+        self.metrics
+            .redis_errors
+            .with_label_values(&[op.as_str()])
+            .inc();
         *self.local_until.lock().expect("coordinator lock poisoned") =
             Some(Instant::now() + RETRY_AFTER_FAILURE);
         if self.coordinated.swap(false, Ordering::Relaxed) {
             self.metrics.redis_coordinated.set(0);
             // The error text of redis-rs names the address at most, never the password.
             tracing::warn!(
-                op,
+                op = op.as_str(),
                 error = why,
                 "redis unavailable: pacing, quotas and cache are per replica until it is back"
             );
+        }
+    }
+}
+
+/// What a Redis command is for: the `op` label of `redis_commands_total` and `redis_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisOp {
+    BudgetLease,
+    BudgetPause,
+    CacheGet,
+    CachePut,
+    QuotaTake,
+}
+
+impl RedisOp {
+    /// Every op, so each series exists (at 0) from start-up.
+    pub const ALL: [Self; 5] = [
+        Self::BudgetLease,
+        Self::BudgetPause,
+        Self::CacheGet,
+        Self::CachePut,
+        Self::QuotaTake,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BudgetLease => "budget_lease",
+            Self::BudgetPause => "budget_pause",
+            Self::CacheGet => "cache_get",
+            Self::CachePut => "cache_put",
+            Self::QuotaTake => "quota_take",
         }
     }
 }

@@ -363,7 +363,7 @@ async fn create(
         },
     );
     if !over_limit {
-        tokio::spawn(process(api.clone(), id, request.endpoint, lines));
+        crate::tasks::spawn(process(api.clone(), id, request.endpoint, lines));
     }
     Ok(Json(object))
 }

@@ -477,7 +477,7 @@ impl SimServer {
             .expect("a bound listener has an address");
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
-        tokio::spawn(async move {
+        crate::tasks::spawn(async move {
             let app = router(sim, batch, seed);
             let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
             if let Err(error) = serve.await {

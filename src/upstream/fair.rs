@@ -184,7 +184,7 @@ mod tests {
         // Share 1 queues five calls, then share 2 queues one.
         for (share, call) in [(1, 0), (1, 1), (1, 2), (1, 3), (1, 4), (2, 0)] {
             let (semaphore, order) = (semaphore.clone(), order.clone());
-            tasks.push(tokio::spawn(with_share(share, async move {
+            tasks.push(crate::tasks::spawn(with_share(share, async move {
                 let permit = semaphore.acquire().await;
                 order.lock().unwrap().push((share, call));
                 drop(permit);

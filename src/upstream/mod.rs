@@ -31,7 +31,7 @@ pub use fair::with_share;
 pub use headers::RateHeaders;
 pub use limiter::{AdaptiveLimiter, Congestion, LimiterSnapshot};
 pub use pool::{Saturation, UpstreamClient};
-pub use retry::{Decision, Failure, GiveUp, ItemDeadline, RetryPolicy};
+pub use retry::{Decision, Failure, GiveUp, ItemDeadline, RETRY_REASONS, RetryPolicy};
 pub use settings::{
     AuthStyle, EndpointSettings, Http2, ServiceTier, Transport, UpstreamApi, UpstreamSettings,
 };

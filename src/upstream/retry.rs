@@ -101,6 +101,19 @@ impl fmt::Display for Failure {
     }
 }
 
+/// Every `reason` label `upstream_retries_total` can carry: the codes of the errors the policy
+/// retries, and `flex_fallback` (a flex call sent again at the default tier).
+pub const RETRY_REASONS: [&str; 8] = [
+    "upstream_timeout",
+    "upstream_unreachable",
+    "upstream_rate_limited",
+    "upstream_server_error",
+    "upstream_rejected",
+    "invalid_output",
+    "response_incomplete",
+    "flex_fallback",
+];
+
 /// What to do after a failed attempt.
 #[derive(Debug, PartialEq)]
 pub enum Decision {
@@ -168,7 +181,7 @@ impl RetryPolicy {
     }
 
     /// Full jitter: uniform in 0..min(max, base * 2^(attempts-1)).
-    fn backoff(&self, attempts: u32) -> Duration {
+    pub fn backoff(&self, attempts: u32) -> Duration {
         let ceiling = self
             .base_backoff
             .saturating_mul(1 << attempts.saturating_sub(1).min(16))
@@ -399,5 +412,29 @@ mod tests {
             refusal.to_string(),
             "the model refused to classify the title: no"
         );
+    }
+
+    #[test]
+    fn every_retried_error_has_its_reason_listed_for_the_metrics() {
+        let errors = [
+            UpstreamError::Timeout(Duration::from_secs(1)),
+            UpstreamError::Transport(TransportError::Connect("refused".into())),
+            UpstreamError::Transport(TransportError::Unresponsive(Duration::from_secs(5))),
+            http(408, None, None, None),
+            http(409, None, None, None),
+            http(429, None, None, None),
+            http(500, None, None, None),
+            http(400, None, None, Some(true)),
+            UpstreamError::InvalidOutput("{".into()),
+            UpstreamError::NotCompleted {
+                status: "incomplete".into(),
+                reason: None,
+            },
+        ];
+        for error in errors {
+            let retried = matches!(POLICY.decide(&error, 1, 1, far()), Decision::RetryAfter(_));
+            assert!(retried, "{error} is retried");
+            assert!(RETRY_REASONS.contains(&error.code()), "{}", error.code());
+        }
     }
 }

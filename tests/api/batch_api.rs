@@ -232,7 +232,7 @@ async fn run_direct(sim: &SimServer, extra: &[&str], input: &Path, output: &Path
     args.push(output.to_str().unwrap().to_owned());
     args.extend(extra.iter().map(|a| a.to_string()));
     args.push(input.to_str().unwrap().to_owned());
-    tokio::task::spawn_blocking(move || {
+    hn_classifier::tasks::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let env = [
             ("OPENAI_API_KEY", "sk-batch"),

@@ -48,6 +48,56 @@ async fn metrics_count_requests_by_route_items_by_outcome_and_upstream_calls() {
     app.shutdown().await;
 }
 
+/// A dashboard or an alert on a documented metric sees it from start-up: no family waits for
+/// its first count (404 and 405 were counted by the test above).
+#[tokio::test]
+async fn every_documented_metric_is_exposed_before_any_request() {
+    let app = spawn_simulated(&[]).await;
+    let (_, text) = get(&app.url("/metrics")).await;
+    let documented = std::fs::read_to_string(manifest_path("docs/observability.md")).unwrap();
+    let names: Vec<&str> = documented
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .filter(|name| name.contains('_'))
+        .collect();
+    assert!(names.len() >= 20, "the table was read: {names:?}");
+    let families: BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    // Families only known once they count (a status, a model, a client, a source) aside.
+    let later = [
+        "http_server_requests_total",
+        "http_server_request_duration_seconds",
+        "classify_items_total",
+        "classify_client_items_total",
+        "upstream_requests_total",
+        "upstream_tokens_total",
+        "upstream_cost_usd_total",
+        "classify_answers_total",
+        "upstream_unprocessed_resent_total",
+    ];
+    let missing: Vec<&&str> = names
+        .iter()
+        .filter(|n| !families.contains(**n) && !later.contains(n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "absent at start-up: {missing:?}\n{text}"
+    );
+    for line in [
+        "upstream_retries_total{reason=\"upstream_rate_limited\"} 0",
+        "redis_errors_total{op=\"budget_lease\"} 0",
+        "redis_commands_total{op=\"cache_get\"} 0",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+    assert!(text.contains("background_tasks "), "{text}");
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn metrics_can_live_on_their_own_port() {
     let app = spawn_simulated(&["--metrics-listen", "127.0.0.1:0"]).await;

@@ -114,7 +114,7 @@ pub async fn spawn_app(config: ServeConfig) -> TestApp {
     let sim_addr = app.simulator().map(|s| s.addr());
     let metrics_addr = app.metrics_addr();
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(app.run(async {
+    let server = hn_classifier::tasks::spawn(app.run(async {
         let _ = stopped.await;
     }));
     TestApp {
@@ -281,7 +281,7 @@ pub async fn spawn_fake_upstream_with_delay(
         .with_state(state);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    hn_classifier::tasks::spawn(async move { axum::serve(listener, router).await });
     FakeUpstream { addr, calls }
 }
 
@@ -405,7 +405,7 @@ impl BlackHoleRelay {
         let addr = listener.local_addr().unwrap();
         let silenced = Arc::new(AtomicBool::new(false));
         let flag = silenced.clone();
-        tokio::spawn(async move {
+        hn_classifier::tasks::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = tokio::net::TcpStream::connect(to).await else {
                     continue;
@@ -414,8 +414,8 @@ impl BlackHoleRelay {
                 let hole = (!flag.load(Ordering::SeqCst)).then(|| flag.clone());
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                tokio::spawn(pump(cr, sw, hole.clone()));
-                tokio::spawn(pump(sr, cw, hole));
+                hn_classifier::tasks::spawn(pump(cr, sw, hole.clone()));
+                hn_classifier::tasks::spawn(pump(sr, cw, hole));
             }
         });
         Self { addr, silenced }

@@ -22,7 +22,7 @@ async fn sigterm_lets_the_running_batch_finish_turns_readiness_off_and_exits_zer
     ]);
     let client = reqwest::Client::new();
     let titles = data_lines("hn_titles_1000.txt")[..20].to_vec();
-    let batch = tokio::spawn({
+    let batch = hn_classifier::tasks::spawn({
         let (client, url) = (client.clone(), format!("http://{addr}/classify-batch"));
         async move {
             let response = client
@@ -62,7 +62,7 @@ async fn sigterm_lets_the_running_batch_finish_turns_readiness_off_and_exits_zer
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["num_items"], 20);
     assert_eq!(body["errors"], 0);
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+    let exit = hn_classifier::tasks::spawn_blocking(move || child.wait().unwrap())
         .await
         .unwrap();
     assert!(exit.success(), "exit status {exit:?}");

@@ -39,7 +39,7 @@ async fn receiver() -> (String, Received) {
         .with_state(received.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    hn_classifier::tasks::spawn(async move { axum::serve(listener, app).await });
     (url, received)
 }
 
@@ -87,7 +87,7 @@ async fn traced_batch(extra_env: &[(&str, &str)]) -> Vec<Span> {
     assert_eq!(answer["errors"], 0);
     sigterm(&child);
     let mut child = child;
-    tokio::task::spawn_blocking(move || child.wait().unwrap())
+    hn_classifier::tasks::spawn_blocking(move || child.wait().unwrap())
         .await
         .unwrap();
     // The exporter flushed on shutdown; give the receiver's handler a moment.

@@ -230,7 +230,7 @@ async fn azure_deployments_get_the_api_key_header_and_the_api_version_query() {
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    hn_classifier::tasks::spawn(async move { axum::serve(listener, router).await });
     let base = format!("http://{addr}/openai/deployments/classifier");
     let app = spawn_app(config(&[
         "--openai-base-url",

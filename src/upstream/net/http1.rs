@@ -91,7 +91,7 @@ pub async fn handshake(stream: Stream) -> Result<Sender, TransportError> {
     let (sender, connection) = http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| TransportError::Handshake(e.into()))?;
-    tokio::spawn(async move {
+    crate::tasks::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "upstream HTTP/1.1 connection closed");
         }

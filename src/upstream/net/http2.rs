@@ -346,7 +346,7 @@ impl Pool {
             check: Notify::new(),
             changed: self.changed.clone(),
         });
-        tokio::spawn(drive(connection, status.clone(), self.liveness, settled));
+        crate::tasks::spawn(drive(connection, status.clone(), self.liveness, settled));
         let conn = Arc::new(Conn {
             sender,
             limit: self.streams,

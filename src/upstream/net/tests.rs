@@ -99,7 +99,7 @@ async fn h2_server(plan: Plan) -> (SocketAddr, Arc<Seen>) {
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Seen::default());
     let counters = seen.clone();
-    tokio::spawn(async move {
+    crate::tasks::spawn(async move {
         loop {
             let (socket, _) = listener.accept().await.unwrap();
             let n = counters.connections.fetch_add(1, Ordering::SeqCst);
@@ -107,7 +107,7 @@ async fn h2_server(plan: Plan) -> (SocketAddr, Arc<Seen>) {
                 continue;
             }
             if plan.first_silent && n == 0 {
-                tokio::spawn(async move {
+                crate::tasks::spawn(async move {
                     let _held = socket;
                     tokio::time::sleep(Duration::from_secs(60)).await;
                 });
@@ -115,7 +115,7 @@ async fn h2_server(plan: Plan) -> (SocketAddr, Arc<Seen>) {
             }
             let counters = counters.clone();
             let plan = plan.clone();
-            tokio::spawn(async move {
+            crate::tasks::spawn(async move {
                 serve_h2(socket, plan, counters.clone()).await;
                 counters.closed.fetch_add(1, Ordering::SeqCst);
             });
@@ -153,7 +153,7 @@ async fn serve_h2(socket: TcpStream, plan: Plan, seen: Arc<Seen>) {
         let now = open.fetch_add(1, Ordering::SeqCst) + 1;
         seen.most_at_once.fetch_max(now, Ordering::SeqCst);
         let (plan, seen, open) = (plan.clone(), seen.clone(), open.clone());
-        tokio::spawn(async move {
+        crate::tasks::spawn(async move {
             let mut body = request.into_body();
             while let Some(Ok(chunk)) = body.data().await {
                 let _ = body.flow_control().release_capacity(chunk.len());
@@ -178,7 +178,7 @@ async fn serve_h2(socket: TcpStream, plan: Plan, seen: Arc<Seen>) {
 async fn send_all(connections: &Arc<Connections>, n: usize) -> Vec<Result<Bytes, String>> {
     let calls = (0..n).map(|i| {
         let connections = connections.clone();
-        tokio::spawn(async move {
+        crate::tasks::spawn(async move {
             connections
                 .send(body(i))
                 .await
@@ -350,7 +350,7 @@ async fn an_opening_cancelled_halfway_does_not_fail_the_calls_that_waited_for_it
     let first = {
         let conns = conns.clone();
         // Opens the silent connection, then is given up on.
-        tokio::spawn(async move {
+        crate::tasks::spawn(async move {
             tokio::time::timeout(Duration::from_millis(300), conns.send(body(0))).await
         })
     };
@@ -427,11 +427,11 @@ async fn http1_server(answer: impl Fn() -> Bytes + Clone + Send + Sync + 'static
     use hyper::service::service_fn;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
+    crate::tasks::spawn(async move {
         loop {
             let (socket, _) = listener.accept().await.unwrap();
             let answer = answer.clone();
-            tokio::spawn(async move {
+            crate::tasks::spawn(async move {
                 let service = service_fn(move |_req| {
                     let body = http_body_util::Full::new(answer());
                     async move { Ok::<_, std::convert::Infallible>(Response::new(body)) }
@@ -470,7 +470,7 @@ async fn recording_proxy() -> (SocketAddr, tokio::sync::oneshot::Receiver<String
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
+    crate::tasks::spawn(async move {
         let (mut socket, _) = listener.accept().await.unwrap();
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
