@@ -101,7 +101,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
                 Box::pin(crate::client::classify_file(&config, true)).await?
             };
             eprintln!("{}", summary.report());
-            if let Some(output) = &summary.output {
+            if let Some(output) = summary.output.as_ref().filter(|_| summary.items > 0) {
                 eprintln!("rows written to {}", output.display());
             }
             Ok(())

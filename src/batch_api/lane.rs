@@ -17,8 +17,7 @@ use super::openai::{BatchApiError, BatchClient, BatchObject};
 use super::state::{Round, RunState, StateError};
 use crate::classify::{ItemError, check_title};
 use crate::client::{
-    Batches, ClassifyFileConfig, ClientError, Fallback, Row, RowWriter, ServiceArgs, Summary,
-    count_done, default_output, read_titles,
+    Batches, ClassifyFileConfig, ClientError, Fallback, Row, ServiceArgs, Summary, read_titles,
 };
 use crate::config::{ConfigError, ServeConfig};
 use crate::sim::{SimConfigError, SimServer};
@@ -75,13 +74,10 @@ pub async fn classify_file(
     config: &ClassifyFileConfig,
     progress: bool,
 ) -> Result<Summary, BatchLaneError> {
+    let output = config.output_file()?;
     let lane = Lane::new(config).await?;
     let titles = read_titles(&config.input, config.field.as_deref())?;
-    let output = config
-        .output
-        .clone()
-        .unwrap_or_else(|| default_output(&config.input, config.format));
-    let state_path = RunState::path_for(&output);
+    let state_path = RunState::path_for(output.path());
     if config.cancel {
         lane.cancel(&state_path, titles.len()).await?;
         return Ok(Summary::default());
@@ -89,18 +85,19 @@ pub async fn classify_file(
     let mut state = match RunState::load(&state_path, titles.len())? {
         Some(state) => state,
         None => {
-            let done = count_done(&output, config.format)?.min(titles.len());
+            let done = output.rows_done()?.min(titles.len());
             let mut state = RunState::new(done, titles.len(), &lane.model, &lane.endpoint);
             state.rounds.push(lane.first_round(&titles, done));
             state.save(&state_path)?;
             state
         }
     };
-    if count_done(&output, config.format)? > state.first_index {
+    if output.rows_done()? > state.first_index {
         // The rows were written and the state not yet removed: the run had finished.
         RunState::remove(&state_path)?;
         return Ok(Summary {
             skipped: state.first_index,
+            output: Some(output.path().to_owned()),
             ..Summary::default()
         });
     }
@@ -184,9 +181,7 @@ pub async fn classify_file(
         .zip(results)
         .map(|(title, result)| row(title, result))
         .collect();
-    let mut writer = RowWriter::open(&output, config.format, first == 0)?;
-    writer.write(&rows)?;
-    drop(writer);
+    output.appender()?.write(&rows)?;
     RunState::remove(&state_path)?;
     Ok(Summary {
         skipped: first,
@@ -196,7 +191,7 @@ pub async fn classify_file(
         output_tokens: usage.output_tokens,
         upstream_requests: usage.upstream_requests,
         cost_usd: usage.cost_usd(),
-        output: Some(output),
+        output: Some(output.path().to_owned()),
     })
 }
 

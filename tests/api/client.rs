@@ -19,7 +19,7 @@ fn config_for(
     app: &TestApp,
     input: PathBuf,
     output: PathBuf,
-    format: OutputFormat,
+    format: Option<OutputFormat>,
 ) -> ClassifyFileConfig {
     ClassifyFileConfig {
         input,
@@ -53,7 +53,7 @@ async fn a_file_comes_back_in_input_order_and_an_interrupted_run_resumes() {
     std::fs::write(&input, titles.join("\n") + "\n").unwrap();
     let output = temp_path("out.jsonl");
     let _ = std::fs::remove_file(&output);
-    let config = config_for(&app, input, output.clone(), OutputFormat::Jsonl);
+    let config = config_for(&app, input, output.clone(), None);
 
     let summary = classify_file(&config, false).await.unwrap();
 
@@ -99,7 +99,7 @@ async fn jsonl_input_and_csv_output_keep_nasty_titles_intact() {
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
     let output = temp_path("nasty.csv");
     let _ = std::fs::remove_file(&output);
-    let mut config = config_for(&app, input, output.clone(), OutputFormat::Csv);
+    let mut config = config_for(&app, input, output.clone(), Some(OutputFormat::Csv));
     config.field = Some("text".to_owned());
 
     let summary = classify_file(&config, false).await.unwrap();
@@ -128,7 +128,7 @@ async fn a_service_with_keys_needs_the_client_key() {
     std::fs::write(&input, "Rust 2.0\nA new GPU\n").unwrap();
     let output = temp_path("two.jsonl");
     let _ = std::fs::remove_file(&output);
-    let mut config = config_for(&app, input, output.clone(), OutputFormat::Jsonl);
+    let mut config = config_for(&app, input, output.clone(), None);
 
     let refused = classify_file(&config, false).await.unwrap_err();
     assert!(
@@ -179,6 +179,79 @@ fn the_binary_classifies_a_file_without_a_running_service() {
         rows.iter()
             .all(|r| HN_LABELS.contains(&r.topic.as_deref().unwrap()))
     );
+}
+
+/// The traps a first run fell into: the output's format follows its extension, a contradicting
+/// `--format` is refused, a missing input names the action, and a run that fails before its
+/// first rows leaves no empty file behind.
+#[test]
+fn the_binary_follows_the_extension_and_fails_without_leaving_files() {
+    let classify = |args: &[&str]| {
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_hn-classifier"))
+            .arg("classify")
+            .args(args)
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("HNC_URL")
+            .env("HNC_SIM_LATENCY_MS", "1")
+            .output()
+            .unwrap();
+        (
+            run.status.success(),
+            String::from_utf8_lossy(&run.stderr).into_owned(),
+        )
+    };
+    let input = temp_path("traps.txt");
+    std::fs::write(&input, "Rust 2.0\nA new GPU\n").unwrap();
+    let input = input.to_str().unwrap();
+    let csv = temp_path("traps.csv");
+    let _ = std::fs::remove_file(&csv);
+
+    let (ok, stderr) = classify(&[input, "--simulate", "--output", csv.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert!(
+        text.starts_with("title,topic,confidence"),
+        "CSV, not JSONL: {text}"
+    );
+
+    let (ok, stderr) = classify(&[
+        input,
+        "--simulate",
+        "--output",
+        csv.to_str().unwrap(),
+        "--format",
+        "jsonl",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("ends in .csv but --format is jsonl"),
+        "{stderr}"
+    );
+
+    let (ok, stderr) = classify(&["/nonexistent/nope.txt", "--simulate"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("cannot open the input /nonexistent/nope.txt"),
+        "{stderr}"
+    );
+
+    let unreached = temp_path("unreached.jsonl");
+    let _ = std::fs::remove_file(&unreached);
+    let (ok, stderr) = classify(&[
+        input,
+        "--url",
+        "http://127.0.0.1:9",
+        "--batch-deadline-s",
+        "1",
+        "--output",
+        unreached.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("nothing answers at http://127.0.0.1:9"),
+        "{stderr}"
+    );
+    assert!(!unreached.exists(), "no empty output left behind");
 }
 
 /// `classify` over three replicas of the real binary, one of which `stop` ends a second into

@@ -1,0 +1,236 @@
+//! The run's files: titles read from the input, rows appended to the output in input order,
+//! and the resume point (rows an earlier run already wrote). The output's format follows its
+//! extension unless `--format` says otherwise, and a mismatch is refused rather than written.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::error::{ClientError, FileAction};
+use super::rows::{OutputFormat, Row};
+
+/// Where a run's rows go, in which format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    path: PathBuf,
+    format: OutputFormat,
+}
+
+impl Output {
+    /// The output: `output` in the format its extension says (or `format`, which must agree
+    /// with it), or a file beside `input`.
+    pub fn new(
+        input: &Path,
+        output: Option<PathBuf>,
+        format: Option<OutputFormat>,
+    ) -> Result<Self, ClientError> {
+        let Some(path) = output else {
+            let format = format.unwrap_or(OutputFormat::Jsonl);
+            let path = input.with_extension(format!("classified.{}", format.extension()));
+            return Ok(Self { path, format });
+        };
+        let format = match (format, OutputFormat::of(&path)) {
+            (Some(asked), Some(named)) if asked != named => {
+                return Err(ClientError::FormatMismatch { path, asked, named });
+            }
+            (Some(format), _) | (None, Some(format)) => format,
+            (None, None) => OutputFormat::Jsonl,
+        };
+        Ok(Self { path, format })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Rows already written by an earlier run: the resume point.
+    pub fn rows_done(&self) -> Result<usize, ClientError> {
+        let file = match File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(source) => return Err(self.failed(FileAction::ReadOutput, source)),
+        };
+        Ok(match self.format {
+            OutputFormat::Jsonl => BufReader::new(file)
+                .lines()
+                .map_while(Result::ok)
+                .filter(|l| !l.is_empty())
+                .count(),
+            OutputFormat::Csv => csv::Reader::from_reader(file).records().count(),
+        })
+    }
+
+    /// A writer that appends after the rows already there. The file is created with the first
+    /// rows, so a run that fails before any leaves no empty file behind.
+    pub fn appender(&self) -> Result<RowWriter, ClientError> {
+        let fresh = self.rows_done()? == 0;
+        Ok(RowWriter {
+            output: self.clone(),
+            fresh,
+            open: None,
+        })
+    }
+
+    fn failed(&self, action: FileAction, source: std::io::Error) -> ClientError {
+        ClientError::Io {
+            action,
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+/// Appends rows in order, flushing after each call to `write`.
+pub struct RowWriter {
+    output: Output,
+    /// No rows there yet: a CSV file starts with its header.
+    fresh: bool,
+    open: Option<Open>,
+}
+
+enum Open {
+    Jsonl(BufWriter<File>),
+    /// Boxed: the CSV writer's buffer makes it much larger than the other variant.
+    Csv(Box<csv::Writer<File>>),
+}
+
+impl RowWriter {
+    pub fn write(&mut self, rows: &[Row]) -> Result<(), ClientError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let output = &self.output;
+        let io = |source| output.failed(FileAction::WriteOutput, source);
+        let open = match &mut self.open {
+            Some(open) => open,
+            None => {
+                let file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&output.path)
+                    .map_err(io)?;
+                self.open.insert(match output.format {
+                    OutputFormat::Jsonl => Open::Jsonl(BufWriter::new(file)),
+                    OutputFormat::Csv => Open::Csv(Box::new(
+                        csv::WriterBuilder::new()
+                            .has_headers(self.fresh)
+                            .from_writer(file),
+                    )),
+                })
+            }
+        };
+        match open {
+            Open::Jsonl(out) => {
+                for row in rows {
+                    serde_json::to_writer(&mut *out, row).map_err(|e| io(e.into()))?;
+                    out.write_all(b"\n").map_err(io)?;
+                }
+                out.flush().map_err(io)
+            }
+            Open::Csv(out) => {
+                for row in rows {
+                    out.serialize(row).map_err(|e| io(e.into()))?;
+                }
+                out.flush().map_err(io)
+            }
+        }
+    }
+}
+
+/// The titles of `path`: one per line, or JSON Lines (a `.jsonl` file, or with `field`) with the
+/// title in `field` (`title` by default).
+pub fn read_titles(path: &Path, field: Option<&str>) -> Result<Vec<String>, ClientError> {
+    let failed = |action, source| ClientError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    };
+    let jsonl = field.is_some() || OutputFormat::of(path) == Some(OutputFormat::Jsonl);
+    let field = field.unwrap_or("title");
+    let file = File::open(path).map_err(|e| failed(FileAction::OpenInput, e))?;
+    let mut titles = Vec::new();
+    for (number, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| failed(FileAction::ReadInput, e))?;
+        if !jsonl {
+            titles.push(line);
+            continue;
+        }
+        let bad = |message: String| ClientError::Input {
+            path: path.to_owned(),
+            line: number + 1,
+            message,
+        };
+        let value: Value = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
+        let title = value
+            .get(field)
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad(format!("no string field `{field}`")))?;
+        titles.push(title.to_owned());
+    }
+    Ok(titles)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_format_follows_the_extension_and_a_mismatch_is_refused() {
+        let input = Path::new("data/titles.txt");
+        let out = |o: Option<&str>, f| Output::new(input, o.map(PathBuf::from), f);
+        let csv = out(Some("out.csv"), None).unwrap();
+        assert_eq!(csv.format, OutputFormat::Csv);
+        assert_eq!(
+            out(Some("out.JSONL"), None).unwrap().format,
+            OutputFormat::Jsonl
+        );
+        assert_eq!(
+            out(Some("out.txt"), Some(OutputFormat::Csv))
+                .unwrap()
+                .format,
+            OutputFormat::Csv
+        );
+        let refused = out(Some("out.csv"), Some(OutputFormat::Jsonl)).unwrap_err();
+        assert!(
+            refused.to_string().contains("out.csv ends in .csv"),
+            "{refused}"
+        );
+        let beside = out(None, Some(OutputFormat::Csv)).unwrap();
+        assert_eq!(beside.path, Path::new("data/titles.classified.csv"));
+        assert_eq!(
+            out(None, None).unwrap().path,
+            Path::new("data/titles.classified.jsonl")
+        );
+    }
+
+    #[test]
+    fn nothing_is_created_until_the_first_rows_and_a_resume_appends() {
+        let dir = std::env::temp_dir().join(format!("hnc-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("out.csv");
+        let _ = std::fs::remove_file(&path);
+        let output = Output {
+            path: path.clone(),
+            format: OutputFormat::Csv,
+        };
+        let row = |t: &str| Row {
+            title: t.to_owned(),
+            topic: Some("security".into()),
+            confidence: Some(0.5),
+            error: None,
+            error_code: None,
+        };
+        let mut writer = output.appender().unwrap();
+        writer.write(&[]).unwrap();
+        assert!(!path.exists(), "no rows, no file");
+        writer.write(&[row("a")]).unwrap();
+        drop(writer);
+        output.appender().unwrap().write(&[row("b")]).unwrap();
+        assert_eq!(output.rows_done().unwrap(), 2);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.matches("title,topic").count(), 1, "one header: {text}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
