@@ -8,13 +8,25 @@
 //! With a shared budget (`HNC_REDIS_URL`), turns come from the budget every replica on the same
 //! endpoint leases from, a block of calls per round trip; the local schedule takes over at once
 //! whenever Redis does not answer.
+//!
+//! Three parts: this module keeps the limits and the share and decides which schedule a call
+//! uses; `local` is the replica's own schedule, `lease` the shared budget's blocks. Locks: one
+//! `std::sync::Mutex` for the limits, share and local schedule (never held across an await),
+//! the tokio `booking` queue for callers past the booking horizon, and the tokio lock of the
+//! leased block (held across a lease's round trip). The std mutex is only ever taken inside one
+//! of the other two, briefly, never the other way round: no lock order can deadlock.
+
+mod lease;
+mod local;
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use self::lease::{Block, Shared, lease_size};
+use self::local::{Limits, Schedule};
 use super::headers::RateHeaders;
 use crate::coord::{Lease, LeaseRequest, SharedBudget};
 
@@ -28,10 +40,6 @@ const SHARE_CUT_COOLDOWN: Duration = Duration::from_millis(250);
 /// Successes raise the share by 2% of the limit per second, however many calls that is, so the
 /// probing back up is gentle whatever the rate.
 const SHARE_GROWTH_PER_SECOND: f64 = 0.02;
-/// A shared lease covers at most this much of the budget's schedule (and at most
-/// `MAX_LEASE_CALLS` calls): long enough to take several calls per Redis round trip, short
-/// enough that replicas interleave finely.
-const LEASE_WINDOW: Duration = Duration::from_millis(50);
 /// Turns are booked at most this far ahead; later callers queue (in order) until the schedule
 /// comes within reach. Without it, hundreds of calls holding slots would book seconds of turns
 /// at the old rate, and a cut of the share (another replica on the key) would only take effect
@@ -39,7 +47,6 @@ const LEASE_WINDOW: Duration = Duration::from_millis(50);
 const BOOKING_HORIZON: Duration = Duration::from_millis(100);
 /// The resolution of tokio's timer.
 const TIMER_TICK: Duration = Duration::from_millis(1);
-const MAX_LEASE_CALLS: u32 = 64;
 
 #[derive(Debug)]
 pub struct Pacer {
@@ -57,74 +64,6 @@ pub struct Pacer {
     open: AtomicBool,
 }
 
-/// The replica's side of a shared budget.
-#[derive(Debug)]
-struct Shared {
-    budget: SharedBudget,
-    /// The calls leased and not yet handed out. A tokio lock: it is held across the lease's
-    /// round trip, so one lease serves every caller that queued behind it.
-    block: tokio::sync::Mutex<Block>,
-    /// Callers waiting for the block: how many calls the next lease asks for.
-    waiting: AtomicUsize,
-    /// Tokens estimated and not used, given back with the next lease.
-    refund: AtomicU64,
-}
-
-/// Leased calls, spread evenly over the lease's span.
-#[derive(Debug)]
-struct Block {
-    start: Instant,
-    spacing: Duration,
-    next: u32,
-    calls: u32,
-    tokens_left: u64,
-    /// Whether tokens are counted (a token limit is known).
-    counts_tokens: bool,
-    /// When it was leased and how many of its turns were taken: the replica's own demand,
-    /// which sizes the next lease.
-    leased_at: Instant,
-    taken: u32,
-}
-
-impl Block {
-    fn empty() -> Self {
-        let now = Instant::now();
-        Self {
-            start: now,
-            spacing: Duration::ZERO,
-            next: 0,
-            calls: 0,
-            tokens_left: 0,
-            counts_tokens: false,
-            leased_at: now,
-            taken: 0,
-        }
-    }
-
-    /// Calls a second this replica took turns at while the block lasted.
-    fn demand(&self, now: Instant) -> f64 {
-        let elapsed = (now - self.leased_at).as_secs_f64().max(1e-3);
-        f64::from(self.taken) / elapsed
-    }
-
-    /// The next leased turn for a call of `tokens`, if the block still has one. Turns already
-    /// in the past are dropped (not used late, which would burst above the shared rate).
-    fn take(&mut self, tokens: u64, now: Instant) -> Option<Instant> {
-        if !self.spacing.is_zero() && now > self.start {
-            let passed = ((now - self.start).as_secs_f64() / self.spacing.as_secs_f64()) as u32;
-            self.next = self.next.max(passed);
-        }
-        if self.next >= self.calls || (self.counts_tokens && tokens > self.tokens_left) {
-            return None;
-        }
-        let turn = self.start + self.spacing * self.next;
-        self.next += 1;
-        self.taken += 1;
-        self.tokens_left = self.tokens_left.saturating_sub(tokens);
-        Some(turn.max(now))
-    }
-}
-
 #[derive(Debug)]
 struct PaceState {
     announced_rpm: Option<u64>,
@@ -133,10 +72,7 @@ struct PaceState {
     last_share_cut: Option<Instant>,
     /// When the share last grew (or was cut): growth is by elapsed time.
     share_changed_at: Instant,
-    /// Earliest start of the next call by the request rate and by the token rate.
-    next_by_requests: Instant,
-    next_by_tokens: Instant,
-    paused_until: Instant,
+    schedule: Schedule,
 }
 
 impl Pacer {
@@ -151,9 +87,7 @@ impl Pacer {
                 share: MAX_SHARE,
                 last_share_cut: None,
                 share_changed_at: now,
-                next_by_requests: now,
-                next_by_tokens: now,
-                paused_until: now,
+                schedule: Schedule::new(now),
             }),
             shared: None,
             waiting: AtomicUsize::new(0),
@@ -165,12 +99,7 @@ impl Pacer {
     /// The same pacer, taking its turns from `budget` while Redis answers.
     pub fn with_shared_budget(self, budget: SharedBudget) -> Self {
         Self {
-            shared: Some(Shared {
-                budget,
-                block: tokio::sync::Mutex::new(Block::empty()),
-                waiting: AtomicUsize::new(0),
-                refund: AtomicU64::new(0),
-            }),
+            shared: Some(Shared::new(budget)),
             ..self
         }
     }
@@ -212,7 +141,7 @@ impl Pacer {
                 return Some(turn);
             }
             let waiting = shared.waiting.load(Ordering::Relaxed) as u32 + 1;
-            let calls = self.lease_size(block.demand(Instant::now()), waiting);
+            let calls = lease_size(block.demand(Instant::now()), waiting, self.request_rate());
             let request = {
                 let s = self.lock();
                 LeaseRequest {
@@ -237,29 +166,8 @@ impl Pacer {
                 tokio::time::sleep(lease.delay).await;
                 continue;
             }
-            *block = Block {
-                start: asked_at + lease.delay,
-                spacing: lease.span / lease.calls,
-                next: 0,
-                calls: lease.calls,
-                tokens_left: tokens * u64::from(lease.calls),
-                counts_tokens: lease.tpm.is_some(),
-                leased_at: asked_at,
-                taken: 0,
-            };
+            *block = Block::leased(&lease, asked_at, tokens);
         }
-    }
-
-    /// How many calls to lease: what this replica takes in `LEASE_WINDOW` at its recent
-    /// `demand` (calls a second), at least the callers `waiting` now, and at most
-    /// `LEASE_WINDOW` of the whole budget's rate.
-    fn lease_size(&self, demand: f64, waiting: u32) -> u32 {
-        let window = LEASE_WINDOW.as_secs_f64();
-        let by_budget = self
-            .request_rate()
-            .map_or(1, |per_second| (per_second * window) as u32);
-        let wanted = ((demand * window).ceil() as u32).max(waiting);
-        wanted.min(by_budget).clamp(1, MAX_LEASE_CALLS)
     }
 
     /// Limits other replicas learned from the provider count as announced here too.
@@ -267,6 +175,32 @@ impl Pacer {
         let mut s = self.lock();
         s.announced_rpm = s.announced_rpm.or(lease.rpm);
         s.announced_tpm = s.announced_tpm.or(lease.tpm);
+    }
+
+    /// Books this call's turn on the local schedule, once the schedule is within
+    /// `BOOKING_HORIZON`: the turn reflects the share as it is then, not as it was when the call
+    /// started waiting. The booking queue is a tokio lock: callers past the horizon wait in it
+    /// in order, and it is held across their sleep.
+    async fn local_turn(&self, tokens: u64) -> Instant {
+        let _queue = self.booking.lock().await;
+        loop {
+            let now = Instant::now();
+            let earliest = {
+                let s = self.lock();
+                s.schedule.earliest(now, self.limits(&s))
+            };
+            if earliest <= now + BOOKING_HORIZON {
+                return self.reserve(tokens, now);
+            }
+            tokio::time::sleep_until(earliest - BOOKING_HORIZON).await;
+        }
+    }
+
+    /// Books the next start time for a call of `tokens` and returns it.
+    fn reserve(&self, tokens: u64, now: Instant) -> Instant {
+        let mut s = self.lock();
+        let limits = self.limits(&s);
+        s.schedule.reserve(tokens, now, limits)
     }
 
     /// Gives back what a call did not use of its estimate: `estimated` tokens were reserved,
@@ -283,10 +217,16 @@ impl Pacer {
             return;
         }
         let mut s = self.lock();
-        if let Some(tpm) = min_limit(self.configured_tpm, s.announced_tpm) {
-            let back = interval(unused as f64, tpm, s.share);
-            let now = Instant::now();
-            s.next_by_tokens = s.next_by_tokens.checked_sub(back).unwrap_or(now).max(now);
+        let limits = self.limits(&s);
+        s.schedule.give_back(unused, Instant::now(), limits);
+    }
+
+    /// The rates turns are booked at now.
+    fn limits(&self, s: &PaceState) -> Limits {
+        Limits {
+            rpm: min_limit(self.configured_rpm, s.announced_rpm),
+            tpm: min_limit(self.configured_tpm, s.announced_tpm),
+            share: s.share,
         }
     }
 
@@ -295,51 +235,6 @@ impl Pacer {
         self.open.load(Ordering::Relaxed)
             && self.configured_rpm.is_none()
             && self.configured_tpm.is_none()
-    }
-
-    /// Books this call's turn on the local schedule, once the schedule is within
-    /// `BOOKING_HORIZON`: the turn reflects the share as it is then, not as it was when the call
-    /// started waiting.
-    async fn local_turn(&self, tokens: u64) -> Instant {
-        let _queue = self.booking.lock().await;
-        loop {
-            let now = Instant::now();
-            let earliest = self.earliest_start(now);
-            if earliest <= now + BOOKING_HORIZON {
-                return self.reserve(tokens, now);
-            }
-            tokio::time::sleep_until(earliest - BOOKING_HORIZON).await;
-        }
-    }
-
-    /// The earliest a call could start if it booked now.
-    fn earliest_start(&self, now: Instant) -> Instant {
-        let s = self.lock();
-        let mut earliest = now.max(s.paused_until);
-        if min_limit(self.configured_rpm, s.announced_rpm).is_some() {
-            earliest = earliest.max(s.next_by_requests);
-        }
-        if min_limit(self.configured_tpm, s.announced_tpm).is_some() {
-            earliest = earliest.max(s.next_by_tokens);
-        }
-        earliest
-    }
-
-    /// Books the next start time for a call of `tokens` and returns it.
-    fn reserve(&self, tokens: u64, now: Instant) -> Instant {
-        let mut s = self.lock();
-        let rpm = min_limit(self.configured_rpm, s.announced_rpm);
-        let tpm = min_limit(self.configured_tpm, s.announced_tpm);
-        let mut start = now.max(s.paused_until);
-        if let Some(rpm) = rpm {
-            start = start.max(s.next_by_requests);
-            s.next_by_requests = start + interval(1.0, rpm, s.share);
-        }
-        if let Some(tpm) = tpm {
-            start = start.max(s.next_by_tokens);
-            s.next_by_tokens = start + interval(tokens as f64, tpm, s.share);
-        }
-        start
     }
 
     /// Calls waiting for their turn now.
@@ -384,7 +279,7 @@ impl Pacer {
         let now = Instant::now();
         if rate_limited {
             if let Some(wait) = headers.retry_after {
-                s.paused_until = s.paused_until.max(now + wait);
+                s.schedule.pause_until(now + wait);
             }
             // Only a call sent at the current share says the share is too high: the 429s of
             // calls sent before the last cut (a start-up burst, their retries) say nothing new.
@@ -427,11 +322,6 @@ fn min_limit(a: Option<u64>, b: Option<u64>) -> Option<u64> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
-}
-
-/// Time one call of `cost` units takes up under a per-minute `limit` used at `share`.
-fn interval(cost: f64, per_minute: u64, share: f64) -> Duration {
-    Duration::from_secs_f64(cost * 60.0 / (per_minute as f64 * share))
 }
 
 #[cfg(test)]
@@ -496,7 +386,7 @@ mod tests {
         let calls: Vec<_> = (0..40)
             .map(|_| {
                 let p = p.clone();
-                tokio::spawn(async move {
+                crate::tasks::spawn(async move {
                     p.wait_turn(1).await;
                     Instant::now()
                 })
