@@ -27,6 +27,13 @@ for expected in "/classify-batch" "/taxonomies" "Classify a batch of titles"; do
     exit 1
   fi
 done
+# Buttons that need Scalar's cloud must not be offered on a page presented as offline.
+for absent in "Ask AI" "Generate MCP" "Deploy" "Developer Tools"; do
+  if grep -q "$absent" "$dir/dom.html"; then
+    echo "the docs page offers \"$absent\", which needs Scalar's cloud" >&2
+    exit 1
+  fi
+done
 if [ "${SCREENSHOT:-0}" = 1 ]; then
   "${chrome[@]}" --screenshot="$PWD/docs/docs-page.png" "http://127.0.0.1:$port/docs" 2>>"$dir/chromium.log"
 fi

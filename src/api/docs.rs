@@ -1,6 +1,8 @@
 //! `/docs`: the API document rendered by the Scalar viewer, served from the binary (the viewer's
 //! script is compiled in from assets/scalar, see SOURCE.md there), so the page works behind a
 //! firewall or offline. The viewer's "try it" proxy is off: requests go straight to this service.
+//! What needs Scalar's cloud is off too ("Ask AI", "Generate MCP", the developer tools' "Deploy"
+//! and "Share"): the page shows only what works offline.
 
 use axum::http::header;
 use axum::response::{Html, IntoResponse};
@@ -24,6 +26,9 @@ const PAGE: &str = r#"<!doctype html>
       proxyUrl: '',
       withDefaultFonts: false,
       telemetry: false,
+      showDeveloperTools: 'never',
+      agent: { disabled: true },
+      mcp: { disabled: true },
     })
   </script>
 </body>

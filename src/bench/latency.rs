@@ -31,6 +31,20 @@ pub struct LatencyRow {
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub p999_ms: f64,
+    /// How late the 99th percentile send left its scheduled moment: the load generator's own
+    /// health. Above `SATURATED_LAG_MS` the machine could not keep the rate, and the
+    /// percentiles measure it rather than the target.
+    pub send_lag_p99_ms: f64,
+}
+
+/// A send leaving this late (p99) means the load generator, not the target, set the pace: the
+/// timer wakes at millisecond ticks, so a healthy generator stays within a tick or two.
+const SATURATED_LAG_MS: f64 = 5.0;
+
+impl LatencyRow {
+    fn saturated(&self) -> bool {
+        self.send_lag_p99_ms > SATURATED_LAG_MS
+    }
 }
 
 /// How one request is made.
@@ -159,19 +173,25 @@ async fn open_loop(
             tokio::time::sleep_until(at).await;
         }
         let (call, titles) = (call.clone(), titles.clone());
-        handles.push(tokio::spawn(async move {
+        handles.push(crate::tasks::spawn(async move {
+            let lag = at.elapsed();
             let ok = call.send(&titles[i % titles.len()]).await;
-            (at.elapsed(), ok)
+            (at.elapsed(), lag, ok)
         }));
     }
     let mut latencies = Vec::with_capacity(n);
+    let mut lags = Vec::with_capacity(n);
     let mut errors = 0;
     for handle in handles {
-        let (latency, ok) = handle.await.unwrap_or((Duration::MAX, false));
+        let (latency, lag, ok) = handle
+            .await
+            .unwrap_or((Duration::MAX, Duration::MAX, false));
         errors += usize::from(!ok);
         latencies.push(latency);
+        lags.push(lag);
     }
     latencies.sort_unstable();
+    lags.sort_unstable();
     LatencyRow {
         ran_at_utc: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         target: call.name(),
@@ -183,28 +203,74 @@ async fn open_loop(
         p90_ms: percentile_ms(&latencies, 0.90),
         p99_ms: percentile_ms(&latencies, 0.99),
         p999_ms: percentile_ms(&latencies, 0.999),
+        send_lag_p99_ms: percentile_ms(&lags, 0.99),
     }
 }
 
 fn line(service: &LatencyRow, direct: &LatencyRow) -> String {
     let added = |s: f64, d: f64| format!("{:+.3}", s - d);
-    format!(
-        "latency {}/s x {}s: service p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} ms ({} errors); direct p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} ms ({} errors); added p50 {} p90 {} p99 {} p99.9 {} ms",
-        service.rate_per_s,
-        service.duration_s,
-        service.p50_ms,
-        service.p90_ms,
-        service.p99_ms,
-        service.p999_ms,
-        service.errors,
-        direct.p50_ms,
-        direct.p90_ms,
-        direct.p99_ms,
-        direct.p999_ms,
-        direct.errors,
-        added(service.p50_ms, direct.p50_ms),
-        added(service.p90_ms, direct.p90_ms),
-        added(service.p99_ms, direct.p99_ms),
-        added(service.p999_ms, direct.p999_ms),
-    )
+    let warning = if service.saturated() || direct.saturated() {
+        format!(
+            "WARNING: the load generator fell behind its schedule at {}/s (p99 send lag: service \
+             {:.1} ms, direct {:.1} ms; healthy is under {SATURATED_LAG_MS} ms): this machine \
+             cannot drive this rate, so the added latency is its noise, not the service's. \
+             Use a lower rate or a quieter machine.\n",
+            service.rate_per_s, service.send_lag_p99_ms, direct.send_lag_p99_ms
+        )
+    } else {
+        String::new()
+    };
+    warning
+        + &format!(
+            "latency {}/s x {}s: service p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} ms ({} errors); direct p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} ms ({} errors); added p50 {} p90 {} p99 {} p99.9 {} ms",
+            service.rate_per_s,
+            service.duration_s,
+            service.p50_ms,
+            service.p90_ms,
+            service.p99_ms,
+            service.p999_ms,
+            service.errors,
+            direct.p50_ms,
+            direct.p90_ms,
+            direct.p99_ms,
+            direct.p999_ms,
+            direct.errors,
+            added(service.p50_ms, direct.p50_ms),
+            added(service.p90_ms, direct.p90_ms),
+            added(service.p99_ms, direct.p99_ms),
+            added(service.p999_ms, direct.p999_ms),
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(target: &'static str, p50_ms: f64, send_lag_p99_ms: f64) -> LatencyRow {
+        LatencyRow {
+            ran_at_utc: String::new(),
+            target,
+            rate_per_s: 3000,
+            duration_s: 10.0,
+            sent: 30_000,
+            errors: 0,
+            p50_ms,
+            p90_ms: p50_ms,
+            p99_ms: p50_ms,
+            p999_ms: p50_ms,
+            send_lag_p99_ms,
+        }
+    }
+
+    #[test]
+    fn a_generator_that_fell_behind_is_named_before_the_figures() {
+        let healthy = line(&row("service", 1.3, 0.9), &row("direct", 1.0, 1.1));
+        assert!(!healthy.contains("WARNING"), "{healthy}");
+        assert!(healthy.contains("added p50 +0.300"), "{healthy}");
+        let saturated = line(&row("service", 2821.0, 2400.0), &row("direct", 1.0, 1.2));
+        assert!(
+            saturated.starts_with("WARNING: the load generator fell behind its schedule at 3000/s"),
+            "{saturated}"
+        );
+    }
 }

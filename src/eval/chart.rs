@@ -28,11 +28,13 @@ pub fn draw(dir: &Path, reports: &[Report]) -> Result<(), String> {
             BitMapBackend::new(&png, size).into_drawing_area(),
             confusion,
             &title,
+            Glyphs::OneByOne,
         )?;
         heatmap(
             SVGBackend::new(&svg, size).into_drawing_area(),
             confusion,
             &title,
+            Glyphs::Whole,
         )?;
     }
     let png = dir.join("reliability.png");
@@ -60,39 +62,71 @@ fn heatmap_size(confusion: &Confusion) -> (u32, u32) {
     )
 }
 
+/// How words are drawn: a bitmap needs them glyph by glyph (`crate::plot::glyphs`).
+#[derive(Clone, Copy)]
+enum Glyphs {
+    OneByOne,
+    Whole,
+}
+
+/// Draws `words` with its left edge at `at`, vertically centred on it.
+fn words<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    words: &str,
+    at: (i32, i32),
+    size: i32,
+    glyphs: Glyphs,
+) -> Result<(), String> {
+    let style = TextStyle::from((FONT, size).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+    let fail = |e: &dyn std::fmt::Display| e.to_string();
+    match glyphs {
+        Glyphs::Whole => root
+            .draw(&Text::new(words.to_owned(), at, style))
+            .map_err(|e| fail(&e)),
+        Glyphs::OneByOne => {
+            for (c, x) in crate::plot::glyphs(words, f64::from(size)) {
+                root.draw(&Text::new(c.to_string(), (at.0 + x, at.1), style.clone()))
+                    .map_err(|e| fail(&e))?;
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Cells shaded by the row's share (how a gold label's items were answered), with counts; the
 /// columns are numbered like the rows, the last is errors.
 fn heatmap<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     confusion: &Confusion,
     title: &str,
+    glyphs: Glyphs,
 ) -> Result<(), String> {
     let fail = |e: &dyn std::fmt::Display| e.to_string();
     root.fill(&WHITE).map_err(|e| fail(&e))?;
     let text = |size: i32| TextStyle::from((FONT, size).into_font());
     let centred = |size: i32| text(size).pos(Pos::new(HPos::Center, VPos::Center));
-    root.draw(&Text::new(title.to_owned(), (16, 16), text(20)))
-        .map_err(|e| fail(&e))?;
+    words(&root, title, (16, 26), 20, glyphs)?;
     let n = confusion.labels.len();
-    for column in 0..=n {
-        let header = if column == n {
-            ERROR_COLUMN.to_owned()
-        } else {
-            (column + 1).to_string()
-        };
+    for column in 0..n {
         let x = ROW_LABELS + column as i32 * CELL + CELL / 2;
-        root.draw(&Text::new(header, (x, TOP - 14), centred(14)))
-            .map_err(|e| fail(&e))?;
+        root.draw(&Text::new(
+            (column + 1).to_string(),
+            (x, TOP - 14),
+            centred(14),
+        ))
+        .map_err(|e| fail(&e))?;
     }
+    words(
+        &root,
+        ERROR_COLUMN,
+        (ROW_LABELS + n as i32 * CELL + 2, TOP - 14),
+        14,
+        glyphs,
+    )?;
     for (row, label) in confusion.labels.iter().enumerate() {
         let y = TOP + row as i32 * CELL;
         let name = format!("{} {label}", row + 1);
-        root.draw(&Text::new(
-            name,
-            (8, y + CELL / 2),
-            text(14).pos(Pos::new(HPos::Left, VPos::Center)),
-        ))
-        .map_err(|e| fail(&e))?;
+        words(&root, &name, (8, y + CELL / 2), 14, glyphs)?;
         let total: usize = confusion.counts[row].iter().sum();
         for (column, count) in confusion.counts[row].iter().enumerate() {
             let share = if total == 0 {
