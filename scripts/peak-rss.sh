@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Peak RSS of one `serve` process while IN_FLIGHT upstream calls (default 10,000) are in flight
-# at once (DESIGN target: at most 64 MiB). The simulator runs as its own process with a long,
+# at once (target: at most 64 MiB, docs/BENCHMARKS.md). The simulator runs as its own process with a long,
 # tight latency so every call is outstanding together; the titles are distinct (real titles,
 # numbered on repeat) so single-flight cannot merge them, sent as batches of BATCH titles from
 # as many client threads at once. The simulator is plain http://, so HTTP/2 (what `auto` picks

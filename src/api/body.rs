@@ -63,7 +63,7 @@ pub struct ItemView {
     pub confidence: Option<f64>,
     /// What went wrong; null on success.
     pub error: Option<String>,
-    /// A stable code for the error (see the README); absent on success.
+    /// A stable code for the error (docs/http-api.md lists them); absent on success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_code: Option<String>,
     /// True when the answer came from the result cache (no upstream call, 0 tokens); absent

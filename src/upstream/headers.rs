@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use reqwest::header::HeaderMap;
+use http::HeaderMap;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct RateHeaders {
@@ -54,7 +54,7 @@ impl RateHeaders {
 
 #[cfg(test)]
 mod tests {
-    use reqwest::header::HeaderValue;
+    use http::HeaderValue;
 
     use super::*;
 

@@ -1,7 +1,8 @@
 //! The shape of the code, checked like behaviour: no two modules of `src/` import each other in
 //! a loop (a child importing from its parent `mod.rs` while the parent imports the child counts),
-//! and the README's layout names every module. Imports are read from the source text: `use`
-//! trees and inline `crate::`/`super::` paths, test modules left out.
+//! the layouts (README, docs/development.md) name every module, and imports come in three groups (std, other crates,
+//! this crate) as `rustfmt.toml` says. Imports are read from the source text: `use` trees and
+//! inline `crate::`/`super::` paths, test modules left out.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -34,20 +35,155 @@ fn no_two_modules_import_each_other_in_a_loop() {
     assert!(graph[&path("upstream::pool")].contains(&path("upstream::endpoint")));
 }
 
-#[test]
-fn the_readme_layout_names_every_module_of_src() {
-    let readme = std::fs::read_to_string("README.md").unwrap();
-    let layout = readme
-        .split("## Layout")
+/// The `## Layout` section of a Markdown file.
+fn layout_section(file: &str) -> String {
+    let text = std::fs::read_to_string(file).unwrap();
+    text.split("## Layout")
         .nth(1)
         .and_then(|rest| rest.split("\n## ").next())
-        .expect("README.md has a Layout section");
+        .unwrap_or_else(|| panic!("{file} has a Layout section"))
+        .to_owned()
+}
+
+#[test]
+fn the_layouts_name_every_module_of_src() {
+    let full = layout_section("docs/development.md");
     let missing: Vec<String> = modules_of(Path::new("src"))
         .values()
         .map(|m| m.file.display().to_string())
-        .filter(|file| !layout.contains(file.as_str()))
+        .filter(|file| !full.contains(file.as_str()))
         .collect();
-    assert!(missing.is_empty(), "not in the README layout: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "not in docs/development.md's layout: {missing:?}"
+    );
+    // The README's short list names each folder and top-level file of src/.
+    let short = layout_section("README.md");
+    let missing: Vec<String> = std::fs::read_dir("src")
+        .unwrap()
+        .map(|entry| {
+            let path = entry.unwrap().path();
+            let name = path.display().to_string();
+            if path.is_dir() {
+                format!("`{name}/`")
+            } else {
+                format!("`{name}`")
+            }
+        })
+        .filter(|name| !short.contains(name.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not in the README's layout: {missing:?}"
+    );
+}
+
+/// `group_imports = "StdExternalCrate"` is nightly-only in rustfmt; this is its check on stable.
+#[test]
+fn imports_come_in_three_groups_std_then_crates_then_this_crate() {
+    let mut files = Vec::new();
+    for dir in ["src", "tests", "benches"] {
+        files.extend(rust_files(Path::new(dir)));
+    }
+    let mut misplaced = Vec::new();
+    for file in files {
+        let source = std::fs::read_to_string(&file).unwrap();
+        if let Err(why) = imports_grouped(&source) {
+            misplaced.push(format!("{}: {why}", file.display()));
+        }
+    }
+    assert!(
+        misplaced.is_empty(),
+        "imports out of their group: {misplaced:#?}"
+    );
+}
+
+#[test]
+fn the_grouping_check_sees_a_mixed_group_and_a_wrong_order() {
+    let good = "use std::fmt;\n\nuse serde::Serialize;\nuse tokio::{\n    net::TcpListener,\n};\n\nuse crate::x;\nuse super::y;\n";
+    assert_eq!(imports_grouped(good), Ok(()));
+    let mixed = "use std::fmt;\nuse serde::Serialize;\n";
+    assert!(imports_grouped(mixed).is_err());
+    let reversed = "use crate::x;\n\nuse std::fmt;\n";
+    assert!(imports_grouped(reversed).is_err());
+}
+
+/// Std (0), other crates (1), this crate (2), for one top-level `use`.
+fn import_group(statement: &str) -> u8 {
+    let path = statement
+        .trim_start_matches("pub(crate) ")
+        .trim_start_matches("pub ")
+        .trim_start_matches("use ")
+        .trim_start_matches("::");
+    let root = path.split(['{', ':', ';', ' ']).next().unwrap_or("");
+    match root {
+        "std" | "core" | "alloc" => 0,
+        "crate" | "super" | "self" => 2,
+        _ => 1,
+    }
+}
+
+/// Checks the top-level `use` statements of a file: within each run of them (broken only by
+/// blank lines) the groups never go back, and a new group starts after a blank line. A child
+/// module named without `self::` counts as another crate, as rustfmt counts it.
+fn imports_grouped(source: &str) -> Result<(), String> {
+    let mut last: Option<(u8, bool)> = None; // (group, a blank line since)
+    let mut lines = source.lines().enumerate();
+    while let Some((number, line)) = lines.next() {
+        // Re-exports (`pub use`) are the module's public face, listed on their own.
+        let is_use = line.starts_with("use ");
+        if line.trim().is_empty() {
+            if let Some((_, blank)) = last.as_mut() {
+                *blank = true;
+            }
+            continue;
+        }
+        if !is_use {
+            last = None;
+            continue;
+        }
+        let mut statement = line.to_owned();
+        while !statement.trim_end().ends_with(';') {
+            let Some((_, more)) = lines.next() else { break };
+            statement.push_str(more);
+        }
+        let group = import_group(&statement);
+        if let Some((before, blank)) = last {
+            if group < before {
+                return Err(format!(
+                    "line {}: `{line}` comes after a later group",
+                    number + 1
+                ));
+            }
+            if group != before && !blank {
+                return Err(format!(
+                    "line {}: `{line}` needs a blank line before it",
+                    number + 1
+                ));
+            }
+        }
+        last = Some((group, false));
+    }
+    Ok(())
+}
+
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(d) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries {
+            let file = entry.unwrap().path();
+            if file.is_dir() {
+                pending.push(file);
+            } else if file.extension().is_some_and(|e| e == "rs") {
+                files.push(file);
+            }
+        }
+    }
+    files
 }
 
 #[test]

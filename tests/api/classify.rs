@@ -228,11 +228,11 @@ async fn hanging_up_upstream() -> (String, Arc<AtomicUsize>) {
             },
         ),
     );
-    tokio::spawn(async move {
+    hn_classifier::tasks::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::Relaxed);
             let service = hyper_util::service::TowerToHyperService::new(app.clone());
-            tokio::spawn(async move {
+            hn_classifier::tasks::spawn(async move {
                 let builder = hyper_util::server::conn::auto::Builder::new(
                     hyper_util::rt::TokioExecutor::new(),
                 );

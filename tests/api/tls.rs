@@ -71,13 +71,13 @@ async fn private_upstream_speaking(alpn: &[&[u8]]) -> PrivateUpstream {
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
+    hn_classifier::tasks::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
             let (acceptor, app) = (acceptor.clone(), app.clone());
-            tokio::spawn(async move {
+            hn_classifier::tasks::spawn(async move {
                 // A client that does not trust the CA hangs up during the handshake.
                 let Ok(stream) = acceptor.accept(tcp).await else {
                     return;
@@ -201,13 +201,13 @@ async fn connect_proxy() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = seen.clone();
-    tokio::spawn(async move {
+    hn_classifier::tasks::spawn(async move {
         loop {
             let Ok((client, _)) = listener.accept().await else {
                 return;
             };
             let record = record.clone();
-            tokio::spawn(async move {
+            hn_classifier::tasks::spawn(async move {
                 let mut client = BufReader::new(client);
                 let mut request = String::new();
                 if client.read_line(&mut request).await.is_err() {
