@@ -5,10 +5,13 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use hn_classifier::taxonomy::Taxonomy;
+use hn_classifier::taxonomy::{AnswerForm, Taxonomy};
 use hn_classifier::upstream::UpstreamApi;
 use hn_classifier::upstream::templates::{PackTemplate, RequestTemplate};
 use serde_json::json;
+
+/// The answers below carry a written confidence.
+const WRITTEN: AnswerForm = AnswerForm::LabelAndConfidence;
 
 const TITLE: &str = "Show HN: A fast JSON parser in Rust that beats simd-json on small documents";
 
@@ -42,7 +45,7 @@ fn codec(c: &mut Criterion) {
         ("responses", UpstreamApi::Responses, responses_body(answer)),
         ("chat", UpstreamApi::Chat, chat_body(answer)),
     ] {
-        let template = RequestTemplate::new(api, "gpt-4.1-mini", &taxonomy);
+        let template = RequestTemplate::new(api, "gpt-4.1-mini", &taxonomy, WRITTEN);
         c.bench_function(&format!("{name}/encode one title"), |b| {
             b.iter(|| template.encode(black_box(TITLE)))
         });
@@ -56,7 +59,13 @@ fn codec(c: &mut Criterion) {
 
     let titles: Vec<String> = (0..20).map(|i| format!("{TITLE} #{i}")).collect();
     let titles: Vec<&str> = titles.iter().map(String::as_str).collect();
-    let packs = PackTemplate::new(UpstreamApi::Responses, "gpt-4.1-mini", &taxonomy, 20);
+    let packs = PackTemplate::new(
+        UpstreamApi::Responses,
+        "gpt-4.1-mini",
+        &taxonomy,
+        20,
+        WRITTEN,
+    );
     let items: Vec<_> = (0..20)
         .map(|id| json!({"id": id, "topic": "programming_dev_tools", "confidence": 0.8}))
         .collect();

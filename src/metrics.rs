@@ -59,6 +59,8 @@ pub struct Metrics {
     /// 1 while budget, quotas and cache are shared through Redis, 0 while this replica decides
     /// alone (Redis unset reads 0 as well).
     pub redis_coordinated: IntGauge,
+    /// 1 while an endpoint's confidences come from logprobs, 0 while its model writes them.
+    pub upstream_confidence_from_logprobs: IntGaugeVec,
     /// Background tasks of the process (`crate::tasks`): connection drivers, server connections.
     pub background_tasks: IntGauge,
 }
@@ -228,6 +230,14 @@ impl Metrics {
                 "1 while budget, quotas and cache are shared through Redis; 0 while deciding alone.",
             )
             .expect("valid metric"),
+            upstream_confidence_from_logprobs: IntGaugeVec::new(
+                Opts::new(
+                    "upstream_confidence_from_logprobs",
+                    "1 while an endpoint's confidences come from logprobs, 0 while its model writes them (HNC_CONFIDENCE=self, or a model that refuses logprobs).",
+                ),
+                &["upstream"],
+            )
+            .expect("valid metric"),
             background_tasks: IntGauge::new(
                 "background_tasks",
                 "Background tasks running in the process (connection drivers, server connections).",
@@ -240,7 +250,8 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 24] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 25] = [
+            Box::new(self.upstream_confidence_from_logprobs.clone()),
             Box::new(self.background_tasks.clone()),
             Box::new(self.answers.clone()),
             Box::new(self.service_ready.clone()),

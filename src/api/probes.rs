@@ -38,6 +38,11 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         let counter = m.upstream_resent.with_label_values(&[name]);
         counter.inc_by(resent.saturating_sub(counter.get()));
     }
+    for (name, on) in upstream.confidence_from_logprobs() {
+        m.upstream_confidence_from_logprobs
+            .with_label_values(&[name])
+            .set(i64::from(on));
+    }
     for (name, share) in upstream.pacer_shares() {
         m.upstream_rate_share.with_label_values(&[name]).set(share);
     }

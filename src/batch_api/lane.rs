@@ -239,6 +239,9 @@ impl Lane {
             .expect("upstream settings hold at least one endpoint");
         let taxonomy = Taxonomy::hn_topics();
         let pack_size = settings.pack_size.max(1);
+        // As live; a model that refuses logprobs and is not known to fails its lines, which go
+        // to the fallback.
+        let form = settings.confidence.form_for(&endpoint.model);
         let api_path = match endpoint.api {
             UpstreamApi::Responses => "/v1/responses",
             UpstreamApi::Chat => "/v1/chat/completions",
@@ -246,8 +249,8 @@ impl Lane {
         Ok(Self {
             client: BatchClient::new(&endpoint.base_url, &endpoint.api_key),
             endpoint: api_path.to_owned(),
-            single: RequestTemplate::new(endpoint.api, &endpoint.model, &taxonomy),
-            packs: PackTemplate::new(endpoint.api, &endpoint.model, &taxonomy, pack_size),
+            single: RequestTemplate::new(endpoint.api, &endpoint.model, &taxonomy, form),
+            packs: PackTemplate::new(endpoint.api, &endpoint.model, &taxonomy, pack_size, form),
             pack_size,
             taxonomy,
             price: endpoint.price,

@@ -12,7 +12,7 @@ use rand::Rng;
 use super::error::BenchError;
 use super::target::{Approach, UpstreamTarget, upstream_client};
 use crate::api::body::{ItemView, UsageView};
-use crate::taxonomy::Taxonomy;
+use crate::taxonomy::{AnswerForm, Taxonomy};
 use crate::upstream::pricing::PriceTable;
 use crate::upstream::templates::RequestTemplate;
 use crate::upstream::{UpstreamClient, Usage};
@@ -79,7 +79,13 @@ fn run_pool(
     bar: &ProgressBar,
 ) -> Result<Measured, BenchError> {
     let taxonomy = Taxonomy::hn_topics();
-    let template = RequestTemplate::new(target.api, &target.model, &taxonomy);
+    // The reference client's request: the model writes its confidence.
+    let template = RequestTemplate::new(
+        target.api,
+        &target.model,
+        &taxonomy,
+        AnswerForm::LabelAndConfidence,
+    );
     let price = PriceTable::default().price_of(&target.model);
     let url = format!("{}/{}", target.url.trim_end_matches('/'), target.api.path());
     let client = reqwest::blocking::Client::builder()

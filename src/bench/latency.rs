@@ -15,6 +15,7 @@ use super::error::BenchError;
 use super::result::{append_csv, percentile_ms};
 use super::target::UpstreamTarget;
 use crate::taxonomy::Taxonomy;
+use crate::upstream::ConfidenceSource;
 use crate::upstream::templates::RequestTemplate;
 
 /// One target at one rate: a row of `latency.csv`.
@@ -124,10 +125,12 @@ pub async fn study(
                 upstream.url.trim_end_matches('/'),
                 upstream.api.path()
             ),
+            // The body the service sends, by default.
             template: Box::new(RequestTemplate::new(
                 upstream.api,
                 &upstream.model,
                 &taxonomy,
+                ConfidenceSource::default().form_for(&upstream.model),
             )),
             target: upstream.clone(),
         }),

@@ -12,7 +12,8 @@ use crate::secret::Secret;
 use crate::taxonomy::Taxonomies;
 use crate::upstream::pricing::PriceTable;
 use crate::upstream::{
-    AuthStyle, EndpointSettings, Http2, Transport, UpstreamApi, UpstreamClient, UpstreamSettings,
+    AuthStyle, ConfidenceSource, EndpointSettings, Http2, Transport, UpstreamApi, UpstreamClient,
+    UpstreamSettings,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -73,6 +74,7 @@ pub fn upstream_client(
         call_timeout: target.tuning.upstream_timeout,
         retry: target.tuning.retry_policy(),
         pack_size: 1,
+        confidence: ConfidenceSource::default(),
         service_tier: None,
         flex_fallback: true,
         extra_roots: Vec::new(),

@@ -11,14 +11,21 @@ use super::metrics::{Confusion, ERROR_COLUMN};
 use super::report::Report;
 use crate::plot::FONT;
 
-/// Writes `confusion_k{K}.png/.svg` per setting and `reliability.png/.svg` in `dir`.
+/// Writes `confusion_k{K}.png/.svg` per setting (`confusion_k{K}_self` for a written
+/// confidence's run) and `reliability.png/.svg` in `dir`.
 pub fn draw(dir: &Path, reports: &[Report]) -> Result<(), String> {
     crate::plot::register();
     for report in reports {
-        let name = format!("confusion_k{}", report.setting);
+        // The default source keeps the plain name; a written confidence's run is told apart.
+        let suffix = match report.setting.confidence() {
+            "self" => "_self",
+            _ => "",
+        };
+        let name = format!("confusion_k{}{suffix}", report.setting);
         let title = format!(
-            "Confusion, pack size {} (rows: gold, columns: answer)",
-            report.setting
+            "Confusion, pack size {}, confidence from {} (rows: gold, columns: answer)",
+            report.setting,
+            report.setting.confidence()
         );
         let confusion = &report.scores.confusion;
         let size = heatmap_size(confusion);
@@ -194,8 +201,10 @@ fn reliability<DB: DrawingBackend>(
             .map(|b| (b.mean_confidence, b.accuracy))
             .collect();
         let label = format!(
-            "pack size {} (ECE {:.3})",
-            report.setting, report.scores.ece
+            "pack size {}, {} (ECE {:.3})",
+            report.setting,
+            report.setting.confidence(),
+            report.scores.ece
         );
         chart
             .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))

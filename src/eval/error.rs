@@ -9,7 +9,10 @@ use crate::client::ClientError;
 pub enum EvalError {
     #[error("reading the gold file")]
     Gold(#[from] GoldError),
-    #[error("--pack-sizes needs --direct or --simulate: a running service packs as it was started")]
+    #[error(
+        "--pack-sizes and --confidences need --direct or --simulate: a running service packs and \
+         reads confidences as it was started"
+    )]
     PackSizesNeedDirect,
     #[error("classifying the gold titles")]
     Classify(#[from] ClientError),

@@ -14,7 +14,8 @@ mod report;
 use std::path::PathBuf;
 
 use crate::client::{Batches, ServiceArgs};
-use crate::config::ServeConfig;
+use crate::config::{ServeConfig, confidence_parser};
+use crate::upstream::ConfidenceSource;
 pub use error::EvalError;
 pub use gold::{Fields, GoldError, GoldItem};
 pub use metrics::{Outcome, Scores, agreement, score};
@@ -43,6 +44,12 @@ pub struct EvalConfig {
     /// --direct or --simulate: a running service packs as it was started.
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=100))]
     pub pack_sizes: Option<Vec<u32>>,
+
+    /// Where the confidence comes from (HNC_CONFIDENCE), each over the whole set at each pack
+    /// size, so the two can be compared on the same items [default: logprobs,self]. Needs
+    /// --direct or --simulate.
+    #[arg(long, value_delimiter = ',', value_parser = confidence_parser())]
+    pub confidences: Option<Vec<ConfidenceSource>>,
 
     /// Only the first N items of the gold file.
     #[arg(long)]
@@ -80,11 +87,21 @@ pub async fn run(config: &EvalConfig, progress: bool) -> Result<Vec<Report>, Eva
     let gold = gold::read(&config.gold, &fields, config.limit)?;
     let titles: Vec<String> = gold.iter().map(|g| g.title.clone()).collect();
     let in_process = config.service.in_process();
-    let settings: Vec<Setting> = match (&config.pack_sizes, in_process) {
-        (Some(_), false) => return Err(EvalError::PackSizesNeedDirect),
-        (Some(sizes), true) => sizes.iter().map(|k| Setting::Pack(*k)).collect(),
-        (None, true) => vec![Setting::Pack(1)],
-        (None, false) => vec![Setting::Service],
+    if !in_process && (config.pack_sizes.is_some() || config.confidences.is_some()) {
+        return Err(EvalError::PackSizesNeedDirect);
+    }
+    let sizes = config.pack_sizes.clone().unwrap_or_else(|| vec![1]);
+    let sources = config
+        .confidences
+        .clone()
+        .unwrap_or_else(|| vec![ConfidenceSource::Logprobs, ConfidenceSource::Written]);
+    let settings: Vec<Setting> = if in_process {
+        sources
+            .iter()
+            .flat_map(|&confidence| sizes.iter().map(move |&k| Setting::Pack { k, confidence }))
+            .collect()
+    } else {
+        vec![Setting::Service]
     };
     let batches = Batches {
         size: config.batch_size as usize,
@@ -93,8 +110,9 @@ pub async fn run(config: &EvalConfig, progress: bool) -> Result<Vec<Report>, Eva
     let mut reports: Vec<Report> = Vec::new();
     for setting in settings {
         let target = Box::pin(config.service.connect(|serve| match setting {
-            Setting::Pack(k) => ServeConfig {
+            Setting::Pack { k, confidence } => ServeConfig {
                 pack_size: k,
+                confidence,
                 ..serve
             },
             Setting::Service => serve,
@@ -118,13 +136,16 @@ pub async fn run(config: &EvalConfig, progress: bool) -> Result<Vec<Report>, Eva
             usage,
         });
     }
-    if let Some(k1) = reports.iter().position(|r| r.setting == Setting::Pack(1)) {
-        let k1 = topics(&reports[k1]);
-        let agreements: Vec<Option<f64>> =
-            reports.iter().map(|r| agreement(&k1, &topics(r))).collect();
-        for (report, agreed) in reports.iter_mut().zip(agreements) {
-            report.agreement_with_k1 = agreed;
-        }
+    let agreements: Vec<Option<f64>> = reports
+        .iter()
+        .map(|r| {
+            let k1 = r.setting.at_k1()?;
+            let k1 = reports.iter().find(|other| other.setting == k1)?;
+            agreement(&topics(k1), &topics(r))
+        })
+        .collect();
+    for (report, agreed) in reports.iter_mut().zip(agreements) {
+        report.agreement_with_k1 = agreed;
     }
     write_files(&config.output, &gold, &reports)?;
     chart::draw(&config.output, &reports).map_err(EvalError::Chart)?;

@@ -9,18 +9,42 @@ use super::error::EvalError;
 use super::gold::GoldItem;
 use super::metrics::{Outcome, Scores};
 use crate::client::{Row, Summary};
+use crate::upstream::ConfidenceSource;
 
-/// What was varied: a pack size in this process, or a running service as it is.
+/// What was varied: a pack size and where the confidence comes from, in this process; or a
+/// running service as it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Setting {
-    Pack(u32),
+    Pack {
+        k: u32,
+        confidence: ConfidenceSource,
+    },
     Service,
 }
 
+impl Setting {
+    /// The `confidence` column: `logprobs`, `self`, or `service` (as the service is set).
+    pub fn confidence(&self) -> &'static str {
+        match self {
+            Self::Pack { confidence, .. } => confidence.name(),
+            Self::Service => "service",
+        }
+    }
+
+    /// The setting at pack size 1 with the same confidence source: what agreement is against.
+    pub fn at_k1(&self) -> Option<Self> {
+        match *self {
+            Self::Pack { confidence, .. } => Some(Self::Pack { k: 1, confidence }),
+            Self::Service => None,
+        }
+    }
+}
+
+/// The `pack_size` column.
 impl fmt::Display for Setting {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Pack(k) => write!(f, "{k}"),
+            Self::Pack { k, .. } => write!(f, "{k}"),
             Self::Service => f.write_str("service"),
         }
     }
@@ -55,6 +79,7 @@ struct ItemRow<'a> {
     gold: &'a str,
     alt: Option<&'a str>,
     pack_size: String,
+    confidence_source: &'static str,
     topic: Option<&'a str>,
     confidence: Option<f64>,
     error_code: Option<&'a str>,
@@ -64,6 +89,7 @@ struct ItemRow<'a> {
 #[derive(Serialize)]
 struct SummaryRow {
     pack_size: String,
+    confidence_source: &'static str,
     items: usize,
     strict_accuracy: f64,
     lenient_accuracy: f64,
@@ -81,6 +107,7 @@ struct SummaryRow {
 #[derive(Serialize)]
 struct LabelRow<'a> {
     pack_size: String,
+    confidence_source: &'static str,
     label: &'a str,
     support: usize,
     predicted: usize,
@@ -101,6 +128,7 @@ impl SummaryRow {
         };
         Self {
             pack_size: report.setting.to_string(),
+            confidence_source: report.setting.confidence(),
             items: s.items,
             strict_accuracy: s.strict_accuracy,
             lenient_accuracy: s.lenient_accuracy,
@@ -129,6 +157,7 @@ pub fn write_files(dir: &Path, gold: &[GoldItem], reports: &[Report]) -> Result<
                 gold: &g.label,
                 alt: g.alt.as_deref(),
                 pack_size: r.setting.to_string(),
+                confidence_source: r.setting.confidence(),
                 topic: row.topic.as_deref(),
                 confidence: row.confidence,
                 error_code: row.error_code.as_deref(),
@@ -141,6 +170,7 @@ pub fn write_files(dir: &Path, gold: &[GoldItem], reports: &[Report]) -> Result<
         reports.iter().flat_map(|r| {
             r.scores.per_label.iter().map(move |l| LabelRow {
                 pack_size: r.setting.to_string(),
+                confidence_source: r.setting.confidence(),
                 label: &l.label,
                 support: l.support,
                 predicted: l.predicted,
@@ -170,8 +200,9 @@ fn write_csv<R: Serialize>(path: &Path, rows: impl Iterator<Item = R>) -> Result
 /// The table printed at the end: one line per setting, then where the files are.
 pub fn table(reports: &[Report], dir: &Path) -> String {
     let mut lines = vec![format!(
-        "{:>8} {:>6} {:>7} {:>8} {:>8} {:>6} {:>9} {:>7} {:>11} {:>12}",
+        "{:>8} {:>10} {:>6} {:>7} {:>8} {:>8} {:>6} {:>9} {:>7} {:>11} {:>10} {:>12}",
         "pack",
+        "confidence",
         "items",
         "strict",
         "lenient",
@@ -180,6 +211,7 @@ pub fn table(reports: &[Report], dir: &Path) -> String {
         "agree_k1",
         "errors",
         "calls/1000",
+        "out/item",
         "cost/1000"
     )];
     for r in reports {
@@ -191,8 +223,9 @@ pub fn table(reports: &[Report], dir: &Path) -> String {
             .cost_per_1000
             .map_or("unknown".to_owned(), |c| format!("${c:.4}"));
         lines.push(format!(
-            "{:>8} {:>6} {:>7.3} {:>8.3} {:>8.3} {:>6.3} {:>9} {:>7} {:>11.0} {:>12}",
+            "{:>8} {:>10} {:>6} {:>7.3} {:>8.3} {:>8.3} {:>6.3} {:>9} {:>7} {:>11.0} {:>10.1} {:>12}",
             row.pack_size,
+            row.confidence_source,
             row.items,
             row.strict_accuracy,
             row.lenient_accuracy,
@@ -201,6 +234,7 @@ pub fn table(reports: &[Report], dir: &Path) -> String {
             agree,
             row.item_errors,
             row.upstream_requests_per_1000,
+            row.output_tokens_per_1000 / 1000.0,
             cost
         ));
     }

@@ -9,6 +9,7 @@ mod keywords;
 mod limits;
 mod protocol;
 mod stats;
+mod writer;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -318,26 +319,12 @@ async fn handle(
 fn respond(api: Api, sim: &Sim, request: &SimRequest, input_tokens: u64, fault: Fault) -> Value {
     const REFUSAL: &str = "I'm sorry, but I can't help with that request.";
     let id = sim.next_id.fetch_add(1, Ordering::Relaxed);
-    let text = match fault {
-        Fault::Garbage => {
-            "Sure! Here is the classification you asked for: it is about computers.".to_owned()
-        }
-        _ => match &request.pack {
-            Some(items) => {
-                let answers: Vec<Value> = items
-                    .iter()
-                    .map(|(id, title)| {
-                        let (topic, confidence) = keywords::classify(title, &request.labels);
-                        json!({"id": id, "topic": topic, "confidence": confidence})
-                    })
-                    .collect();
-                json!({ "items": answers }).to_string()
-            }
-            None => {
-                let (topic, confidence) = keywords::classify(&request.title, &request.labels);
-                json!({"topic": topic, "confidence": confidence}).to_string()
-            }
-        },
+    let (text, logprobs) = match fault {
+        Fault::Garbage => writer::write_text(
+            "Sure! Here is the classification you asked for: it is about computers.",
+            request.logprobs,
+        ),
+        _ => writer::write_answer(request),
     };
     let output_tokens = protocol::estimate_tokens(text.len());
     let model = &request.model;
@@ -349,9 +336,11 @@ fn respond(api: Api, sim: &Sim, request: &SimRequest, input_tokens: u64, fault: 
             protocol::chat_refusal_body(id, model, REFUSAL, input_tokens, output_tokens)
         }
         (Api::Responses, _) => {
-            protocol::responses_body(id, model, &text, input_tokens, output_tokens)
+            protocol::responses_body_with(id, model, (&text, logprobs), input_tokens, output_tokens)
         }
-        (Api::Chat, _) => protocol::chat_body(id, model, &text, input_tokens, output_tokens),
+        (Api::Chat, _) => {
+            protocol::chat_body_with(id, model, (&text, logprobs), input_tokens, output_tokens)
+        }
     };
     // As OpenAI does: the tier that served the call, whatever was asked.
     body["service_tier"] = json!(request.served_tier());

@@ -84,6 +84,75 @@ pub struct SimRequest {
     pub pack: Option<Vec<(u64, String)>>,
     /// The `service_tier` asked for, checked: `auto`, `default`, `flex` or `priority`.
     pub service_tier: Option<String>,
+    /// Whether the schema asks the model to write a `confidence` beside the topic.
+    pub written_confidence: bool,
+    /// Logprobs asked for: `Some(n)` returns each token's logprob with `n` alternatives.
+    pub logprobs: Option<u8>,
+}
+
+/// Models that answer a request for logprobs with a 400, as OpenAI's reasoning models do.
+fn refuses_logprobs(model: &str) -> bool {
+    ["gpt-5", "o1", "o3", "o4"]
+        .iter()
+        .any(|family| model == *family || model.starts_with(&format!("{family}-")))
+}
+
+/// `top_logprobs` as OpenAI checks it: an integer from 0 to 20.
+fn top_logprobs(obj: &Map<String, Value>) -> Result<Option<u8>, OpenAiError> {
+    match obj.get("top_logprobs") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .filter(|n| *n <= 20)
+            .map(|n| Some(n as u8))
+            .ok_or_else(|| {
+                OpenAiError::invalid(
+                    "Invalid 'top_logprobs': expected an integer between 0 and 20.",
+                    "top_logprobs",
+                    Some("invalid_value"),
+                )
+            }),
+    }
+}
+
+/// The 400 a model without logprobs answers when they are asked for.
+fn logprobs_unsupported(param: &str) -> OpenAiError {
+    OpenAiError::invalid(
+        format!("Unsupported parameter: '{param}' is not supported with this model."),
+        param,
+        Some("unsupported_parameter"),
+    )
+}
+
+/// Responses: logprobs come with `include: ["message.output_text.logprobs"]`, `top_logprobs`
+/// alternatives each.
+fn responses_logprobs(obj: &Map<String, Value>, model: &str) -> Result<Option<u8>, OpenAiError> {
+    let top = top_logprobs(obj)?;
+    let included = obj
+        .get("include")
+        .and_then(Value::as_array)
+        .is_some_and(|i| i.iter().any(|v| v == "message.output_text.logprobs"));
+    if (included || top.is_some()) && refuses_logprobs(model) {
+        return Err(logprobs_unsupported("top_logprobs"));
+    }
+    Ok(included.then_some(top.unwrap_or(0)))
+}
+
+/// Chat Completions: `logprobs: true`, and `top_logprobs` only with it.
+fn chat_logprobs(obj: &Map<String, Value>, model: &str) -> Result<Option<u8>, OpenAiError> {
+    let top = top_logprobs(obj)?;
+    let asked = obj.get("logprobs").and_then(Value::as_bool) == Some(true);
+    if (asked || top.is_some()) && refuses_logprobs(model) {
+        return Err(logprobs_unsupported("logprobs"));
+    }
+    if top.is_some() && !asked {
+        return Err(OpenAiError::invalid(
+            "Invalid value for 'top_logprobs': 'logprobs' must be set to true when 'top_logprobs' is used.",
+            "top_logprobs",
+            Some("invalid_value"),
+        ));
+    }
+    Ok(asked.then_some(top.unwrap_or(0)))
 }
 
 /// The tier asked for, if any and valid.
@@ -203,6 +272,7 @@ pub fn parse_responses(body: &Value) -> Result<SimRequest, OpenAiError> {
         .and_then(|t| t.get("format"))
         .ok_or_else(|| OpenAiError::missing("text.format"))?;
     let shape = check_json_schema(format, "text.format")?;
+    let logprobs = responses_logprobs(obj, &model)?;
     Ok(SimRequest {
         model,
         pack: shape.packed.then(|| pack_items(&title)),
@@ -210,6 +280,8 @@ pub fn parse_responses(body: &Value) -> Result<SimRequest, OpenAiError> {
         prompt_chars: instructions.map_or(0, |i| i.chars().count()) + other_chars,
         labels: shape.labels,
         service_tier: service_tier(obj)?,
+        written_confidence: shape.confidence,
+        logprobs,
     })
 }
 
@@ -246,6 +318,7 @@ pub fn parse_chat(body: &Value) -> Result<SimRequest, OpenAiError> {
         .get("json_schema")
         .ok_or_else(|| OpenAiError::missing("response_format.json_schema"))?;
     let shape = check_json_schema(schema, "response_format.json_schema")?;
+    let logprobs = chat_logprobs(obj, &model)?;
     Ok(SimRequest {
         model,
         pack: shape.packed.then(|| pack_items(&title)),
@@ -253,6 +326,8 @@ pub fn parse_chat(body: &Value) -> Result<SimRequest, OpenAiError> {
         prompt_chars: other_chars,
         labels: shape.labels,
         service_tier: service_tier(obj)?,
+        written_confidence: shape.confidence,
+        logprobs,
     })
 }
 
@@ -417,20 +492,24 @@ fn check_json_schema(format: &Value, param: &str) -> Result<AnswerShape, OpenAiE
         return Ok(AnswerShape {
             labels,
             packed: true,
+            confidence: entry_properties.contains_key("confidence"),
         });
     }
     let labels = topic_enum(properties, param, "schema.properties.topic")?;
     Ok(AnswerShape {
         labels,
         packed: false,
+        confidence: properties.contains_key("confidence"),
     })
 }
 
-/// What the answer must look like: which labels, and one answer or a pack of them.
+/// What the answer must look like: which labels, one answer or a pack of them, and whether the
+/// model writes a confidence.
 #[derive(Debug)]
 struct AnswerShape {
     labels: Vec<String>,
     packed: bool,
+    confidence: bool,
 }
 
 fn schema_error(param: &str, what: &str, at: &str) -> OpenAiError {
@@ -527,6 +606,22 @@ pub fn responses_body(
     input_tokens: u64,
     output_tokens: u64,
 ) -> Value {
+    responses_body_with(id, model, (text, None), input_tokens, output_tokens)
+}
+
+/// A `completed` Responses API body whose message carries `text` and, when asked, its tokens'
+/// logprobs.
+pub fn responses_body_with(
+    id: u64,
+    model: &str,
+    (text, logprobs): (&str, Option<Value>),
+    input_tokens: u64,
+    output_tokens: u64,
+) -> Value {
+    let mut part = json!({"type": "output_text", "text": text, "annotations": []});
+    if let Some(logprobs) = logprobs {
+        part["logprobs"] = logprobs;
+    }
     json!({
         "id": format!("resp_sim{id:016x}"),
         "object": "response",
@@ -540,7 +635,7 @@ pub fn responses_body(
             "id": format!("msg_sim{id:016x}"),
             "status": "completed",
             "role": "assistant",
-            "content": [{"type": "output_text", "text": text, "annotations": []}]
+            "content": [part]
         }],
         "store": false,
         "usage": {
@@ -588,6 +683,22 @@ pub fn chat_body(
     prompt_tokens: u64,
     completion_tokens: u64,
 ) -> Value {
+    chat_body_with(id, model, (text, None), prompt_tokens, completion_tokens)
+}
+
+/// A Chat Completions body whose one choice carries `text` and, when asked, its tokens'
+/// logprobs.
+pub fn chat_body_with(
+    id: u64,
+    model: &str,
+    (text, logprobs): (&str, Option<Value>),
+    prompt_tokens: u64,
+    completion_tokens: u64,
+) -> Value {
+    let logprobs = logprobs.map_or(
+        Value::Null,
+        |content| json!({"content": content, "refusal": null}),
+    );
     json!({
         "id": format!("chatcmpl-sim{id:016x}"),
         "object": "chat.completion",
@@ -596,7 +707,7 @@ pub fn chat_body(
         "choices": [{
             "index": 0,
             "message": {"role": "assistant", "content": text, "refusal": null},
-            "logprobs": null,
+            "logprobs": logprobs,
             "finish_reason": "stop"
         }],
         "usage": {
@@ -634,7 +745,7 @@ pub fn check_auth(headers: &HeaderMap) -> Result<(), OpenAiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::taxonomy::Taxonomy;
+    use crate::taxonomy::{AnswerForm, Taxonomy};
     use crate::upstream::templates::RequestTemplate;
 
     fn our_request() -> Value {
@@ -643,6 +754,7 @@ mod tests {
                 crate::upstream::UpstreamApi::Responses,
                 "gpt-4.1-mini",
                 &Taxonomy::hn_topics(),
+                AnswerForm::LabelOnly,
             )
             .encode("A title")
             .to_vec(),
@@ -678,7 +790,7 @@ mod tests {
                 r["text"]["format"]["schema"]["additionalProperties"] = json!(true)
             }),
             ("text.format.schema.required", |r| {
-                r["text"]["format"]["schema"]["required"] = json!(["topic"])
+                r["text"]["format"]["schema"]["required"] = json!([])
             }),
             ("bogus", |r| r["bogus"] = json!(1)),
         ];
@@ -692,12 +804,46 @@ mod tests {
     }
 
     #[test]
+    fn logprobs_are_checked_as_openai_checks_them_and_refused_by_reasoning_models() {
+        let ours = parse_responses(&our_request()).unwrap();
+        assert_eq!(ours.logprobs, Some(20));
+        assert!(!ours.written_confidence);
+        let mut too_many = our_request();
+        too_many["top_logprobs"] = json!(21);
+        assert_eq!(
+            parse_responses(&too_many).unwrap_err().param.as_deref(),
+            Some("top_logprobs")
+        );
+        let mut reasoning = our_request();
+        reasoning["model"] = json!("gpt-5-mini");
+        let refused = parse_responses(&reasoning).unwrap_err();
+        assert_eq!(refused.code, Some("unsupported_parameter"));
+        assert_eq!(refused.param.as_deref(), Some("top_logprobs"));
+        let chat = json!({
+            "model": "m",
+            "messages": [{"role": "user", "content": "Rust 2.0"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "t", "strict": true,
+                "schema": Taxonomy::hn_topics().answer_schema(AnswerForm::LabelOnly)}},
+            "top_logprobs": 5,
+        });
+        assert_eq!(
+            parse_chat(&chat).unwrap_err().param.as_deref(),
+            Some("top_logprobs"),
+            "top_logprobs needs logprobs: true"
+        );
+        let mut asked = chat.clone();
+        asked["logprobs"] = json!(true);
+        assert_eq!(parse_chat(&asked).unwrap().logprobs, Some(5));
+    }
+
+    #[test]
     fn accepts_our_packed_requests_and_reads_their_items() {
         let template = crate::upstream::templates::PackTemplate::new(
             crate::upstream::UpstreamApi::Responses,
             "m",
             &Taxonomy::hn_topics(),
             5,
+            AnswerForm::LabelAndConfidence,
         );
         let (body, _) = template.encode(&["Rust 2.0", "A GPU"]);
         let req = parse_responses(&serde_json::from_slice(&body.to_vec()).unwrap()).unwrap();
@@ -710,7 +856,7 @@ mod tests {
 
     #[test]
     fn chat_requests_are_validated_too() {
-        let schema = json!({"name": "hn_topic", "strict": true, "schema": Taxonomy::hn_topics().answer_schema()});
+        let schema = json!({"name": "hn_topic", "strict": true, "schema": Taxonomy::hn_topics().answer_schema(AnswerForm::LabelAndConfidence)});
         let mut req = json!({
             "model": "m",
             "messages": [{"role": "system", "content": "classify"}, {"role": "user", "content": "Rust 2.0"}],

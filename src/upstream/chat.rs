@@ -6,8 +6,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::decode::decode_with;
+use super::decode::{Output, decode_with};
 use super::error::UpstreamError;
+use super::logprobs::TokenLogprob;
 use super::usage::Usage;
 
 #[derive(Serialize)]
@@ -17,6 +18,12 @@ pub(super) struct Request<'a> {
     pub response_format: &'a RawValue,
     /// `max_tokens` rather than `max_completion_tokens`: every compatible server knows it.
     pub max_tokens: u32,
+    /// With `top_logprobs`: each output token's logprob and its likeliest alternatives, where
+    /// the label's confidence is read from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<u8>,
 }
 
 #[derive(Serialize)]
@@ -44,6 +51,12 @@ struct Response {
 struct Choice {
     message: Option<ChoiceMessage>,
     finish_reason: Option<String>,
+    logprobs: Option<ChoiceLogprobs>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceLogprobs {
+    content: Option<Vec<TokenLogprob>>,
 }
 
 #[derive(Deserialize)]
@@ -69,7 +82,7 @@ struct PromptTokensDetails {
 
 /// The model's text from `choices[0]`, and the tokens either way. A refusal, or a finish reason
 /// of `length` (cut off) or `content_filter`, is an error, never a partial answer.
-pub(super) fn decode_text(body: &[u8]) -> (Result<String, UpstreamError>, Usage) {
+pub(super) fn decode_text(body: &[u8]) -> (Result<Output, UpstreamError>, Usage) {
     decode_with(
         body,
         |r: &Response| {
@@ -85,7 +98,7 @@ pub(super) fn decode_text(body: &[u8]) -> (Result<String, UpstreamError>, Usage)
     )
 }
 
-fn choice_text(choices: Vec<Choice>) -> Result<String, UpstreamError> {
+fn choice_text(choices: Vec<Choice>) -> Result<Output, UpstreamError> {
     let choice = choices
         .into_iter()
         .next()
@@ -102,9 +115,14 @@ fn choice_text(choices: Vec<Choice>) -> Result<String, UpstreamError> {
             reason: Some(reason.to_owned()),
         });
     }
-    message.content.ok_or_else(|| {
+    let text = message.content.ok_or_else(|| {
         UpstreamError::MalformedResponse("no `choices[0].message.content`".to_owned())
-    })
+    })?;
+    let logprobs = choice
+        .logprobs
+        .and_then(|l| l.content)
+        .filter(|l| !l.is_empty());
+    Ok(Output { text, logprobs })
 }
 
 #[cfg(test)]
@@ -128,7 +146,7 @@ mod tests {
             json!({"role": "assistant", "content": "{}", "refusal": null}),
             "stop",
         ));
-        assert_eq!(text.unwrap(), "{}");
+        assert_eq!(text.unwrap().text, "{}");
         assert_eq!(
             (
                 usage.input_tokens,

@@ -3,7 +3,7 @@
 //! belong to the pool (`UpstreamClient`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,14 +19,14 @@ use super::headers::RateHeaders;
 use super::limiter::{AdaptiveLimiter, Congestion};
 use super::net::{Answer, Connections, Connector, Limits, Liveness, Proxies};
 use super::pacer::Pacer;
-use super::settings::{AuthStyle, EndpointSettings, Transport};
+use super::settings::{AuthStyle, ConfidenceSource, EndpointSettings, Transport};
 use super::templates::{PackTemplate, RequestTemplate};
 use super::usage::Price;
 use super::usage::{Tier, Usage};
 use crate::coord::{Coordinator, SharedBudget};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
-use crate::taxonomy::{Taxonomies, Taxonomy};
+use crate::taxonomy::{AnswerForm, Taxonomies, Taxonomy};
 
 const USER_AGENT_VALUE: &str = concat!("hn-classifier/", env!("CARGO_PKG_VERSION"));
 
@@ -58,8 +58,14 @@ pub struct Endpoint {
     api_key: Secret,
     model: String,
     weight: u32,
-    /// The request templates of every taxonomy, by `Taxonomy::key`: built once at start-up.
-    templates: HashMap<Arc<str>, Templates>,
+    /// The request templates of every taxonomy, by `Taxonomy::key`, built once at start-up:
+    /// with the confidence written by the model, and (unless the model is known to refuse
+    /// logprobs) with the label only, its confidence from logprobs.
+    written: HashMap<Arc<str>, Templates>,
+    label_only: HashMap<Arc<str>, Templates>,
+    /// Whether calls ask for the label only and read the confidence from logprobs; cleared for
+    /// good by the model's first refusal of them.
+    logprobs: AtomicBool,
     limiter: AdaptiveLimiter,
     pacer: Pacer,
     price: Option<Price>,
@@ -87,6 +93,7 @@ impl Endpoint {
         call_timeout: Duration,
         taxonomies: &Taxonomies,
         pack_size: usize,
+        confidence: ConfidenceSource,
     ) -> Result<Self, BuildError> {
         let (header, value) = match settings.auth {
             AuthStyle::Bearer => (
@@ -132,16 +139,35 @@ impl Endpoint {
             max_response_bytes: transport.max_response_bytes,
         };
         let http = Connections::new(connector, uri, headers, limits)?;
-        let templates = taxonomies
-            .iter()
-            .map(|t| {
-                let templates = Templates {
-                    single: RequestTemplate::new(settings.api, &settings.model, t),
-                    packs: PackTemplate::new(settings.api, &settings.model, t, pack_size),
-                };
-                (t.key().clone(), templates)
-            })
-            .collect();
+        let templates = |form| {
+            taxonomies
+                .iter()
+                .map(|t| {
+                    let templates = Templates {
+                        single: RequestTemplate::new(settings.api, &settings.model, t, form),
+                        packs: PackTemplate::new(settings.api, &settings.model, t, pack_size, form),
+                    };
+                    (t.key().clone(), templates)
+                })
+                .collect()
+        };
+        let form = confidence.form_for(&settings.model);
+        let known_refusal =
+            confidence == ConfidenceSource::Logprobs && form == AnswerForm::LabelAndConfidence;
+        if known_refusal {
+            tracing::info!(
+                upstream = %settings.name,
+                model = %settings.model,
+                "this model does not return logprobs: it writes its confidence"
+            );
+        }
+        let logprobs = form == AnswerForm::LabelOnly;
+        let written = templates(AnswerForm::LabelAndConfidence);
+        let label_only = if logprobs {
+            templates(AnswerForm::LabelOnly)
+        } else {
+            HashMap::new()
+        };
         Ok(Self {
             name: settings.name,
             http,
@@ -149,7 +175,9 @@ impl Endpoint {
             api_key: settings.api_key,
             model: settings.model,
             weight: settings.weight.max(1),
-            templates,
+            written,
+            label_only,
+            logprobs: AtomicBool::new(logprobs),
             limiter: AdaptiveLimiter::new(settings.max_in_flight),
             pacer: Pacer::new(settings.rpm_limit, settings.tpm_limit),
             price: settings.price,
@@ -190,10 +218,35 @@ impl Endpoint {
         self.price
     }
 
+    /// The templates calls use now: the label only while the model returns logprobs, else the
+    /// written confidence.
     pub fn templates(&self, taxonomy: &Taxonomy) -> &Templates {
-        self.templates
+        let templates = if self.logprobs.load(Ordering::Relaxed) {
+            &self.label_only
+        } else {
+            &self.written
+        };
+        templates
             .get(taxonomy.key())
             .expect("every taxonomy the API accepts had its templates built at start-up")
+    }
+
+    /// Whether the confidence of this endpoint's answers comes from logprobs now.
+    pub fn uses_logprobs(&self) -> bool {
+        self.logprobs.load(Ordering::Relaxed)
+    }
+
+    /// The model refused logprobs, or answered without them: from now on it is asked for a
+    /// written confidence. Said once, in the log; `upstream_confidence_from_logprobs` reads 0.
+    pub fn stop_logprobs(&self, why: &UpstreamError) {
+        if self.logprobs.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                upstream = %self.name,
+                model = %self.model,
+                error = %why,
+                "no logprobs from this model: its answers carry a written confidence from now on"
+            );
+        }
     }
 
     /// About how long a call sent here now waits behind those already here: calls in flight or
@@ -359,18 +412,34 @@ impl Endpoint {
         struct ErrorBody {
             message: Option<String>,
             code: Option<String>,
+            param: Option<String>,
         }
-        let (code, message) = match serde_json::from_slice::<Envelope>(body) {
-            Ok(e) => (e.error.code, e.error.message.unwrap_or_default()),
+        let (code, message, param) = match serde_json::from_slice::<Envelope>(body) {
+            Ok(e) => (
+                e.error.code,
+                e.error.message.unwrap_or_default(),
+                e.error.param,
+            ),
             Err(_) => (
                 None,
                 String::from_utf8_lossy(body).chars().take(200).collect(),
+                None,
             ),
         };
+        let message = scrub_secrets(&message, self.api_key.expose());
+        let logprobs_param = matches!(
+            param.as_deref(),
+            Some("top_logprobs" | "logprobs" | "include")
+        );
+        // Only a request that asked for logprobs is refused for them, whatever the endpoint
+        // uses by the time the answer comes.
+        if status == 400 && logprobs_param {
+            return UpstreamError::LogprobsRefused(message);
+        }
         UpstreamError::Http {
             status,
             code,
-            message: scrub_secrets(&message, self.api_key.expose()),
+            message,
             retry_after: headers.retry_after,
             should_retry: headers.should_retry,
         }

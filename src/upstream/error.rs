@@ -49,6 +49,16 @@ pub enum UpstreamError {
 
     #[error("the model answered confidence {0}, which is outside 0..1")]
     ConfidenceOutOfRange(f64),
+
+    /// The provider refused the logprobs parameters for this model (a 400 naming them): the
+    /// endpoint asks for a written confidence from then on, and the call goes again at once.
+    #[error("the model does not return logprobs: {0}")]
+    LogprobsRefused(String),
+
+    /// A 2xx answer without the logprobs the confidence is read from (a provider that ignores
+    /// the parameters): handled like a refusal.
+    #[error("the answer came without usable logprobs: {0}")]
+    NoLogprobs(&'static str),
 }
 
 /// Why the upstream client could not be built at start-up.
@@ -134,6 +144,8 @@ impl UpstreamError {
             Self::InvalidOutput(_) => "invalid_output",
             Self::OffTaxonomy(_) => "off_taxonomy",
             Self::ConfidenceOutOfRange(_) => "confidence_out_of_range",
+            Self::LogprobsRefused(_) => "logprobs_refused",
+            Self::NoLogprobs(_) => "logprobs_missing",
         }
     }
 }

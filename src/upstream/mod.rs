@@ -14,6 +14,7 @@ mod error;
 mod fair;
 mod headers;
 mod limiter;
+mod logprobs;
 mod net;
 mod pacer;
 mod pool;
@@ -33,6 +34,7 @@ pub use limiter::{AdaptiveLimiter, Congestion, LimiterSnapshot};
 pub use pool::{Saturation, UpstreamClient};
 pub use retry::{Decision, Failure, GiveUp, ItemDeadline, RETRY_REASONS, RetryPolicy};
 pub use settings::{
-    AuthStyle, EndpointSettings, Http2, ServiceTier, Transport, UpstreamApi, UpstreamSettings,
+    AuthStyle, ConfidenceSource, EndpointSettings, Http2, ServiceTier, Transport, UpstreamApi,
+    UpstreamSettings,
 };
 pub use usage::{Prediction, Tier, Usage};

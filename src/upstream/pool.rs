@@ -124,6 +124,7 @@ impl UpstreamClient {
                     settings.call_timeout,
                     taxonomies,
                     pack_size,
+                    settings.confidence,
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -202,6 +203,11 @@ impl UpstreamClient {
     /// processed them.
     pub fn resent(&self) -> impl Iterator<Item = (&str, u64)> {
         self.endpoints.iter().map(|e| (e.name(), e.resent()))
+    }
+
+    /// Each endpoint's name and whether its confidences come from logprobs now.
+    pub fn confidence_from_logprobs(&self) -> impl Iterator<Item = (&str, bool)> {
+        self.endpoints.iter().map(|e| (e.name(), e.uses_logprobs()))
     }
 
     /// Each endpoint's name and the share of its rate limit its pacer aims for now.
@@ -336,6 +342,16 @@ impl UpstreamClient {
                 Ok(value) => return (Ok(value), usage),
                 Err(error) => error,
             };
+            if error.is_logprobs_fault() {
+                // Asked again at once for a written confidence: a model without logprobs costs
+                // one call, never an item, and no retry.
+                endpoint.stop_logprobs(&error);
+                self.metrics
+                    .upstream_retries
+                    .with_label_values(&[error.code()])
+                    .inc();
+                continue;
+            }
             let flex_gave_way =
                 error.is_flex_unavailable() || matches!(error, UpstreamError::Timeout(_));
             if tier == Some(ServiceTier::Flex) && self.flex_fallback && flex_gave_way {

@@ -5,9 +5,13 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::decode::decode_with;
+use super::decode::{Output, decode_with};
 use super::error::UpstreamError;
+use super::logprobs::TokenLogprob;
 use super::usage::Usage;
+
+/// What `include` asks for to get each output token's logprob.
+pub(super) const INCLUDE_LOGPROBS: [&str; 1] = ["message.output_text.logprobs"];
 
 #[derive(Serialize)]
 pub(super) struct Request<'a> {
@@ -18,6 +22,12 @@ pub(super) struct Request<'a> {
     /// The API stores responses by default; we never read them back.
     pub store: bool,
     pub max_output_tokens: u32,
+    /// With `top_logprobs`: the logprob of each output token and its likeliest alternatives,
+    /// where the label's confidence is read from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub include: Option<[&'static str; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<u8>,
 }
 
 #[derive(Serialize)]
@@ -57,7 +67,11 @@ enum OutputItem {
 #[serde(tag = "type")]
 enum ContentPart {
     #[serde(rename = "output_text")]
-    OutputText { text: String },
+    OutputText {
+        text: String,
+        #[serde(default)]
+        logprobs: Option<Vec<TokenLogprob>>,
+    },
     #[serde(rename = "refusal")]
     Refusal { refusal: String },
     #[serde(other)]
@@ -82,7 +96,7 @@ struct InputTokensDetails {
 }
 
 /// The model's text from a completed Responses API body, and the tokens either way.
-pub(super) fn decode_text(body: &[u8]) -> (Result<String, UpstreamError>, Usage) {
+pub(super) fn decode_text(body: &[u8]) -> (Result<Output, UpstreamError>, Usage) {
     decode_with(
         body,
         |r: &Response| {
@@ -98,7 +112,7 @@ pub(super) fn decode_text(body: &[u8]) -> (Result<String, UpstreamError>, Usage)
     )
 }
 
-fn completed_text(response: Response) -> Result<String, UpstreamError> {
+fn completed_text(response: Response) -> Result<Output, UpstreamError> {
     let status = response.status.unwrap_or_default();
     if status != "completed" {
         return Err(UpstreamError::NotCompleted {
@@ -110,14 +124,18 @@ fn completed_text(response: Response) -> Result<String, UpstreamError> {
 }
 
 /// The text of the first message item's `output_text` part, or the refusal it carries instead.
-fn message_text(output: Vec<OutputItem>) -> Result<String, UpstreamError> {
+fn message_text(output: Vec<OutputItem>) -> Result<Output, UpstreamError> {
     for item in output {
         let OutputItem::Message { content } = item else {
             continue;
         };
         for part in content {
             match part {
-                ContentPart::OutputText { text } => return Ok(text),
+                ContentPart::OutputText { text, logprobs } => {
+                    // An empty list is what a provider sends when it was not asked.
+                    let logprobs = logprobs.filter(|l| !l.is_empty());
+                    return Ok(Output { text, logprobs });
+                }
                 ContentPart::Refusal { refusal } => return Err(UpstreamError::Refusal(refusal)),
                 ContentPart::Other => {}
             }

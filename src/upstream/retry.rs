@@ -102,8 +102,9 @@ impl fmt::Display for Failure {
 }
 
 /// Every `reason` label `upstream_retries_total` can carry: the codes of the errors the policy
-/// retries, and `flex_fallback` (a flex call sent again at the default tier).
-pub const RETRY_REASONS: [&str; 8] = [
+/// retries, `flex_fallback` (a flex call sent again at the default tier), and the logprobs
+/// faults (a call sent again asking for a written confidence).
+pub const RETRY_REASONS: [&str; 10] = [
     "upstream_timeout",
     "upstream_unreachable",
     "upstream_rate_limited",
@@ -112,6 +113,8 @@ pub const RETRY_REASONS: [&str; 8] = [
     "invalid_output",
     "response_incomplete",
     "flex_fallback",
+    "logprobs_refused",
+    "logprobs_missing",
 ];
 
 /// What to do after a failed attempt.
@@ -210,7 +213,9 @@ impl UpstreamError {
             | Self::MalformedResponse(_)
             | Self::InvalidOutput(_)
             | Self::OffTaxonomy(_)
-            | Self::ConfidenceOutOfRange(_) => false,
+            | Self::ConfidenceOutOfRange(_)
+            | Self::LogprobsRefused(_)
+            | Self::NoLogprobs(_) => false,
         }
     }
 
@@ -219,6 +224,12 @@ impl UpstreamError {
     /// considered answer and stays final.
     pub fn is_output_fault(&self) -> bool {
         matches!(self, Self::InvalidOutput(_) | Self::NotCompleted { .. })
+    }
+
+    /// The answer cannot give a confidence from logprobs: the endpoint switches to a written
+    /// confidence and the call goes again at once, without spending the retry budget.
+    pub fn is_logprobs_fault(&self) -> bool {
+        matches!(self, Self::LogprobsRefused(_) | Self::NoLogprobs(_))
     }
 
     /// The provider refused the key itself (401, 403) or its quota: another key may work,

@@ -9,6 +9,7 @@ use tokio_rustls::rustls::pki_types::CertificateDer;
 use super::retry::RetryPolicy;
 use super::usage::Price;
 use crate::secret::Secret;
+use crate::taxonomy::AnswerForm;
 
 /// Which wire protocol the provider speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -96,6 +97,84 @@ pub struct UpstreamSettings {
     /// With flex, a call the provider has no capacity for (429 `resource_unavailable`) or that
     /// timed out goes again at once at the default tier, without spending the retry budget.
     pub flex_fallback: bool,
+    /// Where an item's confidence comes from.
+    pub confidence: ConfidenceSource,
+}
+
+/// Where an item's `confidence` comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConfidenceSource {
+    /// The probability the model gave the label's tokens (logprobs), renormalised over the
+    /// taxonomy; the model writes the label only. An endpoint whose model refuses logprobs
+    /// (known, or learnt from its first refusal) falls back to `Written`.
+    #[default]
+    Logprobs,
+    /// The number the model writes beside the label.
+    Written,
+}
+
+impl ConfidenceSource {
+    /// Every source by its name in settings (`HNC_CONFIDENCE`).
+    pub const NAMES: [(&'static str, Self); 2] =
+        [("logprobs", Self::Logprobs), ("self", Self::Written)];
+
+    /// The source's name in settings.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Logprobs => "logprobs",
+            Self::Written => "self",
+        }
+    }
+
+    /// What `model` is asked to write: the label only while its confidence can come from
+    /// logprobs, a written confidence too otherwise (as asked, or for a model known to refuse
+    /// logprobs).
+    pub fn form_for(self, model: &str) -> AnswerForm {
+        match self {
+            Self::Logprobs if !refuses_logprobs(model) => AnswerForm::LabelOnly,
+            _ => AnswerForm::LabelAndConfidence,
+        }
+    }
+}
+
+/// Models reported to refuse `logprobs`/`top_logprobs` with a 400 (OpenAI's reasoning models):
+/// they write their confidence from the first call. Any other model that refuses is learnt from
+/// its first refusal.
+fn refuses_logprobs(model: &str) -> bool {
+    let model = model.rsplit('/').next().unwrap_or(model);
+    ["gpt-5", "o1", "o3", "o4"]
+        .iter()
+        .any(|family| model == *family || model.starts_with(&format!("{family}-")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasoning_models_are_known_to_refuse_logprobs() {
+        for model in [
+            "gpt-5",
+            "gpt-5-mini",
+            "gpt-5-nano",
+            "o3",
+            "o4-mini",
+            "openai/gpt-5",
+        ] {
+            assert!(refuses_logprobs(model), "{model}");
+        }
+        for model in ["gpt-4.1-mini", "gpt-4o", "gemma-3-270m", "o", "gpt-50"] {
+            assert!(!refuses_logprobs(model), "{model}");
+        }
+        assert_eq!(
+            ConfidenceSource::Logprobs.form_for("gpt-5-mini"),
+            AnswerForm::LabelAndConfidence
+        );
+        assert_eq!(
+            ConfidenceSource::Logprobs.form_for("gpt-4.1-mini"),
+            AnswerForm::LabelOnly
+        );
+    }
 }
 
 /// OpenAI's service tiers.

@@ -256,6 +256,8 @@ async fn connections_the_upstream_closed_are_opened_again() {
             url.as_str(),
             "--openai-api-key",
             "sk-test",
+            "--confidence",
+            "self",
         ];
         if http2 {
             flags.extend([

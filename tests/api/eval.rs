@@ -13,6 +13,7 @@ struct Item {
     gold: String,
     alt: Option<String>,
     pack_size: String,
+    confidence_source: String,
     topic: Option<String>,
     confidence: Option<f64>,
     error_code: Option<String>,
@@ -21,6 +22,7 @@ struct Item {
 #[derive(Debug, serde::Deserialize)]
 struct Summary {
     pack_size: String,
+    confidence_source: String,
     items: usize,
     strict_accuracy: f64,
     lenient_accuracy: f64,
@@ -77,21 +79,26 @@ fn eval_on_the_gold_set_reports_both_pack_sizes_recomputably_and_draws_the_chart
 
     let items: Vec<Item> = read(&dir.join("items.csv"));
     let summary: Vec<Summary> = read(&dir.join("summary.csv"));
+    let settings: Vec<(&str, &str)> = summary
+        .iter()
+        .map(|s| (s.pack_size.as_str(), s.confidence_source.as_str()))
+        .collect();
     assert_eq!(
-        summary
-            .iter()
-            .map(|s| s.pack_size.as_str())
-            .collect::<Vec<_>>(),
-        ["1", "5"]
+        settings,
+        [
+            ("1", "logprobs"),
+            ("5", "logprobs"),
+            ("1", "self"),
+            ("5", "self")
+        ]
     );
     let gold_lines = std::fs::read_to_string("data/hn_gold_300.jsonl").unwrap();
     let first_title: serde_json::Value =
         serde_json::from_str(gold_lines.lines().next().unwrap()).unwrap();
     for s in &summary {
-        let mine: Vec<&Item> = items
-            .iter()
-            .filter(|i| i.pack_size == s.pack_size)
-            .collect();
+        let setting =
+            |i: &&Item| i.pack_size == s.pack_size && i.confidence_source == s.confidence_source;
+        let mine: Vec<&Item> = items.iter().filter(setting).collect();
         assert_eq!((mine.len(), s.items), (300, 300));
         assert_eq!(
             mine[0].title,
@@ -115,7 +122,10 @@ fn eval_on_the_gold_set_reports_both_pack_sizes_recomputably_and_draws_the_chart
             macro_f1(&mine)
         );
         assert!(close(s.ece, ece(&mine)), "{} vs {}", s.ece, ece(&mine));
-        let k1: Vec<&Item> = items.iter().filter(|i| i.pack_size == "1").collect();
+        let k1: Vec<&Item> = items
+            .iter()
+            .filter(|i| i.pack_size == "1" && i.confidence_source == s.confidence_source)
+            .collect();
         let agreement = agreement(&k1, &mine);
         assert!(close(s.agreement_with_k1.unwrap(), agreement));
         assert!(
@@ -124,7 +134,18 @@ fn eval_on_the_gold_set_reports_both_pack_sizes_recomputably_and_draws_the_chart
         );
         assert!(s.strict_accuracy > 0.2 && s.lenient_accuracy >= s.strict_accuracy);
     }
-    for chart in ["confusion_k1", "confusion_k5", "reliability"] {
+    // The simulator's logprobs carry the confidence it would have written: both sources agree.
+    for (a, b) in summary[..2].iter().zip(&summary[2..]) {
+        assert!(close(a.ece, b.ece) && close(a.strict_accuracy, b.strict_accuracy));
+    }
+    let stdout_lines: Vec<&str> = stdout.lines().collect();
+    assert!(stdout_lines[0].contains("confidence") && stdout_lines[0].contains("out/item"));
+    for chart in [
+        "confusion_k1",
+        "confusion_k5",
+        "confusion_k1_self",
+        "reliability",
+    ] {
         let png = std::fs::read(dir.join(format!("{chart}.png"))).unwrap();
         assert!(
             png.starts_with(b"\x89PNG") && png.len() > 5_000,
@@ -136,7 +157,7 @@ fn eval_on_the_gold_set_reports_both_pack_sizes_recomputably_and_draws_the_chart
     let labels = std::fs::read_to_string(dir.join("labels.csv")).unwrap();
     assert_eq!(
         labels.lines().count(),
-        1 + 2 * 10,
+        1 + 4 * 10,
         "ten gold labels per setting"
     );
 }
@@ -153,7 +174,7 @@ fn pack_sizes_against_a_running_service_are_refused_with_the_reason() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success());
     assert!(
-        stderr.contains("--pack-sizes needs --direct or --simulate"),
+        stderr.contains("--pack-sizes and --confidences need --direct or --simulate"),
         "{stderr}"
     );
 }

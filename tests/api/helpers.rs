@@ -89,7 +89,8 @@ pub async fn spawn_simulated(extra: &[&str]) -> TestApp {
     .await
 }
 
-/// The app against `upstream` (a fake), with extra flags.
+/// The app against `upstream` (a fake), with extra flags. The fakes answer as a model asked for
+/// a written confidence does (`--confidence self`); `confidence.rs` covers the logprobs side.
 pub async fn spawn_against(upstream: &FakeUpstream, extra: &[&str]) -> TestApp {
     let url = upstream.base_url();
     spawn_app(config(
@@ -99,6 +100,8 @@ pub async fn spawn_against(upstream: &FakeUpstream, extra: &[&str]) -> TestApp {
                 url.as_str(),
                 "--openai-api-key",
                 "sk-test-key-123",
+                "--confidence",
+                "self",
             ],
             extra,
         ]

@@ -6,6 +6,7 @@ mod bench;
 mod chat;
 mod classify;
 mod client;
+mod confidence;
 mod deploy;
 mod efficiency;
 mod eval;

@@ -111,6 +111,8 @@ async fn a_private_ca_is_trusted_through_the_ca_file_and_refused_without_it() {
         url.as_str(),
         "--openai-api-key",
         "sk-private",
+        "--confidence",
+        "self",
     ];
 
     let trusted = spawn_app(config(
@@ -162,6 +164,8 @@ async fn http2_is_negotiated_over_tls_and_falls_back_to_http1() {
             url.as_str(),
             "--openai-api-key",
             "sk-private",
+            "--confidence",
+            "self",
             "--upstream-ca-file",
             ca_file.to_str().unwrap(),
         ];
@@ -253,6 +257,8 @@ async fn https_proxy_is_honoured() {
             &url,
             "--openai-api-key",
             "sk-private",
+            "--confidence",
+            "self",
             "--upstream-ca-file",
             ca_file.to_str().unwrap(),
         ],

@@ -187,6 +187,8 @@ async fn an_unreachable_upstream_is_a_per_item_error() {
         &url,
         "--openai-api-key",
         "k",
+        "--confidence",
+        "self",
     ]))
     .await;
 

@@ -237,6 +237,8 @@ async fn azure_deployments_get_the_api_key_header_and_the_api_version_query() {
         &base,
         "--openai-api-key",
         "azure-key-1",
+        "--confidence",
+        "self",
         "--upstream-api",
         "chat",
         "--upstream-auth",

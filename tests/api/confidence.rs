@@ -1,0 +1,178 @@
+//! Where `confidence` comes from (`HNC_CONFIDENCE`): by default the probability the model gave
+//! the label's tokens, read from the provider's logprobs; a model that refuses logprobs, or a
+//! provider that ignores them, costs a call, never an item, and writes its confidence instead.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::Json;
+use axum::response::IntoResponse;
+use axum::routing::post;
+use serde_json::Value;
+use tokio::net::TcpListener;
+
+use crate::helpers::*;
+
+/// The sum of every series of `name` (with `labels` inside its braces, if any) in `/metrics`.
+async fn metric(app: &TestApp, name: &str, labels: &str) -> f64 {
+    let (_, text) = get(&app.url("/metrics")).await;
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn by_default_the_confidence_is_read_from_logprobs_and_the_answers_are_shorter() {
+    let titles = data_lines("hn_titles.txt")[..200].to_vec();
+    let logprobs = spawn_simulated(&[]).await;
+    let written = spawn_simulated(&["--confidence", "self"]).await;
+
+    let read = logprobs.classify(&titles).await;
+    let wrote = written.classify(&titles).await;
+
+    assert_eq!((read.errors, wrote.errors), (0, 0));
+    // The simulator's logprobs put its classifier's confidence on the label: renormalised over
+    // the taxonomy, the service reads the same number the model would have written.
+    for ((a, b), title) in read.results.iter().zip(&wrote.results).zip(&titles) {
+        assert_eq!(
+            (&a.topic, a.confidence),
+            (&b.topic, b.confidence),
+            "{title}"
+        );
+    }
+    let (short, long) = (read.usage.output_tokens, wrote.usage.output_tokens);
+    assert!(
+        (short as f64) < 0.75 * long as f64,
+        "label-only answers: {short} output tokens against {long}"
+    );
+    assert_eq!(
+        metric(&logprobs, "upstream_confidence_from_logprobs", "").await,
+        1.0
+    );
+    assert_eq!(
+        metric(&written, "upstream_confidence_from_logprobs", "").await,
+        0.0
+    );
+    logprobs.shutdown().await;
+    written.shutdown().await;
+}
+
+#[tokio::test]
+async fn packed_calls_and_chat_completions_read_the_same_confidences() {
+    let titles = data_lines("hn_titles.txt")[200..260].to_vec();
+    let single = spawn_simulated(&[]).await;
+    let packed = spawn_simulated(&["--pack-size", "7"]).await;
+    let chat = spawn_simulated(&["--upstream-api", "chat", "--pack-size", "5"]).await;
+    let expected = single.classify(&titles).await;
+    for app in [&packed, &chat] {
+        let got = app.classify(&titles).await;
+        assert_eq!(got.errors, 0);
+        for (a, b) in got.results.iter().zip(&expected.results) {
+            assert_eq!((&a.topic, a.confidence), (&b.topic, b.confidence));
+        }
+    }
+    for app in [single, packed, chat] {
+        app.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_model_known_to_refuse_logprobs_writes_its_confidence_from_the_first_call() {
+    let app = spawn_simulated(&["--openai-model", "gpt-5-mini"]).await;
+    let titles = data_lines("hn_titles.txt")[..30].to_vec();
+    let response = app.classify(&titles).await;
+    assert_eq!(response.errors, 0);
+    assert_eq!(response.usage.upstream_requests, 30, "no call refused");
+    assert_eq!(
+        metric(&app, "upstream_confidence_from_logprobs", "").await,
+        0.0
+    );
+    app.shutdown().await;
+}
+
+/// A provider whose model refuses the logprobs parameters with OpenAI's 400, and otherwise
+/// answers with a written confidence; it counts the refusals.
+async fn refusing_upstream() -> (String, Arc<AtomicUsize>) {
+    let refused = Arc::new(AtomicUsize::new(0));
+    let count = refused.clone();
+    let router = axum::Router::new().route(
+        "/v1/responses",
+        post(move |Json(request): Json<Value>| {
+            let count = count.clone();
+            async move {
+                if request.get("top_logprobs").is_some() {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let body = serde_json::json!({"error": {
+                        "message": "Unsupported parameter: 'top_logprobs' is not supported with this model.",
+                        "type": "invalid_request_error", "param": "top_logprobs",
+                        "code": "unsupported_parameter"}});
+                    return (axum::http::StatusCode::BAD_REQUEST, Json(body)).into_response();
+                }
+                let title = request["input"][0]["content"].as_str().unwrap().to_owned();
+                echo_reply(&title, 1)
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    hn_classifier::tasks::spawn(async move { axum::serve(listener, router).await });
+    (format!("http://{addr}/v1"), refused)
+}
+
+#[tokio::test]
+async fn a_model_that_refuses_logprobs_costs_a_call_and_never_an_item() {
+    let (url, refused) = refusing_upstream().await;
+    let app = spawn_app(config(&[
+        "--openai-base-url",
+        &url,
+        "--openai-api-key",
+        "k",
+    ]))
+    .await;
+    let titles = data_lines("hn_titles.txt")[..40].to_vec();
+    let first = app.classify(&titles).await;
+    let refusals = refused.load(Ordering::SeqCst);
+    let again = app.classify(&titles[..5]).await;
+
+    assert_eq!((first.errors, again.errors), (0, 0));
+    for (result, title) in first.results.iter().zip(&titles) {
+        assert_eq!(
+            (result.topic.as_deref(), result.confidence),
+            (Some(echo_answer(title).0), Some(echo_answer(title).1))
+        );
+    }
+    assert!(refusals >= 1, "the first calls asked for logprobs");
+    assert_eq!(refused.load(Ordering::SeqCst), refusals, "learnt for good");
+    assert_eq!(
+        metric(&app, "upstream_confidence_from_logprobs", "").await,
+        0.0
+    );
+    assert_eq!(
+        metric(&app, "upstream_retries_total", "logprobs_refused").await,
+        refusals as f64
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_provider_that_ignores_logprobs_is_asked_for_a_written_confidence() {
+    let upstream = spawn_fake_upstream(echo_reply).await;
+    let url = upstream.base_url();
+    let app = spawn_app(config(&[
+        "--openai-base-url",
+        &url,
+        "--openai-api-key",
+        "k",
+    ]))
+    .await;
+    let titles = data_lines("hn_titles.txt")[..20].to_vec();
+    let response = app.classify(&titles).await;
+    assert_eq!(response.errors, 0);
+    assert!(metric(&app, "upstream_retries_total", "logprobs_missing").await >= 1.0);
+    assert_eq!(
+        metric(&app, "upstream_confidence_from_logprobs", "").await,
+        0.0
+    );
+    app.shutdown().await;
+}
