@@ -4,8 +4,10 @@
 //! a written number is the model's guess about itself.
 //!
 //! Some servers (llama.cpp) report the distribution from before the JSON grammar, so the top
-//! alternatives can be tokens no label begins with: those are left out, and the labels whose
-//! first tokens are missing from the list share the mass the list leaves over, rather than none.
+//! alternatives can be tokens no label begins with: those are left out (each position is
+//! renormalised over the tokens that lead to a label, as the grammar would), and the labels whose
+//! first tokens are missing from the list hold part of the mass the list leaves over, rather
+//! than none.
 
 use serde::Deserialize;
 
@@ -55,6 +57,13 @@ impl<'a> Spelled<'a> {
     /// The share of probability the model gave `chosen`, whose value starts at byte `at` of
     /// the text, against every label of `labels`; rounded to 4 decimals (the digits beyond say
     /// nothing). `None` when `at` is not in the text or `chosen` is not a label.
+    ///
+    /// At each position the chosen token and the alternatives that can lead to a label are
+    /// renormalised among themselves: that is what a grammar limited to the labels does, so
+    /// probabilities reported from before the grammar (llama.cpp) read as those after it. At the
+    /// first position, labels no listed token leads to hold the mass the list leaves over, each
+    /// at most the smallest listed probability (a token outside the top list is no likelier
+    /// than the last one in it).
     pub fn label_share(&self, at: usize, chosen: &str, labels: &[&str]) -> Option<f64> {
         let chosen_index = labels.iter().position(|l| *l == chosen)?;
         let end = at + chosen.len();
@@ -63,9 +72,8 @@ impl<'a> Spelled<'a> {
         }
         let first = self.starts.iter().rposition(|start| *start <= at)?;
         let mut mass = vec![0.0; labels.len()];
-        let mut along = 1.0; // the probability of the chosen tokens so far
+        let mut along = 1.0; // the probability of the chosen tokens so far, under the grammar
         let mut written = String::new(); // the label's text the chosen tokens wrote so far
-        let mut leftover = 0.0;
         for (i, token) in self.tokens.iter().enumerate().skip(first) {
             let start = self.starts[i];
             let token_end = start + token.token.len();
@@ -76,39 +84,82 @@ impl<'a> Spelled<'a> {
             } else {
                 ""
             };
+            let alternatives = self.leading_to_labels(token, fixed, &written, labels);
+            let chosen_p = token.logprob.exp();
+            let mut total = chosen_p + alternatives.iter().map(|(_, p)| p).sum::<f64>();
+            let mut unlisted = Vec::new();
             if i == first {
-                leftover = (1.0 - listed_mass(token)).max(0.0);
-            }
-            for alternative in token.top_logprobs.iter().filter(|a| a.token != token.token) {
-                let Some(rest) = alternative.token.strip_prefix(fixed) else {
-                    continue;
-                };
-                let would_write = format!("{written}{rest}");
-                let fitting: Vec<usize> = (0..labels.len())
-                    .filter(|k| fits(labels[*k], &would_write))
+                let chosen_text = &self.text[at..token_end.min(end)];
+                unlisted = (0..labels.len())
+                    .filter(|k| !fits(labels[*k], chosen_text))
+                    .filter(|k| !alternatives.iter().any(|(fit, _)| fit.contains(k)))
                     .collect();
-                if would_write.is_empty() || fitting.is_empty() {
-                    continue;
+                let share = unlisted_share(token, unlisted.len());
+                for k in &unlisted {
+                    mass[*k] = share;
                 }
-                let share = along * alternative.logprob.exp() / fitting.len() as f64;
+                total += share * unlisted.len() as f64;
+            }
+            if total <= 0.0 {
+                return None;
+            }
+            for k in &unlisted {
+                mass[*k] /= total;
+            }
+            for (fitting, p) in &alternatives {
                 for k in fitting {
-                    mass[k] += share;
+                    mass[*k] += along * p / total / fitting.len() as f64;
                 }
             }
-            along *= token.logprob.exp();
+            along *= chosen_p / total;
             written.push_str(&self.text[start.max(at)..token_end.min(end)]);
             if token_end >= end {
                 break;
             }
         }
         mass[chosen_index] += along;
-        let unreached: Vec<usize> = (0..labels.len()).filter(|k| mass[*k] == 0.0).collect();
-        for k in &unreached {
-            mass[*k] = leftover / unreached.len() as f64;
-        }
         let total: f64 = mass.iter().sum();
         (total > 0.0).then(|| (mass[chosen_index] / total * 10_000.0).round() / 10_000.0)
     }
+
+    /// The alternatives to `token` that lead to a label from what the label's chosen tokens
+    /// `written` so far (after the `fixed` part of the first token), with the labels each
+    /// leads to and its probability.
+    fn leading_to_labels(
+        &self,
+        token: &TokenLogprob,
+        fixed: &str,
+        written: &str,
+        labels: &[&str],
+    ) -> Vec<(Vec<usize>, f64)> {
+        token
+            .top_logprobs
+            .iter()
+            .filter(|a| a.token != token.token)
+            .filter_map(|a| {
+                let would_write = format!("{written}{}", a.token.strip_prefix(fixed)?);
+                let fitting: Vec<usize> = (0..labels.len())
+                    .filter(|k| fits(labels[*k], &would_write))
+                    .collect();
+                (!would_write.is_empty() && !fitting.is_empty()).then(|| (fitting, a.logprob.exp()))
+            })
+            .collect()
+    }
+}
+
+/// The probability each of `unlisted` labels holds at the first position: the list's leftover
+/// split between them, but no more than the smallest listed probability each.
+fn unlisted_share(token: &TokenLogprob, unlisted: usize) -> f64 {
+    if unlisted == 0 {
+        return 0.0;
+    }
+    let leftover = (1.0 - listed_mass(token)).max(0.0);
+    let smallest = token
+        .top_logprobs
+        .iter()
+        .map(|a| a.logprob.exp())
+        .fold(f64::INFINITY, f64::min);
+    (leftover / unlisted as f64).min(smallest)
 }
 
 /// The probability the top list holds at a position, the chosen token counted once.
@@ -231,10 +282,11 @@ mod tests {
             token("_privacy", 1.0, &[]),
             token("\"}", 1.0, &[]),
         ];
-        // Listed: 0.614, so 0.386 is left for science and ai, which no listed token begins:
-        // 0.193 each. security 0.014, other 0.1: 0.014 / 0.5 = 0.028.
-        assert_eq!(share(&tokens), 0.028);
-        // Had the leftover counted as zero, security would read 0.014 / 0.114 = 0.123.
+        // Listed: 0.614, so 0.386 is left for science and ai, which no listed token begins, but
+        // each is at most 0.014 (the smallest listed): security 0.014 of 0.014 + 0.1 + 2 x 0.014.
+        assert_eq!(share(&tokens), (0.014_f64 / 0.142 * 1e4).round() / 1e4);
+        // Had the unlisted labels counted as zero, security would read 0.014 / 0.114 = 0.123;
+        // had they split the whole leftover, 0.014 / 0.5 = 0.028.
     }
 
     #[test]
