@@ -246,6 +246,11 @@ impl Metrics {
             registry,
         };
         metrics.register_all();
+        // Series whose labels are known now start at 0 (the others: `start_at_zero`).
+        for source in ["upstream", "cache", "single_flight"] {
+            metrics.answers.with_label_values(&[source]);
+        }
+        metrics.items.with_label_values(&["ok"]);
         metrics
     }
 

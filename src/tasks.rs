@@ -1,7 +1,9 @@
 //! The one place that starts background tasks. Every task goes through one process-wide
 //! `TaskTracker`, so none is invisible: `/metrics` shows how many are alive
 //! (`background_tasks`), which is how a leak of connection drivers or server connections shows
-//! before memory does. `clippy.toml` disallows a bare `tokio::spawn` everywhere else.
+//! before memory does. `clippy.toml` disallows a bare `tokio::spawn` (and the runtime's and
+//! `JoinSet`'s) everywhere else. Not counted: the tasks hyper's server spawns per HTTP/2 stream
+//! through its executor, inside a connection task that is.
 
 use std::future::Future;
 use std::sync::LazyLock;

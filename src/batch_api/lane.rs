@@ -92,11 +92,12 @@ pub async fn classify_file(
             state
         }
     };
-    if output.rows_done()? > state.first_index {
+    let rows_done = output.rows_done()?;
+    if rows_done > state.first_index {
         // The rows were written and the state not yet removed: the run had finished.
         RunState::remove(&state_path)?;
         return Ok(Summary {
-            skipped: state.first_index,
+            skipped: rows_done.min(titles.len()),
             output: Some(output.path().to_owned()),
             ..Summary::default()
         });

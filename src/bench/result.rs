@@ -101,6 +101,26 @@ pub fn percentile_ms(sorted: &[std::time::Duration], q: f64) -> f64 {
     sorted.get(index).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
+/// The header line `row` is written under.
+fn header_of(row: &impl Serialize) -> Result<String, BenchError> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    writer.serialize(row)?;
+    let bytes = writer
+        .into_inner()
+        .map_err(|e| BenchError::Csv(e.into_error().into()))?;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    Ok(text.lines().next().unwrap_or_default().to_owned())
+}
+
+fn first_line(path: &Path) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    if let Ok(file) = std::fs::File::open(path) {
+        let _ = std::io::BufReader::new(file).read_line(&mut line);
+    }
+    line.trim_end().to_owned()
+}
+
 /// Appends `row` to `dir/file` (with a header when the file is new).
 pub fn append_csv(dir: &Path, file: &str, row: &impl Serialize) -> Result<(), BenchError> {
     let io = |source| BenchError::Io {
@@ -109,6 +129,17 @@ pub fn append_csv(dir: &Path, file: &str, row: &impl Serialize) -> Result<(), Be
     };
     std::fs::create_dir_all(dir).map_err(io)?;
     let path = dir.join(file);
+    // A file from an older build with other columns is moved aside rather than appended to
+    // under its old header.
+    if path.exists() && first_line(&path) != header_of(row)? {
+        let aside = path.with_extension("previous.csv");
+        std::fs::rename(&path, &aside).map_err(io)?;
+        eprintln!(
+            "{} had other columns: moved to {}",
+            path.display(),
+            aside.display()
+        );
+    }
     let fresh = !path.exists();
     let file = OpenOptions::new()
         .create(true)

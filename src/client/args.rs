@@ -13,8 +13,8 @@ use crate::secret::Secret;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClassifyFileConfig {
-    /// Titles, one per line; or JSON Lines (a `.jsonl` file, or with --field) with the title in
-    /// a field.
+    /// Titles, one per line; or JSON Lines (a `.jsonl` or `.ndjson` file, or with --field) with
+    /// the title in a field.
     pub input: PathBuf,
 
     #[command(flatten)]

@@ -45,6 +45,11 @@ pub enum ClientError {
         asked: OutputFormat,
         named: OutputFormat,
     },
+    #[error(
+        "the output {path} already holds rows that are not {}: name another output, or move \
+         this one away", format.extension()
+    )]
+    OutputHoldsOtherFormat { path: PathBuf, format: OutputFormat },
     #[error("{path} line {line}: {message}")]
     Input {
         path: PathBuf,

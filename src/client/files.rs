@@ -1,6 +1,7 @@
 //! The run's files: titles read from the input, rows appended to the output in input order,
 //! and the resume point (rows an earlier run already wrote). The output's format follows its
-//! extension unless `--format` says otherwise, and a mismatch is refused rather than written.
+//! extension (`--format` for a name without one); a `--format` that contradicts the extension,
+//! or an output that already holds rows of the other format, is refused rather than written.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -45,13 +46,26 @@ impl Output {
         &self.path
     }
 
-    /// Rows already written by an earlier run: the resume point.
+    /// Rows already written by an earlier run: the resume point. Rows of the other format (a
+    /// JSON Lines file named `.csv` by an older build) are refused, not counted and appended to.
     pub fn rows_done(&self) -> Result<usize, ClientError> {
         let file = match File::open(&self.path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
             Err(source) => return Err(self.failed(FileAction::ReadOutput, source)),
         };
+        let mut first = String::new();
+        BufReader::new(&file)
+            .read_line(&mut first)
+            .map_err(|e| self.failed(FileAction::ReadOutput, e))?;
+        let holds_jsonl = first.trim_start().starts_with('{');
+        if !first.trim().is_empty() && holds_jsonl != (self.format == OutputFormat::Jsonl) {
+            return Err(ClientError::OutputHoldsOtherFormat {
+                path: self.path.clone(),
+                format: self.format,
+            });
+        }
+        let file = File::open(&self.path).map_err(|e| self.failed(FileAction::ReadOutput, e))?;
         Ok(match self.format {
             OutputFormat::Jsonl => BufReader::new(file)
                 .lines()
@@ -63,9 +77,20 @@ impl Output {
     }
 
     /// A writer that appends after the rows already there. The file is created with the first
-    /// rows, so a run that fails before any leaves no empty file behind.
+    /// rows, so a run that fails before any leaves no empty file behind; whether it can be
+    /// written is checked now, before any title is paid for.
     pub fn appender(&self) -> Result<RowWriter, ClientError> {
         let fresh = self.rows_done()? == 0;
+        let existed = self.path.exists();
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| self.failed(FileAction::WriteOutput, e))?;
+        if !existed {
+            std::fs::remove_file(&self.path)
+                .map_err(|e| self.failed(FileAction::WriteOutput, e))?;
+        }
         Ok(RowWriter {
             output: self.clone(),
             fresh,
@@ -225,12 +250,32 @@ mod tests {
         let mut writer = output.appender().unwrap();
         writer.write(&[]).unwrap();
         assert!(!path.exists(), "no rows, no file");
+        let nowhere = Output {
+            path: dir.join("missing-dir").join("out.csv"),
+            format: OutputFormat::Csv,
+        };
+        let refused = nowhere
+            .appender()
+            .err()
+            .expect("checked before any title is sent");
+        assert!(
+            refused.to_string().starts_with("cannot write the output"),
+            "{refused}"
+        );
         writer.write(&[row("a")]).unwrap();
         drop(writer);
         output.appender().unwrap().write(&[row("b")]).unwrap();
         assert_eq!(output.rows_done().unwrap(), 2);
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.matches("title,topic").count(), 1, "one header: {text}");
+        let as_jsonl = Output {
+            path: path.clone(),
+            format: OutputFormat::Jsonl,
+        };
+        assert!(matches!(
+            as_jsonl.rows_done(),
+            Err(ClientError::OutputHoldsOtherFormat { .. })
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

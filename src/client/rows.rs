@@ -35,7 +35,7 @@ impl Summary {
     pub fn report(&self) -> String {
         if self.items == 0 {
             return match (self.skipped, &self.output) {
-                (0, _) => "the input has no titles: nothing to classify".to_owned(),
+                (0, _) => "nothing classified".to_owned(),
                 (done, Some(output)) => format!(
                     "nothing left to classify: all {done} titles are already in {}",
                     output.display()
@@ -101,10 +101,7 @@ mod tests {
             resumed.report(),
             "nothing left to classify: all 5000 titles are already in out.jsonl"
         );
-        assert_eq!(
-            Summary::default().report(),
-            "the input has no titles: nothing to classify"
-        );
+        assert_eq!(Summary::default().report(), "nothing classified");
         let ran = Summary {
             items: 2,
             input_tokens: 100,

@@ -13,8 +13,8 @@
 //! uses; `local` is the replica's own schedule, `lease` the shared budget's blocks. Locks: one
 //! `std::sync::Mutex` for the limits, share and local schedule (never held across an await),
 //! the tokio `booking` queue for callers past the booking horizon, and the tokio lock of the
-//! leased block (held across a lease's round trip). The std mutex is only ever taken inside one
-//! of the other two, briefly, never the other way round: no lock order can deadlock.
+//! leased block (held across a lease's round trip). The std mutex is a leaf: held briefly, never
+//! across an await and never while another lock is taken, so no lock order can deadlock.
 
 mod lease;
 mod local;
@@ -134,8 +134,11 @@ impl Pacer {
     /// A turn from the shared budget, or `None` when Redis does not answer.
     async fn shared_turn(&self, shared: &Shared, tokens: u64) -> Option<Instant> {
         shared.waiting.fetch_add(1, Ordering::Relaxed);
+        let queued = scopeguard(&shared.waiting);
         let mut block = shared.block.lock().await;
-        shared.waiting.fetch_sub(1, Ordering::Relaxed);
+        // Taken back however the wait ends: a caller cancelled in the queue must not make
+        // every later lease larger.
+        drop(queued);
         loop {
             if let Some(turn) = block.take(tokens, Instant::now()) {
                 return Some(turn);
