@@ -218,16 +218,11 @@ impl Taxonomy {
     fn digest(&self) -> String {
         use sha2::{Digest, Sha256};
         let mut hash = Sha256::new();
-        hash.update(self.instructions.as_bytes());
-        hash.update(
-            self.packed_instructions(AnswerForm::LabelAndConfidence)
-                .as_bytes(),
-        );
-        hash.update(
-            self.answer_schema(AnswerForm::LabelAndConfidence)
-                .to_string()
-                .as_bytes(),
-        );
+        for form in [AnswerForm::LabelAndConfidence, AnswerForm::LabelOnly] {
+            hash.update(self.instructions(form).as_bytes());
+            hash.update(self.packed_instructions(form).as_bytes());
+            hash.update(self.answer_schema(form).to_string().as_bytes());
+        }
         hash.finalize()[..4]
             .iter()
             .map(|b| format!("{b:02x}"))

@@ -21,7 +21,7 @@ use crate::client::{
 };
 use crate::config::{ConfigError, ServeConfig};
 use crate::sim::{SimConfigError, SimServer};
-use crate::taxonomy::Taxonomy;
+use crate::taxonomy::{AnswerForm, Taxonomy};
 use crate::upstream::pricing::Price;
 use crate::upstream::templates::{PackTemplate, RequestTemplate};
 use crate::upstream::{Prediction, Tier, UpstreamApi, Usage};
@@ -58,6 +58,9 @@ struct Lane {
     endpoint: String,
     single: RequestTemplate,
     packs: PackTemplate,
+    api: UpstreamApi,
+    /// What the lines ask the model to write (the templates' form).
+    form: AnswerForm,
     pack_size: usize,
     taxonomy: Taxonomy,
     price: Option<Price>,
@@ -75,7 +78,7 @@ pub async fn classify_file(
     progress: bool,
 ) -> Result<Summary, BatchLaneError> {
     let output = config.output_file()?;
-    let lane = Lane::new(config).await?;
+    let mut lane = Lane::new(config).await?;
     let titles = read_titles(&config.input, config.field.as_deref())?;
     let state_path = RunState::path_for(output.path());
     if config.cancel {
@@ -86,12 +89,20 @@ pub async fn classify_file(
         Some(state) => state,
         None => {
             let done = output.rows_done()?.min(titles.len());
-            let mut state = RunState::new(done, titles.len(), &lane.model, &lane.endpoint);
+            let written = lane.form == AnswerForm::LabelAndConfidence;
+            let mut state =
+                RunState::new(done, titles.len(), (&lane.model, &lane.endpoint), written);
             state.rounds.push(lane.first_round(&titles, done));
             state.save(&state_path)?;
             state
         }
     };
+    // Answers are read in the form the run's lines asked for.
+    lane.use_form(if state.written_confidence {
+        AnswerForm::LabelAndConfidence
+    } else {
+        AnswerForm::LabelOnly
+    });
     let rows_done = output.rows_done()?;
     if rows_done > state.first_index {
         // The rows were written and the state not yet removed: the run had finished.
@@ -252,6 +263,8 @@ impl Lane {
             endpoint: api_path.to_owned(),
             single: RequestTemplate::new(endpoint.api, &endpoint.model, &taxonomy, form),
             packs: PackTemplate::new(endpoint.api, &endpoint.model, &taxonomy, pack_size, form),
+            api: endpoint.api,
+            form,
             pack_size,
             taxonomy,
             price: endpoint.price,
@@ -261,6 +274,16 @@ impl Lane {
             max_title_chars: serve.max_title_chars as usize,
             _sim: sim,
         })
+    }
+
+    /// Reads (and writes) lines in `form`: a resumed run's, as its state says.
+    fn use_form(&mut self, form: AnswerForm) {
+        if form != self.form {
+            self.single = RequestTemplate::new(self.api, &self.model, &self.taxonomy, form);
+            self.packs =
+                PackTemplate::new(self.api, &self.model, &self.taxonomy, self.pack_size, form);
+            self.form = form;
+        }
     }
 
     /// The live path's checks of a title, before anything is sent.

@@ -21,6 +21,11 @@ pub struct RunState {
     pub input_titles: usize,
     pub model: String,
     pub endpoint: String,
+    /// Whether the lines ask the model for a written confidence (or the label only, read from
+    /// logprobs): answers are read in the form they were asked in, whatever the settings say
+    /// when the run resumes. States from before the field asked for a written one.
+    #[serde(default = "asked_in_writing")]
+    pub written_confidence: bool,
     /// The first round, then follow-up rounds of the items earlier rounds left unanswered.
     pub rounds: Vec<Round>,
 }
@@ -65,6 +70,10 @@ pub enum StateError {
     },
 }
 
+fn asked_in_writing() -> bool {
+    true
+}
+
 impl RunState {
     /// Where the state of the run writing `output` lives.
     pub fn path_for(output: &Path) -> PathBuf {
@@ -73,7 +82,12 @@ impl RunState {
         PathBuf::from(name)
     }
 
-    pub fn new(first_index: usize, input_titles: usize, model: &str, endpoint: &str) -> Self {
+    pub fn new(
+        first_index: usize,
+        input_titles: usize,
+        (model, endpoint): (&str, &str),
+        written_confidence: bool,
+    ) -> Self {
         let run: String = (0..8)
             .map(|_| format!("{:02x}", rand::random::<u8>()))
             .collect();
@@ -84,6 +98,7 @@ impl RunState {
             input_titles,
             model: model.to_owned(),
             endpoint: endpoint.to_owned(),
+            written_confidence,
             rounds: Vec::new(),
         }
     }

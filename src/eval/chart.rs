@@ -21,11 +21,11 @@ pub fn draw(dir: &Path, reports: &[Report]) -> Result<(), String> {
             "self" => "_self",
             _ => "",
         };
+        let source = report.confidence_used;
         let name = format!("confusion_k{}{suffix}", report.setting);
         let title = format!(
             "Confusion, pack size {}, confidence from {} (rows: gold, columns: answer)",
-            report.setting,
-            report.setting.confidence()
+            report.setting, source
         );
         let confusion = &report.scores.confusion;
         let size = heatmap_size(confusion);
@@ -202,9 +202,7 @@ fn reliability<DB: DrawingBackend>(
             .collect();
         let label = format!(
             "pack size {}, {} (ECE {:.3})",
-            report.setting,
-            report.setting.confidence(),
-            report.scores.ece
+            report.setting, report.confidence_used, report.scores.ece
         );
         chart
             .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))

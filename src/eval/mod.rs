@@ -127,9 +127,17 @@ pub async fn run(config: &EvalConfig, progress: bool) -> Result<Vec<Report>, Eva
             })
             .await?;
         bar.finish_and_clear();
+        let confidence_used = match setting {
+            Setting::Pack {
+                confidence: ConfidenceSource::Logprobs,
+                ..
+            } if !target.confidences_from_logprobs().await => "self (logprobs refused)",
+            _ => setting.confidence(),
+        };
         let scores = score(&outcomes(&gold, &rows));
         reports.push(Report {
             setting,
+            confidence_used,
             rows,
             scores,
             agreement_with_k1: None,

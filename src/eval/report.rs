@@ -53,6 +53,9 @@ impl fmt::Display for Setting {
 /// One setting's answers and figures.
 pub struct Report {
     pub setting: Setting,
+    /// Where the confidences really came from: the setting's source, or `self` where logprobs
+    /// were asked for and the model wrote its confidence instead.
+    pub confidence_used: &'static str,
     pub rows: Vec<Row>,
     pub scores: Scores,
     /// Share of items with the same label as pack size 1 (both answered), when it ran.
@@ -128,7 +131,7 @@ impl SummaryRow {
         };
         Self {
             pack_size: report.setting.to_string(),
-            confidence_source: report.setting.confidence(),
+            confidence_source: report.confidence_used,
             items: s.items,
             strict_accuracy: s.strict_accuracy,
             lenient_accuracy: s.lenient_accuracy,
@@ -157,7 +160,7 @@ pub fn write_files(dir: &Path, gold: &[GoldItem], reports: &[Report]) -> Result<
                 gold: &g.label,
                 alt: g.alt.as_deref(),
                 pack_size: r.setting.to_string(),
-                confidence_source: r.setting.confidence(),
+                confidence_source: r.confidence_used,
                 topic: row.topic.as_deref(),
                 confidence: row.confidence,
                 error_code: row.error_code.as_deref(),
@@ -170,7 +173,7 @@ pub fn write_files(dir: &Path, gold: &[GoldItem], reports: &[Report]) -> Result<
         reports.iter().flat_map(|r| {
             r.scores.per_label.iter().map(move |l| LabelRow {
                 pack_size: r.setting.to_string(),
-                confidence_source: r.setting.confidence(),
+                confidence_source: r.confidence_used,
                 label: &l.label,
                 support: l.support,
                 predicted: l.predicted,

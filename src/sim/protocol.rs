@@ -92,9 +92,11 @@ pub struct SimRequest {
 
 /// Models that answer a request for logprobs with a 400, as OpenAI's reasoning models do.
 fn refuses_logprobs(model: &str) -> bool {
-    ["gpt-5", "o1", "o3", "o4"]
-        .iter()
-        .any(|family| model == *family || model.starts_with(&format!("{family}-")))
+    ["gpt-5", "o1", "o3", "o4"].iter().any(|family| {
+        model
+            .strip_prefix(family)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['-', '.']))
+    })
 }
 
 /// `top_logprobs` as OpenAI checks it: an integer from 0 to 20.
@@ -128,20 +130,58 @@ fn logprobs_unsupported(param: &str) -> OpenAiError {
 /// alternatives each.
 fn responses_logprobs(obj: &Map<String, Value>, model: &str) -> Result<Option<u8>, OpenAiError> {
     let top = top_logprobs(obj)?;
-    let included = obj
-        .get("include")
-        .and_then(Value::as_array)
-        .is_some_and(|i| i.iter().any(|v| v == "message.output_text.logprobs"));
+    let include = match obj.get("include") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(values)) => values.iter().map(Value::as_str).collect(),
+        Some(_) => vec![None],
+    };
+    if let Some(bad) = include
+        .iter()
+        .find(|v| v.is_none_or(|v| !RESPONSES_INCLUDABLE.contains(&v)))
+    {
+        return Err(OpenAiError::invalid(
+            format!(
+                "Invalid value: '{}'. Supported values are: {}.",
+                bad.unwrap_or("(not a string)"),
+                RESPONSES_INCLUDABLE.join(", ")
+            ),
+            "include",
+            Some("invalid_value"),
+        ));
+    }
+    let included = include.contains(&Some("message.output_text.logprobs"));
     if (included || top.is_some()) && refuses_logprobs(model) {
         return Err(logprobs_unsupported("top_logprobs"));
     }
     Ok(included.then_some(top.unwrap_or(0)))
 }
 
+/// What a Responses request may `include`.
+const RESPONSES_INCLUDABLE: [&str; 8] = [
+    "code_interpreter_call.outputs",
+    "computer_call_output.output.image_url",
+    "file_search_call.results",
+    "message.input_image.image_url",
+    "message.output_text.logprobs",
+    "reasoning.encrypted_content",
+    "web_search_call.action.sources",
+    "web_search_call.results",
+];
+
 /// Chat Completions: `logprobs: true`, and `top_logprobs` only with it.
 fn chat_logprobs(obj: &Map<String, Value>, model: &str) -> Result<Option<u8>, OpenAiError> {
     let top = top_logprobs(obj)?;
-    let asked = obj.get("logprobs").and_then(Value::as_bool) == Some(true);
+    let asked = match obj.get("logprobs") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(asked)) => *asked,
+        Some(_) => {
+            return Err(OpenAiError::invalid(
+                "Invalid type for 'logprobs': expected a boolean.",
+                "logprobs",
+                Some("invalid_type"),
+            ));
+        }
+    };
     if (asked || top.is_some()) && refuses_logprobs(model) {
         return Err(logprobs_unsupported("logprobs"));
     }

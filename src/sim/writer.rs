@@ -94,11 +94,17 @@ impl Writer<'_> {
     }
 }
 
+/// A label as it is written inside a JSON string.
+fn in_json(label: &str) -> String {
+    let quoted = serde_json::to_string(label).expect("a string always serialises");
+    quoted[1..quoted.len() - 1].to_owned()
+}
+
 /// Every label with its logprob: `chosen` at `confidence`, the rest of the mass over the others,
 /// halving from one picked by `seed` on.
 fn spread(labels: &[String], chosen: &str, confidence: f64, seed: u64) -> Vec<(String, f64)> {
     let others: Vec<&String> = labels.iter().filter(|l| *l != chosen).collect();
-    let mut spread = vec![(chosen.to_owned(), confidence.ln())];
+    let mut spread = vec![(in_json(chosen), confidence.ln())];
     if others.is_empty() {
         return spread;
     }
@@ -108,7 +114,7 @@ fn spread(labels: &[String], chosen: &str, confidence: f64, seed: u64) -> Vec<(S
     for (rank, weight) in weights.iter().enumerate() {
         let label = others[(first + rank) % others.len()];
         let p = (1.0 - confidence) * weight / total;
-        spread.push((label.clone(), p.ln()));
+        spread.push((in_json(label), p.ln()));
     }
     spread
 }

@@ -39,10 +39,9 @@ pub fn validate_answer(
         Some(read) => {
             label_only(answer.confidence)?;
             let topic = known_label(&answer.topic, taxonomy)?;
-            let at = topic_values(&output.text)
-                .first()
-                .copied()
-                .ok_or(UpstreamError::NoLogprobs("no topic value in the answer"))?;
+            let at = topic_values(&output.text).first().copied().ok_or(
+                UpstreamError::LogprobsUnreadable("no topic value in the answer"),
+            )?;
             read(at, topic)?
         }
     };
@@ -80,14 +79,16 @@ fn read_confidence<'o>(
         .logprobs
         .as_deref()
         .ok_or(UpstreamError::NoLogprobs("none were sent"))?;
-    let spelled = Spelled::new(tokens, &output.text).ok_or(UpstreamError::NoLogprobs(
+    let spelled = Spelled::new(tokens, &output.text).ok_or(UpstreamError::LogprobsUnreadable(
         "the tokens do not spell the answer",
     ))?;
     let labels: Vec<&str> = taxonomy.labels().map(|l| l.as_ref()).collect();
     Ok(move |at: usize, topic: &str| {
         spelled
             .label_share(at, topic, &labels)
-            .ok_or(UpstreamError::NoLogprobs("none at the label's position"))
+            .ok_or(UpstreamError::LogprobsUnreadable(
+                "none usable at the label's position",
+            ))
     })
 }
 
@@ -141,7 +142,9 @@ pub fn validate_pack(
         .map_err(|e| UpstreamError::InvalidOutput(e.to_string()))?;
     let values = topic_values(&output.text);
     if read.is_some() && values.len() != answer.items.len() {
-        return Err(UpstreamError::NoLogprobs("the topics could not be located"));
+        return Err(UpstreamError::LogprobsUnreadable(
+            "the topics could not be located",
+        ));
     }
     let mut slots: Vec<Option<Prediction>> = vec![None; n];
     let mut seen = vec![0u32; n];

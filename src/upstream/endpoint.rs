@@ -218,13 +218,22 @@ impl Endpoint {
         self.price
     }
 
-    /// The templates calls use now: the label only while the model returns logprobs, else the
-    /// written confidence.
-    pub fn templates(&self, taxonomy: &Taxonomy) -> &Templates {
-        let templates = if self.logprobs.load(Ordering::Relaxed) {
-            &self.label_only
+    /// What calls ask the model to write now: the label only while it returns logprobs, else a
+    /// written confidence too.
+    pub fn form(&self) -> AnswerForm {
+        if self.logprobs.load(Ordering::Relaxed) {
+            AnswerForm::LabelOnly
         } else {
-            &self.written
+            AnswerForm::LabelAndConfidence
+        }
+    }
+
+    /// The templates of `form` (the label-only ones exist while the endpoint may use them: a
+    /// call built with them is decoded with them even after a switch).
+    pub fn templates(&self, taxonomy: &Taxonomy, form: AnswerForm) -> &Templates {
+        let templates = match form {
+            AnswerForm::LabelOnly if !self.label_only.is_empty() => &self.label_only,
+            _ => &self.written,
         };
         templates
             .get(taxonomy.key())

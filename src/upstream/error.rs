@@ -55,10 +55,16 @@ pub enum UpstreamError {
     #[error("the model does not return logprobs: {0}")]
     LogprobsRefused(String),
 
-    /// A 2xx answer without the logprobs the confidence is read from (a provider that ignores
-    /// the parameters): handled like a refusal.
-    #[error("the answer came without usable logprobs: {0}")]
+    /// A 2xx answer without logprobs (a provider that ignores the parameters): handled like a
+    /// refusal.
+    #[error("the answer came without logprobs: {0}")]
     NoLogprobs(&'static str),
+
+    /// Logprobs came, but the label's probability cannot be read from them (tokens that do not
+    /// spell the answer, no probability left): this call goes again at once with a written
+    /// confidence; the endpoint keeps asking for logprobs.
+    #[error("the label's probability cannot be read from the logprobs: {0}")]
+    LogprobsUnreadable(&'static str),
 }
 
 /// Why the upstream client could not be built at start-up.
@@ -146,6 +152,7 @@ impl UpstreamError {
             Self::ConfidenceOutOfRange(_) => "confidence_out_of_range",
             Self::LogprobsRefused(_) => "logprobs_refused",
             Self::NoLogprobs(_) => "logprobs_missing",
+            Self::LogprobsUnreadable(_) => "logprobs_unreadable",
         }
     }
 }

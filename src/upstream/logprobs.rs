@@ -16,10 +16,13 @@ pub const TOP_LOGPROBS: u8 = 20;
 
 /// One output token, its log probability, and the likeliest tokens at its position, as both
 /// protocols report them (Responses: a content part's `logprobs`; Chat Completions:
-/// `choices[0].logprobs.content`).
+/// `choices[0].logprobs.content`). `bytes` is what the token really is when its text cannot be
+/// (a UTF-8 character split over two tokens).
 #[derive(Debug, Clone, Deserialize)]
 pub struct TokenLogprob {
     pub token: String,
+    #[serde(default)]
+    pub bytes: Option<Vec<u8>>,
     pub logprob: f64,
     #[serde(default)]
     pub top_logprobs: Vec<Alternative>,
@@ -28,26 +31,39 @@ pub struct TokenLogprob {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Alternative {
     pub token: String,
+    #[serde(default)]
+    pub bytes: Option<Vec<u8>>,
     pub logprob: f64,
 }
 
-/// The answer's tokens laid end to end, with where each starts in the text they spell.
+/// A token's bytes: `bytes` when sent, else its text.
+fn bytes_of<'t>(token: &'t str, bytes: &'t Option<Vec<u8>>) -> &'t [u8] {
+    bytes.as_deref().unwrap_or(token.as_bytes())
+}
+
+/// A label as it appears inside the answer's JSON string (quotes and backslashes escaped).
+fn in_json(label: &str) -> Vec<u8> {
+    let quoted = serde_json::to_string(label).expect("a string always serialises");
+    quoted.as_bytes()[1..quoted.len() - 1].to_vec()
+}
+
+/// The answer's tokens laid end to end, with where each starts in the bytes they spell.
 pub struct Spelled<'a> {
     tokens: &'a [TokenLogprob],
     starts: Vec<usize>,
-    text: String,
+    text: Vec<u8>,
 }
 
 impl<'a> Spelled<'a> {
-    /// The tokens, if they spell `text` exactly (otherwise positions cannot be matched).
+    /// The tokens, if their bytes spell `text` exactly (otherwise positions cannot be matched).
     pub fn new(tokens: &'a [TokenLogprob], text: &str) -> Option<Self> {
         let mut starts = Vec::with_capacity(tokens.len());
-        let mut spelled = String::with_capacity(text.len());
+        let mut spelled = Vec::with_capacity(text.len());
         for token in tokens {
             starts.push(spelled.len());
-            spelled.push_str(&token.token);
+            spelled.extend_from_slice(bytes_of(&token.token, &token.bytes));
         }
-        (spelled == text).then_some(Self {
+        (spelled == text.as_bytes()).then_some(Self {
             tokens,
             starts,
             text: spelled,
@@ -56,42 +72,51 @@ impl<'a> Spelled<'a> {
 
     /// The share of probability the model gave `chosen`, whose value starts at byte `at` of
     /// the text, against every label of `labels`; rounded to 4 decimals (the digits beyond say
-    /// nothing). `None` when `at` is not in the text or `chosen` is not a label.
+    /// nothing). `None` when the label is not written at `at`, or no probability is left.
     ///
-    /// At each position the chosen token and the alternatives that can lead to a label are
-    /// renormalised among themselves: that is what a grammar limited to the labels does, so
-    /// probabilities reported from before the grammar (llama.cpp) read as those after it. At the
-    /// first position, labels no listed token leads to hold the mass the list leaves over, each
-    /// at most the smallest listed probability (a token outside the top list is no likelier
-    /// than the last one in it).
+    /// The chosen label's probability is the product of its tokens' along the path written; an
+    /// alternative at a position goes to the labels it can lead to. At each position the chosen
+    /// token and those alternatives are renormalised among themselves: that is what a grammar
+    /// limited to the labels does, so probabilities reported from before the grammar
+    /// (llama.cpp) read as those after it. At the first position, labels no listed token leads
+    /// to hold the mass the list leaves over, each at most the smallest listed probability (a
+    /// token outside the top list is no likelier than the last one in it). When a longer label
+    /// begins with the chosen one, the position after it (the closing quote, or more of the
+    /// longer label) is weighed too.
     pub fn label_share(&self, at: usize, chosen: &str, labels: &[&str]) -> Option<f64> {
         let chosen_index = labels.iter().position(|l| *l == chosen)?;
+        let labels: Vec<Vec<u8>> = labels.iter().map(|l| in_json(l)).collect();
+        let chosen = &labels[chosen_index];
         let end = at + chosen.len();
-        if end > self.text.len() || self.text.get(at..end) != Some(chosen) {
+        if self.text.get(at..end) != Some(chosen.as_slice()) {
             return None;
         }
+        let longer_exists = labels
+            .iter()
+            .any(|l| l.len() > chosen.len() && l.starts_with(chosen));
         let first = self.starts.iter().rposition(|start| *start <= at)?;
         let mut mass = vec![0.0; labels.len()];
         let mut along = 1.0; // the probability of the chosen tokens so far, under the grammar
-        let mut written = String::new(); // the label's text the chosen tokens wrote so far
+        let mut written: Vec<u8> = Vec::new(); // what the chosen tokens wrote from the label on
         for (i, token) in self.tokens.iter().enumerate().skip(first) {
             let start = self.starts[i];
-            let token_end = start + token.token.len();
+            let token_bytes = bytes_of(&token.token, &token.bytes);
+            let token_end = start + token_bytes.len();
             // The part of the first token before the label (a quote, `":"`) is fixed: an
             // alternative must write it too.
             let fixed = if i == first {
                 &self.text[start..at]
             } else {
-                ""
+                &[][..]
             };
-            let alternatives = self.leading_to_labels(token, fixed, &written, labels);
+            let alternatives = leading_to_labels(token, fixed, &written, &labels);
             let chosen_p = token.logprob.exp();
             let mut total = chosen_p + alternatives.iter().map(|(_, p)| p).sum::<f64>();
             let mut unlisted = Vec::new();
             if i == first {
-                let chosen_text = &self.text[at..token_end.min(end)];
+                let chosen_wrote = &self.text[at..token_end.min(end)];
                 unlisted = (0..labels.len())
-                    .filter(|k| !fits(labels[*k], chosen_text))
+                    .filter(|k| !fits(&labels[*k], chosen_wrote))
                     .filter(|k| !alternatives.iter().any(|(fit, _)| fit.contains(k)))
                     .collect();
                 let share = unlisted_share(token, unlisted.len());
@@ -100,7 +125,7 @@ impl<'a> Spelled<'a> {
                 }
                 total += share * unlisted.len() as f64;
             }
-            if total <= 0.0 {
+            if total <= 0.0 || !total.is_finite() {
                 return None;
             }
             for k in &unlisted {
@@ -112,39 +137,43 @@ impl<'a> Spelled<'a> {
                 }
             }
             along *= chosen_p / total;
-            written.push_str(&self.text[start.max(at)..token_end.min(end)]);
-            if token_end >= end {
+            written.extend_from_slice(&self.text[start.max(at)..token_end]);
+            // Done once the label is written and the token after it is weighed when a longer
+            // label could have gone on.
+            if token_end > end || (token_end == end && !longer_exists) {
                 break;
             }
         }
         mass[chosen_index] += along;
         let total: f64 = mass.iter().sum();
-        (total > 0.0).then(|| (mass[chosen_index] / total * 10_000.0).round() / 10_000.0)
+        (total > 0.0 && total.is_finite())
+            .then(|| (mass[chosen_index] / total * 10_000.0).round() / 10_000.0)
     }
+}
 
-    /// The alternatives to `token` that lead to a label from what the label's chosen tokens
-    /// `written` so far (after the `fixed` part of the first token), with the labels each
-    /// leads to and its probability.
-    fn leading_to_labels(
-        &self,
-        token: &TokenLogprob,
-        fixed: &str,
-        written: &str,
-        labels: &[&str],
-    ) -> Vec<(Vec<usize>, f64)> {
-        token
-            .top_logprobs
-            .iter()
-            .filter(|a| a.token != token.token)
-            .filter_map(|a| {
-                let would_write = format!("{written}{}", a.token.strip_prefix(fixed)?);
-                let fitting: Vec<usize> = (0..labels.len())
-                    .filter(|k| fits(labels[*k], &would_write))
-                    .collect();
-                (!would_write.is_empty() && !fitting.is_empty()).then(|| (fitting, a.logprob.exp()))
-            })
-            .collect()
-    }
+/// The alternatives to `token` that lead to a label from what the chosen tokens `written` so far
+/// (after the `fixed` part of the first token), with the labels each leads to and its
+/// probability.
+fn leading_to_labels(
+    token: &TokenLogprob,
+    fixed: &[u8],
+    written: &[u8],
+    labels: &[Vec<u8>],
+) -> Vec<(Vec<usize>, f64)> {
+    let chosen = bytes_of(&token.token, &token.bytes);
+    token
+        .top_logprobs
+        .iter()
+        .filter(|a| bytes_of(&a.token, &a.bytes) != chosen)
+        .filter_map(|a| {
+            let rest = bytes_of(&a.token, &a.bytes).strip_prefix(fixed)?;
+            let would_write = [written, rest].concat();
+            let fitting: Vec<usize> = (0..labels.len())
+                .filter(|k| fits(&labels[*k], &would_write))
+                .collect();
+            (!would_write.is_empty() && !fitting.is_empty()).then(|| (fitting, a.logprob.exp()))
+        })
+        .collect()
 }
 
 /// The probability each of `unlisted` labels holds at the first position: the list's leftover
@@ -174,11 +203,11 @@ fn listed_mass(token: &TokenLogprob) -> f64 {
 
 /// Whether a token that writes `would_write` from the label's start can be on the way to
 /// `label`: it stops inside the label, or it ends the label and closes its string.
-fn fits(label: &str, would_write: &str) -> bool {
+fn fits(label: &[u8], would_write: &[u8]) -> bool {
     label.starts_with(would_write)
         || would_write
             .strip_prefix(label)
-            .is_some_and(|after| after.starts_with('"'))
+            .is_some_and(|after| after.first() == Some(&b'"'))
 }
 
 /// Where each `"topic"` value starts in a JSON answer (byte offsets, in the order written).
@@ -209,11 +238,13 @@ mod tests {
     fn token(text: &str, p: f64, top: &[(&str, f64)]) -> TokenLogprob {
         TokenLogprob {
             token: text.to_owned(),
+            bytes: None,
             logprob: p.ln(),
             top_logprobs: top
                 .iter()
                 .map(|(t, p)| Alternative {
                     token: (*t).to_owned(),
+                    bytes: None,
                     logprob: p.ln(),
                 })
                 .collect(),
@@ -301,6 +332,48 @@ mod tests {
             token("\"}", 1.0, &[]),
         ];
         assert_eq!(share(&tokens), 0.5);
+    }
+
+    #[test]
+    fn a_label_that_begins_a_longer_one_is_weighed_past_its_end() {
+        let labels = ["tech", "tech_policy", "other"];
+        let tokens = [
+            token("{\"topic\":\"", 1.0, &[]),
+            token("tech", 0.9, &[("other", 0.1)]),
+            token("\"}", 0.5, &[("_policy", 0.5)]),
+        ];
+        let text: String = tokens.iter().map(|t| t.token.as_str()).collect();
+        let spelled = Spelled::new(&tokens, &text).unwrap();
+        // tech 0.9 x 0.5, tech_policy 0.9 x 0.5, other 0.1.
+        assert_eq!(spelled.label_share(10, "tech", &labels), Some(0.45));
+    }
+
+    #[test]
+    fn labels_are_matched_as_json_writes_them_and_tokens_by_their_bytes() {
+        // A label with a quote is escaped in the answer; a label with a character split over
+        // two tokens is matched by the tokens' bytes, not their (lossy) text.
+        let labels = ["say \"hi\"", "café", "other"];
+        let quoted = [
+            token("{\"topic\":\"", 1.0, &[]),
+            token("say \\\"hi\\\"", 0.8, &[("other", 0.2)]),
+            token("\"}", 1.0, &[]),
+        ];
+        let text: String = quoted.iter().map(|t| t.token.as_str()).collect();
+        let spelled = Spelled::new(&quoted, &text).unwrap();
+        assert_eq!(spelled.label_share(10, "say \"hi\"", &labels), Some(0.8));
+
+        let mut split = [
+            token("{\"topic\":\"", 1.0, &[]),
+            token("caf\u{fffd}", 0.7, &[("other", 0.3)]),
+            token("\u{fffd}", 1.0, &[]),
+            token("\"}", 1.0, &[]),
+        ];
+        let e_acute = "é".as_bytes();
+        split[1].bytes = Some([b"caf".as_slice(), &e_acute[..1]].concat());
+        split[2].bytes = Some(e_acute[1..].to_vec());
+        let text = "{\"topic\":\"café\"}";
+        let spelled = Spelled::new(&split, text).expect("spelled by bytes");
+        assert_eq!(spelled.label_share(10, "café", &labels), Some(0.7));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::settings::{ServiceTier, UpstreamSettings};
 use super::usage::{Prediction, Usage};
 use crate::coord::Coordinator;
 use crate::metrics::Metrics;
-use crate::taxonomy::{Taxonomies, Taxonomy};
+use crate::taxonomy::{AnswerForm, Taxonomies, Taxonomy};
 
 /// The span of one call, with the GenAI semantic conventions (only when traces are exported;
 /// titles only with `HNC_TRACE_CONTENT=true`).
@@ -132,7 +132,9 @@ impl UpstreamClient {
         models.sort_unstable();
         models.dedup();
         Ok(Self {
-            models: models.join("+"),
+            // Where the confidence comes from is part of every cache and single-flight key: an
+            // answer read from logprobs is never served where a written one is asked for.
+            models: format!("{}#{}", models.join("+"), settings.confidence.name()),
             endpoints,
             pack_size,
             call_timeout: settings.call_timeout,
@@ -224,7 +226,8 @@ impl UpstreamClient {
             .is_ok()
     }
 
-    /// Every endpoint's model, joined: for cache and single-flight keys.
+    /// Every endpoint's model, joined, and where confidences come from: for cache and
+    /// single-flight keys.
     pub fn model(&self) -> &str {
         &self.models
     }
@@ -254,11 +257,11 @@ impl UpstreamClient {
     ) -> (Result<Prediction, Failure>, Usage) {
         self.with_retries(
             &[title],
-            |e| {
-                let template = &e.templates(taxonomy).single;
+            |e, form| {
+                let template = &e.templates(taxonomy, form).single;
                 (template.encode(title), template.estimated_tokens(title))
             },
-            |e, body| e.templates(taxonomy).single.decode(body, taxonomy),
+            |e, form, body| e.templates(taxonomy, form).single.decode(body, taxonomy),
         )
         .await
     }
@@ -273,8 +276,8 @@ impl UpstreamClient {
         let n = titles.len();
         self.with_retries(
             titles,
-            |e| e.templates(taxonomy).packs.encode(titles),
-            |e, body| e.templates(taxonomy).packs.decode(body, taxonomy, n),
+            |e, form| e.templates(taxonomy, form).packs.encode(titles),
+            |e, form, body| e.templates(taxonomy, form).packs.decode(body, taxonomy, n),
         )
         .await
     }
@@ -290,8 +293,8 @@ impl UpstreamClient {
     async fn with_retries<T>(
         &self,
         titles: &[&str],
-        encode: impl Fn(&Endpoint) -> (RequestBody, u64),
-        decode: impl Fn(&Endpoint, &[u8]) -> (Result<T, UpstreamError>, Usage),
+        encode: impl Fn(&Endpoint, AnswerForm) -> (RequestBody, u64),
+        decode: impl Fn(&Endpoint, AnswerForm, &[u8]) -> (Result<T, UpstreamError>, Usage),
     ) -> (Result<T, Failure>, Usage) {
         let mut usage = Usage::default();
         let mut deadline = None;
@@ -301,11 +304,19 @@ impl UpstreamClient {
         let mut output_failures = 0;
         let mut failed_at: Option<&Endpoint> = None;
         let mut tier = self.service_tier;
+        let mut written_only = false;
         loop {
             let endpoint = self.pick(failed_at);
             let queued_at = Instant::now();
             let slot = endpoint.limiter().acquire().await;
-            let (body, tokens) = encode(endpoint);
+            // Read once per attempt: the answer is decoded in the form it was asked in, whatever
+            // the endpoint switches to meanwhile.
+            let form = if written_only {
+                AnswerForm::LabelAndConfidence
+            } else {
+                endpoint.form()
+            };
+            let (body, tokens) = encode(endpoint, form);
             let body = body.with_service_tier(tier);
             endpoint.pacer().wait_turn(tokens).await;
             let deadline = match &mut deadline {
@@ -324,7 +335,7 @@ impl UpstreamClient {
             let timeout = call_timeout.min(deadline.at().saturating_duration_since(Instant::now()));
             let span = call_span(endpoint, attempts, tier, titles, queued_at.elapsed());
             let attempt: Attempt<T> = endpoint
-                .call(body, timeout, |b| decode(endpoint, b))
+                .call(body, timeout, |b| decode(endpoint, form, b))
                 .instrument(span.clone())
                 .await;
             record_outcome(&span, &attempt);
@@ -342,6 +353,16 @@ impl UpstreamClient {
                 Ok(value) => return (Ok(value), usage),
                 Err(error) => error,
             };
+            if let UpstreamError::LogprobsUnreadable(_) = error {
+                // This answer's logprobs cannot be read: this call goes again at once with a
+                // written confidence, the endpoint keeps asking for logprobs.
+                written_only = true;
+                self.metrics
+                    .upstream_retries
+                    .with_label_values(&[error.code()])
+                    .inc();
+                continue;
+            }
             if error.is_logprobs_fault() {
                 // Asked again at once for a written confidence: a model without logprobs costs
                 // one call, never an item, and no retry.

@@ -104,7 +104,7 @@ impl fmt::Display for Failure {
 /// Every `reason` label `upstream_retries_total` can carry: the codes of the errors the policy
 /// retries, `flex_fallback` (a flex call sent again at the default tier), and the logprobs
 /// faults (a call sent again asking for a written confidence).
-pub const RETRY_REASONS: [&str; 10] = [
+pub const RETRY_REASONS: [&str; 11] = [
     "upstream_timeout",
     "upstream_unreachable",
     "upstream_rate_limited",
@@ -115,6 +115,7 @@ pub const RETRY_REASONS: [&str; 10] = [
     "flex_fallback",
     "logprobs_refused",
     "logprobs_missing",
+    "logprobs_unreadable",
 ];
 
 /// What to do after a failed attempt.
@@ -215,7 +216,8 @@ impl UpstreamError {
             | Self::OffTaxonomy(_)
             | Self::ConfidenceOutOfRange(_)
             | Self::LogprobsRefused(_)
-            | Self::NoLogprobs(_) => false,
+            | Self::NoLogprobs(_)
+            | Self::LogprobsUnreadable(_) => false,
         }
     }
 
@@ -226,8 +228,8 @@ impl UpstreamError {
         matches!(self, Self::InvalidOutput(_) | Self::NotCompleted { .. })
     }
 
-    /// The answer cannot give a confidence from logprobs: the endpoint switches to a written
-    /// confidence and the call goes again at once, without spending the retry budget.
+    /// The model gives no logprobs (refused, or none sent): the endpoint switches to a written
+    /// confidence for good, and the call goes again at once outside the retry budget.
     pub fn is_logprobs_fault(&self) -> bool {
         matches!(self, Self::LogprobsRefused(_) | Self::NoLogprobs(_))
     }

@@ -142,9 +142,11 @@ impl ConfidenceSource {
 /// its first refusal.
 fn refuses_logprobs(model: &str) -> bool {
     let model = model.rsplit('/').next().unwrap_or(model);
-    ["gpt-5", "o1", "o3", "o4"]
-        .iter()
-        .any(|family| model == *family || model.starts_with(&format!("{family}-")))
+    ["gpt-5", "o1", "o3", "o4"].iter().any(|family| {
+        model
+            .strip_prefix(family)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['-', '.']))
+    })
 }
 
 #[cfg(test)]

@@ -176,3 +176,114 @@ async fn a_provider_that_ignores_logprobs_is_asked_for_a_written_confidence() {
     );
     app.shutdown().await;
 }
+
+/// A Responses body whose label-only answer carries `label` with probability `p` (the rest on
+/// `other`), its tokens spelling the text unless `misspelled`.
+fn label_only_body(label: &str, p: f64, misspelled: bool) -> Value {
+    let token = |t: &str, lp: f64, top: Value| serde_json::json!({"token": t, "logprob": lp, "top_logprobs": top});
+    let open = if misspelled {
+        "{\"topic\": \""
+    } else {
+        "{\"topic\":\""
+    };
+    let tokens = serde_json::json!([
+        token(open, 0.0, serde_json::json!([])),
+        token(
+            label,
+            p.ln(),
+            serde_json::json!([{"token": label, "logprob": p.ln()}, {"token": "other", "logprob": (1.0 - p).ln()}])
+        ),
+        token("\"}", 0.0, serde_json::json!([])),
+    ]);
+    let text = format!("{{\"topic\":\"{label}\"}}");
+    let mut body = completed(&text);
+    body["output"][0]["content"][0]["logprobs"] = tokens;
+    body
+}
+
+/// A provider serving label-only answers with logprobs after `delay_ms`, except that it refuses
+/// logprobs for the title "refuse me" (at once) and misspells the tokens for "misspell me";
+/// requests without logprobs get a written confidence.
+async fn mixed_upstream(delay_ms: u64) -> String {
+    let router = axum::Router::new().route(
+        "/v1/responses",
+        post(move |Json(request): Json<Value>| async move {
+            let title = request["input"][0]["content"].as_str().unwrap().to_owned();
+            if request.get("top_logprobs").is_none() {
+                return echo_reply(&title, 1);
+            }
+            if title == "refuse me" {
+                let body = serde_json::json!({"error": {
+                    "message": "Unsupported parameter: 'top_logprobs' is not supported with this model.",
+                    "type": "invalid_request_error", "param": "top_logprobs",
+                    "code": "unsupported_parameter"}});
+                return (axum::http::StatusCode::BAD_REQUEST, Json(body)).into_response();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+            Json(label_only_body("security_privacy", 0.8, title == "misspell me")).into_response()
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    hn_classifier::tasks::spawn(async move { axum::serve(listener, router).await });
+    format!("http://{addr}/v1")
+}
+
+#[tokio::test]
+async fn calls_in_flight_when_the_endpoint_switches_are_read_as_they_were_asked() {
+    let url = mixed_upstream(300).await;
+    let app = spawn_app(config(&[
+        "--openai-base-url",
+        &url,
+        "--openai-api-key",
+        "k",
+    ]))
+    .await;
+    let mut titles: Vec<String> = data_lines("hn_titles.txt")[..10].to_vec();
+    titles.insert(0, "refuse me".to_owned());
+    let response = app.classify(&titles).await;
+    // The refusal switched the endpoint while the other ten were out asking for logprobs: they
+    // come back label-only and are read so, not as answers missing a written confidence.
+    assert_eq!(response.errors, 0, "{:?}", response.results);
+    assert_eq!(
+        response.results[0].confidence,
+        Some(echo_answer("refuse me").1)
+    );
+    for result in &response.results[1..] {
+        assert_eq!(result.confidence, Some(0.8));
+    }
+    assert_eq!(
+        metric(&app, "upstream_confidence_from_logprobs", "").await,
+        0.0
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn logprobs_that_cannot_be_read_cost_that_call_only() {
+    let url = mixed_upstream(0).await;
+    let app = spawn_app(config(&[
+        "--openai-base-url",
+        &url,
+        "--openai-api-key",
+        "k",
+    ]))
+    .await;
+    let response = app.classify(&["misspell me", "A title"]).await;
+    assert_eq!(response.errors, 0);
+    assert_eq!(
+        response.results[0].confidence,
+        Some(echo_answer("misspell me").1)
+    );
+    assert_eq!(response.results[1].confidence, Some(0.8));
+    assert_eq!(
+        metric(&app, "upstream_retries_total", "logprobs_unreadable").await,
+        1.0
+    );
+    assert_eq!(
+        metric(&app, "upstream_confidence_from_logprobs", "").await,
+        1.0,
+        "the endpoint keeps asking for logprobs"
+    );
+    app.shutdown().await;
+}
