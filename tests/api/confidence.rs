@@ -13,6 +13,28 @@ use tokio::net::TcpListener;
 
 use crate::helpers::*;
 
+/// The app against a provider at `url` (base URL with `/v1`), confidence by default.
+async fn app_against(url: &str) -> TestApp {
+    spawn_app(config(&["--openai-base-url", url, "--openai-api-key", "k"])).await
+}
+
+/// `router` served on a loopback port: its base URL.
+async fn on_loopback(router: axum::Router) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    hn_classifier::tasks::spawn(async move { axum::serve(listener, router).await });
+    format!("http://{addr}/v1")
+}
+
+/// OpenAI's 400 for a model that does not do logprobs.
+fn logprobs_refusal() -> axum::response::Response {
+    let body = serde_json::json!({"error": {
+        "message": "Unsupported parameter: 'top_logprobs' is not supported with this model.",
+        "type": "invalid_request_error", "param": "top_logprobs",
+        "code": "unsupported_parameter"}});
+    (axum::http::StatusCode::BAD_REQUEST, Json(body)).into_response()
+}
+
 /// The sum of every series of `name` (with `labels` inside its braces, if any) in `/metrics`.
 async fn metric(app: &TestApp, name: &str, labels: &str) -> f64 {
     let (_, text) = get(&app.url("/metrics")).await;
@@ -103,33 +125,20 @@ async fn refusing_upstream() -> (String, Arc<AtomicUsize>) {
             async move {
                 if request.get("top_logprobs").is_some() {
                     count.fetch_add(1, Ordering::SeqCst);
-                    let body = serde_json::json!({"error": {
-                        "message": "Unsupported parameter: 'top_logprobs' is not supported with this model.",
-                        "type": "invalid_request_error", "param": "top_logprobs",
-                        "code": "unsupported_parameter"}});
-                    return (axum::http::StatusCode::BAD_REQUEST, Json(body)).into_response();
+                    return logprobs_refusal();
                 }
                 let title = request["input"][0]["content"].as_str().unwrap().to_owned();
                 echo_reply(&title, 1)
             }
         }),
     );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    hn_classifier::tasks::spawn(async move { axum::serve(listener, router).await });
-    (format!("http://{addr}/v1"), refused)
+    (on_loopback(router).await, refused)
 }
 
 #[tokio::test]
 async fn a_model_that_refuses_logprobs_costs_a_call_and_never_an_item() {
     let (url, refused) = refusing_upstream().await;
-    let app = spawn_app(config(&[
-        "--openai-base-url",
-        &url,
-        "--openai-api-key",
-        "k",
-    ]))
-    .await;
+    let app = app_against(&url).await;
     let titles = data_lines("hn_titles.txt")[..40].to_vec();
     let first = app.classify(&titles).await;
     let refusals = refused.load(Ordering::SeqCst);
@@ -159,13 +168,7 @@ async fn a_model_that_refuses_logprobs_costs_a_call_and_never_an_item() {
 async fn a_provider_that_ignores_logprobs_is_asked_for_a_written_confidence() {
     let upstream = spawn_fake_upstream(echo_reply).await;
     let url = upstream.base_url();
-    let app = spawn_app(config(&[
-        "--openai-base-url",
-        &url,
-        "--openai-api-key",
-        "k",
-    ]))
-    .await;
+    let app = app_against(&url).await;
     let titles = data_lines("hn_titles.txt")[..20].to_vec();
     let response = app.classify(&titles).await;
     assert_eq!(response.errors, 0);
@@ -213,32 +216,24 @@ async fn mixed_upstream(delay_ms: u64) -> String {
                 return echo_reply(&title, 1);
             }
             if title == "refuse me" {
-                let body = serde_json::json!({"error": {
-                    "message": "Unsupported parameter: 'top_logprobs' is not supported with this model.",
-                    "type": "invalid_request_error", "param": "top_logprobs",
-                    "code": "unsupported_parameter"}});
-                return (axum::http::StatusCode::BAD_REQUEST, Json(body)).into_response();
+                return logprobs_refusal();
             }
             tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
-            Json(label_only_body("security_privacy", 0.8, title == "misspell me")).into_response()
+            Json(label_only_body(
+                "security_privacy",
+                0.8,
+                title == "misspell me",
+            ))
+            .into_response()
         }),
     );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    hn_classifier::tasks::spawn(async move { axum::serve(listener, router).await });
-    format!("http://{addr}/v1")
+    on_loopback(router).await
 }
 
 #[tokio::test]
 async fn calls_in_flight_when_the_endpoint_switches_are_read_as_they_were_asked() {
     let url = mixed_upstream(300).await;
-    let app = spawn_app(config(&[
-        "--openai-base-url",
-        &url,
-        "--openai-api-key",
-        "k",
-    ]))
-    .await;
+    let app = app_against(&url).await;
     let mut titles: Vec<String> = data_lines("hn_titles.txt")[..10].to_vec();
     titles.insert(0, "refuse me".to_owned());
     let response = app.classify(&titles).await;
@@ -262,13 +257,7 @@ async fn calls_in_flight_when_the_endpoint_switches_are_read_as_they_were_asked(
 #[tokio::test]
 async fn logprobs_that_cannot_be_read_cost_that_call_only() {
     let url = mixed_upstream(0).await;
-    let app = spawn_app(config(&[
-        "--openai-base-url",
-        &url,
-        "--openai-api-key",
-        "k",
-    ]))
-    .await;
+    let app = app_against(&url).await;
     let response = app.classify(&["misspell me", "A title"]).await;
     assert_eq!(response.errors, 0);
     assert_eq!(
