@@ -57,6 +57,62 @@ fn codec(c: &mut Criterion) {
         });
     }
 
+    // The label-only answer with logprobs as OpenAI sends them: every token with its bytes and
+    // 20 alternatives, each with its bytes.
+    let tokens = [
+        "{\"",
+        "topic",
+        "\":\"",
+        "programming",
+        "_dev",
+        "_tools",
+        "\"}",
+    ];
+    let alternatives: Vec<String> = taxonomy
+        .labels()
+        .map(|l| l.to_string())
+        .chain((0..10).map(|i| format!("alt{i}")))
+        .collect();
+    let logprobs: Vec<_> = tokens
+        .iter()
+        .map(|t| {
+            let top: Vec<_> = alternatives
+                .iter()
+                .enumerate()
+                .map(|(r, a)| json!({"token": a, "logprob": -1.0 - r as f64 * 0.37, "bytes": a.as_bytes()}))
+                .collect();
+            json!({"token": t, "logprob": -0.01, "bytes": t.as_bytes(), "top_logprobs": top})
+        })
+        .collect();
+    let text: String = tokens.concat();
+    let mut with_logprobs: serde_json::Value =
+        serde_json::from_slice(&responses_body(&text)).unwrap();
+    with_logprobs["output"][0]["content"][0]["logprobs"] = json!(logprobs);
+    let with_logprobs = with_logprobs.to_string().into_bytes();
+    let label_only = RequestTemplate::new(
+        UpstreamApi::Responses,
+        "gpt-4.1-mini",
+        &taxonomy,
+        AnswerForm::LabelOnly,
+    );
+    c.bench_function(
+        "responses/parse that body into a JSON value, for scale",
+        |b| {
+            b.iter(|| {
+                serde_json::from_slice::<serde_json::Value>(black_box(&with_logprobs)).unwrap()
+            })
+        },
+    );
+    c.bench_function(
+        "responses/decode one label-only answer with logprobs",
+        |b| {
+            b.iter(|| {
+                let (result, _) = label_only.decode(black_box(&with_logprobs), &taxonomy);
+                result.expect("a valid answer")
+            })
+        },
+    );
+
     let titles: Vec<String> = (0..20).map(|i| format!("{TITLE} #{i}")).collect();
     let titles: Vec<&str> = titles.iter().map(String::as_str).collect();
     let packs = PackTemplate::new(

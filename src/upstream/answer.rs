@@ -79,7 +79,7 @@ fn read_confidence<'o>(
         .logprobs
         .as_deref()
         .ok_or(UpstreamError::NoLogprobs("none were sent"))?;
-    let spelled = Spelled::new(tokens, &output.text).ok_or(UpstreamError::LogprobsUnreadable(
+    let spelled = Spelled::parse(tokens, &output.text).ok_or(UpstreamError::LogprobsUnreadable(
         "the tokens do not spell the answer",
     ))?;
     let labels: Vec<&str> = taxonomy.labels().map(|l| l.as_ref()).collect();

@@ -8,7 +8,6 @@ use serde_json::value::RawValue;
 
 use super::decode::{Output, decode_with};
 use super::error::UpstreamError;
-use super::logprobs::TokenLogprob;
 use super::usage::Usage;
 
 #[derive(Serialize)]
@@ -56,7 +55,7 @@ struct Choice {
 
 #[derive(Deserialize)]
 struct ChoiceLogprobs {
-    content: Option<Vec<TokenLogprob>>,
+    content: Option<Box<RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -121,7 +120,7 @@ fn choice_text(choices: Vec<Choice>) -> Result<Output, UpstreamError> {
     let logprobs = choice
         .logprobs
         .and_then(|l| l.content)
-        .filter(|l| !l.is_empty());
+        .filter(|l| super::decode::is_nonempty_array(l));
     Ok(Output { text, logprobs })
 }
 

@@ -9,36 +9,51 @@
 //! first tokens are missing from the list hold part of the mass the list leaves over, rather
 //! than none.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 /// Alternatives asked for at each position: the most OpenAI accepts.
 pub const TOP_LOGPROBS: u8 = 20;
 
-/// One output token, its log probability, and the likeliest tokens at its position, as both
-/// protocols report them (Responses: a content part's `logprobs`; Chat Completions:
-/// `choices[0].logprobs.content`). `bytes` is what the token really is when its text cannot be
-/// (a UTF-8 character split over two tokens).
-#[derive(Debug, Clone, Deserialize)]
-pub struct TokenLogprob {
-    pub token: String,
-    #[serde(default)]
-    pub bytes: Option<Vec<u8>>,
-    pub logprob: f64,
-    #[serde(default)]
-    pub top_logprobs: Vec<Alternative>,
+/// One output token as both protocols report it (Responses: a content part's `logprobs`; Chat
+/// Completions: `choices[0].logprobs.content`). The answer's body is mostly these (about 12 KiB
+/// for a label with 20 alternatives a token), so only what every token needs is parsed: its
+/// text and logprob. `bytes` (what the token really is when its text cannot be: a UTF-8
+/// character split over two tokens) and the alternatives are left raw and read only where
+/// needed, at the label's positions.
+#[derive(Deserialize)]
+struct RawToken<'a> {
+    #[serde(borrow)]
+    token: Cow<'a, str>,
+    #[serde(default, borrow)]
+    bytes: Option<&'a RawValue>,
+    logprob: f64,
+    #[serde(default, borrow)]
+    top_logprobs: Option<&'a RawValue>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct Alternative {
-    pub token: String,
-    #[serde(default)]
-    pub bytes: Option<Vec<u8>>,
-    pub logprob: f64,
+#[derive(Deserialize)]
+struct RawAlternative<'a> {
+    #[serde(borrow)]
+    token: Cow<'a, str>,
+    #[serde(default, borrow)]
+    bytes: Option<&'a RawValue>,
+    logprob: f64,
 }
 
-/// A token's bytes: `bytes` when sent, else its text.
-fn bytes_of<'t>(token: &'t str, bytes: &'t Option<Vec<u8>>) -> &'t [u8] {
-    bytes.as_deref().unwrap_or(token.as_bytes())
+/// A token's bytes: its text, or `bytes` when the text lost some (a replacement character).
+fn bytes_of<'t>(token: &Cow<'t, str>, bytes: Option<&RawValue>) -> Cow<'t, [u8]> {
+    if token.contains('\u{fffd}')
+        && let Some(raw) = bytes.and_then(|b| serde_json::from_str::<Vec<u8>>(b.get()).ok())
+    {
+        return Cow::Owned(raw);
+    }
+    match token {
+        Cow::Borrowed(text) => Cow::Borrowed(text.as_bytes()),
+        Cow::Owned(text) => Cow::Owned(text.as_bytes().to_vec()),
+    }
 }
 
 /// A label as it appears inside the answer's JSON string (quotes and backslashes escaped).
@@ -47,21 +62,59 @@ fn in_json(label: &str) -> Vec<u8> {
     quoted.as_bytes()[1..quoted.len() - 1].to_vec()
 }
 
+/// One token laid down: its bytes, logprob, and its alternatives still raw.
+struct Token<'a> {
+    bytes: Cow<'a, [u8]>,
+    logprob: f64,
+    top: Option<&'a RawValue>,
+}
+
+/// An alternative at a position, read.
+struct Alternative {
+    bytes: Vec<u8>,
+    logprob: f64,
+}
+
+impl Token<'_> {
+    fn alternatives(&self) -> Vec<Alternative> {
+        let Some(raw) = self.top else {
+            return Vec::new();
+        };
+        serde_json::from_str::<Vec<RawAlternative<'_>>>(raw.get())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| Alternative {
+                bytes: bytes_of(&a.token, a.bytes).into_owned(),
+                logprob: a.logprob,
+            })
+            .collect()
+    }
+}
+
 /// The answer's tokens laid end to end, with where each starts in the bytes they spell.
 pub struct Spelled<'a> {
-    tokens: &'a [TokenLogprob],
+    tokens: Vec<Token<'a>>,
     starts: Vec<usize>,
     text: Vec<u8>,
 }
 
 impl<'a> Spelled<'a> {
-    /// The tokens, if their bytes spell `text` exactly (otherwise positions cannot be matched).
-    pub fn new(tokens: &'a [TokenLogprob], text: &str) -> Option<Self> {
-        let mut starts = Vec::with_capacity(tokens.len());
+    /// The tokens of `logprobs` (the protocol's JSON array), if their bytes spell `text`
+    /// exactly (otherwise positions cannot be matched).
+    pub fn parse(logprobs: &'a RawValue, text: &str) -> Option<Self> {
+        let raw: Vec<RawToken<'a>> = serde_json::from_str(logprobs.get()).ok()?;
+        let mut starts = Vec::with_capacity(raw.len());
         let mut spelled = Vec::with_capacity(text.len());
-        for token in tokens {
+        let mut tokens = Vec::with_capacity(raw.len());
+        for token in raw {
+            let bytes = bytes_of(&token.token, token.bytes);
             starts.push(spelled.len());
-            spelled.extend_from_slice(bytes_of(&token.token, &token.bytes));
+            spelled.extend_from_slice(&bytes);
+            tokens.push(Token {
+                bytes,
+                logprob: token.logprob,
+                top: token.top_logprobs,
+            });
         }
         (spelled == text.as_bytes()).then_some(Self {
             tokens,
@@ -100,8 +153,7 @@ impl<'a> Spelled<'a> {
         let mut written: Vec<u8> = Vec::new(); // what the chosen tokens wrote from the label on
         for (i, token) in self.tokens.iter().enumerate().skip(first) {
             let start = self.starts[i];
-            let token_bytes = bytes_of(&token.token, &token.bytes);
-            let token_end = start + token_bytes.len();
+            let token_end = start + token.bytes.len();
             // The part of the first token before the label (a quote, `":"`) is fixed: an
             // alternative must write it too.
             let fixed = if i == first {
@@ -109,7 +161,8 @@ impl<'a> Spelled<'a> {
             } else {
                 &[][..]
             };
-            let alternatives = leading_to_labels(token, fixed, &written, &labels);
+            let listed = token.alternatives();
+            let alternatives = leading_to_labels(token, &listed, fixed, &written, &labels);
             let chosen_p = token.logprob.exp();
             let mut total = chosen_p + alternatives.iter().map(|(_, p)| p).sum::<f64>();
             let mut unlisted = Vec::new();
@@ -119,7 +172,7 @@ impl<'a> Spelled<'a> {
                     .filter(|k| !fits(&labels[*k], chosen_wrote))
                     .filter(|k| !alternatives.iter().any(|(fit, _)| fit.contains(k)))
                     .collect();
-                let share = unlisted_share(token, unlisted.len());
+                let share = unlisted_share(token, &listed, unlisted.len());
                 for k in &unlisted {
                     mass[*k] = share;
                 }
@@ -151,22 +204,21 @@ impl<'a> Spelled<'a> {
     }
 }
 
-/// The alternatives to `token` that lead to a label from what the chosen tokens `written` so far
-/// (after the `fixed` part of the first token), with the labels each leads to and its
-/// probability.
+/// The alternatives to `token` (`listed`) that lead to a label from what the chosen tokens
+/// `written` so far (after the `fixed` part of the first token), with the labels each leads to
+/// and its probability.
 fn leading_to_labels(
-    token: &TokenLogprob,
+    token: &Token<'_>,
+    listed: &[Alternative],
     fixed: &[u8],
     written: &[u8],
     labels: &[Vec<u8>],
 ) -> Vec<(Vec<usize>, f64)> {
-    let chosen = bytes_of(&token.token, &token.bytes);
-    token
-        .top_logprobs
+    listed
         .iter()
-        .filter(|a| bytes_of(&a.token, &a.bytes) != chosen)
+        .filter(|a| a.bytes != *token.bytes)
         .filter_map(|a| {
-            let rest = bytes_of(&a.token, &a.bytes).strip_prefix(fixed)?;
+            let rest = a.bytes.strip_prefix(fixed)?;
             let would_write = [written, rest].concat();
             let fitting: Vec<usize> = (0..labels.len())
                 .filter(|k| fits(&labels[*k], &would_write))
@@ -178,27 +230,20 @@ fn leading_to_labels(
 
 /// The probability each of `unlisted` labels holds at the first position: the list's leftover
 /// split between them, but no more than the smallest listed probability each.
-fn unlisted_share(token: &TokenLogprob, unlisted: usize) -> f64 {
+fn unlisted_share(token: &Token<'_>, listed: &[Alternative], unlisted: usize) -> f64 {
     if unlisted == 0 {
         return 0.0;
     }
-    let leftover = (1.0 - listed_mass(token)).max(0.0);
-    let smallest = token
-        .top_logprobs
+    let mut mass: f64 = listed.iter().map(|a| a.logprob.exp()).sum();
+    if !listed.iter().any(|a| a.bytes == *token.bytes) {
+        mass += token.logprob.exp();
+    }
+    let leftover = (1.0 - mass).max(0.0);
+    let smallest = listed
         .iter()
         .map(|a| a.logprob.exp())
         .fold(f64::INFINITY, f64::min);
     (leftover / unlisted as f64).min(smallest)
-}
-
-/// The probability the top list holds at a position, the chosen token counted once.
-fn listed_mass(token: &TokenLogprob) -> f64 {
-    let listed: f64 = token.top_logprobs.iter().map(|a| a.logprob.exp()).sum();
-    if token.top_logprobs.iter().any(|a| a.token == token.token) {
-        listed
-    } else {
-        listed + token.logprob.exp()
-    }
 }
 
 /// Whether a token that writes `would_write` from the label's start can be on the way to
@@ -235,27 +280,32 @@ mod tests {
 
     const LABELS: [&str; 4] = ["security_privacy", "science_math_research", "other", "ai"];
 
-    fn token(text: &str, p: f64, top: &[(&str, f64)]) -> TokenLogprob {
-        TokenLogprob {
-            token: text.to_owned(),
-            bytes: None,
-            logprob: p.ln(),
-            top_logprobs: top
-                .iter()
-                .map(|(t, p)| Alternative {
-                    token: (*t).to_owned(),
-                    bytes: None,
-                    logprob: p.ln(),
-                })
-                .collect(),
-        }
+    use serde_json::{Value, json};
+
+    /// A token as the protocols send it.
+    fn token(text: &str, p: f64, top: &[(&str, f64)]) -> Value {
+        let top: Vec<Value> = top
+            .iter()
+            .map(|(t, p)| json!({"token": t, "logprob": p.ln()}))
+            .collect();
+        json!({"token": text, "logprob": p.ln(), "top_logprobs": top})
     }
 
-    fn share(tokens: &[TokenLogprob]) -> f64 {
-        let text: String = tokens.iter().map(|t| t.token.as_str()).collect();
+    /// The raw JSON array of `tokens`, and the text they spell.
+    fn raw(tokens: &[Value]) -> (Box<RawValue>, String) {
+        let text = tokens
+            .iter()
+            .map(|t| t["token"].as_str().unwrap())
+            .collect();
+        let raw = RawValue::from_string(Value::from(tokens.to_vec()).to_string()).unwrap();
+        (raw, text)
+    }
+
+    fn share(tokens: &[Value]) -> f64 {
+        let (raw, text) = raw(tokens);
         let at = topic_values(&text)[0];
         let chosen_end = text[at..].find('"').unwrap() + at;
-        Spelled::new(tokens, &text)
+        Spelled::parse(&raw, &text)
             .unwrap()
             .label_share(at, &text[at..chosen_end], &LABELS)
             .unwrap()
@@ -342,8 +392,8 @@ mod tests {
             token("tech", 0.9, &[("other", 0.1)]),
             token("\"}", 0.5, &[("_policy", 0.5)]),
         ];
-        let text: String = tokens.iter().map(|t| t.token.as_str()).collect();
-        let spelled = Spelled::new(&tokens, &text).unwrap();
+        let (raw, text) = raw(&tokens);
+        let spelled = Spelled::parse(&raw, &text).unwrap();
         // tech 0.9 x 0.5, tech_policy 0.9 x 0.5, other 0.1.
         assert_eq!(spelled.label_share(10, "tech", &labels), Some(0.45));
     }
@@ -358,8 +408,8 @@ mod tests {
             token("say \\\"hi\\\"", 0.8, &[("other", 0.2)]),
             token("\"}", 1.0, &[]),
         ];
-        let text: String = quoted.iter().map(|t| t.token.as_str()).collect();
-        let spelled = Spelled::new(&quoted, &text).unwrap();
+        let (raw_quoted, text) = raw(&quoted);
+        let spelled = Spelled::parse(&raw_quoted, &text).unwrap();
         assert_eq!(spelled.label_share(10, "say \"hi\"", &labels), Some(0.8));
 
         let mut split = [
@@ -369,10 +419,11 @@ mod tests {
             token("\"}", 1.0, &[]),
         ];
         let e_acute = "é".as_bytes();
-        split[1].bytes = Some([b"caf".as_slice(), &e_acute[..1]].concat());
-        split[2].bytes = Some(e_acute[1..].to_vec());
+        split[1]["bytes"] = json!([b"caf".as_slice(), &e_acute[..1]].concat());
+        split[2]["bytes"] = json!(e_acute[1..].to_vec());
+        let (raw_split, _) = raw(&split);
         let text = "{\"topic\":\"café\"}";
-        let spelled = Spelled::new(&split, text).expect("spelled by bytes");
+        let spelled = Spelled::parse(&raw_split, text).expect("spelled by bytes");
         assert_eq!(spelled.label_share(10, "café", &labels), Some(0.7));
     }
 
@@ -383,9 +434,9 @@ mod tests {
         assert_eq!(at.len(), 2);
         assert_eq!(&text[at[0]..at[0] + 2], "ai");
         assert_eq!(&text[at[1]..at[1] + 5], "other");
-        let tokens = [token("{\"topic\":\"ai\"}", 1.0, &[])];
-        assert!(Spelled::new(&tokens, "{\"topic\":\"ai\"} ").is_none());
-        let spelled = Spelled::new(&tokens, "{\"topic\":\"ai\"}").unwrap();
+        let (tokens, _) = raw(&[token("{\"topic\":\"ai\"}", 1.0, &[])]);
+        assert!(Spelled::parse(&tokens, "{\"topic\":\"ai\"} ").is_none());
+        let spelled = Spelled::parse(&tokens, "{\"topic\":\"ai\"}").unwrap();
         assert_eq!(spelled.label_share(10, "ai", &LABELS), Some(1.0));
         assert_eq!(spelled.label_share(10, "nope", &LABELS), None);
     }

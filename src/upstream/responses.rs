@@ -5,9 +5,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::decode::{Output, decode_with};
+use super::decode::{Output, decode_with, is_nonempty_array};
 use super::error::UpstreamError;
-use super::logprobs::TokenLogprob;
 use super::usage::Usage;
 
 /// What `include` asks for to get each output token's logprob.
@@ -50,32 +49,29 @@ struct IncompleteDetails {
     reason: Option<String>,
 }
 
+/// An item of `output[]`: a `message` is ours to read; reasoning items, tool calls and whatever
+/// the API adds later are not. Plain structs with the `type` as a field rather than tagged
+/// enums: serde buffers a tagged enum's fields, and the raw logprobs cannot be read from a
+/// buffer.
 #[derive(Deserialize)]
-#[serde(tag = "type")]
-enum OutputItem {
-    #[serde(rename = "message")]
-    Message {
-        #[serde(default)]
-        content: Vec<ContentPart>,
-    },
-    /// Reasoning items, tool calls and whatever the API adds later: not ours to read.
-    #[serde(other)]
-    Other,
+struct OutputItem {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    content: Option<Vec<ContentPart>>,
 }
 
+/// A part of a message: `output_text` (with its logprobs when asked) or a `refusal`.
 #[derive(Deserialize)]
-#[serde(tag = "type")]
-enum ContentPart {
-    #[serde(rename = "output_text")]
-    OutputText {
-        text: String,
-        #[serde(default)]
-        logprobs: Option<Vec<TokenLogprob>>,
-    },
-    #[serde(rename = "refusal")]
-    Refusal { refusal: String },
-    #[serde(other)]
-    Other,
+struct ContentPart {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    refusal: Option<String>,
+    #[serde(default)]
+    logprobs: Option<Box<RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -125,20 +121,16 @@ fn completed_text(response: Response) -> Result<Output, UpstreamError> {
 
 /// The text of the first message item's `output_text` part, or the refusal it carries instead.
 fn message_text(output: Vec<OutputItem>) -> Result<Output, UpstreamError> {
-    for item in output {
-        let OutputItem::Message { content } = item else {
-            continue;
-        };
-        for part in content {
-            match part {
-                ContentPart::OutputText { text, logprobs } => {
-                    // An empty list is what a provider sends when it was not asked.
-                    let logprobs = logprobs.filter(|l| !l.is_empty());
-                    return Ok(Output { text, logprobs });
-                }
-                ContentPart::Refusal { refusal } => return Err(UpstreamError::Refusal(refusal)),
-                ContentPart::Other => {}
+    let messages = output.into_iter().filter(|item| item.kind == "message");
+    for part in messages.flat_map(|m| m.content.unwrap_or_default()) {
+        match (part.kind.as_str(), part.text, part.refusal) {
+            ("output_text", Some(text), _) => {
+                // An empty list is what a provider sends when it was not asked.
+                let logprobs = part.logprobs.filter(|l| is_nonempty_array(l));
+                return Ok(Output { text, logprobs });
             }
+            ("refusal", _, Some(refusal)) => return Err(UpstreamError::Refusal(refusal)),
+            _ => {}
         }
     }
     Err(UpstreamError::MalformedResponse(
