@@ -8,7 +8,7 @@ ARG BUILDER=rust:1.95-slim-bookworm
 
 FROM ${BUILDER} AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY assets ./assets
 COPY benches ./benches

@@ -13,13 +13,14 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 
 use crate::classify::{BatchLimits, CacheSettings};
 use crate::coord::RedisSettings;
+use crate::gold::{self, Fields, GoldError};
 use crate::secret::Secret;
 use crate::sim::SimConfig;
 use crate::taxonomy::{Taxonomies, TaxonomyError};
 use crate::upstream::pricing::{PriceFileError, PriceTable};
 use crate::upstream::{
-    AuthStyle, ConfidenceSource, EndpointSettings, Http2, RetryPolicy, ServiceTier, Transport,
-    UpstreamApi, UpstreamSettings,
+    AuthStyle, ConfidenceSource, EndpointSettings, FLEX_MODELS, Http2, RetryPolicy, ServiceTier,
+    Transport, UpstreamApi, UpstreamSettings,
 };
 
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -209,6 +210,12 @@ pub struct ServeConfig {
     #[arg(long, env = "HNC_TAXONOMIES", value_name = "HNC_TAXONOMIES")]
     pub taxonomies: Option<std::path::PathBuf>,
 
+    /// Labelled titles the default taxonomy's prompts show before each title (few-shot), in the
+    /// gold set's format: JSON Lines with `title` and `label`. They sit in the fixed prefix of
+    /// every call, which OpenAI bills at the cached price once it passes 1,024 tokens.
+    #[arg(long, env = "HNC_EXAMPLES_FILE", value_name = "HNC_EXAMPLES_FILE")]
+    pub examples_file: Option<std::path::PathBuf>,
+
     /// Titles per upstream call (1 = off). Packing several titles into one call divides the
     /// requests (and the per-call prompt) by up to this; items missing or invalid in a packed
     /// answer are retried alone.
@@ -353,12 +360,38 @@ pub enum ConfigError {
     },
     #[error("HNC_UPSTREAM_CA_FILE {path}: {reason}")]
     CaFile { path: PathBuf, reason: String },
+    #[error(
+        "HNC_SERVICE_TIER={tier}: OpenAI does not offer it for {models}; it offers it for {offered}.\n\
+         Set HNC_SERVICE_TIER=default, or pick one of those models; the Batch lane \
+         (`classify --lane batch`) is half price on any model."
+    )]
+    TierNotOffered {
+        tier: &'static str,
+        models: String,
+        offered: &'static str,
+    },
+    #[error("HNC_EXAMPLES_FILE {path}")]
+    Examples {
+        path: PathBuf,
+        #[source]
+        source: ExamplesError,
+    },
     #[error("HNC_API_KEYS_FILE {path}")]
     ApiKeysFile {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What is wrong with the HNC_EXAMPLES_FILE file: unreadable, or an example the default
+/// taxonomy cannot take.
+#[derive(Debug, thiserror::Error)]
+pub enum ExamplesError {
+    #[error(transparent)]
+    Read(#[from] GoldError),
+    #[error(transparent)]
+    Taxonomy(#[from] TaxonomyError),
 }
 
 /// What is wrong with the HNC_UPSTREAMS file.
@@ -444,12 +477,29 @@ impl ServeConfig {
         Ok(keys)
     }
 
-    /// The built-in taxonomy plus those of HNC_TAXONOMIES, validated.
+    /// The built-in taxonomy plus those of HNC_TAXONOMIES, validated, with the examples of
+    /// HNC_EXAMPLES_FILE in the default one.
     pub fn taxonomies(&self) -> Result<Taxonomies, ConfigError> {
-        Ok(match &self.taxonomies {
+        let taxonomies = match &self.taxonomies {
             Some(path) => Taxonomies::load(path)?,
             None => Taxonomies::default(),
-        })
+        };
+        let Some(path) = &self.examples_file else {
+            return Ok(taxonomies);
+        };
+        let examples = |source| ConfigError::Examples {
+            path: path.clone(),
+            source,
+        };
+        let fields = Fields {
+            title: "title".to_owned(),
+            label: "label".to_owned(),
+            alt: "alt".to_owned(),
+        };
+        let items = gold::read(path, &fields, None).map_err(|e| examples(e.into()))?;
+        taxonomies
+            .with_default_examples(items.into_iter().map(|i| (i.title, i.label)))
+            .map_err(|e| examples(e.into()))
     }
 
     /// The result cache, when `HNC_CACHE_ENTRIES` is above 0.
@@ -513,6 +563,7 @@ impl ServeConfig {
                 vec![self.endpoint("default", self.openai_base_url.clone(), key, &prices)]
             }
         };
+        self.check_tier(&endpoints)?;
         Ok(UpstreamSettings {
             endpoints,
             call_timeout: self.tuning.upstream_timeout,
@@ -529,6 +580,26 @@ impl ServeConfig {
                 ping_timeout: self.upstream_ping_timeout,
                 max_response_bytes: self.upstream_max_response_bytes as usize,
             },
+        })
+    }
+
+    /// Refuses a service tier some endpoint's model is not offered at, naming the models.
+    fn check_tier(&self, endpoints: &[EndpointSettings]) -> Result<(), ConfigError> {
+        let Some(tier) = self.service_tier else {
+            return Ok(());
+        };
+        let refused: Vec<&str> = endpoints
+            .iter()
+            .map(|e| e.model.as_str())
+            .filter(|model| !tier.offered_by(model))
+            .collect();
+        if refused.is_empty() {
+            return Ok(());
+        }
+        Err(ConfigError::TierNotOffered {
+            tier: tier.name(),
+            models: refused.join(", "),
+            offered: FLEX_MODELS,
         })
     }
 

@@ -200,6 +200,7 @@ pub async fn classify_file(
         items: rows.len(),
         errors: rows.iter().filter(|r| r.error.is_some()).count(),
         input_tokens: usage.input_tokens,
+        cached_input_tokens: usage.cached_input_tokens,
         output_tokens: usage.output_tokens,
         upstream_requests: usage.upstream_requests,
         cost_usd: usage.cost_usd(),

@@ -311,6 +311,7 @@ impl Summary {
         self.items += rows.len();
         self.errors += rows.iter().filter(|r| r.error.is_some()).count();
         self.input_tokens += usage.input_tokens;
+        self.cached_input_tokens += usage.cached_input_tokens;
         self.output_tokens += usage.output_tokens;
         self.upstream_requests += usage.upstream_requests;
         self.cost_usd = self.cost_usd.zip(usage.cost_usd).map(|(a, b)| a + b);

@@ -22,6 +22,8 @@ pub struct Summary {
     pub items: usize,
     pub errors: usize,
     pub input_tokens: u64,
+    /// Of the input tokens, those the provider's prompt cache served.
+    pub cached_input_tokens: u64,
     pub output_tokens: u64,
     pub upstream_requests: u64,
     /// `None` when the service had no price for its model.

@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use super::gold::GoldError;
 use crate::client::ClientError;
+use crate::gold::GoldError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {

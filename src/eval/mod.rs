@@ -7,7 +7,6 @@
 
 mod chart;
 mod error;
-mod gold;
 mod metrics;
 mod report;
 
@@ -15,11 +14,12 @@ use std::path::PathBuf;
 
 use crate::client::{Batches, ServiceArgs};
 use crate::config::{ServeConfig, confidence_parser};
-use crate::upstream::ConfidenceSource;
+pub use crate::gold::{Fields, GoldError, GoldItem};
+use crate::upstream::pricing::PriceTable;
+use crate::upstream::{ConfidenceSource, ServiceTier};
 pub use error::EvalError;
-pub use gold::{Fields, GoldError, GoldItem};
 pub use metrics::{Outcome, Scores, agreement, score};
-pub use report::{Report, Setting, table};
+pub use report::{LaneCosts, LanePrices, Report, Setting, table};
 use report::{outcomes, write_files};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -77,6 +77,23 @@ fn topics(report: &Report) -> Vec<Option<&str>> {
     report.rows.iter().map(|row| row.topic.as_deref()).collect()
 }
 
+/// The prices of the model the in-process pipeline calls, from the same settings `serve` reads:
+/// `None` with several upstreams (HNC_UPSTREAMS) or a model without a price.
+fn lane_prices() -> Option<LanePrices> {
+    let serve = ServeConfig::from_env().ok()?;
+    if serve.upstreams.is_some() {
+        return None;
+    }
+    let model = &serve.openai_model;
+    let price = PriceTable::load(serve.prices_file.as_deref())
+        .ok()?
+        .price_of(model)?;
+    Some(LanePrices {
+        price,
+        flex_offered: ServiceTier::Flex.offered_by(model),
+    })
+}
+
 /// Runs every setting over the gold set, writes the files and charts, returns the reports.
 pub async fn run(config: &EvalConfig, progress: bool) -> Result<Vec<Report>, EvalError> {
     let fields = Fields {
@@ -84,7 +101,7 @@ pub async fn run(config: &EvalConfig, progress: bool) -> Result<Vec<Report>, Eva
         label: config.label_field.clone(),
         alt: config.alt_field.clone(),
     };
-    let gold = gold::read(&config.gold, &fields, config.limit)?;
+    let gold = crate::gold::read(&config.gold, &fields, config.limit)?;
     let titles: Vec<String> = gold.iter().map(|g| g.title.clone()).collect();
     let in_process = config.service.in_process();
     if !in_process && (config.pack_sizes.is_some() || config.confidences.is_some()) {
@@ -107,6 +124,7 @@ pub async fn run(config: &EvalConfig, progress: bool) -> Result<Vec<Report>, Eva
         size: config.batch_size as usize,
         concurrency: config.concurrency as usize,
     };
+    let prices = if in_process { lane_prices() } else { None };
     let mut reports: Vec<Report> = Vec::new();
     for setting in settings {
         let target = Box::pin(config.service.connect(|serve| match setting {
@@ -135,6 +153,7 @@ pub async fn run(config: &EvalConfig, progress: bool) -> Result<Vec<Report>, Eva
             _ => setting.confidence(),
         };
         let scores = score(&outcomes(&gold, &rows));
+        let lane_costs = prices.and_then(|p| p.per_1000(&usage, scores.items));
         reports.push(Report {
             setting,
             confidence_used,
@@ -142,6 +161,7 @@ pub async fn run(config: &EvalConfig, progress: bool) -> Result<Vec<Report>, Eva
             scores,
             agreement_with_k1: None,
             usage,
+            lane_costs,
         });
     }
     let agreements: Vec<Option<f64>> = reports

@@ -6,10 +6,11 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::error::EvalError;
-use super::gold::GoldItem;
 use super::metrics::{Outcome, Scores};
 use crate::client::{Row, Summary};
-use crate::upstream::ConfidenceSource;
+use crate::gold::GoldItem;
+use crate::upstream::pricing::Price;
+use crate::upstream::{ConfidenceSource, Tier, Usage};
 
 /// What was varied: a pack size and where the confidence comes from, in this process; or a
 /// running service as it is.
@@ -50,6 +51,43 @@ impl fmt::Display for Setting {
     }
 }
 
+/// The list prices of the model the settings ran on, for what the same tokens cost on each
+/// lane.
+#[derive(Debug, Clone, Copy)]
+pub struct LanePrices {
+    pub price: Price,
+    /// Whether OpenAI offers the model flex processing (else its flex column is empty).
+    pub flex_offered: bool,
+}
+
+/// What a setting's tokens cost per 1,000 titles on each lane: the live API at the default
+/// tier, at flex, and the Batch API. Cached input is priced as cached on every lane.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LaneCosts {
+    pub live: f64,
+    pub flex: Option<f64>,
+    pub batch: f64,
+}
+
+impl LanePrices {
+    pub fn per_1000(&self, usage: &Summary, items: usize) -> Option<LaneCosts> {
+        if items == 0 {
+            return None;
+        }
+        let used = Usage::billed(
+            usage.input_tokens,
+            usage.cached_input_tokens,
+            usage.output_tokens,
+        );
+        let cost = |tier| self.price.at(tier).cost(&used) * 1000.0 / items as f64;
+        Some(LaneCosts {
+            live: cost(Tier::Standard),
+            flex: self.flex_offered.then(|| cost(Tier::Flex)),
+            batch: cost(Tier::Batch),
+        })
+    }
+}
+
 /// One setting's answers and figures.
 pub struct Report {
     pub setting: Setting,
@@ -61,6 +99,8 @@ pub struct Report {
     /// Share of items with the same label as pack size 1 (both answered), when it ran.
     pub agreement_with_k1: Option<f64>,
     pub usage: Summary,
+    /// Its tokens' cost on each lane, when the model and its prices are known.
+    pub lane_costs: Option<LaneCosts>,
 }
 
 pub fn outcomes<'a>(gold: &'a [GoldItem], rows: &'a [Row]) -> Vec<Outcome<'a>> {
@@ -101,6 +141,9 @@ struct SummaryRow {
     agreement_with_k1: Option<f64>,
     item_errors: usize,
     cost_per_1000: Option<f64>,
+    live_cost_per_1000: Option<f64>,
+    flex_cost_per_1000: Option<f64>,
+    batch_cost_per_1000: Option<f64>,
     input_tokens_per_1000: f64,
     output_tokens_per_1000: f64,
     upstream_requests_per_1000: f64,
@@ -140,6 +183,9 @@ impl SummaryRow {
             agreement_with_k1: report.agreement_with_k1,
             item_errors: s.item_errors,
             cost_per_1000: report.usage.cost_usd.map(per_1000),
+            live_cost_per_1000: report.lane_costs.map(|c| c.live),
+            flex_cost_per_1000: report.lane_costs.and_then(|c| c.flex),
+            batch_cost_per_1000: report.lane_costs.map(|c| c.batch),
             input_tokens_per_1000: per_1000(report.usage.input_tokens as f64),
             output_tokens_per_1000: per_1000(report.usage.output_tokens as f64),
             upstream_requests_per_1000: per_1000(report.usage.upstream_requests as f64),
@@ -200,10 +246,17 @@ fn write_csv<R: Serialize>(path: &Path, rows: impl Iterator<Item = R>) -> Result
     })
 }
 
-/// The table printed at the end: one line per setting, then where the files are.
+/// A dollar figure, or `-` where it is not known (or the lane not offered).
+fn dollars(cost: Option<f64>) -> String {
+    cost.map_or("-".to_owned(), |c| format!("${c:.4}"))
+}
+
+/// The table printed at the end: one line per setting, then where the files are. `cost/1000`
+/// is what the run cost as the service was set; `live`, `flex` and `batch` what its tokens
+/// cost per 1,000 titles on each lane.
 pub fn table(reports: &[Report], dir: &Path) -> String {
     let mut lines = vec![format!(
-        "{:>8} {:>10} {:>6} {:>7} {:>8} {:>8} {:>6} {:>9} {:>7} {:>11} {:>10} {:>12}",
+        "{:>8} {:>10} {:>6} {:>7} {:>8} {:>8} {:>6} {:>9} {:>7} {:>11} {:>9} {:>9} {:>10} {:>8} {:>8} {:>8}",
         "pack",
         "confidence",
         "items",
@@ -214,19 +267,20 @@ pub fn table(reports: &[Report], dir: &Path) -> String {
         "agree_k1",
         "errors",
         "calls/1000",
+        "in/item",
         "out/item",
-        "cost/1000"
+        "cost/1000",
+        "live",
+        "flex",
+        "batch"
     )];
     for r in reports {
         let row = SummaryRow::of(r);
         let agree = row
             .agreement_with_k1
             .map_or("-".to_owned(), |a| format!("{a:.3}"));
-        let cost = row
-            .cost_per_1000
-            .map_or("unknown".to_owned(), |c| format!("${c:.4}"));
         lines.push(format!(
-            "{:>8} {:>10} {:>6} {:>7.3} {:>8.3} {:>8.3} {:>6.3} {:>9} {:>7} {:>11.0} {:>10.1} {:>12}",
+            "{:>8} {:>10} {:>6} {:>7.3} {:>8.3} {:>8.3} {:>6.3} {:>9} {:>7} {:>11.0} {:>9.1} {:>9.1} {:>10} {:>8} {:>8} {:>8}",
             row.pack_size,
             row.confidence_source,
             row.items,
@@ -237,8 +291,12 @@ pub fn table(reports: &[Report], dir: &Path) -> String {
             agree,
             row.item_errors,
             row.upstream_requests_per_1000,
+            row.input_tokens_per_1000 / 1000.0,
             row.output_tokens_per_1000 / 1000.0,
-            cost
+            dollars(row.cost_per_1000),
+            dollars(row.live_cost_per_1000),
+            dollars(row.flex_cost_per_1000),
+            dollars(row.batch_cost_per_1000),
         ));
     }
     lines.push(format!(

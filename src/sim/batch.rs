@@ -21,7 +21,7 @@ use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::protocol::{OpenAiError, check_auth, estimate_tokens};
+use super::protocol::{OpenAiError, check_auth, parse_chat, parse_responses};
 use super::stats::SimStats;
 
 /// Batch knobs, flattened into `SimConfig`.
@@ -329,10 +329,7 @@ async fn create(
             None,
         ));
     }
-    let tokens: u64 = lines
-        .iter()
-        .map(|l| estimate_tokens(l["body"].to_string().len()))
-        .sum();
+    let tokens: u64 = lines.iter().map(line_input_tokens).sum();
     let id = api.id("batch");
     let over_limit =
         api.config.queue_tokens > 0 && api.enqueued_tokens() + tokens > api.config.queue_tokens;
@@ -506,6 +503,16 @@ async fn list(
     Ok(Json(
         json!({"object": "list", "data": data, "has_more": false}),
     ))
+}
+
+/// The input tokens a line queues, as OpenAI counts a batch against its enqueued-token limit; a
+/// line the live route would refuse queues none (it fails on its own).
+fn line_input_tokens(line: &Value) -> u64 {
+    let parsed = match line["url"].as_str() {
+        Some("/v1/chat/completions") => parse_chat(&line["body"]),
+        _ => parse_responses(&line["body"]),
+    };
+    parsed.map_or(0, |request| request.input_tokens)
 }
 
 fn unix_now() -> u64 {

@@ -40,6 +40,8 @@ pub use protocol::OpenAiError;
 use protocol::SimRequest;
 pub use stats::{SimStats, StatsSnapshot};
 
+use crate::tokens;
+
 /// Simulator knobs, shared by `hn-classifier sim` and `serve --simulate`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimConfig {
@@ -232,8 +234,7 @@ fn answer_line(sim: &Sim, url: &str, body: &Value) -> Result<Value, OpenAiError>
         Api::Responses => protocol::parse_responses(body)?,
         Api::Chat => protocol::parse_chat(body)?,
     };
-    let input_tokens =
-        protocol::estimate_tokens(request.prompt_chars + request.title.chars().count());
+    let input_tokens = request.input_tokens;
     Ok(respond(api, sim, &request, input_tokens, Fault::None))
 }
 
@@ -270,15 +271,14 @@ async fn handle(
         Api::Chat => protocol::parse_chat(&value)?,
     };
     match &request.pack {
-        Some(items) => items.iter().for_each(|(_, title)| {
+        Some(pack) => pack.items.iter().for_each(|(_, title)| {
             sim.stats.count_title(title);
         }),
         None => {
             sim.stats.count_title(&request.title);
         }
     }
-    let input_tokens =
-        protocol::estimate_tokens(request.prompt_chars + request.title.chars().count());
+    let input_tokens = request.input_tokens;
     let limit_headers = sim.admit(&request, input_tokens)?;
     if request.service_tier.as_deref() == Some("flex") && sim.draw_flex_unavailable() {
         sim.stats.count_fault("flex_unavailable");
@@ -326,7 +326,7 @@ fn respond(api: Api, sim: &Sim, request: &SimRequest, input_tokens: u64, fault: 
         ),
         _ => writer::write_answer(request),
     };
-    let output_tokens = protocol::estimate_tokens(text.len());
+    let output_tokens = tokens::count(&text);
     let model = &request.model;
     let mut body = match (api, fault) {
         (Api::Responses, Fault::Refusal) => {
@@ -342,8 +342,14 @@ fn respond(api: Api, sim: &Sim, request: &SimRequest, input_tokens: u64, fault: 
             protocol::chat_body_with(id, model, (&text, logprobs), input_tokens, output_tokens)
         }
     };
-    // As OpenAI does: the tier that served the call, whatever was asked.
+    // As OpenAI does: the tier that served the call, whatever was asked, and the part of the
+    // prompt its cache served.
     body["service_tier"] = json!(request.served_tier());
+    let cached = json!({ "cached_tokens": request.cached_tokens });
+    match api {
+        Api::Responses => body["usage"]["input_tokens_details"] = cached,
+        Api::Chat => body["usage"]["prompt_tokens_details"] = cached,
+    }
     body
 }
 

@@ -2,11 +2,16 @@
 //! a request the real API would reject must be rejected here too (400 with OpenAI's error body),
 //! so the client cannot drift from the real protocol while every test stays green.
 
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+
 use axum::Json;
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
+
+use crate::tokens;
 
 /// An error in OpenAI's shape: `{"error":{"message","type","param","code"}}`.
 #[derive(Debug)]
@@ -76,18 +81,38 @@ pub struct SimRequest {
     pub model: String,
     /// The user message: one title, or for a packed request the JSON array of items.
     pub title: String,
-    /// Characters of prompt besides the title, for a token estimate.
-    pub prompt_chars: usize,
+    /// Input tokens as OpenAI bills them (o200k_base): every message with its framing, and the
+    /// answer's schema, which structured outputs put in front of the model too.
+    pub input_tokens: u64,
+    /// Of those, the repeated prefix OpenAI bills at the cached price (`Prefix::cached`).
+    pub cached_tokens: u64,
     /// The schema's `topic` enum: the labels the answer must come from.
     pub labels: Vec<String>,
-    /// For a packed request (the schema asks for `items`), the titles by id.
-    pub pack: Option<Vec<(u64, String)>>,
+    /// For a packed request, the titles by id, and how the answer names each.
+    pub pack: Option<Pack>,
     /// The `service_tier` asked for, checked: `auto`, `default`, `flex` or `priority`.
     pub service_tier: Option<String>,
     /// Whether the schema asks the model to write a `confidence` beside the topic.
     pub written_confidence: bool,
     /// Logprobs asked for: `Some(n)` returns each token's logprob with `n` alternatives.
     pub logprobs: Option<u8>,
+}
+
+/// The titles of a packed request and the shape its schema gives the answer.
+#[derive(Debug, PartialEq)]
+pub struct Pack {
+    pub shape: PackShape,
+    /// Each title with its id as the request wrote it (`3`, or the key `03`).
+    pub items: Vec<(String, String)>,
+}
+
+/// How a packed answer names its items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackShape {
+    /// `{"items": [{"id": 3, "topic": ...}, ...]}`, for an array of `{"id", "title"}` items.
+    Items,
+    /// `{"03": topic, ...}`, one required property per id, for an object from ids to titles.
+    Keyed,
 }
 
 /// Models that answer a request for logprobs with a 400, as OpenAI's reasoning models do.
@@ -97,6 +122,21 @@ fn refuses_logprobs(model: &str) -> bool {
             .strip_prefix(family)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with(['-', '.']))
     })
+}
+
+/// Models OpenAI offers flex processing for: o3, o4-mini and the gpt-5 family (with dated
+/// snapshots). The service keeps its own table; this one is the provider's behaviour.
+fn offers_flex(model: &str) -> bool {
+    let snapshot_of = |family: &str| {
+        model
+            .strip_prefix(family)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("-20"))
+    };
+    snapshot_of("o3")
+        || snapshot_of("o4-mini")
+        || snapshot_of("gpt-5")
+        || model.starts_with("gpt-5-")
+        || model.starts_with("gpt-5.")
 }
 
 /// `top_logprobs` as OpenAI checks it: an integer from 0 to 20.
@@ -195,10 +235,17 @@ fn chat_logprobs(obj: &Map<String, Value>, model: &str) -> Result<Option<u8>, Op
     Ok(asked.then_some(top.unwrap_or(0)))
 }
 
-/// The tier asked for, if any and valid.
-fn service_tier(obj: &Map<String, Value>) -> Result<Option<String>, OpenAiError> {
+/// The tier asked for, if any and valid: flex only for the models OpenAI offers it for.
+fn service_tier(obj: &Map<String, Value>, model: &str) -> Result<Option<String>, OpenAiError> {
     match obj.get("service_tier") {
         None | Some(Value::Null) => Ok(None),
+        Some(Value::String(t)) if t == "flex" && !offers_flex(model) => Err(OpenAiError::invalid(
+            format!(
+                "Flex is not available for this model: '{model}'. Use the default service tier, or a model that supports flex processing."
+            ),
+            "service_tier",
+            Some("invalid_value"),
+        )),
         Some(Value::String(t)) if ["auto", "default", "flex", "priority"].contains(&t.as_str()) => {
             Ok(Some(t.clone()))
         }
@@ -221,17 +268,34 @@ impl SimRequest {
     }
 }
 
-/// The titles of a packed request's user message, `[{"id", "title"}, ...]`. Anything else is
-/// one title with id 0, as a model would read it.
-fn pack_items(content: &str) -> Vec<(u64, String)> {
+/// The titles of a packed request's user message: `[{"id", "title"}, ...]` or `{id: title}` as
+/// the shape asks. Anything else is one title with id 0, as a model would read it.
+fn pack_items(shape: PackShape, content: &str) -> Pack {
     #[derive(serde::Deserialize)]
     struct Item {
         id: u64,
         title: String,
     }
-    match serde_json::from_str::<Vec<Item>>(content) {
-        Ok(items) => items.into_iter().map(|i| (i.id, i.title)).collect(),
-        Err(_) => vec![(0, content.to_owned())],
+    let items = match shape {
+        PackShape::Items => serde_json::from_str::<Vec<Item>>(content)
+            .ok()
+            .map(|items| {
+                items
+                    .into_iter()
+                    .map(|i| (i.id.to_string(), i.title))
+                    .collect()
+            }),
+        PackShape::Keyed => serde_json::from_str::<Map<String, Value>>(content)
+            .ok()
+            .and_then(|map| {
+                map.into_iter()
+                    .map(|(id, title)| Some((id, title.as_str()?.to_owned())))
+                    .collect()
+            }),
+    };
+    Pack {
+        shape,
+        items: items.unwrap_or_else(|| vec![("0".to_owned(), content.to_owned())]),
     }
 }
 
@@ -306,20 +370,27 @@ pub fn parse_responses(body: &Value) -> Result<SimRequest, OpenAiError> {
     let input = obj
         .get("input")
         .ok_or_else(|| OpenAiError::missing("input"))?;
-    let (title, other_chars) = responses_input(input)?;
+    let mut prefix = Prefix::default();
+    if let Some(instructions) = instructions {
+        prefix.add_message(instructions);
+    }
+    let title = responses_input(input, &mut prefix)?;
     let format = obj
         .get("text")
         .and_then(|t| t.get("format"))
         .ok_or_else(|| OpenAiError::missing("text.format"))?;
     let shape = check_json_schema(format, "text.format")?;
     let logprobs = responses_logprobs(obj, &model)?;
+    let service_tier = service_tier(obj, &model)?;
+    prefix.add(&format.to_string());
     Ok(SimRequest {
         model,
-        pack: shape.packed.then(|| pack_items(&title)),
+        pack: shape.pack.map(|shape| pack_items(shape, &title)),
+        input_tokens: prefix.tokens + title_tokens(&title),
+        cached_tokens: prefix.cached(),
         title,
-        prompt_chars: instructions.map_or(0, |i| i.chars().count()) + other_chars,
         labels: shape.labels,
-        service_tier: service_tier(obj)?,
+        service_tier,
         written_confidence: shape.confidence,
         logprobs,
     })
@@ -343,7 +414,8 @@ pub fn parse_chat(body: &Value) -> Result<SimRequest, OpenAiError> {
         .ok_or_else(|| {
             OpenAiError::invalid("'messages' must be a non-empty array.", "messages", None)
         })?;
-    let (title, other_chars) = last_user_text(messages, "messages")?;
+    let mut prefix = Prefix::default();
+    let title = last_user_text(messages, "messages", &mut prefix)?;
     let format = obj
         .get("response_format")
         .ok_or_else(|| OpenAiError::missing("response_format"))?;
@@ -359,13 +431,18 @@ pub fn parse_chat(body: &Value) -> Result<SimRequest, OpenAiError> {
         .ok_or_else(|| OpenAiError::missing("response_format.json_schema"))?;
     let shape = check_json_schema(schema, "response_format.json_schema")?;
     let logprobs = chat_logprobs(obj, &model)?;
+    let service_tier = service_tier(obj, &model)?;
     Ok(SimRequest {
         model,
-        pack: shape.packed.then(|| pack_items(&title)),
+        pack: shape.pack.map(|shape| pack_items(shape, &title)),
+        input_tokens: {
+            prefix.add(&schema.to_string());
+            prefix.tokens + title_tokens(&title)
+        },
+        cached_tokens: prefix.cached(),
         title,
-        prompt_chars: other_chars,
         labels: shape.labels,
-        service_tier: service_tier(obj)?,
+        service_tier,
         written_confidence: shape.confidence,
         logprobs,
     })
@@ -437,11 +514,12 @@ fn check_min_tokens(value: &Value, key: &str, min: u64) -> Result<(), OpenAiErro
     }
 }
 
-/// The title from `input`: a plain string, or the last user message of an item list.
-fn responses_input(input: &Value) -> Result<(String, usize), OpenAiError> {
+/// The title from `input`: a plain string, or the last user message of an item list (the others
+/// go to the prefix).
+fn responses_input(input: &Value, prefix: &mut Prefix) -> Result<String, OpenAiError> {
     match input {
-        Value::String(s) if !s.is_empty() => Ok((s.clone(), 0)),
-        Value::Array(items) if !items.is_empty() => last_user_text(items, "input"),
+        Value::String(s) if !s.is_empty() => Ok(s.clone()),
+        Value::Array(items) if !items.is_empty() => last_user_text(items, "input", prefix),
         _ => Err(OpenAiError::invalid(
             "Invalid 'input': expected a non-empty string or array of input items.",
             "input",
@@ -450,8 +528,12 @@ fn responses_input(input: &Value) -> Result<(String, usize), OpenAiError> {
     }
 }
 
-/// The text of the last user message, and the characters of all the others (for tokens).
-fn last_user_text(messages: &[Value], param: &str) -> Result<(String, usize), OpenAiError> {
+/// The text of the last user message; the others go to the prefix.
+fn last_user_text(
+    messages: &[Value],
+    param: &str,
+    prefix: &mut Prefix,
+) -> Result<String, OpenAiError> {
     let mut texts = Vec::with_capacity(messages.len());
     for (i, m) in messages.iter().enumerate() {
         let role = m.get("role").and_then(Value::as_str);
@@ -475,13 +557,10 @@ fn last_user_text(messages: &[Value], param: &str) -> Result<(String, usize), Op
         .iter()
         .rposition(|(is_user, _)| *is_user)
         .ok_or_else(|| OpenAiError::invalid("No user message to answer.", param, None))?;
-    let others = texts
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != last_user)
-        .map(|(_, (_, t))| t.chars().count())
-        .sum();
-    Ok((texts.swap_remove(last_user).1, others))
+    for (_, (_, text)) in texts.iter().enumerate().filter(|(i, _)| *i != last_user) {
+        prefix.add_message(text);
+    }
+    Ok(texts.swap_remove(last_user).1)
 }
 
 fn message_text(content: Option<&Value>) -> Option<String> {
@@ -520,6 +599,9 @@ fn check_json_schema(format: &Value, param: &str) -> Result<AnswerShape, OpenAiE
         .get("schema")
         .ok_or_else(|| OpenAiError::missing(&format!("{param}.schema")))?;
     let properties = strict_object(schema, param, "schema")?;
+    if !properties.contains_key("items") && !properties.contains_key("topic") {
+        return keyed_pack(schema, properties, param);
+    }
     // A packed answer: {"items": [{"id", "topic", "confidence"}, ...]}.
     if let Some(items) = properties.get("items") {
         let entry = items.get("items").unwrap_or(&Value::Null);
@@ -531,15 +613,49 @@ fn check_json_schema(format: &Value, param: &str) -> Result<AnswerShape, OpenAiE
         )?;
         return Ok(AnswerShape {
             labels,
-            packed: true,
+            pack: Some(PackShape::Items),
             confidence: entry_properties.contains_key("confidence"),
         });
     }
     let labels = topic_enum(properties, param, "schema.properties.topic")?;
     Ok(AnswerShape {
         labels,
-        packed: false,
+        pack: None,
         confidence: properties.contains_key("confidence"),
+    })
+}
+
+/// A packed answer keyed by id: `{"0": topic, "1": topic, ...}`, every property a `$ref` to
+/// `#/$defs/topic`, a string enum of the labels.
+fn keyed_pack(
+    schema: &Value,
+    properties: &Map<String, Value>,
+    param: &str,
+) -> Result<AnswerShape, OpenAiError> {
+    let reference = json!({ "$ref": "#/$defs/topic" });
+    if properties.is_empty() {
+        return Err(schema_error(
+            param,
+            "the simulator needs 'topic', 'items' or one property per id.",
+            "schema.properties",
+        ));
+    }
+    if let Some((key, _)) = properties.iter().find(|(_, p)| **p != reference) {
+        return Err(schema_error(
+            param,
+            "each id's property must be {\"$ref\": \"#/$defs/topic\"}.",
+            &format!("schema.properties.{key}"),
+        ));
+    }
+    let defs = schema
+        .get("$defs")
+        .and_then(Value::as_object)
+        .ok_or_else(|| schema_error(param, "'$defs' must define 'topic'.", "schema.$defs"))?;
+    let labels = topic_enum(defs, param, "schema.$defs.topic")?;
+    Ok(AnswerShape {
+        labels,
+        pack: Some(PackShape::Keyed),
+        confidence: false,
     })
 }
 
@@ -548,7 +664,7 @@ fn check_json_schema(format: &Value, param: &str) -> Result<AnswerShape, OpenAiE
 #[derive(Debug)]
 struct AnswerShape {
     labels: Vec<String>,
-    packed: bool,
+    pack: Option<PackShape>,
     confidence: bool,
 }
 
@@ -633,9 +749,69 @@ fn topic_enum(
     Ok(labels)
 }
 
-/// Token counts the way a reader would guess them: about four characters a token.
-pub fn estimate_tokens(chars: usize) -> u64 {
-    (chars as u64).div_ceil(4) + 4
+/// The tokens of the title's message and of the reply's opening.
+fn title_tokens(title: &str) -> u64 {
+    tokens::count(title) + tokens::PER_MESSAGE + tokens::REPLY_PRIMING
+}
+
+/// What comes before the title in the prompt (other messages, the answer format's schema): its
+/// tokens, and whether all of it was sent before, which is what OpenAI's prompt cache reuses.
+#[derive(Debug)]
+struct Prefix {
+    tokens: u64,
+    repeated: bool,
+}
+
+impl Default for Prefix {
+    fn default() -> Self {
+        Self {
+            tokens: 0,
+            repeated: true,
+        }
+    }
+}
+
+impl Prefix {
+    /// The smallest prefix OpenAI caches, and the steps cached tokens come in.
+    const CACHEABLE: u64 = 1024;
+    const STEP: u64 = 128;
+
+    fn add_message(&mut self, text: &str) {
+        self.add(text);
+        self.tokens += tokens::PER_MESSAGE;
+    }
+
+    fn add(&mut self, text: &str) {
+        let (n, seen) = fixed_tokens(text);
+        self.tokens += n;
+        self.repeated &= seen;
+    }
+
+    /// As OpenAI bills a prefix it has seen: in steps of 128 tokens once it is 1,024 or more.
+    fn cached(&self) -> u64 {
+        if self.repeated && self.tokens >= Self::CACHEABLE {
+            self.tokens / Self::STEP * Self::STEP
+        } else {
+            0
+        }
+    }
+}
+
+/// The tokens of a text requests repeat (a system prompt, a schema), counted once, and whether
+/// it was seen before: the simulator must not spend on counting what the service spends on
+/// classifying. Process-wide, as a provider's cache is shared by every client of the account.
+fn fixed_tokens(text: &str) -> (u64, bool) {
+    static SEEN: LazyLock<Mutex<HashMap<String, u64>>> = LazyLock::new(Mutex::default);
+    if let Some(n) = SEEN.lock().expect("never poisoned").get(text) {
+        return (*n, true);
+    }
+    let n = tokens::count(text);
+    let mut seen = SEEN.lock().expect("never poisoned");
+    if seen.len() >= 1024 {
+        seen.clear();
+    }
+    seen.insert(text.to_owned(), n);
+    (n, false)
 }
 
 /// A `completed` Responses API body whose message carries `text`.
@@ -807,7 +983,7 @@ mod tests {
         let req = parse_responses(&our_request()).unwrap();
         assert_eq!(req.title, "A title");
         assert_eq!(req.labels.len(), 10);
-        assert!(req.prompt_chars > 100);
+        assert!(req.input_tokens > 100);
     }
 
     #[test]
@@ -887,10 +1063,29 @@ mod tests {
         );
         let (body, _) = template.encode(&["Rust 2.0", "A GPU"]);
         let req = parse_responses(&serde_json::from_slice(&body.to_vec()).unwrap()).unwrap();
+        let items = vec![
+            ("0".to_owned(), "Rust 2.0".to_owned()),
+            ("1".to_owned(), "A GPU".to_owned()),
+        ];
         assert_eq!(
             req.pack,
-            Some(vec![(0, "Rust 2.0".to_owned()), (1, "A GPU".to_owned())])
+            Some(Pack {
+                shape: PackShape::Items,
+                items: items.clone()
+            })
         );
+        assert_eq!(req.labels.len(), 10);
+        let keyed = crate::upstream::templates::PackTemplate::new(
+            crate::upstream::UpstreamApi::Chat,
+            "m",
+            &Taxonomy::hn_topics(),
+            5,
+            AnswerForm::LabelOnly,
+        );
+        let (body, _) = keyed.encode(&["Rust 2.0", "A GPU"]);
+        let req = parse_chat(&serde_json::from_slice(&body.to_vec()).unwrap()).unwrap();
+        let shape = PackShape::Keyed;
+        assert_eq!(req.pack, Some(Pack { shape, items }));
         assert_eq!(req.labels.len(), 10);
     }
 
@@ -903,9 +1098,12 @@ mod tests {
             "response_format": {"type": "json_schema", "json_schema": schema},
         });
         let parsed = parse_chat(&req).unwrap();
+        let schema_tokens = tokens::count(&schema.to_string());
+        // "class|ify" and "Rust| |2|.|0" are 2 and 5 tokens, each message framed by 3, the reply
+        // by 3.
         assert_eq!(
-            (parsed.title.as_str(), parsed.prompt_chars),
-            ("Rust 2.0", 8)
+            (parsed.title.as_str(), parsed.input_tokens),
+            ("Rust 2.0", 2 + 5 + 3 + 3 + 3 + schema_tokens)
         );
         req["response_format"] = json!({"type": "json_object"});
         assert!(parse_chat(&req).is_err());

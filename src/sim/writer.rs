@@ -7,7 +7,7 @@
 use serde_json::{Value, json};
 
 use super::keywords;
-use super::protocol::SimRequest;
+use super::protocol::{Pack, PackShape, SimRequest};
 
 /// The answer's text and, when asked, its tokens' logprobs in the shape both protocols use.
 pub fn write_answer(request: &SimRequest) -> (String, Option<Value>) {
@@ -17,21 +17,43 @@ pub fn write_answer(request: &SimRequest) -> (String, Option<Value>) {
         text: String::new(),
         tokens: Vec::new(),
     };
+    let close = if request.written_confidence {
+        Close::WithConfidence
+    } else {
+        Close::Object
+    };
     match &request.pack {
-        Some(items) => {
+        Some(Pack {
+            shape: PackShape::Items,
+            items,
+        }) => {
             writer.sure("{\"items\":[");
             for (position, (id, title)) in items.iter().enumerate() {
                 if position > 0 {
                     writer.sure(",");
                 }
                 writer.sure(&format!("{{\"id\":{id},\"topic\":\""));
-                writer.entry(title, request.written_confidence);
+                writer.entry(title, close);
             }
             writer.sure("]}");
         }
+        Some(Pack {
+            shape: PackShape::Keyed,
+            items,
+        }) => {
+            writer.sure("{");
+            for (position, (id, title)) in items.iter().enumerate() {
+                if position > 0 {
+                    writer.sure(",");
+                }
+                writer.sure(&format!("{}:\"", json!(id)));
+                writer.entry(title, Close::String);
+            }
+            writer.sure("}");
+        }
         None => {
             writer.sure("{\"topic\":\"");
-            writer.entry(&request.title, request.written_confidence);
+            writer.entry(&request.title, close);
         }
     }
     let logprobs = request.logprobs.map(|_| Value::Array(writer.tokens));
@@ -51,6 +73,15 @@ pub fn write_text(text: &str, top: Option<u8>) -> (String, Option<Value>) {
     (writer.text, top.map(|_| Value::Array(writer.tokens)))
 }
 
+/// What follows a label: the end of its string, of its object, or a written confidence and the
+/// end of its object.
+#[derive(Clone, Copy)]
+enum Close {
+    String,
+    Object,
+    WithConfidence,
+}
+
 struct Writer<'a> {
     labels: &'a [String],
     /// Alternatives per token, when logprobs were asked for.
@@ -65,8 +96,8 @@ impl Writer<'_> {
         self.push(token, 0.0, vec![(token.to_owned(), 0.0)]);
     }
 
-    /// The label for `title`, then the rest of its object.
-    fn entry(&mut self, title: &str, written_confidence: bool) {
+    /// The label for `title`, then what closes it.
+    fn entry(&mut self, title: &str, close: Close) {
         let (topic, confidence) = keywords::classify(title, self.labels);
         let spread = spread(
             self.labels,
@@ -75,10 +106,10 @@ impl Writer<'_> {
             keywords::fnv1a(title.as_bytes()),
         );
         self.push(&topic, confidence.ln(), spread);
-        if written_confidence {
-            self.sure(&format!("\",\"confidence\":{confidence}}}"));
-        } else {
-            self.sure("\"}");
+        match close {
+            Close::WithConfidence => self.sure(&format!("\",\"confidence\":{confidence}}}")),
+            Close::Object => self.sure("\"}"),
+            Close::String => self.sure("\""),
         }
     }
 
@@ -127,7 +158,8 @@ mod tests {
         SimRequest {
             model: "gpt-4.1-mini".into(),
             title: "Critical OpenSSH vulnerability allows remote code execution".into(),
-            prompt_chars: 0,
+            input_tokens: 0,
+            cached_tokens: 0,
             labels: ["security_privacy", "other", "ai_ml_agents"]
                 .map(String::from)
                 .to_vec(),

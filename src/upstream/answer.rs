@@ -9,7 +9,7 @@ use super::decode::Output;
 use super::error::UpstreamError;
 use super::logprobs::{Spelled, topic_values};
 use super::usage::Prediction;
-use crate::taxonomy::{AnswerForm, Taxonomy};
+use crate::taxonomy::{AnswerForm, PackKeys, Taxonomy};
 
 /// The model's answer as the schema demands it: these fields, each once. `confidence` is there
 /// exactly when the form asks the model to write it.
@@ -109,7 +109,8 @@ fn checked_prediction(
     })
 }
 
-/// A packed answer: `{"items": [{"id", "topic"[, "confidence"]}, ...]}`, nothing else.
+/// A packed answer with written confidences: `{"items": [{"id", "topic", "confidence"}, ...]}`,
+/// nothing else.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PackAnswer {
@@ -124,9 +125,9 @@ struct PackItem {
     confidence: Option<f64>,
 }
 
-/// Checks a packed answer entry by entry: an id outside `0..n` is ignored, an id answered twice
-/// counts for neither, and an invalid entry leaves its slot empty. Only text that is not the
-/// packed JSON at all fails the whole pack, or, in the label-only form, an answer without the
+/// Checks a packed answer entry by entry: an id outside the pack is ignored, an id answered
+/// twice counts for neither, and an invalid entry leaves its slot empty. Only text that is not
+/// the packed JSON at all fails the whole pack, or, in the label-only form, an answer without the
 /// logprobs its confidences are read from.
 pub fn validate_pack(
     output: &Output,
@@ -134,41 +135,138 @@ pub fn validate_pack(
     n: usize,
     form: AnswerForm,
 ) -> Result<Vec<Option<Prediction>>, UpstreamError> {
-    let read = match form {
-        AnswerForm::LabelAndConfidence => None,
-        AnswerForm::LabelOnly => Some(read_confidence(output, taxonomy)?),
-    };
-    let answer: PackAnswer = serde_json::from_str(&output.text)
-        .map_err(|e| UpstreamError::InvalidOutput(e.to_string()))?;
-    let values = topic_values(&output.text);
-    if read.is_some() && values.len() != answer.items.len() {
-        return Err(UpstreamError::LogprobsUnreadable(
-            "the topics could not be located",
-        ));
-    }
-    let mut slots: Vec<Option<Prediction>> = vec![None; n];
-    let mut seen = vec![0u32; n];
-    for (position, item) in answer.items.into_iter().enumerate() {
-        let Some(index) = usize::try_from(item.id).ok().filter(|i| *i < n) else {
-            continue;
-        };
-        seen[index] += 1;
-        let confidence = match &read {
-            None => written(item.confidence),
-            Some(read) => label_only(item.confidence)
-                .and_then(|()| known_label(&item.topic, taxonomy))
-                .and_then(|topic| read(values[position], topic)),
-        };
-        slots[index] = confidence
-            .and_then(|c| checked_prediction(&item.topic, c, taxonomy))
-            .ok();
-    }
-    for (slot, count) in slots.iter_mut().zip(seen) {
-        if count > 1 {
-            *slot = None;
+    let mut slots = Slots::new(n);
+    match form {
+        AnswerForm::LabelAndConfidence => {
+            let answer: PackAnswer = serde_json::from_str(&output.text)
+                .map_err(|e| UpstreamError::InvalidOutput(e.to_string()))?;
+            for item in answer.items {
+                let index = usize::try_from(item.id).ok().filter(|i| *i < n);
+                slots.fill(index, || {
+                    checked_prediction(&item.topic, written(item.confidence)?, taxonomy)
+                });
+            }
+        }
+        AnswerForm::LabelOnly => {
+            let read = read_confidence(output, taxonomy)?;
+            let entries = keyed_strings(&output.text).ok_or_else(|| {
+                UpstreamError::InvalidOutput("not an object from ids to topics".to_owned())
+            })?;
+            let keys = PackKeys::new(n);
+            for entry in entries {
+                slots.fill(keys.index(&entry.key), || {
+                    let topic = known_label(&entry.value, taxonomy)?;
+                    checked_prediction(topic, read(entry.value_at, topic)?, taxonomy)
+                });
+            }
         }
     }
-    Ok(slots)
+    Ok(slots.into_predictions())
+}
+
+/// A pack's answers by item, with how often each was answered: an item answered twice is
+/// answered for neither.
+struct Slots {
+    predictions: Vec<Option<Prediction>>,
+    answered: Vec<u32>,
+}
+
+impl Slots {
+    fn new(n: usize) -> Self {
+        Self {
+            predictions: vec![None; n],
+            answered: vec![0; n],
+        }
+    }
+
+    /// Records the answer for item `index` (ignored when the id named no item).
+    fn fill(
+        &mut self,
+        index: Option<usize>,
+        answer: impl FnOnce() -> Result<Prediction, UpstreamError>,
+    ) {
+        if let Some(index) = index {
+            self.answered[index] += 1;
+            self.predictions[index] = answer().ok();
+        }
+    }
+
+    fn into_predictions(mut self) -> Vec<Option<Prediction>> {
+        for (slot, count) in self.predictions.iter_mut().zip(self.answered) {
+            if count > 1 {
+                *slot = None;
+            }
+        }
+        self.predictions
+    }
+}
+
+/// One member of a flat JSON object of strings, with the byte offset where its value's text
+/// starts (the logprobs of the label are read from there).
+struct KeyedString {
+    key: String,
+    value: String,
+    value_at: usize,
+}
+
+/// The members of `text` when it is a JSON object whose values are all strings, in the order
+/// written and with duplicates kept (a map would hide an id answered twice). `None` for anything
+/// else.
+fn keyed_strings(text: &str) -> Option<Vec<KeyedString>> {
+    let bytes = text.as_bytes();
+    let skip = |mut at: usize| {
+        while bytes.get(at).is_some_and(|b| b.is_ascii_whitespace()) {
+            at += 1;
+        }
+        at
+    };
+    let mut at = skip(0);
+    if bytes.get(at) != Some(&b'{') {
+        return None;
+    }
+    let mut members = Vec::new();
+    at = skip(at + 1);
+    if bytes.get(at) == Some(&b'}') {
+        return (skip(at + 1) == bytes.len()).then_some(members);
+    }
+    loop {
+        let (key, after) = json_string(text, at)?;
+        at = skip(after);
+        if bytes.get(at) != Some(&b':') {
+            return None;
+        }
+        at = skip(at + 1);
+        let (value, after) = json_string(text, at)?;
+        members.push(KeyedString {
+            key,
+            value,
+            value_at: at + 1,
+        });
+        at = skip(after);
+        match bytes.get(at) {
+            Some(b',') => at = skip(at + 1),
+            Some(b'}') => return (skip(at + 1) == bytes.len()).then_some(members),
+            _ => return None,
+        }
+    }
+}
+
+/// The JSON string starting at byte `at` of `text`, unescaped, and the offset just past it.
+fn json_string(text: &str, at: usize) -> Option<(String, usize)> {
+    let bytes = text.as_bytes();
+    if bytes.get(at) != Some(&b'"') {
+        return None;
+    }
+    let mut end = at + 1;
+    loop {
+        match bytes.get(end)? {
+            b'\\' => end += 2,
+            b'"' => break,
+            _ => end += 1,
+        }
+    }
+    let value = serde_json::from_str(text.get(at..=end)?).ok()?;
+    Some((value, end + 1))
 }
 
 fn truncate(text: &str, max_chars: usize) -> String {

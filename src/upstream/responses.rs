@@ -20,6 +20,9 @@ pub(super) struct Request<'a> {
     pub text: &'a RawValue,
     /// The API stores responses by default; we never read them back.
     pub store: bool,
+    /// Routes calls that share the prompt's fixed prefix to the same cache: the taxonomy's
+    /// version and the kind of prompt (one title, or a pack).
+    pub prompt_cache_key: &'a str,
     pub max_output_tokens: u32,
     /// With `top_logprobs`: the logprob of each output token and its likeliest alternatives,
     /// where the label's confidence is read from.

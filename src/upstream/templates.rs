@@ -13,7 +13,8 @@ use super::logprobs::TOP_LOGPROBS;
 use super::settings::UpstreamApi;
 use super::usage::{Prediction, Usage};
 use super::{chat, responses};
-use crate::taxonomy::{AnswerForm, Taxonomy};
+use crate::taxonomy::{AnswerForm, PackKeys, Taxonomy};
+use crate::tokens;
 
 /// Enough for `{"topic":"business_startups_career","confidence":0.85}` with room to spare, small
 /// enough that a runaway answer costs little. OpenAI's minimum is 16.
@@ -27,7 +28,8 @@ pub struct RequestTemplate {
     /// too.
     form: AnswerForm,
     model: String,
-    instructions: String,
+    /// Tokens every call costs besides its title, counted once (`fixed_tokens`).
+    fixed_tokens: u64,
     /// The envelope (instructions, the answer format in the protocol's shape, limits) around
     /// the title.
     frame: Frame,
@@ -44,16 +46,39 @@ fn answer_format(api: UpstreamApi, name: &str, schema: serde_json::Value) -> Box
     RawValue::from_string(value.to_string()).expect("a serde_json Value is valid JSON")
 }
 
-/// One request in `api`'s envelope: the system prompt, one user message, the answer format, and
-/// the logprobs the confidence is read from when the model writes the label only.
+/// The prompt of a call: the system prompt, what the model writes, and the key of the prompt
+/// cache its fixed prefix goes to.
+#[derive(Clone, Copy)]
+struct Prompt<'a> {
+    instructions: &'a str,
+    form: AnswerForm,
+    cache_key: &'a str,
+}
+
+/// The prompt cache key of a taxonomy's prompts for one title (`kind` "one") or for packs
+/// ("pack"): its name and version, so a changed prompt starts a new cache.
+fn cache_key(taxonomy: &Taxonomy, kind: &str) -> String {
+    format!("hnc/{}/{kind}", taxonomy.key())
+}
+
+/// One request in `api`'s envelope: the system prompt first and the content last (so calls
+/// share the longest prefix the provider can cache), the answer format, and the logprobs the
+/// confidence is read from when the model writes the label only. The prompt cache key goes to
+/// the Responses API only: Chat Completions is also what compatible servers speak, and some
+/// refuse a parameter they do not know; OpenAI caches a repeated prefix without the key too.
 fn envelope(
     api: UpstreamApi,
     model: &str,
-    (instructions, form): (&str, AnswerForm),
+    prompt: Prompt<'_>,
     content: &str,
     format: &RawValue,
     max_tokens: u32,
 ) -> Vec<u8> {
+    let Prompt {
+        instructions,
+        form,
+        cache_key,
+    } = prompt;
     let logprobs = form == AnswerForm::LabelOnly;
     let top_logprobs = logprobs.then_some(TOP_LOGPROBS);
     let mut body = Vec::new();
@@ -69,6 +94,7 @@ fn envelope(
                 }],
                 text: format,
                 store: false,
+                prompt_cache_key: cache_key,
                 max_output_tokens: max_tokens,
                 include: logprobs.then_some(responses::INCLUDE_LOGPROBS),
                 top_logprobs,
@@ -103,20 +129,19 @@ impl RequestTemplate {
     pub fn new(api: UpstreamApi, model: &str, taxonomy: &Taxonomy, form: AnswerForm) -> Self {
         let instructions = taxonomy.instructions(form);
         let format = answer_format(api, taxonomy.name(), taxonomy.answer_schema(form));
+        let cache_key = cache_key(taxonomy, "one");
+        let prompt = Prompt {
+            instructions,
+            form,
+            cache_key: &cache_key,
+        };
         Self {
             api,
             form,
             model: model.to_owned(),
-            instructions: instructions.to_owned(),
+            fixed_tokens: fixed_tokens(instructions, &format, MAX_OUTPUT_TOKENS),
             frame: Frame::new(|title| {
-                envelope(
-                    api,
-                    model,
-                    (instructions, form),
-                    title,
-                    &format,
-                    MAX_OUTPUT_TOKENS,
-                )
+                envelope(api, model, prompt, title, &format, MAX_OUTPUT_TOKENS)
             }),
         }
     }
@@ -130,10 +155,11 @@ impl RequestTemplate {
         &self.model
     }
 
-    /// Tokens the provider will count against a TPM limit for `title`: about four characters a
-    /// token of prompt, plus the most the answer may use.
+    /// Tokens the provider may count against a TPM limit for `title`, in o200k_base: the prompt
+    /// and schema, the title, and the most the answer may use. The pacer gives back what the
+    /// answer did not use once its usage is known.
     pub fn estimated_tokens(&self, title: &str) -> u64 {
-        ((self.instructions.len() + title.len()) as u64).div_ceil(4) + u64::from(MAX_OUTPUT_TOKENS)
+        self.fixed_tokens + tokens::count(title)
     }
 
     /// The JSON body for one title.
@@ -154,6 +180,17 @@ impl RequestTemplate {
     }
 }
 
+/// Tokens a call costs besides its content, as OpenAI counts them (o200k_base): the system
+/// prompt and the two messages' framing, the reply's opening, the answer format (structured
+/// outputs show the model its schema), and the most the answer may use.
+fn fixed_tokens(instructions: &str, format: &RawValue, max_tokens: u32) -> u64 {
+    tokens::count(instructions)
+        + 2 * tokens::PER_MESSAGE
+        + tokens::REPLY_PRIMING
+        + tokens::count(format.get())
+        + u64::from(max_tokens)
+}
+
 /// The model's text in `api`'s response shape, and the tokens either way.
 fn decode_text(api: UpstreamApi, body: &[u8]) -> (Result<Output, UpstreamError>, Usage) {
     match api {
@@ -168,10 +205,38 @@ fn decode_text(api: UpstreamApi, body: &[u8]) -> (Result<Output, UpstreamError>,
 pub struct PackTemplate {
     api: UpstreamApi,
     form: AnswerForm,
-    instructions: String,
     /// The envelopes around packs of 1..=max titles (index `n - 1`): each has its own answer
-    /// format and output limit.
-    frames: Vec<Frame>,
+    /// format and output limit, so its own fixed tokens.
+    frames: Vec<(Frame, u64)>,
+}
+
+/// A pack's titles as the label-only form sends them: `{"00": title, "01": title, ...}`.
+struct Keyed<'a>(&'a [&'a str]);
+
+impl Serialize for Keyed<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let keys = PackKeys::new(self.0.len());
+        serializer.collect_map(self.0.iter().enumerate().map(|(i, t)| (keys.key(i), t)))
+    }
+}
+
+/// A pack's titles as the written-confidence form sends them: `[{"id": 0, "title": title}, ...]`.
+struct Items<'a>(&'a [&'a str]);
+
+impl Serialize for Items<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Item<'a> {
+            id: usize,
+            title: &'a str,
+        }
+        serializer.collect_seq(
+            self.0
+                .iter()
+                .enumerate()
+                .map(|(id, title)| Item { id, title }),
+        )
+    }
 }
 
 /// Output tokens a packed answer may use per title, on top of a fixed allowance.
@@ -191,48 +256,35 @@ impl PackTemplate {
     ) -> Self {
         let name = format!("{}_pack", taxonomy.name());
         let instructions = taxonomy.packed_instructions(form);
+        let cache_key = cache_key(taxonomy, "pack");
+        let prompt = Prompt {
+            instructions: &instructions,
+            form,
+            cache_key: &cache_key,
+        };
         let frames = (1..=max.max(1))
             .map(|n| {
                 let format = answer_format(api, &name, taxonomy.packed_schema(n, form));
                 let max_tokens = pack_output_tokens(n);
-                Frame::new(|items| {
-                    envelope(
-                        api,
-                        model,
-                        (&instructions, form),
-                        items,
-                        &format,
-                        max_tokens,
-                    )
-                })
+                let fixed = fixed_tokens(&instructions, &format, max_tokens);
+                let frame =
+                    Frame::new(|items| envelope(api, model, prompt, items, &format, max_tokens));
+                (frame, fixed)
             })
             .collect();
-        Self {
-            api,
-            form,
-            instructions,
-            frames,
-        }
+        Self { api, form, frames }
     }
 
     /// The JSON body for `titles` (at most the template's maximum), and the tokens it may cost.
     pub fn encode(&self, titles: &[&str]) -> (RequestBody, u64) {
-        #[derive(Serialize)]
-        struct Item<'a> {
-            id: usize,
-            title: &'a str,
+        let content = match self.form {
+            AnswerForm::LabelOnly => serde_json::to_string(&Keyed(titles)),
+            AnswerForm::LabelAndConfidence => serde_json::to_string(&Items(titles)),
         }
-        let items: Vec<Item<'_>> = titles
-            .iter()
-            .enumerate()
-            .map(|(id, title)| Item { id, title })
-            .collect();
-        let content = serde_json::to_string(&items).expect("strings always serialise");
+        .expect("strings always serialise");
         let n = titles.len().clamp(1, self.frames.len());
-        let body = self.frames[n - 1].around(&content);
-        let tokens = ((self.instructions.len() + content.len()) as u64).div_ceil(4)
-            + u64::from(pack_output_tokens(n));
-        (body, tokens)
+        let (frame, fixed) = &self.frames[n - 1];
+        (frame.around(&content), fixed + tokens::count(&content))
     }
 
     /// Reads a 2xx body for a pack of `n` titles: one slot per id, `None` where the model's
@@ -304,6 +356,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(req["store"], false);
+        let key = format!("hnc/hn-topics@{}/one", t.version());
+        assert_eq!(req["prompt_cache_key"], json!(key));
         assert_eq!(
             req["input"],
             json!([{"role": "user", "content": "Hello \"HN\""}])
@@ -462,6 +516,94 @@ mod packing {
             .code(),
             "invalid_output"
         );
+    }
+    /// A keyed answer whose every label token had `p` against `ai_ml_agents`'s `1 - p`.
+    fn keyed_body(entries: &[(&str, &str)], p: f64) -> Vec<u8> {
+        let sure = |t: &str| json!({"token": t, "logprob": 0.0, "top_logprobs": [{"token": t, "logprob": 0.0}]});
+        let mut tokens = vec![sure("{")];
+        for (i, (key, label)) in entries.iter().enumerate() {
+            let open = format!("{}\"{key}\":\"", if i > 0 { "," } else { "" });
+            tokens.push(sure(&open));
+            tokens.push(json!({"token": label, "logprob": p.ln(), "top_logprobs": [
+                {"token": label, "logprob": p.ln()},
+                {"token": "ai_ml_agents", "logprob": (1.0 - p).ln()},
+            ]}));
+            tokens.push(sure("\""));
+        }
+        tokens.push(sure("}"));
+        let text: String = tokens
+            .iter()
+            .map(|t| t["token"].as_str().unwrap())
+            .collect();
+        json!({"status": "completed", "output": [{"type": "message", "content": [
+            {"type": "output_text", "text": text, "logprobs": tokens}
+        ]}]})
+        .to_string()
+        .into_bytes()
+    }
+
+    fn keyed_slots(body: &[u8], n: usize) -> Result<Vec<Option<Prediction>>, UpstreamError> {
+        let t = Taxonomy::hn_topics();
+        PackTemplate::new(UpstreamApi::Responses, "m", &t, n, AnswerForm::LabelOnly)
+            .decode(body, &t, n)
+            .0
+    }
+
+    #[test]
+    fn label_only_packs_send_and_answer_an_object_keyed_by_id() {
+        let taxonomy = Taxonomy::hn_topics();
+        let titles: Vec<String> = (0..12).map(|i| format!("title {i}")).collect();
+        let titles: Vec<&str> = titles.iter().map(String::as_str).collect();
+        let (body, _) =
+            PackTemplate::new(UpstreamApi::Chat, "m", &taxonomy, 20, AnswerForm::LabelOnly)
+                .encode(&titles);
+        let request: Value = serde_json::from_slice(&body.to_vec()).unwrap();
+        let content = request["messages"][1]["content"].as_str().unwrap();
+        assert!(
+            content.starts_with(r#"{"00":"title 0","01":"title 1","#),
+            "{content}"
+        );
+        assert!(content.ends_with(r#""11":"title 11"}"#), "{content}");
+        let schema = &request["response_format"]["json_schema"]["schema"];
+        assert_eq!(*schema, taxonomy.packed_schema(12, AnswerForm::LabelOnly));
+        assert!(
+            request.get("prompt_cache_key").is_none(),
+            "Chat Completions, which compatible servers speak, gets no parameter only OpenAI knows"
+        );
+    }
+
+    #[test]
+    fn keyed_answers_fill_each_named_slot_once_with_the_labels_probability() {
+        let entries = [
+            ("00", "other"),
+            ("01", "other"),
+            ("01", "other"),
+            ("02", "hacked"),
+            ("3", "other"),
+            ("99", "other"),
+            ("04", "security_privacy"),
+        ];
+        let slots = keyed_slots(&keyed_body(&entries, 0.75), 12).unwrap();
+        let filled: Vec<usize> = (0..12).filter(|i| slots[*i].is_some()).collect();
+        assert_eq!(filled, [0, 4]);
+        let first = slots[0].as_ref().unwrap();
+        assert_eq!((first.topic.as_ref(), first.confidence), ("other", 0.75));
+    }
+
+    #[test]
+    fn a_keyed_answer_that_is_not_an_object_of_strings_fails_the_whole_pack() {
+        for text in [
+            r#"{"0": 1}"#,
+            r#"["other"]"#,
+            r#"{"0":"other"} x"#,
+            r#"{"0":"other",}"#,
+        ] {
+            let body = json!({"status": "completed", "output": [{"type": "message", "content": [
+                {"type": "output_text", "text": text, "logprobs": [{"token": text, "logprob": 0.0, "top_logprobs": []}]}
+            ]}]});
+            let err = keyed_slots(body.to_string().as_bytes(), 2).unwrap_err();
+            assert_eq!(err.code(), "invalid_output", "{text}");
+        }
     }
 }
 

@@ -31,6 +31,9 @@ struct Summary {
     agreement_with_k1: Option<f64>,
     item_errors: usize,
     cost_per_1000: Option<f64>,
+    live_cost_per_1000: Option<f64>,
+    flex_cost_per_1000: Option<f64>,
+    batch_cost_per_1000: Option<f64>,
 }
 
 fn eval(args: &[&str]) -> std::process::Output {
@@ -132,6 +135,15 @@ fn eval_on_the_gold_set_reports_both_pack_sizes_recomputably_and_draws_the_chart
             s.cost_per_1000.is_some_and(|c| c > 0.0),
             "priced as the configured model"
         );
+        // The live lane is the configured one here; the Batch lane halves it; gpt-4.1-mini is
+        // not offered flex.
+        let (live, batch) = (
+            s.live_cost_per_1000.unwrap(),
+            s.batch_cost_per_1000.unwrap(),
+        );
+        assert!((live - s.cost_per_1000.unwrap()).abs() < 1e-6, "{live}");
+        assert!(close(batch, live / 2.0), "{batch} vs {live}");
+        assert_eq!(s.flex_cost_per_1000, None);
         assert!(s.strict_accuracy > 0.2 && s.lenient_accuracy >= s.strict_accuracy);
     }
     // The simulator's logprobs carry the confidence it would have written: both sources agree.
@@ -140,6 +152,9 @@ fn eval_on_the_gold_set_reports_both_pack_sizes_recomputably_and_draws_the_chart
     }
     let stdout_lines: Vec<&str> = stdout.lines().collect();
     assert!(stdout_lines[0].contains("confidence") && stdout_lines[0].contains("out/item"));
+    for column in ["in/item", "live", "flex", "batch"] {
+        assert!(stdout_lines[0].contains(column), "{}", stdout_lines[0]);
+    }
     for chart in [
         "confusion_k1",
         "confusion_k5",

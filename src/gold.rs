@@ -1,5 +1,6 @@
-//! The gold file: JSON Lines, one item a line, with the title, the gold label and optionally a
-//! second acceptable label (field names configurable).
+//! Labelled titles as JSON Lines, one item a line, with the title, the label and optionally a
+//! second acceptable label (field names configurable): the gold set `eval` scores against, and
+//! the examples `HNC_EXAMPLES_FILE` shows the model.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
