@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the per-call work the service does besides waiting: encoding a request
-//! (one title, or a pack of 20) and reading the provider's answer back through every check.
+//! (one title, or a pack of 20), counting its tokens for the pacer, and reading the provider's
+//! answer back through every check.
 //! `cargo bench --bench codec`; figures in docs/BENCHMARKS.md.
 
 use std::hint::black_box;
@@ -112,6 +113,17 @@ fn codec(c: &mut Criterion) {
             })
         },
     );
+
+    c.bench_function("tokens/count one title (o200k)", |b| {
+        b.iter(|| hn_classifier::tokens::count(black_box(TITLE)))
+    });
+    let prompt = taxonomy.instructions(AnswerForm::LabelOnly);
+    c.bench_function("tokens/count the label-only prompt (o200k)", |b| {
+        b.iter(|| hn_classifier::tokens::count(black_box(prompt)))
+    });
+    c.bench_function("responses/estimate one title's tokens for the pacer", |b| {
+        b.iter(|| label_only.estimated_tokens(black_box(TITLE)))
+    });
 
     let titles: Vec<String> = (0..20).map(|i| format!("{TITLE} #{i}")).collect();
     let titles: Vec<&str> = titles.iter().map(String::as_str).collect();

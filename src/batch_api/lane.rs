@@ -250,7 +250,8 @@ impl Lane {
             .into_iter()
             .next()
             .expect("upstream settings hold at least one endpoint");
-        let taxonomy = Taxonomy::hn_topics();
+        // The default taxonomy as `serve` would have it (HNC_TAXONOMIES, HNC_EXAMPLES_FILE).
+        let taxonomy = Taxonomy::clone(serve.taxonomies()?.default_taxonomy());
         let pack_size = settings.pack_size.max(1);
         // As live; a model that refuses logprobs and is not known to fails its lines, which go
         // to the fallback.

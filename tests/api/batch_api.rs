@@ -109,6 +109,54 @@ fn the_batch_lane_gives_the_live_labels_at_half_the_price() {
     );
 }
 
+/// The input tokens per 1000 items of the summary line (`per 1000 items: 296000 input`).
+fn input_per_1000(output: &Output) -> u64 {
+    let text = String::from_utf8_lossy(&output.stderr);
+    let at = text
+        .rfind("per 1000 items: ")
+        .expect("tokens in the summary")
+        + 16;
+    text[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn the_batch_lane_sends_the_examples_the_live_path_does() {
+    let dir = scratch("batch-examples");
+    let input = titles_file(&dir, 50);
+    let examples = dir.join("examples.jsonl");
+    let gold = data_lines("hn_gold_300.jsonl")[..80].join("\n");
+    std::fs::write(&examples, gold).unwrap();
+    let batch = |name: &str, env: &[(&str, &str)]| {
+        let output = dir.join(name);
+        let flags = ["--simulate", "--batch-api", "--poll-s", "0.1", "--output"];
+        let args = [
+            &flags[..],
+            &[output.to_str().unwrap(), input.to_str().unwrap()],
+        ]
+        .concat();
+        run(&args, &[fast_batches(), env.to_vec()].concat())
+    };
+    let plain = batch("plain.jsonl", &[]);
+    let with = batch(
+        "with.jsonl",
+        &[("HNC_EXAMPLES_FILE", examples.to_str().unwrap())],
+    );
+    let added = input_per_1000(&with) - input_per_1000(&plain);
+    assert!(
+        added > 1_000_000,
+        "80 examples are over 1,000 tokens a title: {added}"
+    );
+    assert!(
+        cost(&with) < cost(&plain) * 3.0,
+        "most of them at the cached price"
+    );
+}
+
 #[test]
 fn failed_lines_and_the_enqueued_token_limit_lose_nothing() {
     let dir = scratch("batch-faults");
