@@ -6,29 +6,18 @@
 //! into 45-65 MiB of heap, about the whole service's memory budget at 10,000 calls in flight.
 //! `build.rs` turns the vocabulary into a table embedded in the binary and read in place. The
 //! algorithm is tiktoken's: split the text with o200k's pattern, then merge each piece's bytes
-//! pair by pair, lowest rank first. `tests/api/tokens.rs` checks every count against
-//! `tiktoken-rs` on real and adversarial titles.
+//! pair by pair, lowest rank first. The pattern is matched by hand (`pieces`) rather than by the
+//! `regex` crate, whose compiled form of its Unicode classes alone is 2.4 MiB of heap; the
+//! classes come from `regex-syntax`'s Unicode tables. `tests/api/tokens.rs` checks every count
+//! against `tiktoken-rs` on real and adversarial titles and on random text of every class.
 
+use std::cmp::Ordering;
 use std::sync::LazyLock;
 
-use regex::Regex;
+use regex_syntax::hir::{Class, HirKind};
 
 /// The table `build.rs` writes: `[tokens, slots]`, `offsets[tokens + 1]`, `slots[slots]`, bytes.
 static TABLE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/o200k.table"));
-
-/// o200k's split pattern without its one look-ahead (`\s+(?!\S)`), which the `regex` crate does
-/// not have; `pieces` restores what it does.
-const PATTERN: &str = concat!(
-    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
-    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
-    r"|\p{N}{1,3}",
-    r"| ?[^\s\p{L}\p{N}]+[\r\n/]*",
-    r"|\s*[\r\n]+",
-    r"|\s+",
-);
-
-static SPLIT: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(PATTERN).expect("the o200k pattern compiles"));
 
 /// The number of o200k_base tokens in `text`, read as ordinary text (a special token's spelling,
 /// such as `<|endoftext|>`, counts as the characters it is made of, as the API reads input).
@@ -44,21 +33,197 @@ pub const PER_MESSAGE: u64 = 3;
 /// Tokens that open the model's reply.
 pub const REPLY_PRIMING: u64 = 3;
 
-/// Calls `each` with the pieces o200k's pattern splits `text` into, in order.
-fn pieces(text: &str, mut each: impl FnMut(&str)) {
-    let mut at = 0;
-    while let Some(found) = SPLIT.find_at(text, at) {
-        let mut end = found.end();
-        // `\s+(?!\S)`, tried before `\s+`: a run of spaces before a word leaves its last space to
-        // the word (" hello" is one token), unless the run is a single space or ends the text.
-        let run = found.as_str();
-        let spaces_only = run.chars().all(char::is_whitespace) && !run.ends_with(['\r', '\n']);
-        if spaces_only && end < text.len() && run.chars().nth(1).is_some() {
-            end -= run.chars().next_back().map_or(0, char::len_utf8);
+/// The Unicode classes o200k's pattern is written in, as sorted ranges.
+struct Classes {
+    /// `\p{L}` and `\p{N}`.
+    letter: Vec<(char, char)>,
+    number: Vec<(char, char)>,
+    /// `[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]` and `[\p{Ll}\p{Lm}\p{Lo}\p{M}]`: what a word's
+    /// capitals and its lower-case rest are made of.
+    upper: Vec<(char, char)>,
+    lower: Vec<(char, char)>,
+}
+
+static CLASSES: LazyLock<Classes> = LazyLock::new(|| Classes {
+    letter: ranges(r"\p{L}"),
+    number: ranges(r"\p{N}"),
+    upper: ranges(r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]"),
+    lower: ranges(r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]"),
+});
+
+/// The ranges of a Unicode class, from `regex-syntax`'s tables.
+fn ranges(class: &str) -> Vec<(char, char)> {
+    let hir = regex_syntax::parse(class).expect("a valid Unicode class");
+    match hir.kind() {
+        HirKind::Class(Class::Unicode(class)) => class
+            .ranges()
+            .iter()
+            .map(|r| (r.start(), r.end()))
+            .collect(),
+        _ => unreachable!("a class parses to a class"),
+    }
+}
+
+fn within(ranges: &[(char, char)], c: char) -> bool {
+    ranges
+        .binary_search_by(|&(start, end)| {
+            if end < c {
+                Ordering::Less
+            } else if start > c {
+                Ordering::Greater
+            } else {
+                Ordering::Equal
+            }
+        })
+        .is_ok()
+}
+
+/// A character with the class tests the pattern makes of it most.
+#[derive(Clone, Copy)]
+struct Char {
+    c: char,
+    letter: bool,
+    number: bool,
+    space: bool,
+}
+
+impl Char {
+    fn of(c: char) -> Self {
+        let classes = &*CLASSES;
+        Self {
+            c,
+            letter: within(&classes.letter, c),
+            number: within(&classes.number, c),
+            space: c.is_whitespace(),
         }
-        each(&text[found.start()..end]);
+    }
+
+    fn upper(&self) -> bool {
+        within(&CLASSES.upper, self.c)
+    }
+
+    fn lower(&self) -> bool {
+        within(&CLASSES.lower, self.c)
+    }
+
+    fn newline(&self) -> bool {
+        matches!(self.c, '\r' | '\n')
+    }
+
+    /// `[^\r\n\p{L}\p{N}]`: what may open a word.
+    fn opens_word(&self) -> bool {
+        !self.newline() && !self.letter && !self.number
+    }
+
+    /// `[^\s\p{L}\p{N}]`: punctuation, symbols, marks.
+    fn other(&self) -> bool {
+        !self.space && !self.letter && !self.number
+    }
+}
+
+/// Calls `each` with the pieces o200k's pattern splits `text` into, in order: at each position,
+/// the first of its alternatives that matches, as a backtracking matcher takes it.
+fn pieces(text: &str, mut each: impl FnMut(&str)) {
+    let offsets: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
+    let cs: Vec<Char> = text.chars().map(Char::of).collect();
+    let mut at = 0;
+    while at < cs.len() {
+        let end = word(&cs, at)
+            .or_else(|| digits(&cs, at))
+            .or_else(|| punctuation(&cs, at))
+            .or_else(|| spaces(&cs, at))
+            .expect("every character starts some alternative");
+        let to = offsets.get(end).copied().unwrap_or(text.len());
+        each(&text[offsets[at]..to]);
         at = end;
     }
+}
+
+/// `[^\r\n\p{L}\p{N}]?[UPPER]*[LOWER]+('s|'t|...)?`, then `...?[UPPER]+[LOWER]*(...)?`: a word,
+/// optionally after one non-letter, with its contraction. Where it ends, if either matches.
+fn word(cs: &[Char], at: usize) -> Option<usize> {
+    let opened = cs[at].opens_word().then_some(at + 1);
+    let starts = || opened.into_iter().chain([at]);
+    let lower_rest = |from: usize| {
+        let upper_end = run(cs, from, Char::upper);
+        if cs.get(upper_end).is_some_and(Char::lower) {
+            return Some(run(cs, upper_end, Char::lower));
+        }
+        // Give capitals back until one can be the lower-case part (Lm, Lo and M are both).
+        (from..upper_end)
+            .rev()
+            .find(|&j| cs[j].lower())
+            .map(|j| j + 1)
+    };
+    let upper_first = |from: usize| {
+        let upper_end = run(cs, from, Char::upper);
+        (upper_end > from).then(|| run(cs, upper_end, Char::lower))
+    };
+    starts()
+        .find_map(lower_rest)
+        .or_else(|| starts().find_map(upper_first))
+        .map(|end| contraction(cs, end))
+}
+
+/// `(?i:'s|'t|'re|'ve|'m|'ll|'d)?` at `at`: where the word ends with it.
+fn contraction(cs: &[Char], at: usize) -> usize {
+    if cs.get(at).map(|c| c.c) != Some('\'') {
+        return at;
+    }
+    // Case-insensitive as Unicode folds: the long s is an s.
+    let folded = |i: usize| {
+        cs.get(i).map(|c| match c.c {
+            'ſ' => 's',
+            c => c.to_ascii_lowercase(),
+        })
+    };
+    match (folded(at + 1), folded(at + 2)) {
+        (Some('s' | 't' | 'm' | 'd'), _) => at + 2,
+        (Some('r' | 'v'), Some('e')) | (Some('l'), Some('l')) => at + 3,
+        _ => at,
+    }
+}
+
+/// `\p{N}{1,3}`.
+fn digits(cs: &[Char], at: usize) -> Option<usize> {
+    let end = run(cs, at, |c| c.number).min(at + 3);
+    (end > at).then_some(end)
+}
+
+/// ` ?[^\s\p{L}\p{N}]+[\r\n/]*`.
+fn punctuation(cs: &[Char], at: usize) -> Option<usize> {
+    let from = if cs[at].c == ' ' && cs.get(at + 1).is_some_and(Char::other) {
+        at + 1
+    } else {
+        at
+    };
+    let end = run(cs, from, Char::other);
+    (end > from).then(|| run(cs, end, |c| matches!(c.c, '\r' | '\n' | '/')))
+}
+
+/// `\s*[\r\n]+`, then `\s+(?!\S)`, then `\s+`: spaces up to the last line break among them; or
+/// a run of spaces before a word, leaving its last to the word (" hello" is one token) unless
+/// the run is a single space or ends the text.
+fn spaces(cs: &[Char], at: usize) -> Option<usize> {
+    let end = run(cs, at, |c| c.space);
+    if end == at {
+        return None;
+    }
+    if let Some(last_break) = (at..end).rev().find(|&i| cs[i].newline()) {
+        return Some(last_break + 1);
+    }
+    if end < cs.len() && end - at > 1 {
+        return Some(end - 1);
+    }
+    Some(end)
+}
+
+/// Where the run of characters `is` accepts, from `at`, ends.
+fn run(cs: &[Char], at: usize, is: impl Fn(&Char) -> bool) -> usize {
+    cs[at.min(cs.len())..]
+        .iter()
+        .position(|c| !is(c))
+        .map_or(cs.len(), |n| at + n)
 }
 
 /// Tokens in one piece: one when the vocabulary has it whole, else tiktoken's byte-pair merge.
@@ -93,21 +258,21 @@ fn piece_tokens(piece: &[u8]) -> usize {
     parts.len() - 1
 }
 
-fn word(index: usize) -> u32 {
+fn table_word(index: usize) -> u32 {
     let at = 4 * index;
     u32::from_le_bytes(TABLE[at..at + 4].try_into().expect("four bytes"))
 }
 
 /// The vocabulary's size and its hash table's.
 fn sizes() -> (usize, usize) {
-    (word(0) as usize, word(1) as usize)
+    (table_word(0) as usize, table_word(1) as usize)
 }
 
 /// The bytes of the token ranked `rank`.
 fn token(rank: usize) -> &'static [u8] {
     let (tokens, slots) = sizes();
     let bytes = 4 * (2 + tokens + 1 + slots);
-    let (start, end) = (word(2 + rank) as usize, word(3 + rank) as usize);
+    let (start, end) = (table_word(2 + rank) as usize, table_word(3 + rank) as usize);
     &TABLE[bytes + start..bytes + end]
 }
 
@@ -117,7 +282,7 @@ fn rank(bytes: &[u8]) -> Option<u32> {
     let first_slot = 2 + tokens + 1;
     let mut slot = fnv1a(bytes) as usize & (slots - 1);
     loop {
-        let entry = word(first_slot + slot);
+        let entry = table_word(first_slot + slot);
         if entry == 0 {
             return None;
         }
