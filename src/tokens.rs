@@ -325,6 +325,42 @@ mod tests {
         assert_eq!(count(r#"{"topic":"programming_dev_tools"}"#), 8);
     }
 
+    /// o200k's pattern as OpenAI writes it, look-ahead and all, for `fancy-regex`.
+    const PATTERN: &str = concat!(
+        r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+        r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+        r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    );
+
+    /// Characters of every class the pattern tells apart (capitals, small letters, title case,
+    /// modifier and other letters, marks, numbers of each kind, spaces and line breaks,
+    /// punctuation, symbols), and the contractions in each case and with the long s.
+    const ATOMS: [&str; 44] = [
+        "a", "z", "A", "Z", "é", "É", "ǅ", "ʰ", "中", "ـ", "\u{301}", "\u{903}", "0", "7", "Ⅻ",
+        "½", "٣", " ", " ", "\t", "\n", "\r", "\u{a0}", "\u{3000}", "'", ".", "/", "-", "!", "$",
+        "👍", "🏽", "'s", "'S", "'ſ", "'t", "'re", "'VE", "'m", "'ll", "'Ll", "'d", "'x", "'",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(5000))]
+
+        /// The pieces match the pattern's own matches, on text drawn from characters of every
+        /// class it tells apart (a piece's boundary can move without changing a count).
+        #[test]
+        fn pieces_are_the_patterns_matches(
+            atoms in proptest::collection::vec(proptest::sample::select(ATOMS.to_vec()), 0..30)
+        ) {
+            static THEIRS: LazyLock<fancy_regex::Regex> =
+                LazyLock::new(|| fancy_regex::Regex::new(PATTERN).unwrap());
+            let text: String = atoms.concat();
+            let mut ours = Vec::new();
+            pieces(&text, |p| ours.push(p.to_owned()));
+            let theirs: Vec<String> =
+                THEIRS.find_iter(&text).map(|m| m.unwrap().as_str().to_owned()).collect();
+            proptest::prop_assert_eq!(ours, theirs, "{:?}", text);
+        }
+    }
+
     #[test]
     fn a_run_of_spaces_leaves_its_last_to_the_next_word() {
         let mut seen = Vec::new();
