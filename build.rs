@@ -6,6 +6,10 @@
 //! Layout, little-endian u32 words then bytes (read by `src/tokens.rs`, which must agree):
 //! `[tokens, slots]`, `offsets[tokens + 1]` into the bytes, `slots[slots]` (0 = empty, else
 //! rank + 1, open addressing by FNV-1a with linear probing), then the token bytes by rank.
+//!
+//! It also writes the Unicode classes o200k's split pattern is written in as sorted ranges
+//! (`o200k_classes.rs`), from `regex-syntax`'s tables: the service reads a few kilobytes of
+//! ranges instead of parsing classes out of those tables at run time.
 
 use std::path::PathBuf;
 
@@ -59,6 +63,31 @@ fn main() {
     table.extend_from_slice(&bytes);
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     std::fs::write(out.join("o200k.table"), table).expect("OUT_DIR is writable");
+    std::fs::write(out.join("o200k_classes.rs"), classes()).expect("OUT_DIR is writable");
+}
+
+/// The pattern's classes as Rust statics of `(first, last)` character ranges.
+fn classes() -> String {
+    let mut code = String::new();
+    for (name, class) in [
+        ("LETTER", r"\p{L}"),
+        ("NUMBER", r"\p{N}"),
+        ("UPPER", r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]"),
+        ("LOWER", r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]"),
+    ] {
+        let hir = regex_syntax::parse(class).expect("a valid Unicode class");
+        let regex_syntax::hir::HirKind::Class(regex_syntax::hir::Class::Unicode(ranges)) =
+            hir.kind()
+        else {
+            unreachable!("a class parses to a class")
+        };
+        code.push_str(&format!("static {name}: &[(char, char)] = &["));
+        for range in ranges.ranges() {
+            code.push_str(&format!("({:?}, {:?}),", range.start(), range.end()));
+        }
+        code.push_str("];\n");
+    }
+    code
 }
 
 /// The hash `src/tokens.rs` looks tokens up by.

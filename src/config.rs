@@ -363,7 +363,7 @@ pub enum ConfigError {
     #[error(
         "HNC_SERVICE_TIER={tier}: OpenAI does not offer it for {models}; it offers it for {offered}.\n\
          Set HNC_SERVICE_TIER=default, or pick one of those models; the Batch lane \
-         (`classify --lane batch`) is half price on any model."
+         (`classify --batch-api`) is half price on any model."
     )]
     TierNotOffered {
         tier: &'static str,

@@ -8,13 +8,11 @@
 //! algorithm is tiktoken's: split the text with o200k's pattern, then merge each piece's bytes
 //! pair by pair, lowest rank first. The pattern is matched by hand (`pieces`) rather than by the
 //! `regex` crate, whose compiled form of its Unicode classes alone is 2.4 MiB of heap; the
-//! classes come from `regex-syntax`'s Unicode tables. `tests/api/tokens.rs` checks every count
-//! against `tiktoken-rs` on real and adversarial titles and on random text of every class.
+//! classes are ranges `build.rs` takes from `regex-syntax`'s Unicode tables. `pieces` is checked
+//! against the pattern itself (`fancy-regex`) on random text of every class, and every count
+//! against `tiktoken-rs` on real and adversarial titles (`tests/api/tokens.rs`).
 
 use std::cmp::Ordering;
-use std::sync::LazyLock;
-
-use regex_syntax::hir::{Class, HirKind};
 
 /// The table `build.rs` writes: `[tokens, slots]`, `offsets[tokens + 1]`, `slots[slots]`, bytes.
 static TABLE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/o200k.table"));
@@ -33,36 +31,10 @@ pub const PER_MESSAGE: u64 = 3;
 /// Tokens that open the model's reply.
 pub const REPLY_PRIMING: u64 = 3;
 
-/// The Unicode classes o200k's pattern is written in, as sorted ranges.
-struct Classes {
-    /// `\p{L}` and `\p{N}`.
-    letter: Vec<(char, char)>,
-    number: Vec<(char, char)>,
-    /// `[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]` and `[\p{Ll}\p{Lm}\p{Lo}\p{M}]`: what a word's
-    /// capitals and its lower-case rest are made of.
-    upper: Vec<(char, char)>,
-    lower: Vec<(char, char)>,
-}
-
-static CLASSES: LazyLock<Classes> = LazyLock::new(|| Classes {
-    letter: ranges(r"\p{L}"),
-    number: ranges(r"\p{N}"),
-    upper: ranges(r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]"),
-    lower: ranges(r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]"),
-});
-
-/// The ranges of a Unicode class, from `regex-syntax`'s tables.
-fn ranges(class: &str) -> Vec<(char, char)> {
-    let hir = regex_syntax::parse(class).expect("a valid Unicode class");
-    match hir.kind() {
-        HirKind::Class(Class::Unicode(class)) => class
-            .ranges()
-            .iter()
-            .map(|r| (r.start(), r.end()))
-            .collect(),
-        _ => unreachable!("a class parses to a class"),
-    }
-}
+// The classes of o200k's pattern as sorted ranges: `LETTER` (`\p{L}`), `NUMBER` (`\p{N}`),
+// `UPPER` (`[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]`, what a word's capitals are made of) and `LOWER`
+// (`[\p{Ll}\p{Lm}\p{Lo}\p{M}]`, its lower-case rest), written by `build.rs`.
+include!(concat!(env!("OUT_DIR"), "/o200k_classes.rs"));
 
 fn within(ranges: &[(char, char)], c: char) -> bool {
     ranges
@@ -89,21 +61,20 @@ struct Char {
 
 impl Char {
     fn of(c: char) -> Self {
-        let classes = &*CLASSES;
         Self {
             c,
-            letter: within(&classes.letter, c),
-            number: within(&classes.number, c),
+            letter: within(LETTER, c),
+            number: within(NUMBER, c),
             space: c.is_whitespace(),
         }
     }
 
     fn upper(&self) -> bool {
-        within(&CLASSES.upper, self.c)
+        within(UPPER, self.c)
     }
 
     fn lower(&self) -> bool {
-        within(&CLASSES.lower, self.c)
+        within(LOWER, self.c)
     }
 
     fn newline(&self) -> bool {
@@ -302,6 +273,8 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::LazyLock;
+
     use super::*;
 
     #[test]

@@ -100,7 +100,7 @@ async fn flex_for_a_model_not_offered_it_stops_start_up_naming_the_models_that_a
         error.contains("o4-mini") && error.contains("gpt-5-mini"),
         "{error}"
     );
-    assert!(error.contains("--lane batch"), "{error}");
+    assert!(error.contains("--batch-api"), "{error}");
     let other = [
         "--simulate",
         "--service-tier",
