@@ -1,6 +1,8 @@
 //! Token counts as OpenAI's current models count them: the o200k_base encoding (gpt-4o, gpt-4.1,
 //! o-series, gpt-5). The simulator bills with it and counts a batch's enqueued tokens with it,
-//! and the pacer spends a TPM budget with it, so every cost figure is what OpenAI would count.
+//! so every cost figure (`classify`, `bench`, `eval`, the docs) is what OpenAI would bill. The
+//! service itself never loads the table: its pacer estimates from characters, as OpenAI's rate
+//! limiter does (`upstream::templates`).
 //!
 //! Written here rather than taken from `tiktoken-rs` or `bpe-openai`: both load the vocabulary
 //! into 45-65 MiB of heap, about the whole service's memory budget at 10,000 calls in flight.
