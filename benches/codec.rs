@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the per-call work the service does besides waiting: encoding a request
-//! (one title, or a pack of 20), counting its tokens for the pacer, and reading the provider's
-//! answer back through every check.
+//! (one title, or a pack of 20), estimating its tokens for the pacer, and reading the provider's
+//! answer back through every check; and what an o200k count costs the simulator.
 //! `cargo bench --bench codec`; figures in docs/BENCHMARKS.md.
 
 use std::hint::black_box;

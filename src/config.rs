@@ -19,8 +19,8 @@ use crate::sim::SimConfig;
 use crate::taxonomy::{Taxonomies, TaxonomyError};
 use crate::upstream::pricing::{PriceFileError, PriceTable};
 use crate::upstream::{
-    AuthStyle, ConfidenceSource, EndpointSettings, FLEX_MODELS, Http2, RetryPolicy, ServiceTier,
-    Transport, UpstreamApi, UpstreamSettings,
+    AuthStyle, ConfidenceSource, EndpointSettings, Http2, RetryPolicy, ServiceTier, Transport,
+    UpstreamApi, UpstreamSettings,
 };
 
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -563,7 +563,6 @@ impl ServeConfig {
                 vec![self.endpoint("default", self.openai_base_url.clone(), key, &prices)]
             }
         };
-        self.check_tier(&endpoints)?;
         Ok(UpstreamSettings {
             endpoints,
             call_timeout: self.tuning.upstream_timeout,
@@ -583,13 +582,21 @@ impl ServeConfig {
         })
     }
 
-    /// Refuses a service tier some endpoint's model is not offered at, naming the models.
-    fn check_tier(&self, endpoints: &[EndpointSettings]) -> Result<(), ConfigError> {
+    /// Refuses the live path's service tier where an OpenAI endpoint's model is not offered it,
+    /// naming the models. Other providers' endpoints are left to their own rules; the simulator
+    /// (`simulated`) answers as OpenAI does. The Batch lane sends no tier and skips this.
+    pub fn check_tier(
+        &self,
+        endpoints: &[EndpointSettings],
+        simulated: bool,
+    ) -> Result<(), ConfigError> {
         let Some(tier) = self.service_tier else {
             return Ok(());
         };
+        let openai = |e: &&EndpointSettings| simulated || e.base_url.contains("//api.openai.com");
         let refused: Vec<&str> = endpoints
             .iter()
+            .filter(openai)
             .map(|e| e.model.as_str())
             .filter(|model| !tier.offered_by(model))
             .collect();
@@ -599,7 +606,7 @@ impl ServeConfig {
         Err(ConfigError::TierNotOffered {
             tier: tier.name(),
             models: refused.join(", "),
-            offered: FLEX_MODELS,
+            offered: crate::models::FLEX_MODELS,
         })
     }
 

@@ -16,6 +16,7 @@ pub mod eval;
 pub mod gold;
 pub mod lifecycle;
 pub mod metrics;
+pub mod models;
 pub mod plot;
 pub mod progress;
 pub mod secret;

@@ -59,6 +59,7 @@ impl Application {
             None
         };
         let settings = config.upstream_settings(sim.as_ref().map(SimServer::base_url))?;
+        config.check_tier(&settings.endpoints, sim.is_some())?;
         let client_keys = ClientKeys::new(config.client_keys()?);
         if client_keys.is_open() && sim.is_some() {
             tracing::info!(

@@ -1,6 +1,7 @@
 //! Token counts as OpenAI's current models count them: the o200k_base encoding (gpt-4o, gpt-4.1,
 //! o-series, gpt-5). The simulator bills with it and counts a batch's enqueued tokens with it,
-//! so every cost figure (`classify`, `bench`, `eval`, the docs) is what OpenAI would bill. The
+//! so every cost figure (`classify`, `bench`, `eval`, the docs) approximates what OpenAI would
+//! bill (the schema counted as its JSON text; OpenAI's own rendering of it is not public). The
 //! service itself never loads the table: its pacer estimates from characters, as OpenAI's rate
 //! limiter does (`upstream::templates`).
 //!

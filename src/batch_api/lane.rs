@@ -86,7 +86,10 @@ pub async fn classify_file(
         return Ok(Summary::default());
     }
     let mut state = match RunState::load(&state_path, titles.len())? {
-        Some(state) => state,
+        Some(state) => {
+            state.resumable(&state_path)?;
+            state
+        }
         None => {
             let done = output.rows_done()?.min(titles.len());
             let written = lane.form == AnswerForm::LabelAndConfidence;

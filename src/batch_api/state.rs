@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// Bump when the shape changes: an older state is refused rather than misread.
-const VERSION: u32 = 1;
+/// Bump when the shape changes, of the state or of the lines it planned: an older state is
+/// refused rather than misread. 2: label-only packs ask for an object keyed by id.
+const VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunState {
@@ -54,6 +55,11 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "{path} was planned by another version of hn-classifier (state version {found}, this one \
+         reads {VERSION}): finish the run with that version, or cancel it with --cancel"
+    )]
+    OtherVersion { path: PathBuf, found: u32 },
     #[error("{path} is not a batch state this version can read")]
     Unreadable {
         path: PathBuf,
@@ -101,6 +107,18 @@ impl RunState {
             written_confidence,
             rounds: Vec::new(),
         }
+    }
+
+    /// Refuses a state another version planned: its lines may ask for answers this version
+    /// reads in another shape. (`--cancel` needs only the batch ids, which every version keeps.)
+    pub fn resumable(&self, path: &Path) -> Result<(), StateError> {
+        if self.version == VERSION {
+            return Ok(());
+        }
+        Err(StateError::OtherVersion {
+            path: path.to_owned(),
+            found: self.version,
+        })
     }
 
     /// The state at `path`, if a run left one.
@@ -194,6 +212,19 @@ impl Round {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_state_another_version_planned_is_not_resumed_but_can_be_cancelled() {
+        let path = Path::new("out.jsonl.batch-state.json");
+        let mut state = RunState::new(0, 10, ("m", "/v1/responses"), false);
+        assert!(state.resumable(path).is_ok());
+        state.version = 1;
+        let refused = state.resumable(path).unwrap_err().to_string();
+        assert!(
+            refused.contains("state version 1") && refused.contains("--cancel"),
+            "{refused}"
+        );
+    }
 
     #[test]
     fn chunks_hold_at_most_the_requests_and_bytes_allowed() {

@@ -4,6 +4,7 @@
 //! faults on demand, and a stats route tests assert on.
 
 mod batch;
+mod cache;
 mod faults;
 mod keywords;
 mod limits;
@@ -108,6 +109,7 @@ struct Sim {
     limits: Mutex<RateLimits>,
     flex_unavailable_rate: f64,
     started: Instant,
+    prompt_cache: cache::PromptCache,
 }
 
 #[derive(Debug)]
@@ -177,6 +179,7 @@ impl Sim {
             }),
             started: Instant::now(),
             flex_unavailable_rate: config.flex_unavailable_rate,
+            prompt_cache: cache::PromptCache::default(),
         })
     }
 
@@ -279,7 +282,7 @@ async fn handle(
         }
     }
     let input_tokens = request.input_tokens;
-    let limit_headers = sim.admit(&request, input_tokens)?;
+    let limit_headers = sim.admit(&request)?;
     if request.service_tier.as_deref() == Some("flex") && sim.draw_flex_unavailable() {
         sim.stats.count_fault("flex_unavailable");
         return Err(OpenAiError::new(
@@ -345,7 +348,10 @@ fn respond(api: Api, sim: &Sim, request: &SimRequest, input_tokens: u64, fault: 
     // As OpenAI does: the tier that served the call, whatever was asked, and the part of the
     // prompt its cache served.
     body["service_tier"] = json!(request.served_tier());
-    let cached = json!({ "cached_tokens": request.cached_tokens });
+    let cached = sim
+        .prompt_cache
+        .serve(request.prefix_digest, request.prefix_tokens);
+    let cached = json!({ "cached_tokens": cached });
     match api {
         Api::Responses => body["usage"]["input_tokens_details"] = cached,
         Api::Chat => body["usage"]["prompt_tokens_details"] = cached,
@@ -356,7 +362,7 @@ fn respond(api: Api, sim: &Sim, request: &SimRequest, input_tokens: u64, fault: 
 impl Sim {
     /// Quota, 429 bursts, then the RPM/TPM buckets: the `x-ratelimit-*` headers for the answer,
     /// or the 429 the real API would send.
-    fn admit(&self, request: &SimRequest, input_tokens: u64) -> Result<HeaderMap, OpenAiError> {
+    fn admit(&self, request: &SimRequest) -> Result<HeaderMap, OpenAiError> {
         if self
             .faults
             .draw_quota(&mut *self.rng.lock().expect("rng lock poisoned"))
@@ -378,8 +384,9 @@ impl Sim {
                 HeaderMap::new(),
             ));
         }
-        // Like OpenAI, a request is charged its prompt plus the most it may write.
-        let token_cost = (input_tokens + 64) as f64;
+        // Like OpenAI, a request is charged an estimate of its prompt plus the most it may
+        // write, before anything is tokenized.
+        let token_cost = request.rate_limit_tokens as f64;
         let (refused, headers) = {
             let mut limits = self.limits.lock().expect("limits lock poisoned");
             let refused = limits.try_charge(token_cost, Instant::now()).err();

@@ -3,6 +3,7 @@
 //! so the client cannot drift from the real protocol while every test stays green.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::{LazyLock, Mutex};
 
 use axum::Json;
@@ -11,6 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
+use crate::models::{offers_flex, refuses_logprobs};
 use crate::tokens;
 
 /// An error in OpenAI's shape: `{"error":{"message","type","param","code"}}`.
@@ -79,13 +81,18 @@ impl IntoResponse for OpenAiError {
 #[derive(Debug)]
 pub struct SimRequest {
     pub model: String,
-    /// The user message: one title, or for a packed request the JSON array of items.
+    /// The user message: one title, or for a packed request its items (`pack`).
     pub title: String,
     /// Input tokens as OpenAI bills them (o200k_base): every message with its framing, and the
     /// answer's schema, which structured outputs put in front of the model too.
     pub input_tokens: u64,
-    /// Of those, the repeated prefix OpenAI bills at the cached price (`Prefix::cached`).
-    pub cached_tokens: u64,
+    /// What comes before the title (other messages, the schema): its tokens and a digest of it,
+    /// for the prompt cache (`super::cache`).
+    pub prefix_tokens: u64,
+    pub prefix_digest: u64,
+    /// What the rate limiter charges it: like OpenAI's, an estimate from the characters sent
+    /// (four a token) plus the most the answer may use, before anything is tokenized.
+    pub rate_limit_tokens: u64,
     /// The schema's `topic` enum: the labels the answer must come from.
     pub labels: Vec<String>,
     /// For a packed request, the titles by id, and how the answer names each.
@@ -113,30 +120,6 @@ pub enum PackShape {
     Items,
     /// `{"03": topic, ...}`, one required property per id, for an object from ids to titles.
     Keyed,
-}
-
-/// Models that answer a request for logprobs with a 400, as OpenAI's reasoning models do.
-fn refuses_logprobs(model: &str) -> bool {
-    ["gpt-5", "o1", "o3", "o4"].iter().any(|family| {
-        model
-            .strip_prefix(family)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['-', '.']))
-    })
-}
-
-/// Models OpenAI offers flex processing for: o3, o4-mini and the gpt-5 family (with dated
-/// snapshots). The service keeps its own table; this one is the provider's behaviour.
-fn offers_flex(model: &str) -> bool {
-    let snapshot_of = |family: &str| {
-        model
-            .strip_prefix(family)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with("-20"))
-    };
-    snapshot_of("o3")
-        || snapshot_of("o4-mini")
-        || snapshot_of("gpt-5")
-        || model.starts_with("gpt-5-")
-        || model.starts_with("gpt-5.")
 }
 
 /// `top_logprobs` as OpenAI checks it: an integer from 0 to 20.
@@ -268,9 +251,11 @@ impl SimRequest {
     }
 }
 
-/// The titles of a packed request's user message: `[{"id", "title"}, ...]` or `{id: title}` as
-/// the shape asks. Anything else is one title with id 0, as a model would read it.
-fn pack_items(shape: PackShape, content: &str) -> Pack {
+/// The titles of a packed request's user message: `[{"id", "title"}, ...]`, or for a keyed
+/// answer one per key the schema requires (strict mode writes exactly those, in order), looked
+/// up in the message's `{id: title}`. Anything else is one title with id 0 (or, keyed, every
+/// required key with an empty title), as a model would read it.
+fn pack_items(shape: PackShape, keys: &[String], content: &str) -> Pack {
     #[derive(serde::Deserialize)]
     struct Item {
         id: u64,
@@ -285,13 +270,15 @@ fn pack_items(shape: PackShape, content: &str) -> Pack {
                     .map(|i| (i.id.to_string(), i.title))
                     .collect()
             }),
-        PackShape::Keyed => serde_json::from_str::<Map<String, Value>>(content)
-            .ok()
-            .and_then(|map| {
-                map.into_iter()
-                    .map(|(id, title)| Some((id, title.as_str()?.to_owned())))
-                    .collect()
-            }),
+        PackShape::Keyed => {
+            let titles = serde_json::from_str::<Map<String, Value>>(content).unwrap_or_default();
+            let title = |key: &String| titles.get(key).and_then(Value::as_str).unwrap_or("");
+            Some(
+                keys.iter()
+                    .map(|k| (k.clone(), title(k).to_owned()))
+                    .collect(),
+            )
+        }
     };
     Pack {
         shape,
@@ -370,7 +357,7 @@ pub fn parse_responses(body: &Value) -> Result<SimRequest, OpenAiError> {
     let input = obj
         .get("input")
         .ok_or_else(|| OpenAiError::missing("input"))?;
-    let mut prefix = Prefix::default();
+    let mut prefix = Prefix::new(&model);
     if let Some(instructions) = instructions {
         prefix.add_message(instructions);
     }
@@ -385,9 +372,12 @@ pub fn parse_responses(body: &Value) -> Result<SimRequest, OpenAiError> {
     prefix.add(&format.to_string());
     Ok(SimRequest {
         model,
-        pack: shape.pack.map(|shape| pack_items(shape, &title)),
+        pack: shape.pack.map(|pack| pack_items(pack, &shape.keys, &title)),
         input_tokens: prefix.tokens + title_tokens(&title),
-        cached_tokens: prefix.cached(),
+        rate_limit_tokens: prefix
+            .rate_limit_tokens(&title, max_output(obj, &["max_output_tokens"])),
+        prefix_tokens: prefix.tokens,
+        prefix_digest: prefix.digest(),
         title,
         labels: shape.labels,
         service_tier,
@@ -414,7 +404,7 @@ pub fn parse_chat(body: &Value) -> Result<SimRequest, OpenAiError> {
         .ok_or_else(|| {
             OpenAiError::invalid("'messages' must be a non-empty array.", "messages", None)
         })?;
-    let mut prefix = Prefix::default();
+    let mut prefix = Prefix::new(&model);
     let title = last_user_text(messages, "messages", &mut prefix)?;
     let format = obj
         .get("response_format")
@@ -431,15 +421,18 @@ pub fn parse_chat(body: &Value) -> Result<SimRequest, OpenAiError> {
         .ok_or_else(|| OpenAiError::missing("response_format.json_schema"))?;
     let shape = check_json_schema(schema, "response_format.json_schema")?;
     let logprobs = chat_logprobs(obj, &model)?;
+    prefix.add(&schema.to_string());
     let service_tier = service_tier(obj, &model)?;
     Ok(SimRequest {
         model,
-        pack: shape.pack.map(|shape| pack_items(shape, &title)),
-        input_tokens: {
-            prefix.add(&schema.to_string());
-            prefix.tokens + title_tokens(&title)
-        },
-        cached_tokens: prefix.cached(),
+        pack: shape.pack.map(|pack| pack_items(pack, &shape.keys, &title)),
+        input_tokens: prefix.tokens + title_tokens(&title),
+        rate_limit_tokens: prefix.rate_limit_tokens(
+            &title,
+            max_output(obj, &["max_completion_tokens", "max_tokens"]),
+        ),
+        prefix_tokens: prefix.tokens,
+        prefix_digest: prefix.digest(),
         title,
         labels: shape.labels,
         service_tier,
@@ -614,6 +607,7 @@ fn check_json_schema(format: &Value, param: &str) -> Result<AnswerShape, OpenAiE
         return Ok(AnswerShape {
             labels,
             pack: Some(PackShape::Items),
+            keys: Vec::new(),
             confidence: entry_properties.contains_key("confidence"),
         });
     }
@@ -622,6 +616,7 @@ fn check_json_schema(format: &Value, param: &str) -> Result<AnswerShape, OpenAiE
         labels,
         pack: None,
         confidence: properties.contains_key("confidence"),
+        keys: Vec::new(),
     })
 }
 
@@ -652,10 +647,19 @@ fn keyed_pack(
         .and_then(Value::as_object)
         .ok_or_else(|| schema_error(param, "'$defs' must define 'topic'.", "schema.$defs"))?;
     let labels = topic_enum(defs, param, "schema.$defs.topic")?;
+    let keys = schema["required"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .filter_map(|k| k.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(AnswerShape {
         labels,
         pack: Some(PackShape::Keyed),
         confidence: false,
+        keys,
     })
 }
 
@@ -666,6 +670,8 @@ struct AnswerShape {
     labels: Vec<String>,
     pack: Option<PackShape>,
     confidence: bool,
+    /// A keyed pack's ids, as the schema requires them.
+    keys: Vec<String>,
 }
 
 fn schema_error(param: &str, what: &str, at: &str) -> OpenAiError {
@@ -749,32 +755,43 @@ fn topic_enum(
     Ok(labels)
 }
 
+/// The answer's limit the request sets (the first of `keys` present), or 64 when it sets none.
+fn max_output(obj: &Map<String, Value>, keys: &[&str]) -> u64 {
+    keys.iter()
+        .find_map(|k| obj.get(*k).and_then(Value::as_u64))
+        .unwrap_or(64)
+}
+
 /// The tokens of the title's message and of the reply's opening.
 fn title_tokens(title: &str) -> u64 {
     tokens::count(title) + tokens::PER_MESSAGE + tokens::REPLY_PRIMING
 }
 
-/// What comes before the title in the prompt (other messages, the answer format's schema): its
-/// tokens, and whether all of it was sent before, which is what OpenAI's prompt cache reuses.
-#[derive(Debug)]
+/// What comes before the title in the prompt (other messages, the answer format's schema), in
+/// order: its tokens, and a digest of the model and every part, which is what a provider's
+/// prompt cache matches.
 struct Prefix {
     tokens: u64,
-    repeated: bool,
-}
-
-impl Default for Prefix {
-    fn default() -> Self {
-        Self {
-            tokens: 0,
-            repeated: true,
-        }
-    }
+    chars: usize,
+    digest: std::collections::hash_map::DefaultHasher,
 }
 
 impl Prefix {
-    /// The smallest prefix OpenAI caches, and the steps cached tokens come in.
-    const CACHEABLE: u64 = 1024;
-    const STEP: u64 = 128;
+    fn new(model: &str) -> Self {
+        let mut digest = std::collections::hash_map::DefaultHasher::new();
+        model.hash(&mut digest);
+        Self {
+            tokens: 0,
+            chars: 0,
+            digest,
+        }
+    }
+
+    /// The request as a rate limiter estimates it: the prefix's and the title's characters, four
+    /// a token, and the most the answer may use.
+    fn rate_limit_tokens(&self, title: &str, max_output: u64) -> u64 {
+        ((self.chars + title.len()) as u64).div_ceil(4) + max_output
+    }
 
     fn add_message(&mut self, text: &str) {
         self.add(text);
@@ -782,36 +799,36 @@ impl Prefix {
     }
 
     fn add(&mut self, text: &str) {
-        let (n, seen) = fixed_tokens(text);
+        let (n, digest) = repeated_text_tokens(text);
         self.tokens += n;
-        self.repeated &= seen;
+        self.chars += text.len();
+        digest.hash(&mut self.digest);
     }
 
-    /// As OpenAI bills a prefix it has seen: in steps of 128 tokens once it is 1,024 or more.
-    fn cached(&self) -> u64 {
-        if self.repeated && self.tokens >= Self::CACHEABLE {
-            self.tokens / Self::STEP * Self::STEP
-        } else {
-            0
-        }
+    fn digest(&self) -> u64 {
+        self.digest.finish()
     }
 }
 
-/// The tokens of a text requests repeat (a system prompt, a schema), counted once, and whether
-/// it was seen before: the simulator must not spend on counting what the service spends on
-/// classifying. Process-wide, as a provider's cache is shared by every client of the account.
-fn fixed_tokens(text: &str) -> (u64, bool) {
-    static SEEN: LazyLock<Mutex<HashMap<String, u64>>> = LazyLock::new(Mutex::default);
-    if let Some(n) = SEEN.lock().expect("never poisoned").get(text) {
-        return (*n, true);
+/// The tokens of a text requests repeat (a system prompt, a schema), counted once per text, and
+/// the text's digest: the simulator must not spend on counting what the service spends on
+/// classifying. Keyed by the digest, so the memo holds numbers, not the texts; cleared whole
+/// when it reaches 1,024 texts.
+fn repeated_text_tokens(text: &str) -> (u64, u64) {
+    static COUNTS: LazyLock<Mutex<HashMap<u64, u64>>> = LazyLock::new(Mutex::default);
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    let digest = hasher.finish();
+    if let Some(n) = COUNTS.lock().expect("never poisoned").get(&digest) {
+        return (*n, digest);
     }
     let n = tokens::count(text);
-    let mut seen = SEEN.lock().expect("never poisoned");
-    if seen.len() >= 1024 {
-        seen.clear();
+    let mut counts = COUNTS.lock().expect("never poisoned");
+    if counts.len() >= 1024 {
+        counts.clear();
     }
-    seen.insert(text.to_owned(), n);
-    (n, false)
+    counts.insert(digest, n);
+    (n, digest)
 }
 
 /// A `completed` Responses API body whose message carries `text`.

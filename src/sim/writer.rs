@@ -159,7 +159,9 @@ mod tests {
             model: "gpt-4.1-mini".into(),
             title: "Critical OpenSSH vulnerability allows remote code execution".into(),
             input_tokens: 0,
-            cached_tokens: 0,
+            prefix_tokens: 0,
+            prefix_digest: 0,
+            rate_limit_tokens: 0,
             labels: ["security_privacy", "other", "ai_ml_agents"]
                 .map(String::from)
                 .to_vec(),

@@ -215,7 +215,10 @@ struct KeyedString {
 fn keyed_strings(text: &str) -> Option<Vec<KeyedString>> {
     let bytes = text.as_bytes();
     let skip = |mut at: usize| {
-        while bytes.get(at).is_some_and(|b| b.is_ascii_whitespace()) {
+        while bytes
+            .get(at)
+            .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        {
             at += 1;
         }
         at
@@ -271,4 +274,50 @@ fn json_string(text: &str, at: usize) -> Option<(String, usize)> {
 
 fn truncate(text: &str, max_chars: usize) -> String {
     text.chars().take(max_chars).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(text: &str) -> Option<Vec<(String, String, usize)>> {
+        keyed_strings(text).map(|m| {
+            m.into_iter()
+                .map(|m| (m.key, m.value, m.value_at))
+                .collect()
+        })
+    }
+
+    #[test]
+    fn keyed_strings_reads_escapes_and_json_whitespace_and_keeps_duplicates() {
+        let text = "{ \"00\" :\t\"a\\\"b\\\\c\" ,\r\n\"0\\u0031\":\"x\",\"00\":\"y\" }";
+        let read = members(text).unwrap();
+        assert_eq!(read[0].0, "00");
+        assert_eq!(read[0].1, "a\"b\\c");
+        assert_eq!(
+            &text[read[0].2..read[0].2 + 2],
+            "a\\",
+            "the value's text starts there"
+        );
+        assert_eq!((read[1].0.as_str(), read[1].1.as_str()), ("01", "x"));
+        assert_eq!(read[2].0, "00", "a duplicate is kept, not merged");
+        assert_eq!(members("{}"), Some(vec![]));
+    }
+
+    #[test]
+    fn keyed_strings_refuses_anything_but_an_object_of_strings() {
+        for text in [
+            "",
+            "[]",
+            "{\"0\":1}",
+            "{\"0\":\"a\",}",
+            "{\"0\":\"a\"} {}",
+            "{\"0\" \"a\"}",
+            "{\"0\":\"a}",
+            "{\"0\":\"a\"\u{c}}",
+            "{0:\"a\"}",
+        ] {
+            assert!(members(text).is_none(), "{text:?}");
+        }
+    }
 }

@@ -34,7 +34,7 @@ pub use limiter::{AdaptiveLimiter, Congestion, LimiterSnapshot};
 pub use pool::{Saturation, UpstreamClient};
 pub use retry::{Decision, Failure, GiveUp, ItemDeadline, RETRY_REASONS, RetryPolicy};
 pub use settings::{
-    AuthStyle, ConfidenceSource, EndpointSettings, FLEX_MODELS, Http2, ServiceTier, Transport,
-    UpstreamApi, UpstreamSettings,
+    AuthStyle, ConfidenceSource, EndpointSettings, Http2, ServiceTier, Transport, UpstreamApi,
+    UpstreamSettings,
 };
 pub use usage::{Prediction, Tier, Usage};

@@ -8,6 +8,7 @@ use tokio_rustls::rustls::pki_types::CertificateDer;
 
 use super::retry::RetryPolicy;
 use super::usage::Price;
+use crate::models;
 use crate::secret::Secret;
 use crate::taxonomy::AnswerForm;
 
@@ -131,22 +132,10 @@ impl ConfidenceSource {
     /// logprobs).
     pub fn form_for(self, model: &str) -> AnswerForm {
         match self {
-            Self::Logprobs if !refuses_logprobs(model) => AnswerForm::LabelOnly,
+            Self::Logprobs if !models::refuses_logprobs(model) => AnswerForm::LabelOnly,
             _ => AnswerForm::LabelAndConfidence,
         }
     }
-}
-
-/// Models reported to refuse `logprobs`/`top_logprobs` with a 400 (OpenAI's reasoning models):
-/// they write their confidence from the first call. Any other model that refuses is learnt from
-/// its first refusal.
-fn refuses_logprobs(model: &str) -> bool {
-    let model = model.rsplit('/').next().unwrap_or(model);
-    ["gpt-5", "o1", "o3", "o4"].iter().any(|family| {
-        model
-            .strip_prefix(family)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['-', '.']))
-    })
 }
 
 #[cfg(test)]
@@ -154,49 +143,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn flex_is_offered_on_o3_o4_mini_and_gpt_5_only() {
-        for model in [
-            "o3",
-            "o3-2025-04-16",
-            "o4-mini",
-            "o4-mini-2025-04-16",
-            "gpt-5",
-            "gpt-5-mini",
-            "gpt-5-nano",
-            "gpt-5.1",
-            "openai/gpt-5-mini",
-        ] {
-            assert!(ServiceTier::Flex.offered_by(model), "{model}");
-        }
-        for model in [
-            "gpt-4.1-mini",
-            "gpt-4o",
-            "o3-mini",
-            "o1",
-            "o4",
-            "gpt-50",
-            "gemma-3-270m",
-        ] {
-            assert!(!ServiceTier::Flex.offered_by(model), "{model}");
-            assert!(ServiceTier::Priority.offered_by(model), "{model}");
-        }
-    }
-
-    #[test]
-    fn reasoning_models_are_known_to_refuse_logprobs() {
-        for model in [
-            "gpt-5",
-            "gpt-5-mini",
-            "gpt-5-nano",
-            "o3",
-            "o4-mini",
-            "openai/gpt-5",
-        ] {
-            assert!(refuses_logprobs(model), "{model}");
-        }
-        for model in ["gpt-4.1-mini", "gpt-4o", "gemma-3-270m", "o", "gpt-50"] {
-            assert!(!refuses_logprobs(model), "{model}");
-        }
+    fn only_flex_is_limited_and_models_known_to_refuse_logprobs_write_their_confidence() {
+        assert!(!ServiceTier::Flex.offered_by("gpt-4.1-mini"));
+        assert!(ServiceTier::Flex.offered_by("gpt-5-mini"));
+        assert!(ServiceTier::Priority.offered_by("gpt-4.1-mini"));
         assert_eq!(
             ConfidenceSource::Logprobs.form_for("gpt-5-mini"),
             AnswerForm::LabelAndConfidence
@@ -234,35 +184,12 @@ impl ServiceTier {
             .map_or("auto", |(n, _)| n)
     }
 
-    /// Whether OpenAI serves `model` at this tier. Only flex is limited (to `FLEX_MODELS`): a
+    /// Whether OpenAI serves `model` at this tier. Only flex is limited (`models::FLEX_MODELS`): a
     /// model outside them is refused at start-up rather than sent calls OpenAI answers with a
     /// 400, or quietly served and billed at the default tier.
     pub fn offered_by(self, model: &str) -> bool {
-        self != Self::Flex || offers_flex(model)
+        self != Self::Flex || models::offers_flex(model)
     }
-}
-
-/// The models OpenAI offers flex processing for (its pricing and flex guides, 2026): o3,
-/// o4-mini and the gpt-5 family. Named in the start-up refusal.
-pub const FLEX_MODELS: &str =
-    "o3, o4-mini and the gpt-5 models (gpt-5, gpt-5-mini, gpt-5-nano, gpt-5.x)";
-
-/// `model` (or `provider/model`) is one of `FLEX_MODELS`, or a dated snapshot of one.
-fn offers_flex(model: &str) -> bool {
-    let model = model.rsplit('/').next().unwrap_or(model);
-    let dated = |family: &str| {
-        model.strip_prefix(family).is_some_and(|rest| {
-            rest.is_empty()
-                || rest
-                    .strip_prefix('-')
-                    .is_some_and(|d| d.starts_with(|c: char| c.is_ascii_digit()))
-        })
-    };
-    dated("o3")
-        || dated("o4-mini")
-        || model == "gpt-5"
-        || model.starts_with("gpt-5-")
-        || model.starts_with("gpt-5.")
 }
 
 /// When calls travel over HTTP/2: many calls share a connection, a few KiB each, where HTTP/1.1

@@ -47,16 +47,17 @@ fn rows(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// The cost per 1000 items of the summary line (`cost $0.0743`).
-fn cost(output: &Output) -> f64 {
+/// The figure after `label` in the summary line, e.g. `cost $0.0743` or `per 1000 items: 296000`.
+fn summary_figure<T: std::str::FromStr>(output: &Output, label: &str) -> T {
     let text = String::from_utf8_lossy(&output.stderr);
-    let at = text.rfind("cost $").expect("a cost in the summary") + "cost $".len();
-    text[at..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
+    let at = text.rfind(label).expect("the figure in the summary") + label.len();
+    let figure = text[at..].split_whitespace().next().unwrap();
+    figure.parse().ok().expect("a number")
+}
+
+/// The cost per 1000 items of the summary line.
+fn cost(output: &Output) -> f64 {
+    summary_figure(output, "cost $")
 }
 
 fn titles_file(dir: &Path, n: usize) -> PathBuf {
@@ -109,21 +110,6 @@ fn the_batch_lane_gives_the_live_labels_at_half_the_price() {
     );
 }
 
-/// The input tokens per 1000 items of the summary line (`per 1000 items: 296000 input`).
-fn input_per_1000(output: &Output) -> u64 {
-    let text = String::from_utf8_lossy(&output.stderr);
-    let at = text
-        .rfind("per 1000 items: ")
-        .expect("tokens in the summary")
-        + 16;
-    text[at..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn the_batch_lane_sends_the_examples_the_live_path_does() {
     let dir = scratch("batch-examples");
@@ -141,12 +127,14 @@ fn the_batch_lane_sends_the_examples_the_live_path_does() {
         .concat();
         run(&args, &[fast_batches(), env.to_vec()].concat())
     };
-    let plain = batch("plain.jsonl", &[]);
+    // A tier is the live path's: the Batch lane sends none, whatever the model.
+    let plain = batch("plain.jsonl", &[("HNC_SERVICE_TIER", "flex")]);
     let with = batch(
         "with.jsonl",
         &[("HNC_EXAMPLES_FILE", examples.to_str().unwrap())],
     );
-    let added = input_per_1000(&with) - input_per_1000(&plain);
+    let added = summary_figure::<u64>(&with, "per 1000 items: ")
+        - summary_figure::<u64>(&plain, "per 1000 items: ");
     assert!(
         added > 1_000_000,
         "80 examples are over 1,000 tokens a title: {added}"

@@ -29,12 +29,11 @@ async fn examples_past_1024_tokens_are_billed_at_the_cached_price_after_the_firs
     );
     let (input, cached) = (with.usage.input_tokens, with.usage.cached_input_tokens);
     assert!(input > 40 * 1024, "80 examples make a long prefix: {input}");
-    // Every call but the first (or the first few, if another test sent this prefix already).
+    // Every call but the first: the simulator has served the prefix once.
     assert!(
         cached >= 39 * 1024 && cached % 128 == 0,
         "{cached} of {input}"
     );
-    assert!(cached < input);
     let per_input_token = |u: &hn_classifier::api::body::UsageView| {
         u.cost_usd.unwrap() / (u.input_tokens + u.output_tokens) as f64
     };
