@@ -7,7 +7,7 @@
 use serde_json::{Value, json};
 
 use super::keywords;
-use super::protocol::{Pack, PackShape, SimRequest};
+use super::protocol::{PackShape, SimRequest};
 
 /// The answer's text and, when asked, its tokens' logprobs in the shape both protocols use.
 pub fn write_answer(request: &SimRequest) -> (String, Option<Value>) {
@@ -23,33 +23,24 @@ pub fn write_answer(request: &SimRequest) -> (String, Option<Value>) {
         Close::Object
     };
     match &request.pack {
-        Some(Pack {
-            shape: PackShape::Items,
-            items,
-        }) => {
-            writer.sure("{\"items\":[");
-            for (position, (id, title)) in items.iter().enumerate() {
+        Some(pack) => {
+            let (open, end, close) = match pack.shape {
+                PackShape::Items => ("{\"items\":[", "]}", close),
+                PackShape::Keyed => ("{", "}", Close::String),
+            };
+            writer.sure(open);
+            for (position, (id, title)) in pack.items.iter().enumerate() {
                 if position > 0 {
                     writer.sure(",");
                 }
-                writer.sure(&format!("{{\"id\":{id},\"topic\":\""));
+                let key = match pack.shape {
+                    PackShape::Items => format!("{{\"id\":{id},\"topic\":\""),
+                    PackShape::Keyed => format!("{}:\"", json!(id)),
+                };
+                writer.sure(&key);
                 writer.entry(title, close);
             }
-            writer.sure("]}");
-        }
-        Some(Pack {
-            shape: PackShape::Keyed,
-            items,
-        }) => {
-            writer.sure("{");
-            for (position, (id, title)) in items.iter().enumerate() {
-                if position > 0 {
-                    writer.sure(",");
-                }
-                writer.sure(&format!("{}:\"", json!(id)));
-                writer.entry(title, Close::String);
-            }
-            writer.sure("}");
+            writer.sure(end);
         }
         None => {
             writer.sure("{\"topic\":\"");
