@@ -150,6 +150,11 @@ pub struct ServeConfig {
     #[arg(long, env = "HNC_UPSTREAM_PING_TIMEOUT_S", value_name = "HNC_UPSTREAM_PING_TIMEOUT_S", default_value = "5", value_parser = parse_seconds)]
     pub upstream_ping_timeout: Duration,
 
+    /// Seconds after which an HTTP/2 connection to the upstream takes no new calls (those on it
+    /// finish) and is replaced by a fresh one, so a DNS change of the provider is picked up.
+    #[arg(long, env = "HNC_UPSTREAM_MAX_CONNECTION_AGE_S", value_name = "HNC_UPSTREAM_MAX_CONNECTION_AGE_S", default_value = "300", value_parser = parse_seconds)]
+    pub upstream_max_connection_age: Duration,
+
     /// The largest upstream response body read, in bytes; a larger one fails its call with an
     /// error that names this cap. Answers are small: the default leaves room for a pack of
     /// hundreds.
@@ -251,8 +256,9 @@ pub struct ServeConfig {
     #[arg(long, env = "HNC_HEADER_READ_TIMEOUT_S", value_name = "HNC_HEADER_READ_TIMEOUT_S", default_value = "10", value_parser = parse_seconds)]
     pub header_read_timeout: Duration,
 
-    /// Longest one request may take, body upload included, seconds; past it the answer is 504
-    /// `request_timeout` and the batch's upstream calls are cancelled.
+    /// Longest one request may take, body upload included, seconds. A batch's deadline is a
+    /// little less (5%, 1 to 10 s): the items not done by then answer `deadline_exceeded` in a
+    /// complete answer, so a 504 `request_timeout` only comes from a body too slow to upload.
     #[arg(long, env = "HNC_REQUEST_TIMEOUT_S", value_name = "HNC_REQUEST_TIMEOUT_S", default_value = "300", value_parser = parse_seconds)]
     pub request_timeout: Duration,
 
@@ -265,6 +271,13 @@ pub struct ServeConfig {
     /// new batches, for load balancers that poll readiness.
     #[arg(long, env = "HNC_DRAIN_DELAY_S", value_name = "HNC_DRAIN_DELAY_S", default_value = "0", value_parser = parse_seconds_or_zero)]
     pub drain_delay: Duration,
+
+    /// After SIGTERM (and the drain delay), seconds the running batches have to finish; the
+    /// items still undone then answer `shutting_down` in complete answers, and the process
+    /// exits. Keep the platform's grace period (terminationGracePeriodSeconds, fly.toml's
+    /// kill_timeout) above the drain delay plus this plus 10 s.
+    #[arg(long, env = "HNC_SHUTDOWN_TIMEOUT_S", value_name = "HNC_SHUTDOWN_TIMEOUT_S", default_value = "60", value_parser = parse_seconds_or_zero)]
+    pub shutdown_timeout: Duration,
 
     /// Serve with the built-in simulator of the OpenAI API instead of a real provider: no key, no
     /// network, deterministic keyword labels.
@@ -449,6 +462,7 @@ impl ServeConfig {
             max_title_chars: self.max_title_chars as usize,
             request_concurrency: self.request_concurrency as usize,
             admission_wait: self.admission_wait,
+            batch_deadline: BatchLimits::deadline_within(self.request_timeout),
         }
     }
 
@@ -578,6 +592,7 @@ impl ServeConfig {
                 ping_interval: self.upstream_ping_interval,
                 ping_timeout: self.upstream_ping_timeout,
                 max_response_bytes: self.upstream_max_response_bytes as usize,
+                max_connection_age: self.upstream_max_connection_age,
             },
         })
     }

@@ -1,11 +1,13 @@
 //! Graceful shutdown bookkeeping: which batches are running and whether the process is draining.
 //! On SIGTERM readiness turns 503 at once, running batches finish, new ones are refused, and the
-//! server stops only when the last batch has answered.
+//! server stops when the last batch has answered; batches still running at the shutdown
+//! deadline are cut (`cut_batches`): their undone items answer `shutting_down`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 /// Cheap to clone: every clone is the same process's bookkeeping.
 #[derive(Debug, Default, Clone)]
@@ -17,6 +19,8 @@ struct State {
     refusing: AtomicBool,
     batches: AtomicUsize,
     idle: Notify,
+    /// Cancelled at the shutdown deadline: running batches stop and answer what they have.
+    cut: CancellationToken,
 }
 
 impl Lifecycle {
@@ -47,6 +51,16 @@ impl Lifecycle {
 
     pub fn batches_in_flight(&self) -> usize {
         self.0.batches.load(Ordering::SeqCst)
+    }
+
+    /// Tells every running batch to stop now and answer what it has.
+    pub fn cut_batches(&self) {
+        self.0.cut.cancel();
+    }
+
+    /// Resolves when batches are to stop (`cut_batches`).
+    pub fn batches_cut(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.0.cut.clone().cancelled_owned()
     }
 
     /// Resolves once no batch is running.

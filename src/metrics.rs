@@ -28,6 +28,8 @@ pub struct Metrics {
     pub upstream_requests: IntCounterVec,
     /// 1 while an endpoint is benched (refused key or quota, or failing), by endpoint name.
     pub upstream_benched: IntGaugeVec,
+    /// Seconds since an endpoint's connections stopped opening (0 while they open), by endpoint.
+    pub upstream_unreachable_seconds: prometheus::GaugeVec,
     pub upstream_duration: Histogram,
     /// Retries by the error code that caused them.
     pub upstream_retries: IntCounterVec,
@@ -40,7 +42,8 @@ pub struct Metrics {
     pub upstream_cost: CounterVec,
     /// Answers by where they came from: `upstream`, `cache`, `single_flight`.
     pub answers: IntCounterVec,
-    /// 1 while `/readyz` would answer ready (not draining, an endpoint usable).
+    /// 1 while `/readyz` would answer ready (started and not draining; the provider's state
+    /// does not enter into it).
     pub service_ready: IntGauge,
     /// The share of each endpoint's rate limit its pacer aims for (0.98 at most).
     pub upstream_rate_share: prometheus::GaugeVec,
@@ -125,6 +128,14 @@ impl Metrics {
                 &["upstream"],
             )
             .expect("valid metric"),
+            upstream_unreachable_seconds: prometheus::GaugeVec::new(
+                Opts::new(
+                    "upstream_unreachable_seconds",
+                    "Seconds since the endpoint's connections stopped opening (refused, DNS, TLS, proxy); 0 while they open.",
+                ),
+                &["upstream"],
+            )
+            .expect("valid metric"),
             upstream_duration: Histogram::with_opts(seconds(
                 "upstream_request_duration_seconds",
                 "Time one call to the provider took.",
@@ -183,7 +194,7 @@ impl Metrics {
             .expect("valid metric"),
             service_ready: IntGauge::new(
                 "service_ready",
-                "1 while the replica is ready (not draining, an upstream endpoint usable).",
+                "1 while the replica is ready (started and not draining, whatever the provider's state).",
             )
             .expect("valid metric"),
             upstream_rate_share: prometheus::GaugeVec::new(
@@ -255,11 +266,12 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 25] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 26] = [
             Box::new(self.upstream_confidence_from_logprobs.clone()),
             Box::new(self.background_tasks.clone()),
             Box::new(self.answers.clone()),
             Box::new(self.service_ready.clone()),
+            Box::new(self.upstream_unreachable_seconds.clone()),
             Box::new(self.upstream_rate_share.clone()),
             Box::new(self.upstream_queued.clone()),
             Box::new(self.upstream_rate_limit_waiting.clone()),

@@ -50,5 +50,12 @@ pub async fn serve(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    // Bounded: a client that keeps a finished answer's connection without reading it would
+    // otherwise hold the process past the platform's grace period.
+    if tokio::time::timeout(crate::startup::CUT_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the drain: closed");
+    }
 }

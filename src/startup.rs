@@ -160,8 +160,10 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves, then drains: readiness 503 at once, normal service for
-    /// the drain delay, then new batches refused while running ones finish; returns when the last
-    /// batch has answered.
+    /// the drain delay, then new batches refused while running ones finish, for at most the
+    /// shutdown timeout; batches still running then are cut (their undone items answer
+    /// `shutting_down`). Returns when the last batch has answered, or `CUT_GRACE` after the cut
+    /// for answers nobody reads.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -194,6 +196,7 @@ impl Application {
         );
         let lifecycle_state = state.clone();
         let drain_delay = config.drain_delay;
+        let shutdown_timeout = config.shutdown_timeout;
         let drained = async move {
             shutdown.await;
             let lifecycle = &lifecycle_state.lifecycle;
@@ -204,7 +207,18 @@ impl Application {
             );
             tokio::time::sleep(drain_delay).await;
             lifecycle.refuse_new_batches();
-            lifecycle.wait_idle().await;
+            if tokio::time::timeout(shutdown_timeout, lifecycle.wait_idle())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    batches_in_flight = lifecycle.batches_in_flight(),
+                    shutdown_timeout_s = shutdown_timeout.as_secs_f64(),
+                    "shutdown deadline: running batches answer what they have"
+                );
+                lifecycle.cut_batches();
+                let _ = tokio::time::timeout(CUT_GRACE, lifecycle.wait_idle()).await;
+            }
             tracing::info!("drained; stopping");
         };
         crate::server::serve(
@@ -223,6 +237,10 @@ impl Application {
         Ok(())
     }
 }
+
+/// After the shutdown deadline's cut, how long the cut answers have to leave (a streamed one
+/// whose client stopped reading is abandoned then); the connections get as long again.
+pub const CUT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn bind(addr: SocketAddr, setting: &'static str) -> Result<TcpListener, StartupError> {
     TcpListener::bind(addr)

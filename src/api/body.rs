@@ -220,6 +220,7 @@ mod properties {
         max_title_chars: 1000,
         request_concurrency: 50,
         admission_wait: Duration::from_secs(1),
+        batch_deadline: Duration::from_secs(290),
     };
 
     proptest! {

@@ -1,18 +1,22 @@
 //! `POST /classify-batch` and `GET /taxonomies`: the handlers.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
+use super::RequestStarted;
 use super::auth::ClientId;
 use super::body::{ClassifyBatchRequest, ClassifyBatchResponse, TaxonomiesResponse, TaxonomyView};
 use super::error::{ApiError, ErrorBody};
 use super::extract::ValidJson;
 use super::state::AppState;
 use super::stream;
+use crate::classify::Cut;
+use crate::lifecycle::Lifecycle;
 use crate::taxonomy::Taxonomy;
 
 /// Classify a batch of titles: one result per title, in input order.
@@ -21,6 +25,12 @@ use crate::taxonomy::Taxonomy;
 /// completes, `{"index": i, "topic", "confidence", "error", ...}`, then
 /// `{"done": true, "num_items", "errors", "usage"}`. Identical titles in flight share one
 /// upstream call; with the cache on, repeats are answered with `"cached": true` and no call.
+///
+/// The answer is always complete: items not done by the batch's deadline (a little under
+/// `HNC_REQUEST_TIMEOUT_S`) answer `deadline_exceeded`, and at shutdown's deadline
+/// `shutting_down`. A batch that the provider's rate limit cannot serve in time behind those
+/// already running is refused at once (503 `overloaded`, with `Retry-After`), before anything
+/// is paid for or charged to the key's quota.
 #[utoipa::path(
     post,
     path = "/classify-batch",
@@ -42,10 +52,16 @@ use crate::taxonomy::Taxonomy;
 pub async fn classify_batch(
     State(state): State<Arc<AppState>>,
     Extension(client): Extension<ClientId>,
+    Extension(RequestStarted(started)): Extension<RequestStarted>,
     headers: HeaderMap,
     ValidJson(request): ValidJson<ClassifyBatchRequest>,
 ) -> Result<Response, ApiError> {
     let taxonomy = resolve_taxonomy(&state, request.taxonomy.as_deref())?;
+    // Every refusal happens here, while the answer can still carry a status code, and the
+    // quota is charged last: a batch shed as shutting down or overloaded costs the caller
+    // nothing. The guard lives as long as the batch (moved into the stream when there is one).
+    let batch = state.lifecycle.admit().ok_or(ApiError::ShuttingDown)?;
+    let admitted = state.classifier.admit(&request.titles).await?;
     state.quotas.take(&client, request.titles.len()).await?;
     state
         .metrics
@@ -53,10 +69,8 @@ pub async fn classify_batch(
         .with_label_values(&[client.as_str()])
         .inc_by(request.titles.len() as u64);
 
-    // Both refusals happen here, while the answer can still carry a status code; the guard
-    // lives as long as the batch (moved into the stream when there is one).
-    let batch = state.lifecycle.admit().ok_or(ApiError::ShuttingDown)?;
-    let admitted = state.classifier.admit(&request.titles).await?;
+    let deadline = state.classifier.limits().batch_deadline;
+    let cut = cut_at(started + deadline, deadline, state.lifecycle.clone());
     if stream::wants_ndjson(&headers) {
         return Ok(stream::respond(
             state,
@@ -64,13 +78,23 @@ pub async fn classify_batch(
             admitted,
             taxonomy,
             request.titles,
+            cut,
         ));
     }
     let outcome = state
         .classifier
-        .classify_batch(admitted, &taxonomy, &request.titles)
+        .classify_batch(admitted, &taxonomy, &request.titles, cut)
         .await;
     Ok(Json(ClassifyBatchResponse::new(&outcome)).into_response())
+}
+
+/// When a batch stops: its deadline (`deadline` after its request arrived, at `at`), or the
+/// shutdown deadline, whichever comes first.
+async fn cut_at(at: Instant, deadline: std::time::Duration, lifecycle: Lifecycle) -> Cut {
+    tokio::select! {
+        () = tokio::time::sleep_until(at.into()) => Cut::Deadline(deadline),
+        () = lifecycle.batches_cut() => Cut::Shutdown,
+    }
 }
 
 /// The taxonomy a request named, or the default one.

@@ -111,8 +111,12 @@ impl IntoResponse for ApiError {
         let mut response = (self.status(), Json(body)).into_response();
         let headers = response.headers_mut();
         match self {
-            Self::ShuttingDown | Self::Overloaded(_) => {
+            Self::ShuttingDown => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Self::Overloaded(why) => {
+                let wait = retry_after_secs(&why.retry_after());
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(wait));
             }
             Self::QuotaExceeded { retry_after } => {
                 headers.insert(

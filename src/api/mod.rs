@@ -35,6 +35,10 @@ pub use stream::NDJSON;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// When the request arrived (before its body was read): what a batch's deadline counts from.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestStarted(pub Instant);
+
 /// The service's routes and layers over `state`.
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.max_body_bytes;
@@ -144,11 +148,12 @@ async fn require_key(
 async fn track_http(
     State(state): State<Arc<AppState>>,
     route: Option<MatchedPath>,
-    request: Request<axum::body::Body>,
+    mut request: Request<axum::body::Body>,
     next: Next,
 ) -> Response {
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     let started = Instant::now();
+    request.extensions_mut().insert(RequestStarted(started));
     let response = next.run(request).await;
     let m = &state.metrics;
     m.http_requests

@@ -11,7 +11,7 @@ use super::body::{
 };
 use super::classify;
 use super::error::{ErrorBody, ErrorDetail};
-use super::probes::{self, StatusBody};
+use super::probes::{self, EndpointView, HealthBody, StatusBody};
 use crate::taxonomy::Taxonomies;
 
 #[derive(OpenApi)]
@@ -21,7 +21,7 @@ use crate::taxonomy::Taxonomies;
         description = "Classify short texts (Hacker News titles by default) with an LLM: one result per title, in input order, a per-item error instead of a failed batch."
     ),
     paths(classify::classify_batch, classify::list_taxonomies, probes::healthz, probes::readyz, probes::metrics),
-    components(schemas(ClassifyBatchRequest, ClassifyBatchResponse, ItemView, UsageView, TaxonomiesResponse, TaxonomyView, LabelView, ErrorBody, ErrorDetail, StatusBody)),
+    components(schemas(ClassifyBatchRequest, ClassifyBatchResponse, ItemView, UsageView, TaxonomiesResponse, TaxonomyView, LabelView, ErrorBody, ErrorDetail, StatusBody, HealthBody, EndpointView)),
     modifiers(&BearerAuth),
     tags(
         (name = "classify", description = "Classification"),

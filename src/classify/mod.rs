@@ -2,7 +2,10 @@
 //! (empty, too long) get their error without an upstream call; the rest fan out, at most
 //! `request_concurrency` at a time for this batch, through single-flight and the cache to the
 //! shared upstream client. Each result is reported as it completes (for streaming) and collected
-//! in order (for the plain answer).
+//! in order (for the plain answer). A batch has a deadline and can be cut short (shutdown): the
+//! items not done then get `deadline_exceeded` or `shutting_down`, so the answer is always
+//! complete. Admission refuses a batch the provider's rate limit cannot serve within its
+//! deadline behind the batches already admitted, before anything is paid for.
 
 mod dedupe;
 
@@ -33,22 +36,111 @@ pub struct BatchLimits {
     pub request_concurrency: usize,
     /// Longest a batch waits for upstream capacity before it is refused as overloaded.
     pub admission_wait: Duration,
+    /// Longest a batch runs, from its request's arrival: the items not done by then answer
+    /// `deadline_exceeded`. Below the request timeout, so the answer is always complete.
+    pub batch_deadline: Duration,
 }
 
-/// The process is saturated: the batch could not start within `admission_wait`. Nothing was
-/// sent upstream, so the caller can retry elsewhere without losing or duplicating anything.
+/// The request timeout less this share of it (at least a second, at most ten) is a batch's
+/// deadline: room to write the answer before the timeout would cut it.
+const ANSWER_MARGIN: f64 = 0.05;
+
+impl BatchLimits {
+    /// The deadline of a batch whose request may take `request_timeout`.
+    pub fn deadline_within(request_timeout: Duration) -> Duration {
+        let margin = request_timeout
+            .mul_f64(ANSWER_MARGIN)
+            .clamp(Duration::from_secs(1), Duration::from_secs(10));
+        request_timeout
+            .saturating_sub(margin)
+            .max(request_timeout / 2)
+    }
+}
+
+/// The batch cannot start now. Nothing was sent upstream (nor charged to the caller's quota),
+/// so the caller can retry elsewhere or later without losing or duplicating anything.
 #[derive(Debug, thiserror::Error)]
-#[error("every upstream slot stayed busy for {}s", .waited.as_secs_f64())]
-pub struct Overloaded {
-    pub waited: Duration,
+pub enum Overloaded {
+    /// The process is saturated: no upstream slot freed up within the admission wait.
+    #[error("every upstream slot stayed busy for {}s", .waited.as_secs_f64())]
+    SlotsBusy { waited: Duration },
+    /// The provider's rate limit is committed to the batches already admitted for longer than
+    /// this batch's deadline allows.
+    #[error(
+        "the provider's rate limit is committed to batches already running for about {}s; this \
+         batch's {calls} calls would not finish within its {}s deadline",
+        .ahead.as_secs(), .deadline.as_secs()
+    )]
+    RateBudget {
+        calls: u64,
+        ahead: Duration,
+        deadline: Duration,
+    },
+}
+
+impl Overloaded {
+    /// When trying again makes sense.
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            Self::SlotsBusy { .. } => Duration::from_secs(1),
+            Self::RateBudget { ahead, .. } => *ahead,
+        }
+    }
+}
+
+/// Why a batch stopped before every item was done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// Its deadline passed (`BatchLimits::batch_deadline`).
+    Deadline(Duration),
+    /// The replica is shutting down and its shutdown deadline passed.
+    Shutdown,
 }
 
 /// Proof that a batch was admitted (`Classifier::admit`): only an admitted batch is classified,
 /// so the capacity check happens exactly once, where a refusal can still be a status code.
-/// It carries the batch's share of the upstream slots, which its admission already queued under.
+/// It carries the batch's share of the upstream slots, which its admission already queued under,
+/// and its calls in the count of those admitted and not yet made.
 #[derive(Debug)]
 pub struct Admitted {
     share: u64,
+    pending: Pending,
+}
+
+/// A batch's calls not yet made, counted in the classifier's total until they are (or the
+/// batch ends).
+#[derive(Debug)]
+struct Pending {
+    left: AtomicU64,
+    all: Arc<AtomicU64>,
+}
+
+impl Pending {
+    fn new(calls: u64, all: &Arc<AtomicU64>) -> Self {
+        all.fetch_add(calls, Ordering::Relaxed);
+        Self {
+            left: AtomicU64::new(calls),
+            all: all.clone(),
+        }
+    }
+
+    /// One call made.
+    fn made(&self) {
+        if self
+            .left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            self.all.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.all
+            .fetch_sub(self.left.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
 }
 
 /// Why one item has no label.
@@ -61,6 +153,13 @@ pub enum ItemError {
     /// Shared: items asking the same question at once get the same failure.
     #[error(transparent)]
     Upstream(Arc<Failure>),
+    #[error(
+        "the batch's deadline of {}s passed before this item was done; send it again",
+        .0.as_secs_f64()
+    )]
+    DeadlineExceeded(Duration),
+    #[error("the replica shut down before this item was done; send it again")]
+    ShuttingDown,
 }
 
 impl ItemError {
@@ -70,6 +169,17 @@ impl ItemError {
             Self::TitleEmpty => "title_empty",
             Self::TitleTooLong { .. } => "title_too_long",
             Self::Upstream(e) => e.last.code(),
+            Self::DeadlineExceeded(_) => "deadline_exceeded",
+            Self::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+impl From<Cut> for ItemError {
+    fn from(cut: Cut) -> Self {
+        match cut {
+            Cut::Deadline(after) => Self::DeadlineExceeded(after),
+            Cut::Shutdown => Self::ShuttingDown,
         }
     }
 }
@@ -102,6 +212,8 @@ pub struct Classifier {
     dedupe: Dedupe,
     /// Numbers each batch: its share of the upstream slots.
     batches: AtomicU64,
+    /// Calls of the admitted batches not yet made: what the rate limit is committed to.
+    pending_calls: Arc<AtomicU64>,
     taxonomies: Taxonomies,
     limits: BatchLimits,
     metrics: Arc<Metrics>,
@@ -118,6 +230,7 @@ impl Classifier {
         Self {
             dedupe: Dedupe::new(upstream, cache),
             batches: AtomicU64::new(1),
+            pending_calls: Arc::new(AtomicU64::new(0)),
             taxonomies,
             limits,
             metrics,
@@ -143,17 +256,39 @@ impl Classifier {
         &self.taxonomies
     }
 
-    /// Admits a batch of `titles`: refused when none of the upstream capacity frees up within
-    /// the admission wait. A batch with nothing to send (every title rejected up front) needs
-    /// no capacity and is always admitted.
+    /// Admits a batch of `titles`: refused when the provider's known rate limit is committed
+    /// to the batches already admitted for longer than this one's deadline, or when none of
+    /// the upstream capacity frees up within the admission wait. A batch with nothing to send
+    /// (every title rejected up front) needs no capacity and is always admitted; so is a batch
+    /// with nothing ahead of it, however long it needs (what its deadline leaves undone
+    /// answers `deadline_exceeded`, and is sent again by the caller).
     pub async fn admit(&self, titles: &[String]) -> Result<Admitted, Overloaded> {
+        let sendable = titles
+            .iter()
+            .filter(|t| self.check_title(t).is_ok())
+            .count();
+        let calls = sendable.div_ceil(self.upstream().pack_size()) as u64;
+        if let Some(rate) = self.upstream().request_rate() {
+            let ahead = self.pending_calls.load(Ordering::Relaxed);
+            let deadline = self.limits.batch_deadline;
+            let needs = Duration::from_secs_f64((ahead + calls) as f64 / rate.max(1e-3));
+            if ahead > 0 && needs > deadline {
+                return Err(Overloaded::RateBudget {
+                    calls,
+                    ahead: Duration::from_secs_f64(ahead as f64 / rate.max(1e-3))
+                        .max(Duration::from_secs(1)),
+                    deadline,
+                });
+            }
+        }
         // The batch's calls queue as one share, so the batches waiting for upstream slots
         // take turns instead of the oldest queue going first; its admission queues under the
         // same share, so many batches arriving at once do not wait behind each other's checks.
         let admitted = Admitted {
             share: self.batches.fetch_add(1, Ordering::Relaxed),
+            pending: Pending::new(calls, &self.pending_calls),
         };
-        if titles.iter().all(|t| self.check_title(t).is_err()) {
+        if sendable == 0 {
             return Ok(admitted);
         }
         let wait = self.limits.admission_wait;
@@ -161,20 +296,21 @@ impl Classifier {
         if has_capacity.await {
             Ok(admitted)
         } else {
-            Err(Overloaded { waited: wait })
+            Err(Overloaded::SlotsBusy { waited: wait })
         }
     }
 
-    /// Classifies every title, in input order. An admitted batch never fails as a whole: each
-    /// failure is that item's error. Dropping the future (the caller went away) drops its
-    /// queued and in-flight calls.
+    /// Classifies every title, in input order, until `cut` resolves: the items not done then
+    /// get its error. An admitted batch never fails as a whole: each failure is that item's
+    /// error. Dropping the future (the caller went away) drops its queued and in-flight calls.
     pub async fn classify_batch(
         &self,
         admitted: Admitted,
         taxonomy: &Taxonomy,
         titles: &[String],
+        cut: impl Future<Output = Cut>,
     ) -> BatchOutcome {
-        self.classify_batch_with(admitted, taxonomy, titles, |_, _| {})
+        self.classify_batch_with(admitted, taxonomy, titles, cut, |_, _| {})
             .await
     }
 
@@ -184,6 +320,7 @@ impl Classifier {
         admitted: Admitted,
         taxonomy: &Taxonomy,
         titles: &[String],
+        cut: impl Future<Output = Cut>,
         on_item: impl FnMut(usize, &ItemResult),
     ) -> BatchOutcome {
         let span = tracing::info_span!(
@@ -195,7 +332,8 @@ impl Classifier {
             hnc.cache_hits = tracing::field::Empty,
             hnc.single_flight_hits = tracing::field::Empty,
         );
-        let outcome = with_share(admitted.share, self.run_batch(taxonomy, titles, on_item))
+        let run = self.run_batch(taxonomy, titles, &admitted.pending, cut, on_item);
+        let outcome = with_share(admitted.share, run)
             .instrument(span.clone())
             .await;
         span.record("errors", outcome.errors());
@@ -222,6 +360,8 @@ impl Classifier {
         &self,
         taxonomy: &Taxonomy,
         titles: &[String],
+        pending: &Pending,
+        cut: impl Future<Output = Cut>,
         mut on_item: impl FnMut(usize, &ItemResult),
     ) -> BatchOutcome {
         let mut slots: Vec<Option<ItemResult>> = Vec::with_capacity(titles.len());
@@ -253,7 +393,22 @@ impl Classifier {
         }
         let mut usage = Usage::default();
         let (mut cache_hits, mut shared) = (0u64, 0u64);
-        while let Some(answers) = in_flight.next().await {
+        tokio::pin!(cut);
+        let mut stopped = None;
+        loop {
+            let answers = tokio::select! {
+                // Answers first: one that is ready when the cut comes is kept.
+                biased;
+                next = in_flight.next() => match next {
+                    Some(answers) => answers,
+                    None => break,
+                },
+                why = &mut cut => {
+                    stopped = Some(why);
+                    break;
+                }
+            };
+            pending.made();
             for (index, answer) in answers {
                 usage += answer.usage;
                 cache_hits += u64::from(answer.source == Source::Cache);
@@ -272,11 +427,26 @@ impl Classifier {
                 in_flight.push(self.classify_unit(taxonomy, unit));
             }
         }
+        // Cut short: the calls still out are dropped (cancelled), and every item not done
+        // answers why, so the answer stays complete.
+        drop(in_flight);
+        let mut cut_items = 0;
+        if let Some(why) = stopped {
+            for (index, slot) in slots.iter_mut().enumerate() {
+                if slot.is_none() {
+                    let result = Err(ItemError::from(why));
+                    on_item(index, &result);
+                    *slot = Some(result);
+                    cut_items += 1;
+                }
+            }
+            tracing::warn!(?why, items = cut_items, "batch cut short");
+        }
 
         let span = tracing::Span::current();
         span.record("hnc.cache_hits", cache_hits);
         span.record("hnc.single_flight_hits", shared);
-        let from_upstream = to_send.len() as u64 - cache_hits - shared;
+        let from_upstream = to_send.len() as u64 - cache_hits - shared - cut_items;
         for (source, n) in [
             ("upstream", from_upstream),
             ("cache", cache_hits),

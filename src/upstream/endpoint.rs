@@ -14,10 +14,10 @@ use tokio_rustls::rustls::RootCertStore;
 
 use super::body::RequestBody;
 use super::error::scrub_secrets;
-use super::error::{BuildError, UpstreamError};
+use super::error::{BuildError, TransportError, UpstreamError};
 use super::headers::RateHeaders;
 use super::limiter::{AdaptiveLimiter, Congestion};
-use super::net::{Answer, Connections, Connector, Limits, Liveness, Proxies};
+use super::net::{Answer, Connections, Connector, Limits, Liveness, Outage, Proxies};
 use super::pacer::Pacer;
 use super::settings::{AuthStyle, ConfidenceSource, EndpointSettings, Transport};
 use super::templates::{PackTemplate, RequestTemplate};
@@ -136,6 +136,7 @@ impl Endpoint {
                 timeout: transport.ping_timeout,
             },
             open_timeout: call_timeout.min(OPEN_TIMEOUT),
+            max_connection_age: transport.max_connection_age,
             max_response_bytes: transport.max_response_bytes,
         };
         let http = Connections::new(connector, uri, headers, limits)?;
@@ -280,6 +281,24 @@ impl Endpoint {
 
     pub fn is_benched(&self) -> bool {
         self.benched_until().is_some()
+    }
+
+    /// Waits while no connection to the endpoint can be had (openings failing, none live),
+    /// with the other calls, for the one probe's outcome. False when `by` comes first; the
+    /// error then is `unreachable`.
+    pub async fn wait_usable(&self, by: Instant) -> bool {
+        self.http.wait_usable(by).await
+    }
+
+    /// Why no connection can be opened now, while none can.
+    pub fn unreachable(&self) -> Option<UpstreamError> {
+        let error = self.http.blocked()?;
+        Some(UpstreamError::Transport(TransportError::Shared(error)))
+    }
+
+    /// Since when, and why, the endpoint cannot be reached, while it cannot.
+    pub fn outage(&self) -> Option<Outage> {
+        self.http.outage()
     }
 
     fn bench(&self, why: &str) {
@@ -429,11 +448,7 @@ impl Endpoint {
                 e.error.message.unwrap_or_default(),
                 e.error.param,
             ),
-            Err(_) => (
-                None,
-                String::from_utf8_lossy(body).chars().take(200).collect(),
-                None,
-            ),
+            Err(_) => (None, not_json_message(status, body), None),
         };
         let message = scrub_secrets(&message, self.api_key.expose());
         let logprobs_param = matches!(
@@ -453,6 +468,44 @@ impl Endpoint {
             should_retry: headers.should_retry,
         }
     }
+}
+
+/// The message of an error answer that is not OpenAI's JSON: a proxy's 407 says which setting
+/// to check, an HTML page (a proxy's, a gateway's, a load balancer's) is named by its title
+/// rather than quoted as markup, anything else is its first 200 characters.
+fn not_json_message(status: u16, body: &[u8]) -> String {
+    if status == 407 {
+        return super::error::PROXY_CREDENTIALS.to_owned();
+    }
+    let text = String::from_utf8_lossy(body);
+    let start = text
+        .trim_start()
+        .get(..15)
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if start.starts_with("<!doctype html") || start.starts_with("<html") {
+        let title = html_title(&text)
+            .map(|t| format!(" titled {t:?}"))
+            .unwrap_or_default();
+        return format!(
+            "an HTML page{title} instead of the provider's JSON: a proxy, gateway or load \
+             balancer answered (check OPENAI_BASE_URL and the proxy settings)"
+        );
+    }
+    text.chars().take(200).collect()
+}
+
+/// The text of an HTML page's `<title>`, whitespace collapsed, at most 100 characters.
+fn html_title(page: &str) -> Option<String> {
+    let lower = page.to_ascii_lowercase();
+    let open = lower.find("<title")?;
+    let start = open + lower[open..].find('>')? + 1;
+    let end = start + lower[start..].find("</title")?;
+    let title: String = page[start..end]
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    (!title.is_empty()).then(|| title.chars().take(100).collect())
 }
 
 /// The `service_tier` a 2xx body names (standard when it names none); its `id` and `model` go
@@ -480,4 +533,33 @@ fn served_tier(body: &[u8]) -> Tier {
         }
     }
     Tier::served(served.service_tier)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_page_that_is_not_json_becomes_a_message_a_person_can_act_on() {
+        let squid = br#"<!DOCTYPE html PUBLIC "-//W3C//DTD HTML 4.01//EN">
+<html><head><title>ERROR: Cache Access Denied</title></head><body>...</body></html>"#;
+        let proxy = not_json_message(407, squid);
+        assert!(
+            proxy.contains("HTTPS_PROXY, HTTP_PROXY or ALL_PROXY"),
+            "{proxy}"
+        );
+        assert!(!proxy.contains('<'), "{proxy}");
+        let gateway =
+            b"<html>\n<head><title>502 Bad\n  Gateway</title></head>\n<body>nginx</body></html>";
+        let page = not_json_message(502, gateway);
+        assert!(
+            page.starts_with("an HTML page titled \"502 Bad Gateway\""),
+            "{page}"
+        );
+        assert!(!page.contains("<body>"), "{page}");
+        assert_eq!(
+            not_json_message(500, b"upstream connect error"),
+            "upstream connect error"
+        );
+    }
 }

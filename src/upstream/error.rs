@@ -93,6 +93,9 @@ pub enum TransportError {
     Connect(#[source] Box<dyn Error + Send + Sync>),
     #[error("the proxy did not open a tunnel")]
     Proxy(#[source] Box<dyn Error + Send + Sync>),
+    /// The proxy answered 407 to the tunnel's CONNECT: no wait will change that.
+    #[error("{PROXY_CREDENTIALS}")]
+    ProxyCredentials,
     #[error("the TLS handshake failed")]
     Tls(#[source] std::io::Error),
     #[error("the HTTP handshake failed")]
@@ -124,6 +127,20 @@ impl TransportError {
         }
     }
 
+    /// The proxy refused our credentials: asking again would get the same.
+    pub fn is_proxy_credentials(&self) -> bool {
+        match self {
+            Self::ProxyCredentials => true,
+            Self::Shared(inner) => inner.is_proxy_credentials(),
+            _ => false,
+        }
+    }
+
+    /// Final whatever the wait: a response over the cap, credentials the proxy refuses.
+    pub fn is_final(&self) -> bool {
+        self.is_too_large() || self.is_proxy_credentials()
+    }
+
     /// The call was lost with a connection our PING check found dead: that connection's
     /// failure, not the endpoint's (see `Endpoint::track_health`).
     pub fn is_connection_replaced(&self) -> bool {
@@ -137,6 +154,7 @@ impl UpstreamError {
         match self {
             Self::Timeout(_) => "upstream_timeout",
             Self::Transport(e) if e.is_too_large() => "upstream_response_too_large",
+            Self::Transport(e) if e.is_proxy_credentials() => "upstream_proxy_refused",
             Self::Transport(_) => "upstream_unreachable",
             Self::Http {
                 code: Some(code), ..
@@ -156,6 +174,11 @@ impl UpstreamError {
         }
     }
 }
+
+/// What a proxy's 407 means, and the settings to check: said the same whether the proxy
+/// refused a tunnel (CONNECT) or a forwarded request.
+pub const PROXY_CREDENTIALS: &str = "the proxy refused the credentials (HTTP 407 Proxy \
+    Authentication Required): check the user and password in HTTPS_PROXY, HTTP_PROXY or ALL_PROXY";
 
 /// `error` and every cause under it, joined by ": ", repeats left out.
 fn causes(error: &TransportError) -> String {

@@ -31,7 +31,7 @@ pub use error::{BuildError, TransportError, UpstreamError};
 pub use fair::with_share;
 pub use headers::RateHeaders;
 pub use limiter::{AdaptiveLimiter, Congestion, LimiterSnapshot};
-pub use pool::{Saturation, UpstreamClient};
+pub use pool::{EndpointHealth, Saturation, UpstreamClient};
 pub use retry::{Decision, Failure, GiveUp, ItemDeadline, RETRY_REASONS, RetryPolicy};
 pub use settings::{
     AuthStyle, ConfidenceSource, EndpointSettings, Http2, ServiceTier, Transport, UpstreamApi,

@@ -8,9 +8,9 @@ use tracing::Instrument;
 
 use super::body::RequestBody;
 use super::endpoint::{Attempt, Endpoint};
-use super::error::{BuildError, UpstreamError};
+use super::error::{BuildError, TransportError, UpstreamError};
 use super::limiter::LimiterSnapshot;
-use super::retry::{Decision, Failure, ItemDeadline, RetryPolicy};
+use super::retry::{Decision, Failure, GiveUp, ItemDeadline, RetryPolicy};
 use super::settings::{ServiceTier, UpstreamSettings};
 use super::usage::{Prediction, Usage};
 use crate::coord::Coordinator;
@@ -68,6 +68,19 @@ fn record_outcome<T>(span: &tracing::Span, attempt: &Attempt<T>) {
     if let Err(error) = &attempt.result {
         span.record("error.type", error.code());
     }
+}
+
+/// One endpoint's state: what `/healthz` details and the metrics say of the provider. None
+/// of it makes the replica unready: every replica shares the provider.
+#[derive(Debug, Clone)]
+pub struct EndpointHealth<'a> {
+    pub name: &'a str,
+    /// Left out after a refused key or quota, or failures in a row.
+    pub benched: bool,
+    /// How long its connections have failed to open, while they do.
+    pub unreachable_for: Option<Duration>,
+    /// The last opening's failure, while they do.
+    pub last_error: Option<String>,
 }
 
 /// See `UpstreamClient::saturation`.
@@ -153,9 +166,27 @@ impl UpstreamClient {
         self
     }
 
-    /// False while every endpoint is benched (refused key or quota, or failing): readiness.
+    /// False while every endpoint is benched (refused key or quota, or failing).
     pub fn is_usable(&self) -> bool {
         self.endpoints.iter().any(|e| !e.is_benched())
+    }
+
+    /// Each endpoint's state now, for `/healthz` and the metrics.
+    pub fn health(&self) -> Vec<EndpointHealth<'_>> {
+        self.endpoints
+            .iter()
+            .map(|e| {
+                let outage = e.outage();
+                EndpointHealth {
+                    name: e.name(),
+                    benched: e.is_benched(),
+                    unreachable_for: outage.as_ref().map(|o| o.since.elapsed()),
+                    last_error: outage.map(|o| {
+                        UpstreamError::Transport(TransportError::Shared(o.last_error)).to_string()
+                    }),
+                }
+            })
+            .collect()
     }
 
     /// Calls in flight, waiting, and the adaptive limits, summed over the endpoints.
@@ -196,11 +227,6 @@ impl UpstreamClient {
         }
     }
 
-    /// Each endpoint's name and whether it is benched now, for metrics.
-    pub fn endpoint_health(&self) -> impl Iterator<Item = (&str, bool)> {
-        self.endpoints.iter().map(|e| (e.name(), e.is_benched()))
-    }
-
     /// Each endpoint's name and how many requests it sent again because the server never
     /// processed them.
     pub fn resent(&self) -> impl Iterator<Item = (&str, u64)> {
@@ -233,7 +259,8 @@ impl UpstreamClient {
     }
 
     /// The endpoint for the next attempt: the shortest expected wait among those not benched,
-    /// preferring one other than `avoid` (the one that just failed). With every endpoint
+    /// preferring one that can be reached now and one other than `avoid` (the one that just
+    /// failed). With every endpoint
     /// benched, the one whose bench ends first, so calls keep probing.
     fn pick(&self, avoid: Option<&Endpoint>) -> &Endpoint {
         // The common case, one endpoint, needs no comparing (and no locks taken to compare).
@@ -242,7 +269,10 @@ impl UpstreamClient {
         }
         let is_avoided = |e: &Endpoint| avoid.is_some_and(|a| std::ptr::eq(a, e));
         let usable = || self.endpoints.iter().filter(|e| !e.is_benched());
-        least_loaded(usable().filter(|e| !is_avoided(e)))
+        // One that can be reached now first: a call sent to an unreachable one would wait.
+        let reachable = || usable().filter(|e| e.unreachable().is_none());
+        least_loaded(reachable().filter(|e| !is_avoided(e)))
+            .or_else(|| least_loaded(usable().filter(|e| !is_avoided(e))))
             .or_else(|| least_loaded(usable()))
             .or_else(|| self.endpoints.iter().min_by_key(|e| e.benched_until()))
             .expect("at least one endpoint, checked at start-up")
@@ -282,6 +312,15 @@ impl UpstreamClient {
         .await
     }
 
+    /// Calls a second this replica's pacers let through now, summed over the endpoints, when
+    /// every endpoint's request limit is known (configured, or announced by the provider).
+    pub fn request_rate(&self) -> Option<f64> {
+        self.endpoints
+            .iter()
+            .map(|e| e.pacer().request_rate())
+            .sum::<Option<f64>>()
+    }
+
     /// The most titles one packed call takes.
     pub fn pack_size(&self) -> usize {
         self.pack_size
@@ -289,7 +328,9 @@ impl UpstreamClient {
 
     /// One request, each attempt sent to the endpoint `pick` chooses, under its limiter and
     /// pacer, and retried as the policy allows. A refused key or quota moves the request to
-    /// another endpoint at once, without spending the retry budget.
+    /// another endpoint at once, without spending the retry budget. While the endpoint cannot
+    /// be reached, the request waits (with every other) for its one probe, within the item's
+    /// deadline, before it takes a slot or a turn of the rate limit.
     async fn with_retries<T>(
         &self,
         titles: &[&str],
@@ -297,16 +338,42 @@ impl UpstreamClient {
         decode: impl Fn(&Endpoint, AnswerForm, &[u8]) -> (Result<T, UpstreamError>, Usage),
     ) -> (Result<T, Failure>, Usage) {
         let mut usage = Usage::default();
-        let mut deadline = None;
+        let mut deadline: Option<ItemDeadline> = None;
+        let started = Instant::now();
         let mut attempts = 0;
+        // The last failure, for the answer when the deadline runs out between attempts.
+        let mut last_error: Option<UpstreamError> = None;
         // Failures that spend the retry budget: a 429 for rate waits out the deadline instead.
         let mut budgeted_failures = 0;
+        let mut unreachable_failures = 0;
         let mut output_failures = 0;
         let mut failed_at: Option<&Endpoint> = None;
         let mut tier = self.service_tier;
         let mut written_only = false;
+        let give_up = |attempts, gave_up, last| Failure {
+            attempts,
+            gave_up,
+            elapsed: started.elapsed(),
+            last,
+        };
         loop {
             let endpoint = self.pick(failed_at);
+            if let Some(unreachable) = endpoint.unreachable() {
+                let by = deadline
+                    .get_or_insert_with(|| ItemDeadline::start(&self.retry))
+                    .at();
+                if !endpoint.wait_usable(by).await {
+                    let last = last_error.unwrap_or(unreachable);
+                    tracing::debug!(error.code = last.code(), %last, attempts, "upstream unreachable until the item's deadline");
+                    return (Err(give_up(attempts, GiveUp::DeadlineReached, last)), usage);
+                }
+            }
+            if let (Some(d), Some(_)) = (&deadline, &last_error)
+                && Instant::now() >= d.at()
+            {
+                let last = last_error.expect("checked above");
+                return (Err(give_up(attempts, GiveUp::DeadlineReached, last)), usage);
+            }
             let queued_at = Instant::now();
             let slot = endpoint.limiter().acquire().await;
             // Read once per attempt: the answer is decoded in the form it was asked in, whatever
@@ -395,6 +462,9 @@ impl UpstreamClient {
             }
             if error.is_output_fault() {
                 output_failures += 1;
+            } else if error.is_unreachable() {
+                // Waited out within the deadline: counted only to grow the backoff.
+                unreachable_failures += 1;
             } else if error.is_rate_limited() {
                 // The provider said "not now": the call and the wait it asks for do not count.
                 let wait = error.retry_after().unwrap_or(self.retry.max_backoff);
@@ -402,20 +472,18 @@ impl UpstreamClient {
             } else {
                 budgeted_failures += 1;
             }
+            let failures = if error.is_unreachable() {
+                unreachable_failures
+            } else {
+                budgeted_failures
+            };
             match self
                 .retry
-                .decide(&error, budgeted_failures, output_failures, deadline.at())
+                .decide(&error, failures, output_failures, deadline.at())
             {
                 Decision::GiveUp(gave_up) => {
                     tracing::debug!(error.code = error.code(), %error, attempts, %gave_up, "upstream call failed");
-                    return (
-                        Err(Failure {
-                            attempts,
-                            gave_up,
-                            last: error,
-                        }),
-                        usage,
-                    );
+                    return (Err(give_up(attempts, gave_up, error)), usage);
                 }
                 Decision::RetryAfter(delay) => {
                     self.metrics
@@ -427,6 +495,7 @@ impl UpstreamClient {
                     if !delay.is_zero() {
                         tokio::time::sleep(delay).await;
                     }
+                    last_error = Some(error);
                 }
             }
         }

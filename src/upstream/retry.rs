@@ -82,6 +82,9 @@ impl fmt::Display for GiveUp {
 pub struct Failure {
     pub attempts: u32,
     pub gave_up: GiveUp,
+    /// From the item's first attempt (or its first wait for an unreachable endpoint) to giving
+    /// up: said when the deadline ended it, so a caller sees how long it was waited for.
+    pub elapsed: Duration,
     #[source]
     pub last: UpstreamError,
 }
@@ -89,7 +92,16 @@ pub struct Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.last)?;
-        if self.gave_up != GiveUp::Final || self.attempts > 1 {
+        if self.gave_up == GiveUp::DeadlineReached {
+            let s = if self.attempts == 1 { "" } else { "s" };
+            write!(
+                f,
+                "; gave up after {} attempt{s} in {:.1}s ({})",
+                self.attempts,
+                self.elapsed.as_secs_f64(),
+                self.gave_up
+            )?;
+        } else if self.gave_up != GiveUp::Final || self.attempts > 1 {
             let s = if self.attempts == 1 { "" } else { "s" };
             write!(
                 f,
@@ -100,6 +112,9 @@ impl fmt::Display for Failure {
         Ok(())
     }
 }
+
+/// Less left than this before the deadline, an unreachable upstream is not waited for again.
+const MIN_LAST_WAIT: Duration = Duration::from_millis(50);
 
 /// Every `reason` label `upstream_retries_total` can carry: the codes of the errors the policy
 /// retries, `flex_fallback` (a flex call sent again at the default tier), and the logprobs
@@ -171,17 +186,26 @@ impl RetryPolicy {
             return Decision::GiveUp(GiveUp::Final);
         }
         // A 429 for rate means "not now", not "broken": it is bounded by the deadline alone, so
-        // replicas converging on a shared limit do not lose items while they do.
-        if failures > self.max_retries && !error.is_rate_limited() {
+        // replicas converging on a shared limit do not lose items while they do. So is an
+        // upstream that cannot be reached (refused, reset, DNS, TLS, a proxy down): a short
+        // outage costs waiting, not items.
+        let waits_out = error.is_rate_limited() || error.is_unreachable();
+        if failures > self.max_retries && !waits_out {
             return Decision::GiveUp(GiveUp::RetriesExhausted);
         }
         let delay = error
             .retry_after()
             .unwrap_or_else(|| self.backoff(failures.max(1)));
-        if Instant::now() + delay >= deadline {
-            return Decision::GiveUp(GiveUp::DeadlineReached);
+        let now = Instant::now();
+        if now + delay < deadline {
+            return Decision::RetryAfter(delay);
         }
-        Decision::RetryAfter(delay)
+        // An unreachable upstream is waited for up to the deadline itself: it may be back by
+        // then, and the item answers at its deadline, not early.
+        if error.is_unreachable() && deadline > now + MIN_LAST_WAIT {
+            return Decision::RetryAfter(deadline - now);
+        }
+        Decision::GiveUp(GiveUp::DeadlineReached)
     }
 
     /// Full jitter: uniform in 0..min(max, base * 2^(attempts-1)).
@@ -200,7 +224,7 @@ impl UpstreamError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Timeout(_) => true,
-            Self::Transport(e) => !e.is_too_large(),
+            Self::Transport(e) => !e.is_final(),
             Self::Http {
                 code: Some(code), ..
             } if code == "insufficient_quota" => false,
@@ -219,6 +243,14 @@ impl UpstreamError {
             | Self::NoLogprobs(_)
             | Self::LogprobsUnreadable(_) => false,
         }
+    }
+
+    /// No answer came: the upstream could not be reached or the exchange broke off (refused,
+    /// reset, DNS, TLS, a proxy, a PING unanswered). Waited out within the item's deadline
+    /// rather than spending the retry budget; an answer over the size cap, or a proxy that
+    /// refuses our credentials, is final instead.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Self::Transport(e) if !e.is_final())
     }
 
     /// An answer that came back but is not usable as it is: not the schema's JSON, or a
@@ -409,6 +441,7 @@ mod tests {
         let f = Failure {
             attempts: 4,
             gave_up: GiveUp::RetriesExhausted,
+            elapsed: Duration::from_secs(3),
             last: http(503, None, None, None),
         };
         assert!(
@@ -419,11 +452,46 @@ mod tests {
         let refusal = Failure {
             attempts: 1,
             gave_up: GiveUp::Final,
+            elapsed: Duration::ZERO,
             last: UpstreamError::Refusal("no".into()),
         };
         assert_eq!(
             refusal.to_string(),
             "the model refused to classify the title: no"
+        );
+    }
+
+    #[test]
+    fn an_unreachable_upstream_is_waited_for_until_the_deadline_not_a_count_of_attempts() {
+        let refused = UpstreamError::Transport(TransportError::Connect("refused".into()));
+        assert!(refused.is_unreachable());
+        assert!(matches!(
+            POLICY.decide(&refused, 50, 0, far()),
+            Decision::RetryAfter(_)
+        ));
+        // The last wait runs to the deadline itself, so the item answers at it, not early.
+        let in_a_second = Instant::now() + Duration::from_secs(1);
+        let Decision::RetryAfter(last) = POLICY.decide(&refused, 20, 0, in_a_second) else {
+            panic!("waits for the deadline")
+        };
+        assert!(last > Duration::from_millis(900) && last <= Duration::from_secs(1));
+        assert_eq!(
+            POLICY.decide(&refused, 20, 0, Instant::now()),
+            Decision::GiveUp(GiveUp::DeadlineReached)
+        );
+        let too_large = UpstreamError::Transport(TransportError::TooLarge(1024));
+        assert!(!too_large.is_unreachable());
+        let at_deadline = Failure {
+            attempts: 9,
+            gave_up: GiveUp::DeadlineReached,
+            elapsed: Duration::from_millis(60_040),
+            last: refused,
+        };
+        assert!(
+            at_deadline
+                .to_string()
+                .ends_with("gave up after 9 attempts in 60.0s (item deadline reached)"),
+            "{at_deadline}"
         );
     }
 

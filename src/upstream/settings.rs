@@ -229,6 +229,9 @@ pub struct Transport {
     pub ping_timeout: Duration,
     /// The largest response body read; a larger one fails its call, naming the cap.
     pub max_response_bytes: usize,
+    /// An HTTP/2 connection takes no new streams past this age (its calls finish on it), so the
+    /// next opening resolves the host again: a DNS change of the provider reaches the pool.
+    pub max_connection_age: Duration,
 }
 
 impl Default for Transport {
@@ -239,6 +242,7 @@ impl Default for Transport {
             ping_interval: Duration::from_secs(10),
             ping_timeout: Duration::from_secs(5),
             max_response_bytes: 1 << 20,
+            max_connection_age: Duration::from_secs(300),
         }
     }
 }

@@ -163,26 +163,34 @@ impl Connector {
 
     /// One new connection, and what it speaks.
     pub async fn connect(&self) -> Result<(Stream, Protocol), TransportError> {
-        let tcp = match &self.route {
-            Route::Tunnel(tunnel) => tunnel
-                .clone()
-                .oneshot(self.origin.clone())
-                .await
-                .map_err(|e| TransportError::Proxy(e.into()))?,
-            Route::Direct => self
-                .tcp
-                .clone()
-                .oneshot(self.origin.clone())
-                .await
-                .map_err(|e| TransportError::Connect(e.into()))?,
-            Route::Forward { proxy, .. } => self
-                .tcp
-                .clone()
-                .oneshot(proxy.clone())
-                .await
-                .map_err(|e| TransportError::Connect(e.into()))?,
-        }
-        .into_inner();
+        let tcp =
+            match &self.route {
+                Route::Tunnel(tunnel) => tunnel
+                    .clone()
+                    .oneshot(self.origin.clone())
+                    .await
+                    .map_err(|e| {
+                        // hyper-util does not export its tunnel error type: its text is the cause.
+                        if e.to_string().ends_with("proxy authorization required") {
+                            TransportError::ProxyCredentials
+                        } else {
+                            TransportError::Proxy(e.into())
+                        }
+                    })?,
+                Route::Direct => self
+                    .tcp
+                    .clone()
+                    .oneshot(self.origin.clone())
+                    .await
+                    .map_err(|e| TransportError::Connect(e.into()))?,
+                Route::Forward { proxy, .. } => self
+                    .tcp
+                    .clone()
+                    .oneshot(proxy.clone())
+                    .await
+                    .map_err(|e| TransportError::Connect(e.into()))?,
+            }
+            .into_inner();
         let Some((tls, name)) = &self.tls else {
             return Ok((Stream::Plain(tcp), self.cleartext));
         };

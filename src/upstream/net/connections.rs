@@ -13,27 +13,37 @@
 //! its connection was closing; over HTTP/1.1, one hyper hands back unsent. hyper-util's legacy
 //! client resends the HTTP/1.1 kind only, and nothing over HTTP/2; nginx, CDNs and load
 //! balancers send GOAWAY on a connection's age or request count as a matter of routine, so
-//! here both are resent, without spending the retry budget or the endpoint's health.
+//! here both are resent, without spending the retry budget or the endpoint's health. A resend
+//! goes to another connection (the refusing one takes no new streams), after a pause that grows
+//! from the second on, and a server that turns a new connection away before it answered
+//! anything counts as a failed opening, so a server that refuses everything costs a backoff,
+//! not a storm of handshakes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HOST, PROXY_AUTHORIZATION};
+use http::header::{CONTENT_LENGTH, HOST, PROXY_AUTHORIZATION};
 use http::{HeaderMap, HeaderValue, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 
 use super::connect::{Connector, ForwardProxy, Protocol};
 use super::http1::{self, Idle};
 use super::http2::{Conn, Lease, Liveness, Pool};
-use super::openings::Openings;
+use super::openings::{Openings, Outage, Permit};
 use crate::upstream::body::RequestBody;
 use crate::upstream::error::{BuildError, TransportError};
 
 /// Resends of a request the server never processed, before its last refusal counts as the
 /// call's failure: a server that refuses every stream is failing, not rotating connections.
 const MAX_RESENDS: u32 = 16;
+/// The pause before the second resend, doubled for each after it (the first goes at once: one
+/// GOAWAY is routine).
+const RESEND_PAUSE: Duration = Duration::from_millis(5);
+/// HTTP/1.1 connections opened at once (TCP, proxy, TLS), per endpoint: a burst of calls after
+/// a fallback to HTTP/1.1 waits for these rather than starting hundreds of TLS handshakes.
+const HTTP1_OPENINGS_AT_ONCE: usize = 16;
 
 /// A response, read whole.
 #[derive(Debug)]
@@ -53,6 +63,8 @@ pub struct Limits {
     pub liveness: Liveness,
     /// For the whole opening of a connection: TCP, proxy, TLS, handshake.
     pub open_timeout: Duration,
+    /// An HTTP/2 connection stops taking new streams at this age.
+    pub max_connection_age: Duration,
     pub max_response_bytes: usize,
 }
 
@@ -90,6 +102,8 @@ pub struct Connections {
     /// HTTP/2's connections, when asked for.
     http2: Option<Pool>,
     idle: Idle,
+    /// HTTP/1.1 openings under way: at most `HTTP1_OPENINGS_AT_ONCE`.
+    http1_openings: tokio::sync::Semaphore,
     openings: Openings,
     limits: Limits,
     /// Requests sent again because the server never processed them.
@@ -130,9 +144,10 @@ impl Connections {
                 .path_and_query()
                 .map_or(Uri::from_static("/"), |p| Uri::from(p.clone())),
         };
-        let http2 = limits
-            .http2_streams
-            .map(|streams| Pool::new(streams, limits.max_in_flight, limits.liveness));
+        let http2 = limits.http2_streams.map(|streams| {
+            let age = limits.max_connection_age;
+            Pool::new(streams, limits.max_in_flight, limits.liveness, age)
+        });
         Ok(Self {
             connector,
             url,
@@ -141,6 +156,7 @@ impl Connections {
             http1_headers,
             http2,
             idle: Idle::new(limits.max_in_flight),
+            http1_openings: tokio::sync::Semaphore::new(HTTP1_OPENINGS_AT_ONCE),
             openings: Openings::default(),
             limits,
             resent: AtomicU64::new(0),
@@ -156,14 +172,36 @@ impl Connections {
         loop {
             match self.try_send(body).await {
                 Err(Failed::Unsent(unsent, error)) if resends < MAX_RESENDS => {
-                    tracing::debug!(upstream = ?self.connector, %error, "request not processed by the server: sent again");
+                    tracing::debug!(upstream = ?self.connector, %error, resends, "request not processed by the server: sent again");
                     body = unsent;
                     resends += 1;
                     self.resent.fetch_add(1, Ordering::Relaxed);
+                    if resends > 1 {
+                        tokio::time::sleep(RESEND_PAUSE * (1 << (resends - 2).min(10))).await;
+                    }
                 }
                 result => return result.map_err(Failed::into_error),
             }
         }
+    }
+
+    /// Waits while no connection can be had: openings are failing (waiting after a failure, or
+    /// one probing) and no HTTP/2 connection is live. False when `by` comes first.
+    pub async fn wait_usable(&self, by: Instant) -> bool {
+        if self.http2_pool().is_some_and(Pool::has_live) {
+            return true;
+        }
+        self.openings.wait_usable(by).await
+    }
+
+    /// Since when, and why, connections cannot be opened, while they cannot.
+    pub fn outage(&self) -> Option<Outage> {
+        self.openings.outage()
+    }
+
+    /// The error of the last failed opening, while openings are blocked.
+    pub fn blocked(&self) -> Option<Arc<TransportError>> {
+        self.openings.blocked()
     }
 
     /// Requests sent again so far because the server never processed them.
@@ -218,6 +256,12 @@ impl Connections {
             .body(())
             .expect("the URL was parsed at start-up");
         *request.headers_mut() = self.headers.clone();
+        // As hyper's client does: a front that relays to an HTTP/1.1 backend (Envoy, Istio) can
+        // then forward the body as it is instead of chunked, which some backends refuse (411).
+        request.headers_mut().insert(
+            CONTENT_LENGTH,
+            HeaderValue::from(bytes::Buf::remaining(&body)),
+        );
         let (response, mut stream) = match sender.send_request(request, false) {
             Ok(sent) => sent,
             Err(e) => return Err(not_started(body, e)),
@@ -234,6 +278,7 @@ impl Connections {
         .map_err(|e| self.stream_failed(conn, e, &again))?
         .into_parts();
         drop(again);
+        conn.mark_served();
         let mut body = Received::default();
         while let Some(chunk) = incoming.data().await {
             let chunk = chunk.map_err(|e| match self.lost(conn) {
@@ -262,8 +307,16 @@ impl Connections {
             return lost.into();
         }
         if never_processed(&error) {
-            if error.is_go_away() {
-                conn.drain();
+            // The resend goes to another connection: this one takes no new streams.
+            conn.drain();
+            if error.is_go_away() && !conn.has_served() {
+                // Turned away before it answered anything: as good as an opening that failed,
+                // so the next opening waits (and a server that does this to every connection
+                // costs a backoff, not a handshake per resend).
+                self.openings.failed(TransportError::Handshake(
+                    "the server sent GOAWAY before answering any request on a new connection"
+                        .into(),
+                ));
             }
             return Failed::Unsent(body.clone(), TransportError::Send(error.into()));
         }
@@ -278,7 +331,19 @@ impl Connections {
     async fn over_http1(&self, body: RequestBody) -> Result<Answer, Failed> {
         let mut sender = match self.idle.take().await {
             Some(sender) => sender,
-            None => self.open_http1().await?,
+            None => {
+                // Waits for one of the openings at once; a connection another call left idle
+                // meanwhile is taken instead.
+                let _opening = self
+                    .http1_openings
+                    .acquire()
+                    .await
+                    .expect("the openings semaphore is never closed");
+                match self.idle.take().await {
+                    Some(sender) => sender,
+                    None => self.open_http1().await?,
+                }
+            }
         };
         let mut request = Request::post(self.http1_target.clone())
             .body(Full::new(body.clone()))
@@ -320,6 +385,7 @@ impl Connections {
     /// A new HTTP/2 connection for the pool, or `None` when the server chose HTTP/1.1 (its
     /// connection then waits idle for the next call, and every call goes over HTTP/1.1).
     async fn open_http2(&self, pool: &Pool) -> Result<Option<Arc<Conn>>, TransportError> {
+        let permit = self.openings.begin().map_err(TransportError::Shared)?;
         let opened = self
             .within_open_timeout(async {
                 let (stream, protocol) = self.connector.connect().await?;
@@ -336,19 +402,17 @@ impl Connections {
                 Ok(None)
             })
             .await;
-        self.settle(opened)
+        settle(permit, opened)
     }
 
     async fn open_http1(&self) -> Result<http1::Sender, TransportError> {
-        if let Some(failure) = self.openings.blocked() {
-            return Err(TransportError::Shared(failure));
-        }
+        let permit = self.openings.begin().map_err(TransportError::Shared)?;
         let opened = Box::pin(self.within_open_timeout(async {
             let (stream, _) = self.connector.connect().await?;
             http1::handshake(stream).await
         }))
         .await;
-        self.settle(opened)
+        settle(permit, opened)
     }
 
     async fn within_open_timeout<T>(
@@ -360,16 +424,16 @@ impl Connections {
             .await
             .unwrap_or(Err(TransportError::OpenTimeout(limit)))
     }
+}
 
-    /// Records an opening's outcome; a failure is shared with the calls that waited for it.
-    fn settle<T>(&self, opened: Result<T, TransportError>) -> Result<T, TransportError> {
-        match opened {
-            Ok(opened) => {
-                self.openings.succeeded();
-                Ok(opened)
-            }
-            Err(error) => Err(TransportError::Shared(self.openings.failed(error))),
+/// Records an opening's outcome; a failure is shared with the calls that waited for it.
+fn settle<T>(permit: Permit<'_>, opened: Result<T, TransportError>) -> Result<T, TransportError> {
+    match opened {
+        Ok(opened) => {
+            permit.succeeded();
+            Ok(opened)
         }
+        Err(error) => Err(TransportError::Shared(permit.failed(error))),
     }
 }
 

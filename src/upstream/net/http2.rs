@@ -19,6 +19,11 @@
 //!   without waiting for the interval.
 //! - One timeout for the whole opening (TCP, proxy, TLS, handshake) and a wait after failed
 //!   openings (`openings.rs`), which neither library has per endpoint.
+//! - Connections retire at a maximum age (pingora's `max_h2_streams`-style rotation, Envoy's
+//!   `max_connection_duration`): drained like a GOAWAY, so nothing in flight is lost and the
+//!   next opening resolves the host again, so a DNS change of the provider reaches the pool.
+//! - A server that chose HTTP/1.1 (a TLS-inspecting proxy, a load balancer mid-deploy) is
+//!   believed for `HTTP1_FALLBACK_FOR`, then offered HTTP/2 again.
 
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -37,6 +42,11 @@ use crate::upstream::error::TransportError;
 /// a connection's hundred answers from waiting on each other.
 const STREAM_WINDOW: u32 = 256 * 1024;
 const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+/// How long a server's choice of HTTP/1.1 holds before the next opening offers HTTP/2 again.
+pub const HTTP1_FALLBACK_FOR: Duration = Duration::from_secs(300);
+/// Connections retire at their maximum age give or take this fraction, so that connections
+/// opened together do not all reopen together.
+const AGE_JITTER: f64 = 0.1;
 
 /// How often a connection is PINGed, and how long the answer may take.
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +62,8 @@ pub struct Conn {
     /// Our most streams on it; the server's SETTINGS may allow fewer.
     limit: usize,
     status: Arc<Status>,
+    /// When it stops taking new streams: its maximum age, jittered.
+    retire_at: Instant,
 }
 
 /// What the connection's driver task and its calls share.
@@ -64,6 +76,9 @@ struct Status {
     closed: AtomicBool,
     /// Set by the PING check before it closes the connection, so the calls on it say why.
     unresponsive: AtomicBool,
+    /// A call on it got its answer's head: a GOAWAY before that is the server turning the
+    /// connection away, which counts as a failed opening.
+    served: AtomicBool,
     /// Asks the driver for a PING now.
     check: Notify,
     /// The pool's: a stream ended or a connection closed.
@@ -101,6 +116,16 @@ impl Conn {
     /// Whether the PING check closed it.
     pub fn is_unresponsive(&self) -> bool {
         self.status.unresponsive.load(Ordering::Acquire)
+    }
+
+    /// A call on it was answered.
+    pub fn mark_served(&self) {
+        self.status.served.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether any call on it was answered.
+    pub fn has_served(&self) -> bool {
+        self.status.served.load(Ordering::Relaxed)
     }
 }
 
@@ -149,8 +174,10 @@ pub struct Pool {
     /// connections it can need.
     max_in_flight: usize,
     liveness: Liveness,
-    /// The server chose HTTP/1.1 when offered both over TLS: the pool is not used.
-    http1_only: AtomicBool,
+    /// A connection stops taking new streams at this age.
+    max_age: Duration,
+    /// The server chose HTTP/1.1 when offered both over TLS: the pool is not used until then.
+    http1_until: Mutex<Option<Instant>>,
 }
 
 #[derive(Default)]
@@ -162,8 +189,13 @@ struct State {
 }
 
 impl State {
-    /// Forgets the connections that are done; one no call holds then closes.
+    /// Retires the connections past their age and forgets those that are done; one no call
+    /// holds then closes.
     fn forget_done(&mut self) {
+        let now = Instant::now();
+        for conn in self.conns.iter().filter(|c| now >= c.retire_at) {
+            conn.drain();
+        }
         self.conns.retain(|c| !c.is_done());
     }
 
@@ -206,27 +238,50 @@ enum Next {
 }
 
 impl Pool {
-    pub fn new(streams: usize, max_in_flight: usize, liveness: Liveness) -> Self {
+    pub fn new(
+        streams: usize,
+        max_in_flight: usize,
+        liveness: Liveness,
+        max_age: Duration,
+    ) -> Self {
         Self {
             state: Mutex::default(),
             changed: Arc::new(Notify::new()),
             streams: streams.max(1),
             max_in_flight: max_in_flight.max(1),
             liveness,
-            http1_only: AtomicBool::new(false),
+            max_age,
+            http1_until: Mutex::new(None),
         }
     }
 
-    /// Whether the server chose HTTP/1.1: every call goes that way.
+    /// Whether the server chose HTTP/1.1 lately: every call goes that way until then.
     pub fn is_http1_only(&self) -> bool {
-        self.http1_only.load(Ordering::Relaxed)
+        let until = self
+            .http1_until
+            .lock()
+            .expect("HTTP/1.1 flag lock poisoned");
+        until.is_some_and(|until| Instant::now() < until)
     }
 
-    /// Marks the server as choosing HTTP/1.1; true the first time.
+    /// Marks the server as choosing HTTP/1.1 for `HTTP1_FALLBACK_FOR`; true when it was not
+    /// marked already.
     pub fn set_http1_only(&self) -> bool {
-        let first = !self.http1_only.swap(true, Ordering::Relaxed);
+        let first = !self.is_http1_only();
+        *self
+            .http1_until
+            .lock()
+            .expect("HTTP/1.1 flag lock poisoned") = Some(Instant::now() + HTTP1_FALLBACK_FOR);
         self.changed.notify_waiters();
         first
+    }
+
+    /// Whether a connection takes streams now or will once some of its calls end: while one
+    /// does, an endpoint whose openings fail is still usable.
+    pub fn has_live(&self) -> bool {
+        let mut state = self.state();
+        state.forget_done();
+        state.has_live()
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -343,14 +398,17 @@ impl Pool {
             draining: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             unresponsive: AtomicBool::new(false),
+            served: AtomicBool::new(false),
             check: Notify::new(),
             changed: self.changed.clone(),
         });
         crate::tasks::spawn(drive(connection, status.clone(), self.liveness, settled));
+        let age = 1.0 + AGE_JITTER * (2.0 * rand::random::<f64>() - 1.0);
         let conn = Arc::new(Conn {
             sender,
             limit: self.streams,
             status,
+            retire_at: Instant::now() + self.max_age.mul_f64(age),
         });
         // The server's SETTINGS come before its answer to our first PING: once it is here, the
         // stream limit is the server's, and the first calls do not queue unseen inside h2.

@@ -18,3 +18,4 @@ pub use connect::{Connector, trusted_roots};
 pub use connections::{Answer, Connections, Limits};
 pub use http2::Liveness;
 pub use hyper_util::client::proxy::matcher::Matcher as Proxies;
+pub use openings::Outage;

@@ -33,6 +33,7 @@ fn limits(http2_streams: Option<usize>) -> Limits {
             timeout: Duration::from_secs(5),
         },
         open_timeout: Duration::from_secs(5),
+        max_connection_age: Duration::from_secs(300),
         max_response_bytes: 1 << 20,
     }
 }
