@@ -4,6 +4,7 @@
 use std::error::Error;
 use std::fmt;
 use std::net::SocketAddr;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -89,11 +90,14 @@ pub fn report(error: &dyn Error) -> String {
     text
 }
 
-/// Runs the chosen subcommand to its end.
-pub async fn run(cli: Cli) -> Result<(), RunError> {
+/// `classify`'s exit status when its output holds rows with errors once it is done.
+pub const ROWS_WITH_ERRORS: u8 = 2;
+
+/// Runs the chosen subcommand to its end; its exit status.
+pub async fn run(cli: Cli) -> Result<ExitCode, RunError> {
     match cli.command {
-        Command::Serve(config) => serve(config).await,
-        Command::Sim(config) => sim(config).await,
+        Command::Serve(config) => Box::pin(serve(config)).await.map(|()| ExitCode::SUCCESS),
+        Command::Sim(config) => sim(config).await.map(|()| ExitCode::SUCCESS),
         Command::Classify(config) => {
             let summary = if config.batch_api {
                 Box::pin(crate::batch_api::classify_file(&config, true)).await?
@@ -104,7 +108,13 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
             if let Some(output) = summary.output.as_ref().filter(|_| summary.items > 0) {
                 eprintln!("rows written to {}", output.display());
             }
-            Ok(())
+            // 2, not 1: the run worked, but rows with errors remain (the report says which,
+            // and whether running again retries them).
+            Ok(if summary.remaining_errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(ROWS_WITH_ERRORS)
+            })
         }
         Command::Bench(config) => {
             let results = crate::bench::run(&config).await?;
@@ -113,12 +123,12 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
                 "CSV files and charts written to {}/",
                 config.results_dir.display()
             );
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Eval(config) => {
             let reports = Box::pin(crate::eval::run(&config, true)).await?;
             println!("{}", crate::eval::table(&reports, &config.output));
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -12,6 +12,10 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
+/// After the shutdown deadline's cut, how long the cut answers have to leave (a streamed one
+/// whose client stopped reading is abandoned then); the connections get as long again.
+pub const CUT_GRACE: Duration = Duration::from_secs(5);
+
 /// Serves `router` on `listener` until `shutdown` resolves, then waits for open requests.
 pub async fn serve(
     listener: TcpListener,
@@ -52,7 +56,7 @@ pub async fn serve(
     drop(listener);
     // Bounded: a client that keeps a finished answer's connection without reading it would
     // otherwise hold the process past the platform's grace period.
-    if tokio::time::timeout(crate::startup::CUT_GRACE, graceful.shutdown())
+    if tokio::time::timeout(CUT_GRACE, graceful.shutdown())
         .await
         .is_err()
     {

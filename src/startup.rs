@@ -217,7 +217,7 @@ impl Application {
                     "shutdown deadline: running batches answer what they have"
                 );
                 lifecycle.cut_batches();
-                let _ = tokio::time::timeout(CUT_GRACE, lifecycle.wait_idle()).await;
+                let _ = tokio::time::timeout(crate::server::CUT_GRACE, lifecycle.wait_idle()).await;
             }
             tracing::info!("drained; stopping");
         };
@@ -237,10 +237,6 @@ impl Application {
         Ok(())
     }
 }
-
-/// After the shutdown deadline's cut, how long the cut answers have to leave (a streamed one
-/// whose client stopped reading is abandoned then); the connections get as long again.
-pub const CUT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn bind(addr: SocketAddr, setting: &'static str) -> Result<TcpListener, StartupError> {
     TcpListener::bind(addr)

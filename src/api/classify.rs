@@ -8,12 +8,11 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
-use super::RequestStarted;
 use super::auth::ClientId;
 use super::body::{ClassifyBatchRequest, ClassifyBatchResponse, TaxonomiesResponse, TaxonomyView};
 use super::error::{ApiError, ErrorBody};
 use super::extract::ValidJson;
-use super::state::AppState;
+use super::state::{AppState, RequestStarted};
 use super::stream;
 use crate::classify::Cut;
 use crate::lifecycle::Lifecycle;

@@ -30,14 +30,10 @@ use tracing::Level;
 pub use auth::{ClientId, ClientKeys, Quotas};
 pub use error::ApiError;
 pub use openapi::{ApiDoc, document_json, document_json_for};
-pub use state::AppState;
+pub use state::{AppState, RequestStarted};
 pub use stream::NDJSON;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// When the request arrived (before its body was read): what a batch's deadline counts from.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestStarted(pub Instant);
 
 /// The service's routes and layers over `state`.
 pub fn router(state: Arc<AppState>) -> Router {

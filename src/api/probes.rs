@@ -73,7 +73,7 @@ pub struct HealthBody {
     /// Always `ok`: the process answers.
     pub status: &'static str,
     /// `ok` (every endpoint reachable and in use), `degraded` (some benched or unreachable) or
-    /// `unreachable` (none can be used now: calls wait within their deadline).
+    /// `unavailable` (none can be used now: calls wait within their deadlines).
     pub upstream: &'static str,
     pub endpoints: Vec<EndpointView>,
 }
@@ -128,7 +128,7 @@ pub async fn healthz(State(state): State<Arc<AppState>>) -> Json<HealthBody> {
     let ok = endpoints.iter().filter(|e| e.state == "ok").count();
     let upstream = match ok {
         n if n == endpoints.len() => "ok",
-        0 => "unreachable",
+        0 => "unavailable",
         _ => "degraded",
     };
     Json(HealthBody {

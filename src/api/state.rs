@@ -1,12 +1,16 @@
 //! What every handler shares: built once at start-up, behind `Arc`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::auth::{ClientKeys, Quotas};
 use crate::classify::Classifier;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
+
+/// When the request arrived (before its body was read): what a batch's deadline counts from.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestStarted(pub Instant);
 
 /// Everything a handler needs, built once at start-up and shared behind `Arc`.
 #[derive(Debug)]

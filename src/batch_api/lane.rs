@@ -198,7 +198,7 @@ pub async fn classify_file(
         .collect();
     output.appender()?.write(&rows)?;
     RunState::remove(&state_path)?;
-    Ok(Summary {
+    let mut summary = Summary {
         skipped: first,
         items: rows.len(),
         errors: rows.iter().filter(|r| r.error.is_some()).count(),
@@ -208,7 +208,10 @@ pub async fn classify_file(
         upstream_requests: usage.upstream_requests,
         cost_usd: usage.cost_usd(),
         output: Some(output.path().to_owned()),
-    })
+        ..Summary::default()
+    };
+    summary.count_errors(&output.read_rows()?);
+    Ok(summary)
 }
 
 fn row(title: &str, result: Option<Result<Prediction, String>>) -> Row {

@@ -175,6 +175,23 @@ impl ItemError {
     }
 }
 
+/// The item error codes that asking again cannot change: the title itself, or the model's
+/// considered answer. Every other code (unreachable, rate-limited, a deadline, a shutdown, ...)
+/// is transient, and `classify` sends such a row again when it is run again.
+pub const FINAL_CODES: [&str; 6] = [
+    "title_empty",
+    "title_too_long",
+    "model_refused",
+    "off_taxonomy",
+    "confidence_out_of_range",
+    "upstream_response_too_large",
+];
+
+/// Whether an item that failed with `code` is worth sending again later.
+pub fn is_transient(code: &str) -> bool {
+    !FINAL_CODES.contains(&code)
+}
+
 impl From<Cut> for ItemError {
     fn from(cut: Cut) -> Self {
         match cut {

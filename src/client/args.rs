@@ -112,9 +112,16 @@ pub struct ServiceArgs {
     /// overloaded or draining), seconds.
     #[arg(long, default_value_t = DEFAULT_BATCH_DEADLINE_S, value_parser = parse_deadline)]
     pub batch_deadline_s: f64,
+
+    /// Longest a batch's answer may go without a byte, seconds: a replica alive but stuck is
+    /// then given up on and the batch sent to the next. Above the service's item deadline
+    /// (HNC_ITEM_DEADLINE_S, 60 s), which is how long an outage can hold an item back.
+    #[arg(long, default_value_t = DEFAULT_READ_TIMEOUT_S, value_parser = parse_deadline)]
+    pub read_timeout_s: f64,
 }
 
 const DEFAULT_BATCH_DEADLINE_S: f64 = 600.0;
+const DEFAULT_READ_TIMEOUT_S: f64 = 120.0;
 
 fn parse_deadline(value: &str) -> Result<f64, String> {
     value
@@ -133,6 +140,7 @@ impl ServiceArgs {
             direct: false,
             simulate: false,
             batch_deadline_s: DEFAULT_BATCH_DEADLINE_S,
+            read_timeout_s: DEFAULT_READ_TIMEOUT_S,
         }
     }
 
@@ -148,11 +156,14 @@ impl ServiceArgs {
         adjust: impl FnOnce(ServeConfig) -> ServeConfig,
     ) -> Result<Target, ClientError> {
         let deadline = Duration::from_secs_f64(self.batch_deadline_s);
+        let read_timeout = Duration::from_secs_f64(self.read_timeout_s);
         if !self.in_process() {
-            return Ok(Target::remote(&self.urls, self.api_key.clone(), deadline));
+            let target = Target::remote(&self.urls, self.api_key.clone(), deadline);
+            return Ok(target.with_read_timeout(read_timeout));
         }
         let serve = ServeConfig::from_env().map_err(ClientError::Settings)?;
-        Box::pin(Target::in_process(adjust(serve), self.simulate, deadline)).await
+        let target = Box::pin(Target::in_process(adjust(serve), self.simulate, deadline)).await?;
+        Ok(target.with_read_timeout(read_timeout))
     }
 }
 

@@ -76,6 +76,8 @@ pub enum ClientError {
     StreamLine(#[source] serde_json::Error),
     #[error("the service's stream is incomplete: {0}")]
     StreamIncomplete(&'static str),
+    #[error("cannot encode a row: {0}")]
+    Encode(String),
     #[error("the serve settings in the environment are invalid")]
     Settings(#[source] clap::Error),
     #[error("could not start the in-process service")]

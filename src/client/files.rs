@@ -1,10 +1,13 @@
 //! The run's files: titles read from the input, rows appended to the output in input order,
-//! and the resume point (rows an earlier run already wrote). The output's format follows its
-//! extension (`--format` for a name without one); a `--format` that contradicts the extension,
-//! or an output that already holds rows of the other format, is refused rather than written.
+//! and the rows an earlier run already wrote (the resume point, and the rows to send again).
+//! The output's format follows its extension (`--format` for a name without one); a `--format`
+//! that contradicts the extension, or an output that already holds rows of the other format,
+//! is refused rather than written. Each batch's rows go out in one write, and a last line torn
+//! by a run stopped mid-write is cut off when the output is read again (its title is sent
+//! again), so a crash never leaves a half row counted as done.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -46,12 +49,19 @@ impl Output {
         &self.path
     }
 
-    /// Rows already written by an earlier run: the resume point. Rows of the other format (a
-    /// JSON Lines file named `.csv` by an older build) are refused, not counted and appended to.
+    /// How many rows an earlier run wrote: the resume point (see `read_rows`).
     pub fn rows_done(&self) -> Result<usize, ClientError> {
+        Ok(self.read_rows()?.len())
+    }
+
+    /// The rows an earlier run wrote, in order. A last line without its newline (a run stopped
+    /// mid-write) is cut off the file first, and said; a row that cannot be read elsewhere is
+    /// refused rather than counted. Rows of the other format (a JSON Lines file named `.csv`
+    /// by an older build) are refused, not read and appended to.
+    pub fn read_rows(&self) -> Result<Vec<Row>, ClientError> {
         let file = match File::open(&self.path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(source) => return Err(self.failed(FileAction::ReadOutput, source)),
         };
         let mut first = String::new();
@@ -65,15 +75,68 @@ impl Output {
                 format: self.format,
             });
         }
+        self.cut_torn_line()?;
         let file = File::open(&self.path).map_err(|e| self.failed(FileAction::ReadOutput, e))?;
-        Ok(match self.format {
+        let unreadable = |line: usize, message: String| ClientError::Input {
+            path: self.path.clone(),
+            line,
+            message: format!("not a row of an earlier run ({message}): move the output away"),
+        };
+        match self.format {
             OutputFormat::Jsonl => BufReader::new(file)
                 .lines()
-                .map_while(Result::ok)
-                .filter(|l| !l.is_empty())
-                .count(),
-            OutputFormat::Csv => csv::Reader::from_reader(file).records().count(),
-        })
+                .enumerate()
+                .filter(|(_, l)| l.as_ref().is_ok_and(|l| !l.is_empty()))
+                .map(|(n, line)| {
+                    let line = line.map_err(|e| self.failed(FileAction::ReadOutput, e))?;
+                    serde_json::from_str(&line).map_err(|e| unreadable(n + 1, e.to_string()))
+                })
+                .collect(),
+            OutputFormat::Csv => csv::Reader::from_reader(file)
+                .deserialize()
+                .enumerate()
+                .map(|(n, row)| row.map_err(|e| unreadable(n + 2, e.to_string())))
+                .collect(),
+        }
+    }
+
+    /// Cuts a last line that has no newline (torn by a run stopped mid-write) off the file.
+    fn cut_torn_line(&self) -> Result<(), ClientError> {
+        let text = std::fs::read(&self.path).map_err(|e| self.failed(FileAction::ReadOutput, e))?;
+        if text.is_empty() || text.ends_with(b"\n") {
+            return Ok(());
+        }
+        let keep = text
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |at| at + 1);
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .map_err(|e| self.failed(FileAction::WriteOutput, e))?;
+        file.set_len(keep as u64)
+            .map_err(|e| self.failed(FileAction::WriteOutput, e))?;
+        tracing::warn!(
+            output = %self.path.display(),
+            bytes = text.len() - keep,
+            "the output's last line was cut off mid-write (an earlier run stopped): removed, its title is classified again"
+        );
+        Ok(())
+    }
+
+    /// Replaces the whole output with `rows` (the rows sent again in place of their errors):
+    /// written beside it, synced, then renamed over it, so a crash leaves the old file or the
+    /// new one, never half of each.
+    pub fn rewrite(&self, rows: &[Row]) -> Result<(), ClientError> {
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(".rewrite");
+        let temporary = PathBuf::from(name);
+        let io = |source| self.failed(FileAction::WriteOutput, source);
+        let mut file = File::create(&temporary).map_err(io)?;
+        file.write_all(&encode_rows(self.format, rows, true)?)
+            .map_err(io)?;
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&temporary, &self.path).map_err(io)
     }
 
     /// A writer that appends after the rows already there. The file is created with the first
@@ -107,18 +170,12 @@ impl Output {
     }
 }
 
-/// Appends rows in order, flushing after each call to `write`.
+/// Appends rows in order: each call's rows in one write.
 pub struct RowWriter {
     output: Output,
     /// No rows there yet: a CSV file starts with its header.
     fresh: bool,
-    open: Option<Open>,
-}
-
-enum Open {
-    Jsonl(BufWriter<File>),
-    /// Boxed: the CSV writer's buffer makes it much larger than the other variant.
-    Csv(Box<csv::Writer<File>>),
+    open: Option<File>,
 }
 
 impl RowWriter {
@@ -128,38 +185,45 @@ impl RowWriter {
         }
         let output = &self.output;
         let io = |source| output.failed(FileAction::WriteOutput, source);
-        let open = match &mut self.open {
-            Some(open) => open,
-            None => {
-                let file = OpenOptions::new()
+        let bytes = encode_rows(output.format, rows, self.fresh)?;
+        let file = match &mut self.open {
+            Some(file) => file,
+            None => self.open.insert(
+                OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(&output.path)
-                    .map_err(io)?;
-                self.open.insert(match output.format {
-                    OutputFormat::Jsonl => Open::Jsonl(BufWriter::new(file)),
-                    OutputFormat::Csv => Open::Csv(Box::new(
-                        csv::WriterBuilder::new()
-                            .has_headers(self.fresh)
-                            .from_writer(file),
-                    )),
-                })
-            }
+                    .map_err(io)?,
+            ),
         };
-        match open {
-            Open::Jsonl(out) => {
-                for row in rows {
-                    serde_json::to_writer(&mut *out, row).map_err(|e| io(e.into()))?;
-                    out.write_all(b"\n").map_err(io)?;
-                }
-                out.flush().map_err(io)
+        // One write of whole lines: a crash tears at most the last line, which the next run
+        // cuts off.
+        file.write_all(&bytes).map_err(io)?;
+        self.fresh = false;
+        Ok(())
+    }
+}
+
+/// `rows` as the format writes them, each line whole; a CSV header first when `header`.
+fn encode_rows(format: OutputFormat, rows: &[Row], header: bool) -> Result<Vec<u8>, ClientError> {
+    let encoding = |e: std::io::Error| ClientError::Encode(e.to_string());
+    match format {
+        OutputFormat::Jsonl => {
+            let mut out = Vec::with_capacity(rows.len() * 128);
+            for row in rows {
+                serde_json::to_writer(&mut out, row).map_err(|e| encoding(e.into()))?;
+                out.push(b'\n');
             }
-            Open::Csv(out) => {
-                for row in rows {
-                    out.serialize(row).map_err(|e| io(e.into()))?;
-                }
-                out.flush().map_err(io)
+            Ok(out)
+        }
+        OutputFormat::Csv => {
+            let mut out = csv::WriterBuilder::new()
+                .has_headers(header)
+                .from_writer(Vec::with_capacity(rows.len() * 96));
+            for row in rows {
+                out.serialize(row).map_err(|e| encoding(e.into()))?;
             }
+            out.into_inner().map_err(|e| encoding(e.into_error()))
         }
     }
 }

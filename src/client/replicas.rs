@@ -34,6 +34,8 @@ pub struct Target {
     next: AtomicUsize,
     /// How long one batch may be retried while the service says "not now".
     deadline: Duration,
+    /// Longest an answer may go without a byte before the replica counts as stuck.
+    read_timeout: Option<Duration>,
     /// The in-process pipeline's upstream slots and per-batch concurrency and pack size: what
     /// caps how many batches are sent at once, so the command never overloads its own service.
     pipeline: Option<Pipeline>,
@@ -75,6 +77,7 @@ impl Target {
             api_key,
             next: AtomicUsize::new(0),
             deadline,
+            read_timeout: None,
             pipeline: None,
             _in_process: None,
         }
@@ -97,9 +100,19 @@ impl Target {
             api_key: None,
             next: AtomicUsize::new(0),
             deadline,
+            read_timeout: None,
             pipeline: Some(pipeline),
             _in_process: Some(service),
         })
+    }
+
+    /// The same target, giving up on an answer that goes `timeout` without a byte (the batch
+    /// then goes to the next replica).
+    pub fn with_read_timeout(self, timeout: Duration) -> Self {
+        Self {
+            read_timeout: Some(timeout),
+            ..self
+        }
     }
 
     /// Whether every endpoint of the service still reads its confidences from logprobs, by its
@@ -133,7 +146,14 @@ impl Target {
         bar: &ProgressBar,
         mut on_rows: impl FnMut(&[Row]) -> Result<(), ClientError>,
     ) -> Result<Summary, ClientError> {
-        let client = reqwest::Client::new();
+        let mut client = reqwest::Client::builder();
+        if let Some(timeout) = self.read_timeout {
+            client = client.read_timeout(timeout);
+        }
+        let client = client.build().map_err(|source| ClientError::Http {
+            url: self.urls[0].clone(),
+            source,
+        })?;
         let mut summary = Summary {
             cost_usd: Some(0.0),
             ..Summary::default()

@@ -1,17 +1,31 @@
 //! What a run writes and reports: one row per title, in JSON Lines or CSV, and the summary.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 /// One result row as written to the output.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Row {
     pub title: String,
     pub topic: Option<String>,
     pub confidence: Option<f64>,
     pub error: Option<String>,
     pub error_code: Option<String>,
+}
+
+impl Row {
+    /// A row whose error a later run may not get: one to send again. An error without a code
+    /// (written by an older build) counts as transient.
+    pub fn is_retryable(&self) -> bool {
+        self.error.is_some()
+            && self
+                .error_code
+                .as_deref()
+                .is_none_or(crate::classify::is_transient)
+    }
 }
 
 /// What a run did.
@@ -30,11 +44,68 @@ pub struct Summary {
     pub cost_usd: Option<f64>,
     /// Where the rows went.
     pub output: Option<PathBuf>,
+    /// Rows of an earlier run whose transient errors this run sent again.
+    pub retried: usize,
+    /// Rows with an error in the whole output once the run is done, by code: what makes the
+    /// command exit with status 2.
+    pub remaining_errors: BTreeMap<String, usize>,
 }
 
 impl Summary {
-    /// A one-line report, with tokens and cost per 1000 items.
+    /// The report, and a line on the rows with errors that remain, if any.
     pub fn report(&self) -> String {
+        let mut text = self.report_run();
+        if !self.remaining_errors.is_empty() {
+            text.push('\n');
+            text.push_str(&self.report_remaining());
+        }
+        text
+    }
+
+    /// Rows with errors in the output, by code, and which of them a run again would retry.
+    fn report_remaining(&self) -> String {
+        let total: usize = self.remaining_errors.values().sum();
+        let retryable: usize = self
+            .remaining_errors
+            .iter()
+            .filter(|(code, _)| crate::classify::is_transient(code))
+            .map(|(_, n)| n)
+            .sum();
+        let codes = self
+            .remaining_errors
+            .iter()
+            .map(|(code, n)| format!("{code} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let advice = match retryable {
+            0 => "all final (not sent again)".to_owned(),
+            n if n == total => "run the same command again to retry them".to_owned(),
+            n => format!("run the same command again to retry the {n} transient ones"),
+        };
+        format!("{total} rows with errors remain ({codes}): {advice}")
+    }
+
+    /// Adds another run's counts: items, errors, tokens, requests and cost.
+    pub fn add_run(&mut self, run: &Summary) {
+        self.items += run.items;
+        self.errors += run.errors;
+        self.input_tokens += run.input_tokens;
+        self.cached_input_tokens += run.cached_input_tokens;
+        self.output_tokens += run.output_tokens;
+        self.upstream_requests += run.upstream_requests;
+        self.cost_usd = self.cost_usd.zip(run.cost_usd).map(|(a, b)| a + b);
+    }
+
+    /// Counts the rows with errors among `rows`.
+    pub fn count_errors<'r>(&mut self, rows: impl IntoIterator<Item = &'r Row>) {
+        for row in rows.into_iter().filter(|r| r.error.is_some()) {
+            let code = row.error_code.as_deref().unwrap_or("unknown");
+            *self.remaining_errors.entry(code.to_owned()).or_default() += 1;
+        }
+    }
+
+    /// A one-line report, with tokens and cost per 1000 items.
+    fn report_run(&self) -> String {
         if self.items == 0 {
             return match (self.skipped, &self.output) {
                 (0, _) => "nothing classified".to_owned(),
@@ -51,8 +122,12 @@ impl Summary {
         let cost = self
             .cost_usd
             .map_or("unknown".to_owned(), |c| format!("${:.4}", per_k(c)));
+        let retried = match self.retried {
+            0 => String::new(),
+            n => format!(", {n} of them sent again after a transient error"),
+        };
         format!(
-            "{} items ({} errors, {} skipped as already done); per 1000 items: {:.0} input and {:.0} output tokens, {:.0} upstream requests, cost {}",
+            "{} items ({} errors{retried}, {} skipped as already done); per 1000 items: {:.0} input and {:.0} output tokens, {:.0} upstream requests, cost {}",
             self.items,
             self.errors,
             self.skipped,

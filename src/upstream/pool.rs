@@ -362,7 +362,8 @@ impl UpstreamClient {
                 let by = deadline
                     .get_or_insert_with(|| ItemDeadline::start(&self.retry))
                     .at();
-                if !endpoint.wait_usable(by).await {
+                // Boxed: rare, and every call's future would otherwise carry room for it.
+                if !Box::pin(endpoint.wait_usable(by)).await {
                     let last = last_error.unwrap_or(unreachable);
                     tracing::debug!(error.code = last.code(), %last, attempts, "upstream unreachable until the item's deadline");
                     return (Err(give_up(attempts, GiveUp::DeadlineReached, last)), usage);

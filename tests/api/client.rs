@@ -22,10 +22,17 @@ fn config_for(
     format: Option<OutputFormat>,
 ) -> ClassifyFileConfig {
     ClassifyFileConfig {
-        input,
-        service: ServiceArgs::remote(format!("http://{}", app.addr)),
-        output: Some(output),
         format,
+        ..config_for_url(&format!("http://{}", app.addr), input, output)
+    }
+}
+
+fn config_for_url(url: &str, input: PathBuf, output: PathBuf) -> ClassifyFileConfig {
+    ClassifyFileConfig {
+        input,
+        service: ServiceArgs::remote(url.to_owned()),
+        output: Some(output),
+        format: None,
         batch_size: 25,
         concurrency: 3,
         field: None,
@@ -324,4 +331,188 @@ fn a_replica_killed_mid_run_costs_a_resend_and_no_row() {
 #[test]
 fn a_replica_stopped_with_sigterm_mid_run_loses_nothing() {
     three_replicas_one_stopped_mid_run(|child| sigterm(child), "replica-sigterm");
+}
+
+/// Rows a run left with errors, by code.
+fn codes(rows: &[Row]) -> std::collections::BTreeMap<String, usize> {
+    let mut codes = std::collections::BTreeMap::new();
+    for row in rows {
+        if let Some(code) = &row.error_code {
+            *codes.entry(code.clone()).or_default() += 1;
+        }
+    }
+    codes
+}
+
+#[tokio::test]
+async fn a_rerun_after_an_outage_fills_every_transient_row_keeps_the_final_ones_and_repairs_a_torn_line()
+ {
+    let mut provider = crate::outage::Provider::start(&["--sim-latency-ms", "10"]);
+    let url = provider.base_url();
+    let app = spawn_app(config(&[
+        "--openai-base-url",
+        &url,
+        "--openai-api-key",
+        "sk-sim",
+        "--item-deadline",
+        "1",
+    ]))
+    .await;
+    let mut titles = data_lines("hn_titles_1000.txt")[..60].to_vec();
+    titles[10] = "   ".to_owned();
+    let input = temp_path("outage.txt");
+    std::fs::write(&input, titles.join("\n") + "\n").unwrap();
+    let output = temp_path("outage.jsonl");
+    let _ = std::fs::remove_file(&output);
+    let config = config_for(&app, input, output.clone(), None);
+
+    provider.kill();
+    let first = classify_file(&config, false).await.unwrap();
+    let want: std::collections::BTreeMap<String, usize> = [
+        ("title_empty".to_owned(), 1),
+        ("upstream_unreachable".to_owned(), 59),
+    ]
+    .into();
+    assert_eq!(first.remaining_errors, want);
+    assert_eq!(codes(&jsonl_rows(&output)), want);
+    assert!(
+        first
+            .report()
+            .contains("run the same command again to retry the 59 transient ones"),
+        "{}",
+        first.report()
+    );
+
+    provider.restart();
+    let second = classify_file(&config, false).await.unwrap();
+    assert_eq!((second.retried, second.skipped, second.items), (59, 1, 59));
+    let final_only: std::collections::BTreeMap<String, usize> =
+        [("title_empty".to_owned(), 1)].into();
+    assert_eq!(second.remaining_errors, final_only);
+    assert!(second.report().contains("all final"), "{}", second.report());
+    let rows = jsonl_rows(&output);
+    let back: Vec<&str> = rows.iter().map(|r| r.title.as_str()).collect();
+    let sent: Vec<&str> = titles.iter().map(String::as_str).collect();
+    assert_eq!(back, sent, "in place, in input order");
+    assert_eq!(codes(&rows), final_only);
+
+    // A run stopped mid-write leaves half a line: the next one cuts it off and sends its
+    // title again.
+    let whole = std::fs::read_to_string(&output).unwrap();
+    std::fs::write(&output, &whole[..whole.len() - 20]).unwrap();
+    let third = classify_file(&config, false).await.unwrap();
+    assert_eq!((third.items, third.skipped), (1, 59));
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), whole);
+    app.shutdown().await;
+}
+
+#[test]
+fn the_binary_exits_2_while_rows_with_errors_remain_and_says_which() {
+    let input = temp_path("with-empty.txt");
+    std::fs::write(&input, "Show HN: a title\n\nAnother title\n").unwrap();
+    let output = temp_path("with-empty.jsonl");
+    let _ = std::fs::remove_file(&output);
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_hn-classifier"))
+        .args(["classify", input.to_str().unwrap(), "--simulate"])
+        .args(["--output", output.to_str().unwrap()])
+        .env_remove("OPENAI_API_KEY")
+        .env("HNC_SIM_LATENCY_MS", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("1 rows with errors remain (title_empty 1): all final"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_cut_by_sigterm_answers_shutting_down_and_the_rerun_fills_those_rows() {
+    let (mut child, addr) = start_binary(&[
+        "--simulate",
+        "--sim-latency-ms",
+        "500",
+        "--sim-latency-sigma",
+        "0",
+        "--request-concurrency",
+        "2",
+        "--shutdown-timeout",
+        "1",
+    ]);
+    let titles = data_lines("hn_titles_1000.txt")[..20].to_vec();
+    let input = temp_path("sigterm.txt");
+    std::fs::write(&input, titles.join("\n") + "\n").unwrap();
+    let output = temp_path("sigterm.jsonl");
+    let _ = std::fs::remove_file(&output);
+    let mut config = ClassifyFileConfig {
+        batch_size: 20,
+        concurrency: 1,
+        ..config_for_url(&format!("http://{addr}"), input, output.clone())
+    };
+    // 20 titles, 2 at a time, half a second each: 5 s of work, 1 s of shutdown deadline.
+    let (first, ()) = tokio::join!(classify_file(&config, false), async {
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        sigterm(&child);
+    });
+    let first = first.unwrap();
+    let cut = first
+        .remaining_errors
+        .get("shutting_down")
+        .copied()
+        .unwrap_or(0);
+    assert!(cut >= 10, "{:?}", first.remaining_errors);
+    assert_eq!(
+        first.remaining_errors.len(),
+        1,
+        "{:?}",
+        first.remaining_errors
+    );
+    let exit = hn_classifier::tasks::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+
+    let other = spawn_simulated(&[]).await;
+    config.service = ServiceArgs::remote(format!("http://{}", other.addr));
+    let second = classify_file(&config, false).await.unwrap();
+    assert_eq!(second.retried, cut);
+    assert!(
+        second.remaining_errors.is_empty(),
+        "{:?}",
+        second.remaining_errors
+    );
+    let rows = jsonl_rows(&output);
+    assert_eq!(rows.len(), 20);
+    assert!(rows.iter().all(|r| r.topic.is_some()));
+    other.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_replica_that_stops_answering_mid_stream_is_given_up_on_after_the_read_timeout() {
+    let stuck = spawn_simulated(&["--sim-latency-ms", "300", "--request-concurrency", "1"]).await;
+    let relay = BlackHoleRelay::start(stuck.addr).await;
+    let healthy = spawn_simulated(&[]).await;
+    let titles = data_lines("hn_titles_1000.txt")[..10].to_vec();
+    let input = temp_path("stuck.txt");
+    std::fs::write(&input, titles.join("\n") + "\n").unwrap();
+    let output = temp_path("stuck.jsonl");
+    let _ = std::fs::remove_file(&output);
+    let mut config = config_for_url(&format!("http://{}", relay.addr), input, output.clone());
+    config.service.urls.push(format!("http://{}", healthy.addr));
+    config.service.read_timeout_s = 1.0;
+    config.batch_size = 10;
+    let run = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        classify_file(&config, false),
+    );
+    let (summary, ()) = tokio::join!(run, async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        relay.silence();
+    });
+    let summary = summary.expect("the stuck replica is given up on").unwrap();
+    assert_eq!((summary.items, summary.errors), (10, 0));
+    assert_eq!(jsonl_rows(&output).len(), 10);
+    stuck.shutdown().await;
+    healthy.shutdown().await;
 }

@@ -109,7 +109,7 @@ async fn metrics_can_live_on_their_own_port() {
 }
 
 #[tokio::test]
-async fn readiness_turns_off_while_the_provider_refuses_our_key_and_liveness_stays_on() {
+async fn a_refused_key_shows_in_health_details_and_readiness_stays_on() {
     let upstream = spawn_fake_upstream(|_, _| {
         openai_error(
             StatusCode::UNAUTHORIZED,
@@ -128,10 +128,19 @@ async fn readiness_turns_off_while_the_provider_refuses_our_key_and_liveness_sta
         response.results[0].error_code.as_deref(),
         Some("upstream_rejected")
     );
-    let (status, body) = get(&app.url("/readyz")).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(body.contains("upstream_unusable"), "{body}");
-    assert_eq!(get(&app.url("/healthz")).await.0, StatusCode::OK);
+    // Every replica shares the key: readiness that followed it would take them all out.
+    assert_eq!(get(&app.url("/readyz")).await.0, StatusCode::OK);
+    let (status, body) = get(&app.url("/healthz")).await;
+    assert_eq!(status, StatusCode::OK);
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["upstream"], "unavailable", "{body}");
+    assert_eq!(health["endpoints"][0]["state"], "benched", "{body}");
+    let (_, metrics) = get(&app.url("/metrics")).await;
+    assert!(
+        metrics.contains("upstream_benched{upstream=\"default\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("service_ready 1"), "{metrics}");
     app.shutdown().await;
 }
 

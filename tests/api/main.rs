@@ -13,6 +13,7 @@ mod eval;
 mod helpers;
 mod local_llm;
 mod openapi;
+mod outage;
 mod prompt;
 mod resilience;
 mod security;

@@ -164,7 +164,7 @@ async fn an_endpoint_that_starts_refusing_its_key_is_benched_and_the_other_carri
 }
 
 #[tokio::test]
-async fn with_every_endpoint_refused_items_fail_with_the_providers_reason_and_readiness_drops() {
+async fn with_every_endpoint_refused_items_fail_with_the_providers_reason_and_health_says_so() {
     let refusing = spawn_fake_upstream(always_401).await;
     let file = upstreams_file("all-refused", &[("revoked", refusing.base_url(), "")]);
     let app = spawn_app(config(&["--upstreams", &file])).await;
@@ -173,8 +173,15 @@ async fn with_every_endpoint_refused_items_fail_with_the_providers_reason_and_re
         body.results[0].error_code.as_deref(),
         Some("upstream_rejected")
     );
+    // The provider's state is in the health details, not in readiness: every replica shares it.
     let (status, _) = get(&app.url("/readyz")).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(status, StatusCode::OK);
+    let (_, health) = get(&app.url("/healthz")).await;
+    assert!(health.contains(r#""upstream":"unavailable""#), "{health}");
+    assert!(
+        health.contains(r#"{"name":"revoked","state":"benched"}"#),
+        "{health}"
+    );
 }
 
 #[tokio::test]

@@ -501,3 +501,25 @@ async fn drive(
     drop(connection);
     conn.changed.notify_waiters();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_servers_choice_of_http1_holds_for_a_while_then_http2_is_offered_again() {
+        let liveness = Liveness {
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(5),
+        };
+        let pool = Pool::new(100, 512, liveness, Duration::from_secs(300));
+        assert!(!pool.is_http1_only());
+        assert!(pool.set_http1_only(), "said the first time");
+        assert!(!pool.set_http1_only(), "once");
+        assert!(pool.is_http1_only());
+        let past = Instant::now() - Duration::from_secs(1);
+        *pool.http1_until.lock().unwrap() = Some(past);
+        assert!(!pool.is_http1_only(), "HTTP/2 is offered again");
+        assert!(HTTP1_FALLBACK_FOR >= Duration::from_secs(60));
+    }
+}

@@ -80,6 +80,8 @@ struct Plan {
     silent_after: Option<usize>,
     /// Every connection after the first is closed at once.
     only_one_connection: bool,
+    /// Every connection is turned away with GOAWAY right after the handshake.
+    goaway_at_once: bool,
 }
 
 /// What the server saw.
@@ -93,6 +95,8 @@ struct Seen {
     most_at_once: AtomicUsize,
     /// Connections that ended.
     closed: AtomicUsize,
+    /// The `content-length` of every request, as sent.
+    content_lengths: std::sync::Mutex<Vec<Option<String>>>,
 }
 
 async fn h2_server(plan: Plan) -> (SocketAddr, Arc<Seen>) {
@@ -133,11 +137,19 @@ async fn serve_h2(socket: TcpStream, plan: Plan, seen: Arc<Seen>) {
     let Ok(mut conn) = builder.handshake::<_, Bytes>(socket).await else {
         return;
     };
+    if plan.goaway_at_once {
+        conn.abrupt_shutdown(Reason::NO_ERROR);
+        while let Some(Ok(_)) = conn.accept().await {}
+        return;
+    }
     let open = Arc::new(AtomicUsize::new(0));
     let first = seen.connections.load(Ordering::SeqCst) == 1;
     let mut streams = 0;
     while let Some(Ok((request, mut respond))) = conn.accept().await {
         streams += 1;
+        let length = request.headers().get(http::header::CONTENT_LENGTH);
+        let length = length.map(|v| v.to_str().unwrap().to_owned());
+        seen.content_lengths.lock().unwrap().push(length);
         if first && plan.silent_after == Some(streams) {
             let _held = (conn, request, respond);
             std::future::pending::<()>().await;
@@ -237,6 +249,77 @@ async fn streams_refused_with_refused_stream_are_sent_again() {
     assert_eq!(seen.refused.load(Ordering::SeqCst), 30);
     assert_eq!(seen.answered.load(Ordering::SeqCst), 50);
     assert_eq!(conns.resent(), 30);
+}
+
+#[tokio::test]
+async fn a_refused_stream_is_sent_again_on_another_connection_with_its_length() {
+    let (addr, seen) = h2_server(Plan {
+        refuse_first: 1,
+        ..Plan::default()
+    })
+    .await;
+    let conns = Arc::new(connections(addr, limits(Some(100))));
+    let results = send_all(&conns, 1).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(
+        seen.connections.load(Ordering::SeqCst),
+        2,
+        "not the refusing one"
+    );
+    let lengths = seen.content_lengths.lock().unwrap().clone();
+    let sent = bytes::Buf::remaining(&body(0)).to_string();
+    assert_eq!(
+        lengths,
+        vec![Some(sent.clone()), Some(sent)],
+        "as hyper sends it"
+    );
+}
+
+#[tokio::test]
+async fn a_server_that_turns_every_new_connection_away_costs_one_opening_not_a_storm() {
+    let (addr, seen) = h2_server(Plan {
+        goaway_at_once: true,
+        ..Plan::default()
+    })
+    .await;
+    let conns = Arc::new(connections(addr, limits(Some(100))));
+    let results = send_all(&conns, 20).await;
+    assert!(results.iter().all(Result::is_err), "{results:?}");
+    // Turned away before it answered anything (here before our first PING's answer): as good
+    // as a failed opening, so the calls share its error instead of each opening another.
+    let error = results[0].as_ref().unwrap_err();
+    assert!(error.contains("could not reach the upstream"), "{error}");
+    assert_eq!(
+        seen.connections.load(Ordering::SeqCst),
+        1,
+        "the next opening waits: a failed opening"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_past_its_maximum_age_takes_no_new_call_and_a_fresh_one_does() {
+    let (addr, seen) = h2_server(Plan::default()).await;
+    let conns = Arc::new(connections(
+        addr,
+        Limits {
+            max_connection_age: Duration::from_millis(50),
+            ..limits(Some(100))
+        },
+    ));
+    assert!(send_all(&conns, 3).await.iter().all(Result::is_ok));
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(send_all(&conns, 3).await.iter().all(Result::is_ok));
+    assert_eq!(
+        seen.connections.load(Ordering::SeqCst),
+        2,
+        "retired, replaced"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        seen.closed.load(Ordering::SeqCst) >= 1,
+        "the old one closed"
+    );
 }
 
 #[tokio::test]
