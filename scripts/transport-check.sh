@@ -7,7 +7,10 @@
 # upstream requests (the simulator's count) at most 0.5% above the items sent.
 # Cells: HTTP/2 over TLS with keepalive_requests 100 and 1000 x http2_max_concurrent_streams
 # 16 and 128; the same four with HNC_UPSTREAM_HTTP2=false; Squid as HTTP_PROXY for the http://
-# simulator; Squid as HTTPS_PROXY for the https:// nginx front.
+# simulator; Squid as HTTPS_PROXY for the https:// nginx front. Then Squid asking for Basic
+# credentials (a second port, basic_ncsa_auth): wrong ones fail every item at once with
+# upstream_proxy_refused and a message naming the proxy settings (never Squid's HTML page), as a
+# forward proxy (407 answer) and as a tunnel (407 to CONNECT); the right ones classify.
 # usage: [ITEMS=20000] [BIN=target/release/hn-classifier] scripts/transport-check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -81,13 +84,22 @@ EOF
 "$nginx" -c "$dir/nginx.conf" -e "$dir/nginx-error.log"
 
 squid_port=$(port)
+squid_auth_port=$(port)
+printf 'hnc:%s\n' "$(openssl passwd -apr1 proxy-secret)" >"$dir/squid.passwd"
+chmod 644 "$dir/squid.passwd"
 mkdir -p "$dir/squid"
 chmod 777 "$dir/squid"
 ssl_ports=$(printf ' %s' "${front[@]}")
 cat > "$dir/squid.conf" <<EOF
 http_port 127.0.0.1:$squid_port
+http_port 127.0.0.1:$squid_auth_port name=authed
 pid_filename $dir/squid.pid
-access_log stdio:$dir/squid/access.log
+acl authport myportname authed
+auth_param basic program /usr/lib/squid/basic_ncsa_auth $dir/squid.passwd
+auth_param basic realm hn-classifier-check
+acl authed proxy_auth REQUIRED
+access_log stdio:$dir/squid/access.log !authport
+access_log stdio:$dir/squid/auth.log authport
 cache_log $dir/squid/cache.log
 cache deny all
 cache_mem 8 MB
@@ -98,7 +110,10 @@ acl localhost src 127.0.0.1/32
 acl SSL_ports port 443$ssl_ports
 acl CONNECT method CONNECT
 http_access deny CONNECT !SSL_ports
-http_access allow localhost
+http_access allow localhost !authport
+# A denying line whose last ACL is proxy_auth answers 407 (a challenge), not 403.
+http_access deny authport !authed
+http_access allow authport
 http_access deny all
 EOF
 "$squid" -f "$dir/squid.conf" -N >"$dir/squid/stdout.log" 2>&1 &
@@ -189,6 +204,50 @@ cell "squid HTTP_PROXY -> http:// simulator" "http://127.0.0.1:$sim_port" \
   HTTP_PROXY="http://127.0.0.1:$squid_port" NO_PROXY=
 cell "squid HTTPS_PROXY -> https:// nginx" "https://127.0.0.1:${front[100-128]}" \
   HTTPS_PROXY="http://127.0.0.1:$squid_port" NO_PROXY=
+# NAME UPSTREAM_URL EXPECT(ok|refused) ENV...: a few titles through a proxy that asks for
+# credentials.
+auth_check() {
+  local name=$1 url=$2 expect=$3
+  shift 3
+  local our_port log="$dir/serve-auth-$RANDOM.log"
+  our_port=$(port)
+  env "$@" NO_PROXY= HNC_UPSTREAM_CA_FILE="$dir/ca.pem" RUST_LOG=warn HNC_LOG_FORMAT=pretty \
+    "$bin" serve --listen "127.0.0.1:$our_port" --openai-base-url "$url/v1" \
+    --openai-api-key sim-key >"$log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$our_port/healthz" >/dev/null && break; sleep 0.05; done
+  local verdict
+  verdict=$(python3 - "http://127.0.0.1:$our_port/classify-batch" "$expect" <<'PY'
+import json, sys, time, urllib.request
+url, expect = sys.argv[1], sys.argv[2]
+req = urllib.request.Request(url, json.dumps({"titles": ["Rust 2.0", "A new GPU", "Ask HN: proxies"]}).encode(),
+                             {"content-type": "application/json"})
+start = time.time()
+with urllib.request.urlopen(req, timeout=120) as r:
+    answer = json.load(r)
+took = time.time() - start
+results = answer["results"]
+if expect == "ok":
+    good = answer["errors"] == 0
+else:
+    good = all(x["error_code"] == "upstream_proxy_refused" and "HTTPS_PROXY" in x["error"]
+               and "<" not in x["error"] for x in results) and took < 10
+print("ok" if good else "FAILED " + json.dumps(results[0]))
+PY
+)
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  printf '%-44s %s\n' "$name" "$verdict"
+  [ "$verdict" = ok ] || failed=1
+}
+auth_check "squid 407 HTTP_PROXY, wrong password" "http://127.0.0.1:$sim_port" refused \
+  HTTP_PROXY="http://hnc:wrong@127.0.0.1:$squid_auth_port"
+auth_check "squid 407 HTTPS_PROXY (CONNECT), no password" "https://127.0.0.1:${front[100-128]}" refused \
+  HTTPS_PROXY="http://127.0.0.1:$squid_auth_port"
+auth_check "squid HTTPS_PROXY with credentials" "https://127.0.0.1:${front[100-128]}" ok \
+  HTTPS_PROXY="http://hnc:proxy-secret@127.0.0.1:$squid_auth_port"
+auth_check "squid HTTP_PROXY with credentials" "http://127.0.0.1:$sim_port" ok \
+  HTTP_PROXY="http://hnc:proxy-secret@127.0.0.1:$squid_auth_port"
 denied=$(grep -c "TCP_DENIED" "$dir/squid/access.log" || true)
 echo "squid: $(grep -c "" "$dir/squid/access.log" || true) requests logged, $denied denied"
 [ "$denied" = 0 ] || failed=1

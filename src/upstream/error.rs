@@ -160,6 +160,7 @@ impl UpstreamError {
                 code: Some(code), ..
             } if code == "insufficient_quota" => "upstream_quota_exhausted",
             Self::Http { status: 429, .. } => "upstream_rate_limited",
+            Self::Http { status: 407, .. } => "upstream_proxy_refused",
             Self::Http { status, .. } if *status >= 500 => "upstream_server_error",
             Self::Http { .. } => "upstream_rejected",
             Self::Refusal(_) => "model_refused",
@@ -258,5 +259,12 @@ mod tests {
         assert_eq!(http(429).code(), "upstream_rate_limited");
         assert_eq!(http(503).code(), "upstream_server_error");
         assert_eq!(http(400).code(), "upstream_rejected");
+        assert_eq!(http(407).code(), "upstream_proxy_refused");
+        let tunnel = UpstreamError::Transport(TransportError::ProxyCredentials);
+        assert_eq!(tunnel.code(), "upstream_proxy_refused");
+        assert!(
+            !tunnel.is_retryable(),
+            "no wait changes refused credentials"
+        );
     }
 }

@@ -241,6 +241,33 @@ async fn fly_toml_and_k8s_agree_with_the_code() {
         .unwrap();
     assert_eq!(declared_metrics["containerPort"].to_string(), metrics_port);
 
+    // The grace periods outlast the drain: the preStop wait, the drain delay, the shutdown
+    // deadline, and 10 s for the cut answers and connections (src/server.rs `CUT_GRACE`, twice).
+    let defaults = config(&[]);
+    let setting = |key: &str, default: std::time::Duration| {
+        config_map["data"][key]
+            .as_str()
+            .map_or(default.as_secs(), |s| s.parse().unwrap())
+    };
+    let drain = setting("HNC_DRAIN_DELAY_S", defaults.drain_delay)
+        + setting("HNC_SHUTDOWN_TIMEOUT_S", defaults.shutdown_timeout)
+        + 2 * hn_classifier::server::CUT_GRACE.as_secs();
+    let pod = &of_kind("Deployment")["spec"]["template"]["spec"];
+    let pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+        .as_u64()
+        .unwrap_or(0);
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(
+        grace > pre_stop + drain,
+        "k8s grace {grace} s <= {pre_stop} + {drain} s"
+    );
+    let kill_timeout = fly["kill_timeout"].as_str().unwrap();
+    let kill_timeout: u64 = kill_timeout.trim_end_matches('s').parse().unwrap();
+    assert!(
+        kill_timeout > drain,
+        "fly kill_timeout {kill_timeout} s <= {drain} s"
+    );
+
     let secret: Value = yaml(&manifest_path("k8s/secret.example.yaml"));
     for key in secret["stringData"].as_object().unwrap().keys() {
         assert!(

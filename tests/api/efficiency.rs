@@ -80,7 +80,7 @@ async fn ndjson_streams_each_item_as_it_completes_then_a_summary() {
 }
 
 #[tokio::test]
-async fn a_client_that_stops_reading_a_stream_cancels_the_rest() {
+async fn a_client_that_hangs_up_mid_stream_cancels_the_rest() {
     let app = spawn_simulated(&[
         "--sim-latency-ms",
         "300",
