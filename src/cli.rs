@@ -90,8 +90,11 @@ pub fn report(error: &dyn Error) -> String {
     text
 }
 
-/// `classify`'s exit status when its output holds rows with errors once it is done.
-pub const ROWS_WITH_ERRORS: u8 = 2;
+/// `classify`'s exit status when its output holds rows whose error a run again may fix.
+pub const TRANSIENT_ERRORS_REMAIN: u8 = 2;
+/// `classify`'s exit status when the only rows with errors left are final ones (an empty title,
+/// a refusal): running again would change nothing.
+pub const FINAL_ERRORS_REMAIN: u8 = 3;
 
 /// Runs the chosen subcommand to its end; its exit status.
 pub async fn run(cli: Cli) -> Result<ExitCode, RunError> {
@@ -108,12 +111,17 @@ pub async fn run(cli: Cli) -> Result<ExitCode, RunError> {
             if let Some(output) = summary.output.as_ref().filter(|_| summary.items > 0) {
                 eprintln!("rows written to {}", output.display());
             }
-            // 2, not 1: the run worked, but rows with errors remain (the report says which,
-            // and whether running again retries them).
-            Ok(if summary.remaining_errors.is_empty() {
+            // Not 1: the run worked, but rows with errors remain (the report says which).
+            let transient = summary
+                .remaining_errors
+                .keys()
+                .any(|code| crate::classify::is_transient(code));
+            Ok(if transient {
+                ExitCode::from(TRANSIENT_ERRORS_REMAIN)
+            } else if summary.remaining_errors.is_empty() {
                 ExitCode::SUCCESS
             } else {
-                ExitCode::from(ROWS_WITH_ERRORS)
+                ExitCode::from(FINAL_ERRORS_REMAIN)
             })
         }
         Command::Bench(config) => {

@@ -114,14 +114,15 @@ pub struct ServiceArgs {
     pub batch_deadline_s: f64,
 
     /// Longest a batch's answer may go without a byte, seconds: a replica alive but stuck is
-    /// then given up on and the batch sent to the next. Above the service's item deadline
-    /// (HNC_ITEM_DEADLINE_S, 60 s), which is how long an outage can hold an item back.
+    /// then given up on and the batch sent to the next. Above the service's batch deadline (a
+    /// little under its HNC_REQUEST_TIMEOUT_S, 300 s), the longest a healthy replica can be
+    /// silent (a provider away, or a rate limit that holds every item back).
     #[arg(long, default_value_t = DEFAULT_READ_TIMEOUT_S, value_parser = parse_deadline)]
     pub read_timeout_s: f64,
 }
 
 const DEFAULT_BATCH_DEADLINE_S: f64 = 600.0;
-const DEFAULT_READ_TIMEOUT_S: f64 = 120.0;
+const DEFAULT_READ_TIMEOUT_S: f64 = 300.0;
 
 fn parse_deadline(value: &str) -> Result<f64, String> {
     value

@@ -76,6 +76,11 @@ pub enum ClientError {
     StreamLine(#[source] serde_json::Error),
     #[error("the service's stream is incomplete: {0}")]
     StreamIncomplete(&'static str),
+    #[error(
+        "row {row} of {output} holds another title than the input's line {row}: it was written \
+         from another input; name another output"
+    )]
+    OutputOfAnotherInput { output: PathBuf, row: usize },
     #[error("cannot encode a row: {0}")]
     Encode(String),
     #[error("the serve settings in the environment are invalid")]

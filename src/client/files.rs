@@ -143,7 +143,9 @@ impl Output {
     /// rows, so a run that fails before any leaves no empty file behind; whether it can be
     /// written is checked now, before any title is paid for.
     pub fn appender(&self) -> Result<RowWriter, ClientError> {
-        let fresh = self.rows_done()? == 0;
+        self.rows_done()?;
+        // Fresh: nothing there at all (a CSV file cut back to its header keeps the header).
+        let fresh = std::fs::metadata(&self.path).map_or(true, |m| m.len() == 0);
         let existed = self.path.exists();
         OpenOptions::new()
             .create(true)

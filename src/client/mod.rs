@@ -23,7 +23,7 @@ pub use rows::{OutputFormat, Row, Summary};
 
 /// How often the rows sent again are written into the output while they come in (each time
 /// the whole file is rewritten), so that a run stopped halfway keeps most of what it paid for.
-const REWRITE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+const REWRITE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Runs the whole file; `progress` draws a bar on a terminal. Rows an earlier run left with a
 /// transient error (unreachable, rate-limited, a deadline, a shutdown) are sent again first and
@@ -35,9 +35,15 @@ pub async fn classify_file(
     let output = config.output_file()?;
     let titles = read_titles(&config.input, config.field.as_deref())?;
     let mut rows = output.read_rows()?;
-    rows.truncate(titles.len());
-    let done = rows.len();
+    // Rows past the input's end (a shorter input) are kept as they are, never rewritten away.
+    let done = rows.len().min(titles.len());
     let retry: Vec<usize> = (0..done).filter(|&i| rows[i].is_retryable()).collect();
+    if let Some(&i) = retry.iter().find(|&&i| rows[i].title != titles[i]) {
+        return Err(ClientError::OutputOfAnotherInput {
+            output: output.path().to_owned(),
+            row: i + 1,
+        });
+    }
     let mut writer = output.appender()?;
     let mut summary = Summary {
         skipped: done - retry.len(),

@@ -136,6 +136,17 @@ impl TransportError {
         }
     }
 
+    /// Nothing was sent: the connection could not be opened (TCP, DNS, the proxy, TLS, the
+    /// handshake, their timeout). Unlike a broken exchange, no token can have been spent.
+    pub fn is_before_sending(&self) -> bool {
+        match self {
+            Self::Connect(_) | Self::Proxy(_) | Self::Tls(_) | Self::Handshake(_) => true,
+            Self::OpenTimeout(_) => true,
+            Self::Shared(inner) => inner.is_before_sending(),
+            _ => false,
+        }
+    }
+
     /// Final whatever the wait: a response over the cap, credentials the proxy refuses.
     pub fn is_final(&self) -> bool {
         self.is_too_large() || self.is_proxy_credentials()

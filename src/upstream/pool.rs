@@ -492,8 +492,12 @@ impl UpstreamClient {
                         .with_label_values(&[error.code()])
                         .inc();
                     tracing::debug!(error.code = error.code(), %error, attempts, delay_ms = delay.as_millis() as u64, "retrying");
-                    // An output retry asks again at once, without a trip through the timer.
-                    if !delay.is_zero() {
+                    // An output retry asks again at once, without a trip through the timer; an
+                    // unreachable endpoint is waited for at the loop's top, with the other calls,
+                    // and the probe's success ends that wait early.
+                    let waits_for_probe =
+                        error.is_unreachable() && endpoint.unreachable().is_some();
+                    if !delay.is_zero() && !waits_for_probe {
                         tokio::time::sleep(delay).await;
                     }
                     last_error = Some(error);

@@ -245,12 +245,13 @@ impl UpstreamError {
         }
     }
 
-    /// No answer came: the upstream could not be reached or the exchange broke off (refused,
-    /// reset, DNS, TLS, a proxy, a PING unanswered). Waited out within the item's deadline
-    /// rather than spending the retry budget; an answer over the size cap, or a proxy that
-    /// refuses our credentials, is final instead.
+    /// The upstream could not be reached: no connection opened (refused, reset while opening,
+    /// DNS, TLS, a proxy down), so nothing was sent or paid for. Waited out within the item's
+    /// deadline rather than spending the retry budget. An exchange that broke off after the
+    /// request left (a reset, a PING unanswered) may have been processed, and billed: it spends
+    /// the budget as before. A proxy that refuses our credentials is final.
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, Self::Transport(e) if !e.is_final())
+        matches!(self, Self::Transport(e) if e.is_before_sending() && !e.is_final())
     }
 
     /// An answer that came back but is not usable as it is: not the schema's JSON, or a
@@ -484,6 +485,15 @@ mod tests {
         );
         let too_large = UpstreamError::Transport(TransportError::TooLarge(1024));
         assert!(!too_large.is_unreachable());
+        let broken = UpstreamError::Transport(TransportError::Body("reset".into()));
+        assert!(
+            !broken.is_unreachable(),
+            "sent, maybe billed: the budget applies"
+        );
+        assert_eq!(
+            POLICY.decide(&broken, 4, 0, far()),
+            Decision::GiveUp(GiveUp::RetriesExhausted)
+        );
         let at_deadline = Failure {
             attempts: 9,
             gave_up: GiveUp::DeadlineReached,

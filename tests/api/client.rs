@@ -407,22 +407,35 @@ async fn a_rerun_after_an_outage_fills_every_transient_row_keeps_the_final_ones_
 }
 
 #[test]
-fn the_binary_exits_2_while_rows_with_errors_remain_and_says_which() {
-    let input = temp_path("with-empty.txt");
-    std::fs::write(&input, "Show HN: a title\n\nAnother title\n").unwrap();
-    let output = temp_path("with-empty.jsonl");
-    let _ = std::fs::remove_file(&output);
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_hn-classifier"))
-        .args(["classify", input.to_str().unwrap(), "--simulate"])
-        .args(["--output", output.to_str().unwrap()])
-        .env_remove("OPENAI_API_KEY")
-        .env("HNC_SIM_LATENCY_MS", "1")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(run.status.code(), Some(2), "{stderr}");
+fn the_binary_exits_2_while_transient_errors_remain_and_3_when_only_final_ones_do() {
+    let run = |name: &str, error_rate: &str| {
+        let input = temp_path(&format!("{name}.txt"));
+        std::fs::write(&input, "Show HN: a title\n\nAnother title\n").unwrap();
+        let output = temp_path(&format!("{name}.jsonl"));
+        let _ = std::fs::remove_file(&output);
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_hn-classifier"))
+            .args(["classify", input.to_str().unwrap(), "--simulate"])
+            .args(["--output", output.to_str().unwrap()])
+            .env_remove("OPENAI_API_KEY")
+            .env("HNC_SIM_LATENCY_MS", "1")
+            .env("HNC_SIM_ERROR_RATE", error_rate)
+            .output()
+            .unwrap();
+        (
+            run.status.code(),
+            String::from_utf8_lossy(&run.stderr).into_owned(),
+        )
+    };
+    let (status, stderr) = run("final-only", "0");
+    assert_eq!(status, Some(3), "{stderr}");
     assert!(
         stderr.contains("1 rows with errors remain (title_empty 1): all final"),
+        "{stderr}"
+    );
+    let (status, stderr) = run("transient", "1");
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("3 rows with errors remain (title_empty 1, upstream_server_error 2): run the same command again to retry the 2 transient ones"),
         "{stderr}"
     );
 }

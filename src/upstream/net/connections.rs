@@ -13,14 +13,14 @@
 //! its connection was closing; over HTTP/1.1, one hyper hands back unsent. hyper-util's legacy
 //! client resends the HTTP/1.1 kind only, and nothing over HTTP/2; nginx, CDNs and load
 //! balancers send GOAWAY on a connection's age or request count as a matter of routine, so
-//! here both are resent, without spending the retry budget or the endpoint's health. A resend
-//! goes to another connection (the refusing one takes no new streams), after a pause that grows
-//! from the second on, and a server that turns a new connection away before it answered
-//! anything counts as a failed opening, so a server that refuses everything costs a backoff,
-//! not a storm of handshakes.
+//! here both are resent, without spending the retry budget or the endpoint's health. Resends
+//! after the first wait a pause that grows; a connection that received GOAWAY, or that refused
+//! three streams in a row, takes no new ones (the resends go elsewhere); and a server that turns
+//! a new connection away before processing its first stream counts as a failed opening, so a
+//! server that refuses everything costs a backoff, not a storm of handshakes.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -108,6 +108,8 @@ pub struct Connections {
     limits: Limits,
     /// Requests sent again because the server never processed them.
     resent: AtomicU64,
+    /// New connections turned away (GOAWAY before their first stream) since the last answer.
+    turned_away: AtomicU32,
 }
 
 impl std::fmt::Debug for Connections {
@@ -160,6 +162,7 @@ impl Connections {
             openings: Openings::default(),
             limits,
             resent: AtomicU64::new(0),
+            turned_away: AtomicU32::new(0),
         })
     }
 
@@ -211,7 +214,8 @@ impl Connections {
 
     async fn try_send(&self, body: RequestBody) -> Result<Answer, Failed> {
         if let Some(pool) = self.http2_pool() {
-            let lease = match pool.try_lease() {
+            let keep_old = self.openings.blocked().is_some();
+            let lease = match pool.try_lease(keep_old) {
                 Some(lease) => Some(lease),
                 // Boxed: waiting for room or opening a connection (DNS, TCP, proxy, TLS,
                 // handshake) is a large future that every call would otherwise carry while it
@@ -266,6 +270,9 @@ impl Connections {
             Ok(sent) => sent,
             Err(e) => return Err(not_started(body, e)),
         };
+        // The connection's first stream: refused by GOAWAY, it means the server processed
+        // nothing on the connection (its last stream id is 0).
+        let first_stream = response.stream_id().as_u32() == 1;
         drop(sender);
         // A copy, by reference, in case the server turns the stream away unprocessed.
         let again = body.clone();
@@ -275,10 +282,11 @@ impl Connections {
             // answer says why.
             Err(e) => Err(response.await.err().unwrap_or(e)),
         }
-        .map_err(|e| self.stream_failed(conn, e, &again))?
+        .map_err(|e| self.stream_failed(conn, e, &again, first_stream))?
         .into_parts();
         drop(again);
-        conn.mark_served();
+        conn.answered();
+        self.turned_away.store(0, Ordering::Relaxed);
         let mut body = Received::default();
         while let Some(chunk) = incoming.data().await {
             let chunk = chunk.map_err(|e| match self.lost(conn) {
@@ -302,21 +310,30 @@ impl Connections {
 
     /// A started stream's failure: unsent when the server never processed it, the PING
     /// check's verdict when that closed the connection, else the error itself.
-    fn stream_failed(&self, conn: &Conn, error: h2::Error, body: &RequestBody) -> Failed {
+    fn stream_failed(
+        &self,
+        conn: &Conn,
+        error: h2::Error,
+        body: &RequestBody,
+        first_stream: bool,
+    ) -> Failed {
         if let Some(lost) = self.lost(conn) {
             return lost.into();
         }
         if never_processed(&error) {
-            // The resend goes to another connection: this one takes no new streams.
-            conn.drain();
-            if error.is_go_away() && !conn.has_served() {
-                // Turned away before it answered anything: as good as an opening that failed,
-                // so the next opening waits (and a server that does this to every connection
-                // costs a backoff, not a handshake per resend).
-                self.openings.failed(TransportError::Handshake(
-                    "the server sent GOAWAY before answering any request on a new connection"
-                        .into(),
-                ));
+            if error.is_go_away() {
+                conn.drain();
+            } else {
+                conn.refused();
+            }
+            if error.is_go_away() && first_stream {
+                // Turned away before it processed anything: as good as an opening that
+                // failed, so the next opening waits, longer each time in a row (a server that
+                // does this to every connection costs a backoff, not a handshake per resend).
+                let streak = self.turned_away.fetch_add(1, Ordering::Relaxed) + 1;
+                let why = "the server sent GOAWAY on a new connection before processing a request";
+                self.openings
+                    .turned_away(TransportError::Handshake(why.into()), streak);
             }
             return Failed::Unsent(body.clone(), TransportError::Send(error.into()));
         }

@@ -42,6 +42,8 @@ use crate::upstream::error::TransportError;
 /// a connection's hundred answers from waiting on each other.
 const STREAM_WINDOW: u32 = 256 * 1024;
 const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+/// Streams refused in a row on one connection before it takes no new ones.
+const REFUSALS_BEFORE_RETIRING: usize = 3;
 /// How long a server's choice of HTTP/1.1 holds before the next opening offers HTTP/2 again.
 pub const HTTP1_FALLBACK_FOR: Duration = Duration::from_secs(300);
 /// Connections retire at their maximum age give or take this fraction, so that connections
@@ -76,9 +78,9 @@ struct Status {
     closed: AtomicBool,
     /// Set by the PING check before it closes the connection, so the calls on it say why.
     unresponsive: AtomicBool,
-    /// A call on it got its answer's head: a GOAWAY before that is the server turning the
-    /// connection away, which counts as a failed opening.
-    served: AtomicBool,
+    /// Streams refused with REFUSED_STREAM since the last answer on it: past
+    /// `REFUSALS_BEFORE_RETIRING`, it takes no new streams.
+    refused_in_a_row: AtomicUsize,
     /// Asks the driver for a PING now.
     check: Notify,
     /// The pool's: a stream ended or a connection closed.
@@ -119,13 +121,17 @@ impl Conn {
     }
 
     /// A call on it was answered.
-    pub fn mark_served(&self) {
-        self.status.served.store(true, Ordering::Relaxed);
+    pub fn answered(&self) {
+        self.status.refused_in_a_row.store(0, Ordering::Relaxed);
     }
 
-    /// Whether any call on it was answered.
-    pub fn has_served(&self) -> bool {
-        self.status.served.load(Ordering::Relaxed)
+    /// A stream on it was refused (REFUSED_STREAM): a server shedding load refuses some, one
+    /// that keeps refusing on this connection gets it retired (the resends then go elsewhere).
+    pub fn refused(&self) {
+        let refused = self.status.refused_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+        if refused >= REFUSALS_BEFORE_RETIRING {
+            self.drain();
+        }
     }
 }
 
@@ -189,14 +195,17 @@ struct State {
 }
 
 impl State {
-    /// Retires the connections past their age and forgets those that are done; one no call
-    /// holds then closes.
+    /// Forgets the connections that are done; one no call holds then closes.
     fn forget_done(&mut self) {
+        self.conns.retain(|c| !c.is_done());
+    }
+
+    /// Retires the connections past their age: they finish their calls and take no new ones.
+    fn retire_old(&mut self) {
         let now = Instant::now();
         for conn in self.conns.iter().filter(|c| now >= c.retire_at) {
             conn.drain();
         }
-        self.conns.retain(|c| !c.is_done());
     }
 
     /// Whether a connection takes streams, now or once some of its calls end.
@@ -288,9 +297,14 @@ impl Pool {
         self.state.lock().expect("HTTP/2 pool lock poisoned")
     }
 
-    /// A stream on a connection with room now, if there is one.
-    pub fn try_lease(&self) -> Option<Lease> {
+    /// A stream on a connection with room now, if there is one. Connections past their age
+    /// are retired first, unless `keep_old` (openings are failing: an old connection that
+    /// works is better than none).
+    pub fn try_lease(&self, keep_old: bool) -> Option<Lease> {
         let mut state = self.state();
+        if !keep_old {
+            state.retire_old();
+        }
         state.forget_done();
         state.lease()
     }
@@ -398,7 +412,7 @@ impl Pool {
             draining: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             unresponsive: AtomicBool::new(false),
-            served: AtomicBool::new(false),
+            refused_in_a_row: AtomicUsize::new(0),
             check: Notify::new(),
             changed: self.changed.clone(),
         });

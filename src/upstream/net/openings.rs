@@ -34,8 +34,16 @@ pub struct Openings {
 #[derive(Debug, Default)]
 struct State {
     last: Option<LastFailure>,
-    /// An opening is under way while openings are failing: the one probe.
-    probing: bool,
+    /// The one probe under way while openings are failing, by its number: only its own outcome
+    /// ends it (an opening started before the outage that fails meanwhile does not).
+    probe: Option<u64>,
+    probes: u64,
+}
+
+impl State {
+    fn probing(&self) -> bool {
+        self.probe.is_some()
+    }
 }
 
 #[derive(Debug)]
@@ -60,7 +68,8 @@ pub struct Outage {
 #[derive(Debug)]
 pub struct Permit<'a> {
     openings: &'a Openings,
-    probe: bool,
+    /// This opening's probe number, when it is the probe.
+    probe: Option<u64>,
     settled: bool,
 }
 
@@ -70,17 +79,25 @@ impl Permit<'_> {
         self.openings.succeeded();
     }
 
-    /// Records the failure; its error is shared with the calls that waited for it.
+    /// Records the failure; its error is shared with the calls that waited for it. Only the
+    /// probe's failure (or the first of an outage) grows the wait: openings already under way
+    /// when the outage began fail together with it.
     pub fn failed(mut self, error: TransportError) -> Arc<TransportError> {
         self.settled = true;
-        self.openings.failed(error)
+        let error = Arc::new(error);
+        self.openings.record(error.clone(), self.probe, None);
+        error
     }
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        if self.probe && !self.settled {
-            self.openings.lock().probing = false;
+        if !self.settled && self.probe.is_some() {
+            let mut state = self.openings.lock();
+            if state.probe == self.probe {
+                state.probe = None;
+            }
+            drop(state);
             self.openings.settled.notify_waiters();
         }
     }
@@ -95,7 +112,7 @@ impl Openings {
     pub fn blocked(&self) -> Option<Arc<TransportError>> {
         let state = self.lock();
         let last = state.last.as_ref()?;
-        (state.probing || Instant::now() < last.until).then(|| last.error.clone())
+        (state.probing() || Instant::now() < last.until).then(|| last.error.clone())
     }
 
     /// Leave to open a connection: always while openings succeed; after failures, only once the
@@ -103,13 +120,18 @@ impl Openings {
     pub fn begin(&self) -> Result<Permit<'_>, Arc<TransportError>> {
         let mut state = self.lock();
         let probe = match &state.last {
-            None => false,
-            Some(last) if state.probing || Instant::now() < last.until => {
+            None => None,
+            Some(last) if state.probing() || Instant::now() < last.until => {
                 return Err(last.error.clone());
             }
-            Some(_) => true,
+            Some(_) => {
+                state.probes += 1;
+                Some(state.probes)
+            }
         };
-        state.probing |= probe;
+        if probe.is_some() {
+            state.probe = probe;
+        }
         Ok(Permit {
             openings: self,
             probe,
@@ -117,38 +139,50 @@ impl Openings {
         })
     }
 
-    /// Records a failed opening (or a connection the server turned away before it carried a
-    /// call: GOAWAY right after its SETTINGS). Openings that fail together (started before the
-    /// first failure's wait) count once.
-    pub fn failed(&self, error: TransportError) -> Arc<TransportError> {
-        let error = Arc::new(error);
+    /// Records a connection the server turned away before it processed anything on it (GOAWAY
+    /// right after its SETTINGS), the `streak`th in a row: as good as a failed opening, with a
+    /// wait that grows with the streak (the openings themselves succeeded).
+    pub fn turned_away(&self, error: TransportError, streak: u32) {
+        self.record(Arc::new(error), None, Some(streak));
+    }
+
+    /// A failure: the probe's (`probe`) grows the wait and ends the probe; the first of an
+    /// outage starts it; any other (an opening started before the outage) only updates the
+    /// error the waiting calls see. `streak` sets the failures in a row outright.
+    fn record(&self, error: Arc<TransportError>, probe: Option<u64>, streak: Option<u32>) {
         let now = Instant::now();
         let mut state = self.lock();
-        let (in_a_row, since) = match state.last.as_ref() {
-            Some(f) if now < f.until => (f.in_a_row, f.since),
-            Some(f) => (f.in_a_row + 1, f.since),
-            None => {
+        let ends_probe = probe.is_some() && state.probe == probe;
+        if ends_probe {
+            state.probe = None;
+        }
+        let (in_a_row, since) = match (state.last.as_mut(), streak) {
+            (Some(last), None) if !ends_probe => {
+                last.error = error;
+                return;
+            }
+            (Some(last), None) => (last.in_a_row + 1, last.since),
+            (Some(last), Some(streak)) => (streak.max(last.in_a_row), last.since),
+            (None, streak) => {
                 // Said once per outage; its end is said by `succeeded`.
                 tracing::warn!(%error, "upstream connections fail to open: calls wait for it within their deadlines");
-                (1, now)
+                (streak.unwrap_or(1), now)
             }
         };
         state.last = Some(LastFailure {
-            error: error.clone(),
+            error,
             until: now + jittered(wait_after(in_a_row)),
             in_a_row,
             since,
         });
-        state.probing = false;
         drop(state);
         self.settled.notify_waiters();
-        error
     }
 
     pub fn succeeded(&self) {
         let mut state = self.lock();
         let was_out = state.last.take().is_some();
-        state.probing = false;
+        state.probe = None;
         drop(state);
         if was_out {
             tracing::info!("upstream reachable again");
@@ -177,7 +211,7 @@ impl Openings {
                 let state = self.lock();
                 match &state.last {
                     None => return true,
-                    Some(_) if state.probing => by,
+                    Some(_) if state.probing() => by,
                     Some(last) if Instant::now() < last.until => {
                         let spread = wait_after(last.in_a_row).mul_f64(JITTER);
                         let spread = spread.max(Duration::from_millis(20));
@@ -218,22 +252,34 @@ mod tests {
         openings.lock().last.as_mut().unwrap().until = Instant::now();
     }
 
+    fn in_a_row(openings: &Openings) -> u32 {
+        openings.lock().last.as_ref().unwrap().in_a_row
+    }
+
     #[test]
     fn a_failure_blocks_openings_for_a_wait_that_grows_and_success_clears_it() {
         let openings = Openings::default();
         assert!(openings.blocked().is_none());
-        openings.begin().unwrap().failed(refused());
+        let (early, late) = (openings.begin().unwrap(), openings.begin().unwrap());
+        early.failed(refused());
         let blocked = openings.blocked().expect("blocked right after a failure");
         assert!(blocked.to_string().contains("could not connect"));
         assert_eq!(wait_after(1), FIRST_WAIT);
         assert_eq!(wait_after(2), FIRST_WAIT.mul_f64(1.6));
         assert_eq!(wait_after(30), MAX_WAIT);
-        openings.failed(refused());
-        let in_a_row = || openings.lock().last.as_ref().unwrap().in_a_row;
-        assert_eq!(in_a_row(), 1, "failures during the wait count once");
         end_wait(&openings);
-        openings.failed(refused());
-        assert_eq!(in_a_row(), 2);
+        late.failed(refused());
+        assert_eq!(
+            in_a_row(&openings),
+            1,
+            "openings under way when it began count once"
+        );
+        assert!(
+            openings.blocked().is_none(),
+            "and do not hold back the probe"
+        );
+        openings.begin().unwrap().failed(refused());
+        assert_eq!(in_a_row(&openings), 2, "the probe's failure grows the wait");
         assert!(openings.outage().is_some());
         openings.succeeded();
         assert!(openings.blocked().is_none());
@@ -243,9 +289,8 @@ mod tests {
     #[test]
     fn after_the_wait_one_opening_probes_and_the_others_are_held_back() {
         let openings = Openings::default();
-        let _ = openings.begin().unwrap();
-        let _ = openings.begin().unwrap();
-        openings.failed(refused());
+        let before = openings.begin().unwrap();
+        openings.begin().unwrap().failed(refused());
         assert!(openings.begin().is_err(), "during the wait");
         end_wait(&openings);
         let probe = openings.begin().expect("the wait is over: one probe");
@@ -253,7 +298,11 @@ mod tests {
             openings.begin().is_err(),
             "a second opening waits for the probe"
         );
-        assert!(openings.blocked().is_some());
+        before.failed(refused());
+        assert!(
+            openings.begin().is_err(),
+            "an older opening's failure leaves the probe on"
+        );
         drop(probe);
         let probe = openings.begin().expect("a cancelled probe frees the way");
         probe.succeeded();
@@ -261,10 +310,22 @@ mod tests {
         let _b = openings.begin().expect("openings succeed: no limit");
     }
 
+    #[test]
+    fn connections_turned_away_in_a_row_grow_the_wait_though_their_openings_succeeded() {
+        let openings = Openings::default();
+        openings.begin().unwrap().succeeded();
+        openings.turned_away(TransportError::Handshake("GOAWAY".into()), 1);
+        assert!(openings.blocked().is_some());
+        end_wait(&openings);
+        openings.begin().unwrap().succeeded();
+        openings.turned_away(TransportError::Handshake("GOAWAY".into()), 6);
+        assert_eq!(in_a_row(&openings), 6);
+    }
+
     #[tokio::test]
     async fn waiters_go_on_when_the_probe_succeeds_and_give_up_at_their_deadline() {
         let openings = Arc::new(Openings::default());
-        openings.failed(refused());
+        openings.begin().unwrap().failed(refused());
         let soon = Instant::now() + Duration::from_millis(30);
         let far = Instant::now() + Duration::from_secs(30);
         assert!(!openings.wait_usable(Instant::now()).await);
