@@ -326,6 +326,23 @@ impl UpstreamClient {
         self.pack_size
     }
 
+    /// An item's failure: `attempts`, why it stopped, the last error, and how long since its
+    /// deadline started.
+    fn failure(
+        &self,
+        attempts: u32,
+        gave_up: GiveUp,
+        last: UpstreamError,
+        deadline: Option<&ItemDeadline>,
+    ) -> Failure {
+        Failure {
+            attempts,
+            gave_up,
+            elapsed: deadline.map_or(Duration::ZERO, |d| d.elapsed(&self.retry)),
+            last,
+        }
+    }
+
     /// One request, each attempt sent to the endpoint `pick` chooses, under its limiter and
     /// pacer, and retried as the policy allows. A refused key or quota moves the request to
     /// another endpoint at once, without spending the retry budget. While the endpoint cannot
@@ -339,10 +356,10 @@ impl UpstreamClient {
     ) -> (Result<T, Failure>, Usage) {
         let mut usage = Usage::default();
         let mut deadline: Option<ItemDeadline> = None;
-        let started = Instant::now();
         let mut attempts = 0;
         // The last failure, for the answer when the deadline runs out between attempts.
-        let mut last_error: Option<UpstreamError> = None;
+        // Boxed: kept across every later await, and rare.
+        let mut last_error: Option<Box<UpstreamError>> = None;
         // Failures that spend the retry budget: a 429 for rate waits out the deadline instead.
         let mut budgeted_failures = 0;
         let mut unreachable_failures = 0;
@@ -350,30 +367,42 @@ impl UpstreamClient {
         let mut failed_at: Option<&Endpoint> = None;
         let mut tier = self.service_tier;
         let mut written_only = false;
-        let give_up = |attempts, gave_up, last| Failure {
-            attempts,
-            gave_up,
-            elapsed: started.elapsed(),
-            last,
-        };
         loop {
             let endpoint = self.pick(failed_at);
-            if let Some(unreachable) = endpoint.unreachable() {
+            if endpoint.unreachable().is_some() {
                 let by = deadline
                     .get_or_insert_with(|| ItemDeadline::start(&self.retry))
                     .at();
                 // Boxed: rare, and every call's future would otherwise carry room for it.
                 if !Box::pin(endpoint.wait_usable(by)).await {
-                    let last = last_error.unwrap_or(unreachable);
+                    let last = last_error
+                        .map(|e| *e)
+                        .or_else(|| endpoint.unreachable())
+                        .unwrap_or_else(|| {
+                            let why =
+                                "the upstream could not be reached within the item's deadline";
+                            UpstreamError::Transport(TransportError::Connect(why.into()))
+                        });
                     tracing::debug!(error.code = last.code(), %last, attempts, "upstream unreachable until the item's deadline");
-                    return (Err(give_up(attempts, GiveUp::DeadlineReached, last)), usage);
+                    return (
+                        Err(self.failure(
+                            attempts,
+                            GiveUp::DeadlineReached,
+                            last,
+                            deadline.as_ref(),
+                        )),
+                        usage,
+                    );
                 }
             }
             if let (Some(d), Some(_)) = (&deadline, &last_error)
                 && Instant::now() >= d.at()
             {
-                let last = last_error.expect("checked above");
-                return (Err(give_up(attempts, GiveUp::DeadlineReached, last)), usage);
+                let last = *last_error.expect("checked above");
+                return (
+                    Err(self.failure(attempts, GiveUp::DeadlineReached, last, deadline.as_ref())),
+                    usage,
+                );
             }
             let queued_at = Instant::now();
             let slot = endpoint.limiter().acquire().await;
@@ -484,7 +513,10 @@ impl UpstreamClient {
             {
                 Decision::GiveUp(gave_up) => {
                     tracing::debug!(error.code = error.code(), %error, attempts, %gave_up, "upstream call failed");
-                    return (Err(give_up(attempts, gave_up, error)), usage);
+                    return (
+                        Err(self.failure(attempts, gave_up, error, Some(deadline))),
+                        usage,
+                    );
                 }
                 Decision::RetryAfter(delay) => {
                     self.metrics
@@ -500,7 +532,7 @@ impl UpstreamClient {
                     if !delay.is_zero() && !waits_for_probe {
                         tokio::time::sleep(delay).await;
                     }
-                    last_error = Some(error);
+                    last_error = Some(Box::new(error));
                 }
             }
         }

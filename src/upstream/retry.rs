@@ -52,6 +52,13 @@ impl ItemDeadline {
         self.at
     }
 
+    /// Since it started under `policy` (`latest` is a fixed span after the start: no field of
+    /// its own, since every call's future carries one of these).
+    pub fn elapsed(&self, policy: &RetryPolicy) -> Duration {
+        let started = self.latest - policy.item_deadline * RATE_LIMIT_PATIENCE;
+        started.elapsed()
+    }
+
     /// Moves the deadline later by `waited`, which did not count.
     pub fn extend(&mut self, waited: Duration) {
         self.at = (self.at + waited).min(self.latest);

@@ -150,6 +150,11 @@ impl Connections {
             let age = limits.max_connection_age;
             Pool::new(streams, limits.max_in_flight, limits.liveness, age)
         });
+        // HTTP/2's headers hold a `content-length` from the start, each call's copy replacing
+        // its value: inserting it into a copy would grow the copy's table, for every call in
+        // flight (HTTP/1.1's comes from hyper).
+        let mut headers = headers;
+        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
         Ok(Self {
             connector,
             url,
@@ -173,17 +178,20 @@ impl Connections {
         // attempt, not two.
         let mut resends = 0;
         loop {
-            match self.try_send(body).await {
+            body = match self.try_send(body).await {
                 Err(Failed::Unsent(unsent, error)) if resends < MAX_RESENDS => {
                     tracing::debug!(upstream = ?self.connector, %error, resends, "request not processed by the server: sent again");
-                    body = unsent;
                     resends += 1;
                     self.resent.fetch_add(1, Ordering::Relaxed);
-                    if resends > 1 {
-                        tokio::time::sleep(RESEND_PAUSE * (1 << (resends - 2).min(10))).await;
-                    }
+                    unsent
                 }
                 result => return result.map_err(Failed::into_error),
+            };
+            // Outside the match, so the failed attempt's result is not held across the pause;
+            // boxed: rare, and every call's future would otherwise carry a timer.
+            if resends > 1 {
+                let pause = RESEND_PAUSE * (1 << (resends - 2).min(10));
+                Box::pin(tokio::time::sleep(pause)).await;
             }
         }
     }
@@ -270,9 +278,6 @@ impl Connections {
             Ok(sent) => sent,
             Err(e) => return Err(not_started(body, e)),
         };
-        // The connection's first stream: refused by GOAWAY, it means the server processed
-        // nothing on the connection (its last stream id is 0).
-        let first_stream = response.stream_id().as_u32() == 1;
         drop(sender);
         // A copy, by reference, in case the server turns the stream away unprocessed.
         let again = body.clone();
@@ -282,7 +287,7 @@ impl Connections {
             // answer says why.
             Err(e) => Err(response.await.err().unwrap_or(e)),
         }
-        .map_err(|e| self.stream_failed(conn, e, &again, first_stream))?
+        .map_err(|e| self.stream_failed(conn, e, &again, stream.stream_id().as_u32() == 1))?
         .into_parts();
         drop(again);
         conn.answered();
@@ -309,7 +314,9 @@ impl Connections {
     }
 
     /// A started stream's failure: unsent when the server never processed it, the PING
-    /// check's verdict when that closed the connection, else the error itself.
+    /// check's verdict when that closed the connection, else the error itself. `first_stream`:
+    /// the connection's first (refused by GOAWAY, the server processed nothing on it: its last
+    /// stream id is 0).
     fn stream_failed(
         &self,
         conn: &Conn,
