@@ -348,16 +348,7 @@ fn codes(rows: &[Row]) -> std::collections::BTreeMap<String, usize> {
 async fn a_rerun_after_an_outage_fills_every_transient_row_keeps_the_final_ones_and_repairs_a_torn_line()
  {
     let mut provider = crate::outage::Provider::start(&["--sim-latency-ms", "10"]);
-    let url = provider.base_url();
-    let app = spawn_app(config(&[
-        "--openai-base-url",
-        &url,
-        "--openai-api-key",
-        "sk-sim",
-        "--item-deadline",
-        "1",
-    ]))
-    .await;
+    let app = crate::outage::spawn_against_provider(&provider, &["--item-deadline", "1"]).await;
     let mut titles = data_lines("hn_titles_1000.txt")[..60].to_vec();
     titles[10] = "   ".to_owned();
     let input = temp_path("outage.txt");

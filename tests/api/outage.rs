@@ -72,7 +72,8 @@ impl Drop for Provider {
     }
 }
 
-async fn spawn_against_provider(provider: &Provider, extra: &[&str]) -> TestApp {
+/// The app against `provider`, with extra flags.
+pub async fn spawn_against_provider(provider: &Provider, extra: &[&str]) -> TestApp {
     let url = provider.base_url();
     let base = [
         "--openai-base-url",
