@@ -139,7 +139,9 @@ cell() { # NAME UPSTREAM_URL ENV...
   local our_port before after log="$dir/serve-$RANDOM.log"
   our_port=$(port)
   before=$(sim_requests)
-  env "$@" HNC_UPSTREAM_CA_FILE="$dir/ca.pem" HNC_MAX_BATCH=2000 RUST_LOG=warn HNC_LOG_FORMAT=pretty \
+  # The retry loop's lines at debug: a healthy cell has none, a failing one says why.
+  env "$@" HNC_UPSTREAM_CA_FILE="$dir/ca.pem" HNC_MAX_BATCH=2000 \
+    RUST_LOG=warn,hn_classifier::upstream::pool=debug HNC_LOG_FORMAT=json \
     "$bin" serve --listen "127.0.0.1:$our_port" --openai-base-url "$url/v1" \
     --openai-api-key sim-key >"$log" 2>&1 &
   local pid=$!
@@ -188,7 +190,25 @@ PY
   printf '%-44s items %6s  errors %3s  benched %3s  upstream requests %6s (+%s%%)  resent %5s  %5ss  %s\n' \
     "$name" "$n" "$errors" "$benched" "$requests" \
     "$(python3 -c "print(round(($requests - $items) * 100 / $items, 2))")" "$resent" "$secs" "$verdict"
-  [ "$verdict" = ok ] || { echo "  first error: $sample"; grep -m3 -i "warn\|error" "$log" || true; }
+  if [ "$verdict" != ok ]; then
+    echo "  first error: $sample"
+    grep -m3 -i "warn\|error" "$log" || true
+    echo "  retries by error (the first 5 kinds):"
+    python3 - "$log" <<'PY'
+import collections, json, sys
+kinds = collections.Counter()
+for line in open(sys.argv[1], encoding="utf-8", errors="replace"):
+    try:
+        log = json.loads(line)
+    except ValueError:
+        continue
+    fields = log.get("fields", log)
+    if fields.get("message") == "retrying":
+        kinds[str(fields.get("error", "?"))[:160]] += 1
+for kind, n in kinds.most_common(5):
+    print(f"  {n:6d}  {kind}")
+PY
+  fi
 }
 
 echo "transport check: $items titles a cell (batches of 100, 20 at a time, 5 s idle before the last tenth)"
