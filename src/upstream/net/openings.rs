@@ -7,6 +7,7 @@
 //! (`wait_usable`). A short outage costs its calls waiting, and the endpoint one opening per
 //! wait, not a storm of them.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,9 @@ const JITTER: f64 = 0.2;
 
 #[derive(Debug, Default)]
 pub struct Openings {
+    /// Whether openings have failed since the last success: read without the lock, so the
+    /// checks every call makes (`blocked`, `wait_usable`) cost nothing while the provider is up.
+    failing: AtomicBool,
     state: Mutex<State>,
     /// An opening settled (opened or failed): the calls waiting in `wait_usable` look again.
     settled: Notify,
@@ -110,6 +114,9 @@ impl Openings {
 
     /// The last opening's failure, while the wait after it lasts or while a probe is out.
     pub fn blocked(&self) -> Option<Arc<TransportError>> {
+        if !self.failing.load(Ordering::Acquire) {
+            return None;
+        }
         let state = self.lock();
         let last = state.last.as_ref()?;
         (state.probing() || Instant::now() < last.until).then(|| last.error.clone())
@@ -175,6 +182,7 @@ impl Openings {
             in_a_row,
             since,
         });
+        self.failing.store(true, Ordering::Release);
         drop(state);
         self.settled.notify_waiters();
     }
@@ -183,6 +191,7 @@ impl Openings {
         let mut state = self.lock();
         let was_out = state.last.take().is_some();
         state.probe = None;
+        self.failing.store(false, Ordering::Release);
         drop(state);
         if was_out {
             tracing::info!("upstream reachable again");
@@ -203,6 +212,9 @@ impl Openings {
     /// jitter of this caller's own, so one caller goes first and probes), or until the probe
     /// under way settles. False when `by` comes first.
     pub async fn wait_usable(&self, by: Instant) -> bool {
+        if !self.failing.load(Ordering::Acquire) {
+            return true;
+        }
         loop {
             let notified = self.settled.notified();
             tokio::pin!(notified);
