@@ -8,6 +8,7 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use hn_classifier::taxonomy::{AnswerForm, Taxonomy};
 use hn_classifier::upstream::UpstreamApi;
+use hn_classifier::upstream::reasoning::Thinking;
 use hn_classifier::upstream::templates::{PackTemplate, RequestTemplate};
 use serde_json::json;
 
@@ -46,7 +47,13 @@ fn codec(c: &mut Criterion) {
         ("responses", UpstreamApi::Responses, responses_body(answer)),
         ("chat", UpstreamApi::Chat, chat_body(answer)),
     ] {
-        let template = RequestTemplate::new(api, "gpt-4.1-mini", &taxonomy, WRITTEN);
+        let template = RequestTemplate::new(
+            api,
+            "gpt-4.1-mini",
+            &taxonomy,
+            WRITTEN,
+            Thinking::default_for("gpt-4.1-mini"),
+        );
         c.bench_function(&format!("{name}/encode one title"), |b| {
             b.iter(|| template.encode(black_box(TITLE)))
         });
@@ -95,6 +102,7 @@ fn codec(c: &mut Criterion) {
         "gpt-4.1-mini",
         &taxonomy,
         AnswerForm::LabelOnly,
+        Thinking::default_for("gpt-4.1-mini"),
     );
     c.bench_function(
         "responses/parse that body into a JSON value, for scale",
@@ -133,6 +141,7 @@ fn codec(c: &mut Criterion) {
         &taxonomy,
         20,
         WRITTEN,
+        Thinking::default_for("gpt-4.1-mini"),
     );
     let items: Vec<_> = (0..20)
         .map(|id| json!({"id": id, "topic": "programming_dev_tools", "confidence": 0.8}))

@@ -19,8 +19,8 @@ use crate::sim::SimConfig;
 use crate::taxonomy::{Taxonomies, TaxonomyError};
 use crate::upstream::pricing::{PriceFileError, PriceTable};
 use crate::upstream::{
-    AuthStyle, ConfidenceSource, EndpointSettings, Http2, RetryPolicy, ServiceTier, Transport,
-    UpstreamApi, UpstreamSettings,
+    AuthStyle, ConfidenceSource, EffortSetting, EndpointSettings, Http2, ReasoningSettings,
+    RetryPolicy, ServiceTier, Transport, UpstreamApi, UpstreamSettings,
 };
 
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -179,12 +179,27 @@ pub struct ServeConfig {
     #[arg(long, env = "HNC_CONFIDENCE", value_name = "HNC_CONFIDENCE", default_value = "logprobs", value_parser = confidence_parser())]
     pub confidence: ConfidenceSource,
 
+    /// The reasoning effort sent to a model that reasons (`reasoning.effort`, Chat's
+    /// `reasoning_effort`): `auto` sends the lowest the model accepts (`none` on gpt-5.1 and
+    /// later, `minimal` on gpt-5/-mini/-nano, `low` on the o-series) and nothing to a model that
+    /// does not reason; `off` never sends one (the model's default applies); a value sends that
+    /// effort. A 400 refusing it teaches the endpoint one the model takes.
+    #[arg(long, env = "HNC_REASONING_EFFORT", value_name = "HNC_REASONING_EFFORT", default_value = "auto", value_parser = named(EffortSetting::NAMES))]
+    pub reasoning_effort: EffortSetting,
+
+    /// Output tokens left for reasoning on top of the answer's, on a model that reasons at the
+    /// effort sent (its reasoning counts against the same cap). Unset: by effort (minimal 256,
+    /// low 1024, medium 4096, high 8192, xhigh 16384; none 0). An answer the cap cuts short
+    /// while the model reasoned is sent again once with four times the room (at least 2048).
+    #[arg(long, env = "HNC_REASONING_TOKENS", value_name = "HNC_REASONING_TOKENS", value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub reasoning_tokens: Option<u32>,
+
     /// Model to call.
     #[arg(
         long,
         env = "OPENAI_MODEL",
         value_name = "OPENAI_MODEL",
-        default_value = "gpt-4.1-mini"
+        default_value = "gpt-5.4-nano"
     )]
     pub openai_model: String,
 
@@ -585,6 +600,10 @@ impl ServeConfig {
             service_tier: self.service_tier,
             flex_fallback: self.flex_fallback,
             confidence: self.confidence,
+            reasoning: ReasoningSettings {
+                effort: self.reasoning_effort,
+                room: self.reasoning_tokens,
+            },
             extra_roots: self.extra_roots()?,
             transport: Transport {
                 http2: self.upstream_http2,

@@ -64,6 +64,9 @@ pub struct Metrics {
     pub redis_coordinated: IntGauge,
     /// 1 while an endpoint's confidences come from logprobs, 0 while its model writes them.
     pub upstream_confidence_from_logprobs: IntGaugeVec,
+    /// Answers whose logprobs came unreadable or not at all (each asked again for a written
+    /// confidence), by endpoint.
+    pub upstream_logprobs_unreadable: IntCounterVec,
     /// Background tasks of the process (`crate::tasks`): connection drivers, server connections.
     pub background_tasks: IntGauge,
 }
@@ -171,7 +174,7 @@ impl Metrics {
             upstream_tokens: IntCounterVec::new(
                 Opts::new(
                     "upstream_tokens_total",
-                    "Tokens the provider counted, by kind (input, cached_input, output) and model.",
+                    "Tokens the provider counted, by kind (input; cached_input, the part of input its cache served; output; reasoning, the part of output spent thinking) and model.",
                 ),
                 &["kind", "model"],
             )
@@ -249,6 +252,14 @@ impl Metrics {
                 &["upstream"],
             )
             .expect("valid metric"),
+            upstream_logprobs_unreadable: IntCounterVec::new(
+                Opts::new(
+                    "upstream_logprobs_unreadable_total",
+                    "Answers asked for logprobs that came without them or with logprobs that do not spell the text; each is asked again for a written confidence (a second call).",
+                ),
+                &["upstream"],
+            )
+            .expect("valid metric"),
             background_tasks: IntGauge::new(
                 "background_tasks",
                 "Background tasks running in the process (connection drivers, server connections).",
@@ -266,8 +277,9 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 26] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 27] = [
             Box::new(self.upstream_confidence_from_logprobs.clone()),
+            Box::new(self.upstream_logprobs_unreadable.clone()),
             Box::new(self.background_tasks.clone()),
             Box::new(self.answers.clone()),
             Box::new(self.service_ready.clone()),

@@ -8,7 +8,7 @@ use validator::{Validate, ValidationError};
 
 use crate::classify::{BatchLimits, BatchOutcome, ItemResult};
 use crate::taxonomy::Taxonomy;
-use crate::upstream::Usage;
+use crate::upstream::{ConfidenceSource, Usage};
 
 /// `{"titles": [...]}`, optionally with `"taxonomy"`. Unknown fields are ignored, so clients may
 /// send more over time.
@@ -61,6 +61,11 @@ pub struct ItemView {
     /// In 0..=1; null on error.
     #[schema(minimum = 0.0, maximum = 1.0)]
     pub confidence: Option<f64>,
+    /// Where `confidence` came from: `logprobs` (the probability the model gave the label) or
+    /// `self` (the number the model wrote); absent on error. Answers of one kind are never
+    /// served for the other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence_source: Option<ConfidenceSource>,
     /// What went wrong; null on success.
     pub error: Option<String>,
     /// A stable code for the error (docs/http-api.md lists them); absent on success.
@@ -81,6 +86,9 @@ pub struct UsageView {
     #[serde(default)]
     pub cached_input_tokens: u64,
     pub output_tokens: u64,
+    /// The part of `output_tokens` a reasoning model spent thinking (billed as output).
+    #[serde(default)]
+    pub reasoning_tokens: u64,
     pub upstream_requests: u64,
     /// USD at the model's prices (built in, or `HNC_PRICES_FILE`); null for a model without one.
     #[serde(default)]
@@ -93,6 +101,7 @@ impl From<&ItemResult> for ItemView {
             Ok(c) => Self {
                 topic: Some(c.prediction.topic.to_string()),
                 confidence: Some(c.prediction.confidence),
+                confidence_source: Some(c.prediction.source),
                 error: None,
                 error_code: None,
                 cached: c.cached,
@@ -107,6 +116,7 @@ impl ItemView {
         Self {
             topic: None,
             confidence: None,
+            confidence_source: None,
             error: Some(message),
             error_code: Some(code.to_owned()),
             cached: false,
@@ -120,6 +130,7 @@ impl UsageView {
             input_tokens: u.input_tokens,
             cached_input_tokens: u.cached_input_tokens,
             output_tokens: u.output_tokens,
+            reasoning_tokens: u.reasoning_tokens,
             upstream_requests: u.upstream_requests,
             // To a ten-billionth of a dollar: below that it is float noise, not money.
             cost_usd: u.cost_usd().map(|usd| (usd * 1e10).round() / 1e10),

@@ -23,6 +23,7 @@ use crate::config::{ConfigError, ServeConfig};
 use crate::sim::{SimConfigError, SimServer};
 use crate::taxonomy::{AnswerForm, Taxonomy};
 use crate::upstream::pricing::Price;
+use crate::upstream::reasoning::Thinking;
 use crate::upstream::templates::{PackTemplate, RequestTemplate};
 use crate::upstream::{Prediction, Tier, UpstreamApi, Usage};
 
@@ -61,6 +62,8 @@ struct Lane {
     api: UpstreamApi,
     /// What the lines ask the model to write (the templates' form).
     form: AnswerForm,
+    /// What the lines say of reasoning, as live calls do.
+    thinking: Thinking,
     pack_size: usize,
     taxonomy: Taxonomy,
     price: Option<Price>,
@@ -170,6 +173,7 @@ pub async fn classify_file(
                         (Some(topic), Some(confidence)) => Ok(Prediction {
                             topic: Arc::from(topic),
                             confidence,
+                            source: row.confidence_source.unwrap_or_default(),
                         }),
                         _ => Err(format!(
                             "{}\u{0}{}",
@@ -205,6 +209,7 @@ pub async fn classify_file(
         input_tokens: usage.input_tokens,
         cached_input_tokens: usage.cached_input_tokens,
         output_tokens: usage.output_tokens,
+        reasoning_tokens: usage.reasoning_tokens,
         upstream_requests: usage.upstream_requests,
         cost_usd: usage.cost_usd(),
         output: Some(output.path().to_owned()),
@@ -221,6 +226,7 @@ fn row(title: &str, result: Option<Result<Prediction, String>>) -> Row {
             title: title.to_owned(),
             topic: Some(p.topic.to_string()),
             confidence: Some(p.confidence),
+            confidence_source: Some(p.source),
             error: None,
             error_code: None,
         },
@@ -232,6 +238,7 @@ fn row(title: &str, result: Option<Result<Prediction, String>>) -> Row {
                 title: title.to_owned(),
                 topic: None,
                 confidence: None,
+                confidence_source: None,
                 error: Some(message.to_owned()),
                 error_code: Some(code.to_owned()),
             }
@@ -261,7 +268,9 @@ impl Lane {
         let pack_size = settings.pack_size.max(1);
         // As live; a model that refuses logprobs and is not known to fails its lines, which go
         // to the fallback.
-        let form = settings.confidence.form_for(&endpoint.model);
+        let openai = endpoint.base_url.contains("//api.openai.com");
+        let thinking = Thinking::new(&endpoint.model, openai, settings.reasoning);
+        let form = settings.confidence.form_for(&thinking);
         let api_path = match endpoint.api {
             UpstreamApi::Responses => "/v1/responses",
             UpstreamApi::Chat => "/v1/chat/completions",
@@ -269,8 +278,16 @@ impl Lane {
         Ok(Self {
             client: BatchClient::new(&endpoint.base_url, &endpoint.api_key),
             endpoint: api_path.to_owned(),
-            single: RequestTemplate::new(endpoint.api, &endpoint.model, &taxonomy, form),
-            packs: PackTemplate::new(endpoint.api, &endpoint.model, &taxonomy, pack_size, form),
+            single: RequestTemplate::new(endpoint.api, &endpoint.model, &taxonomy, form, thinking),
+            packs: PackTemplate::new(
+                endpoint.api,
+                &endpoint.model,
+                &taxonomy,
+                pack_size,
+                form,
+                thinking,
+            ),
+            thinking,
             api: endpoint.api,
             form,
             pack_size,
@@ -287,9 +304,17 @@ impl Lane {
     /// Reads (and writes) lines in `form`: a resumed run's, as its state says.
     fn use_form(&mut self, form: AnswerForm) {
         if form != self.form {
-            self.single = RequestTemplate::new(self.api, &self.model, &self.taxonomy, form);
-            self.packs =
-                PackTemplate::new(self.api, &self.model, &self.taxonomy, self.pack_size, form);
+            let thinking = self.thinking;
+            self.single =
+                RequestTemplate::new(self.api, &self.model, &self.taxonomy, form, thinking);
+            self.packs = PackTemplate::new(
+                self.api,
+                &self.model,
+                &self.taxonomy,
+                self.pack_size,
+                form,
+                thinking,
+            );
             self.form = form;
         }
     }

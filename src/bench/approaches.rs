@@ -14,6 +14,7 @@ use super::target::{Approach, UpstreamTarget, upstream_client};
 use crate::api::body::{ItemView, UsageView};
 use crate::taxonomy::{AnswerForm, Taxonomy};
 use crate::upstream::pricing::PriceTable;
+use crate::upstream::reasoning::Thinking;
 use crate::upstream::templates::RequestTemplate;
 use crate::upstream::{UpstreamClient, Usage};
 
@@ -85,6 +86,7 @@ fn run_pool(
         &target.model,
         &taxonomy,
         AnswerForm::LabelAndConfidence,
+        Thinking::default_for(&target.model),
     );
     let price = PriceTable::default().price_of(&target.model);
     let url = format!("{}/{}", target.url.trim_end_matches('/'), target.api.path());

@@ -16,6 +16,7 @@ use super::result::{append_csv, percentile_ms};
 use super::target::UpstreamTarget;
 use crate::taxonomy::Taxonomy;
 use crate::upstream::ConfidenceSource;
+use crate::upstream::reasoning::Thinking;
 use crate::upstream::templates::RequestTemplate;
 
 /// One target at one rate: a row of `latency.csv`.
@@ -130,7 +131,8 @@ pub async fn study(
                 upstream.api,
                 &upstream.model,
                 &taxonomy,
-                ConfidenceSource::default().form_for(&upstream.model),
+                ConfidenceSource::default().form_for(&Thinking::default_for(&upstream.model)),
+                Thinking::default_for(&upstream.model),
             )),
             target: upstream.clone(),
         }),

@@ -12,8 +12,8 @@ use crate::secret::Secret;
 use crate::taxonomy::Taxonomies;
 use crate::upstream::pricing::PriceTable;
 use crate::upstream::{
-    AuthStyle, ConfidenceSource, EndpointSettings, Http2, Transport, UpstreamApi, UpstreamClient,
-    UpstreamSettings,
+    AuthStyle, ConfidenceSource, EndpointSettings, Http2, ReasoningSettings, Transport,
+    UpstreamApi, UpstreamClient, UpstreamSettings,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -75,6 +75,7 @@ pub fn upstream_client(
         retry: target.tuning.retry_policy(),
         pack_size: 1,
         confidence: ConfidenceSource::default(),
+        reasoning: ReasoningSettings::default(),
         service_tier: None,
         flex_fallback: true,
         extra_roots: Vec::new(),

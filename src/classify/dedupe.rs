@@ -1,8 +1,10 @@
 //! Paying once per distinct question. Identical titles in flight at the same time, in one batch
 //! or across batches, share one upstream call (single-flight); an optional bounded cache (moka:
-//! TTL and LRU-like eviction) answers repeats without a call. Keys hold the model, the taxonomy's
-//! name and version, and the title exactly as it is sent, so an answer is never reused for
-//! another model or taxonomy. With Redis, a second level behind it holds what every replica
+//! TTL and LRU-like eviction) answers repeats without a call. Keys hold the model, the kind of
+//! confidence, the taxonomy's name and version, and the title exactly as it is sent, so an
+//! answer is never reused for another model or taxonomy, nor a written confidence served where
+//! one from logprobs is asked for (a lookup asks for the kind a call would ask for now; an
+//! answer is kept under the kind it holds). With Redis, a second level behind it holds what every replica
 //! got (`coord::SharedCache`): a title any replica answered is a cache hit on all of them.
 
 use std::collections::HashMap;
@@ -13,7 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::coord::SharedCache;
 use crate::taxonomy::Taxonomy;
-use crate::upstream::{Failure, Prediction, UpstreamClient, Usage};
+use crate::upstream::{ConfidenceSource, Failure, Prediction, UpstreamClient, Usage};
 
 /// Cache settings; `None` in `Dedupe::new` means no cache.
 #[derive(Debug, Clone, Copy)]
@@ -25,6 +27,7 @@ pub struct CacheSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct CallKey {
     model: Arc<str>,
+    source: ConfidenceSource,
     taxonomy: Arc<str>,
     title: Box<str>,
 }
@@ -67,6 +70,7 @@ struct Stored<'a> {
     #[serde(borrow)]
     topic: std::borrow::Cow<'a, str>,
     confidence: f64,
+    source: ConfidenceSource,
 }
 
 impl Dedupe {
@@ -128,7 +132,7 @@ impl Dedupe {
                     let (result, usage) = self.upstream.classify(taxonomy, title).await;
                     let result = result.map_err(Arc::new);
                     if let Ok(prediction) = &result {
-                        Box::pin(self.remember(&key, prediction)).await;
+                        Box::pin(self.remember(key.clone(), prediction)).await;
                     }
                     flight.land(&result);
                     return Answer {
@@ -174,7 +178,7 @@ impl Dedupe {
         for ((position, title), slot) in misses.into_iter().zip(slots) {
             match slot {
                 Some(prediction) => {
-                    Box::pin(self.remember(&self.key(taxonomy, title), &prediction)).await;
+                    Box::pin(self.remember(self.key(taxonomy, title), &prediction)).await;
                     let usage = pack_usage.take().unwrap_or_default();
                     answers[position] = Some(Answer {
                         result: Ok(prediction),
@@ -206,12 +210,16 @@ impl Dedupe {
     fn key(&self, taxonomy: &Taxonomy, title: &str) -> CallKey {
         CallKey {
             model: self.model.clone(),
+            source: self.upstream.asks_for(),
             taxonomy: taxonomy.key().clone(),
             title: title.into(),
         }
     }
 
-    async fn remember(&self, key: &CallKey, prediction: &Prediction) {
+    /// Keeps `prediction` under `key`, for the kind of confidence it holds.
+    async fn remember(&self, mut key: CallKey, prediction: &Prediction) {
+        key.source = prediction.source;
+        let key = &key;
         if let Some(cache) = &self.cache {
             cache.insert(key.clone(), prediction.clone()).await;
         }
@@ -219,6 +227,7 @@ impl Dedupe {
             let stored = Stored {
                 topic: std::borrow::Cow::Borrowed(&prediction.topic),
                 confidence: prediction.confidence,
+                source: prediction.source,
             };
             let value = serde_json::to_string(&stored).expect("a label and a number serialize");
             shared.put(shared_key(shared, key), value).await;
@@ -252,9 +261,13 @@ impl Dedupe {
             else {
                 continue;
             };
+            if stored.source != keys[i].source {
+                continue;
+            }
             let prediction = Prediction {
                 topic: Arc::from(stored.topic.as_ref()),
                 confidence: stored.confidence,
+                source: stored.source,
             };
             cache.insert(keys[i].clone(), prediction.clone()).await;
             found[i] = Some(prediction);
@@ -279,7 +292,7 @@ impl Dedupe {
 }
 
 fn shared_key(shared: &SharedCache, key: &CallKey) -> String {
-    shared.key(&[&key.model, &key.taxonomy, &key.title])
+    shared.key(&[&key.model, key.source.name(), &key.taxonomy, &key.title])
 }
 
 enum Role<'d> {

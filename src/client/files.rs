@@ -310,6 +310,7 @@ mod tests {
             title: t.to_owned(),
             topic: Some("security".into()),
             confidence: Some(0.5),
+            confidence_source: None,
             error: None,
             error_code: None,
         };

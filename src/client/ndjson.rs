@@ -56,6 +56,7 @@ async fn read_rows(
                     title: titles[item.index].clone(),
                     topic: view.topic,
                     confidence: view.confidence,
+                    confidence_source: view.confidence_source,
                     error: view.error,
                     error_code: view.error_code,
                 });

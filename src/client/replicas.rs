@@ -115,21 +115,6 @@ impl Target {
         }
     }
 
-    /// Whether every endpoint of the service still reads its confidences from logprobs, by its
-    /// `upstream_confidence_from_logprobs` gauges (a service that cannot be asked counts as
-    /// yes: nothing says otherwise).
-    pub async fn confidences_from_logprobs(&self) -> bool {
-        let url = format!("{}/metrics", self.urls[0]);
-        let Ok(response) = reqwest::get(&url).await else {
-            return true;
-        };
-        let text = response.text().await.unwrap_or_default();
-        !text
-            .lines()
-            .filter(|l| l.starts_with("upstream_confidence_from_logprobs{"))
-            .any(|l| l.ends_with(" 0"))
-    }
-
     /// Batches at once: as asked, but in process no more than the pipeline's slots take.
     fn concurrency(&self, batches: Batches) -> usize {
         let wanted = batches.concurrency.max(1);
@@ -333,6 +318,7 @@ impl Summary {
         self.input_tokens += usage.input_tokens;
         self.cached_input_tokens += usage.cached_input_tokens;
         self.output_tokens += usage.output_tokens;
+        self.reasoning_tokens += usage.reasoning_tokens;
         self.upstream_requests += usage.upstream_requests;
         self.cost_usd = self.cost_usd.zip(usage.cost_usd).map(|(a, b)| a + b);
     }

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::upstream::ConfidenceSource;
+
 /// One result row as written to the output.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
@@ -12,6 +14,8 @@ pub struct Row {
     pub title: String,
     pub topic: Option<String>,
     pub confidence: Option<f64>,
+    /// Where the confidence came from: `logprobs` or `self` (written by the model).
+    pub confidence_source: Option<ConfidenceSource>,
     pub error: Option<String>,
     pub error_code: Option<String>,
 }
@@ -39,6 +43,8 @@ pub struct Summary {
     /// Of the input tokens, those the provider's prompt cache served.
     pub cached_input_tokens: u64,
     pub output_tokens: u64,
+    /// Of the output tokens, those a reasoning model spent thinking.
+    pub reasoning_tokens: u64,
     pub upstream_requests: u64,
     /// `None` when the service had no price for its model.
     pub cost_usd: Option<f64>,
@@ -92,6 +98,7 @@ impl Summary {
         self.input_tokens += run.input_tokens;
         self.cached_input_tokens += run.cached_input_tokens;
         self.output_tokens += run.output_tokens;
+        self.reasoning_tokens += run.reasoning_tokens;
         self.upstream_requests += run.upstream_requests;
         self.cost_usd = self.cost_usd.zip(run.cost_usd).map(|(a, b)| a + b);
     }
@@ -126,8 +133,12 @@ impl Summary {
             0 => String::new(),
             n => format!(", {n} of them sent again after a transient error"),
         };
+        let reasoning = match self.reasoning_tokens {
+            0 => String::new(),
+            n => format!(" ({:.0} of them reasoning)", per_k(n as f64)),
+        };
         format!(
-            "{} items ({} errors{retried}, {} skipped as already done); per 1000 items: {:.0} input and {:.0} output tokens, {:.0} upstream requests, cost {}",
+            "{} items ({} errors{retried}, {} skipped as already done); per 1000 items: {:.0} input and {:.0} output tokens{reasoning}, {:.0} upstream requests, cost {}",
             self.items,
             self.errors,
             self.skipped,

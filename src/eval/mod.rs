@@ -145,13 +145,7 @@ pub async fn run(config: &EvalConfig, progress: bool) -> Result<Vec<Report>, Eva
             })
             .await?;
         bar.finish_and_clear();
-        let confidence_used = match setting {
-            Setting::Pack {
-                confidence: ConfidenceSource::Logprobs,
-                ..
-            } if !target.confidences_from_logprobs().await => "self (logprobs refused)",
-            _ => setting.confidence(),
-        };
+        let confidence_used = report::confidence_used(&rows, setting);
         let scores = score(&outcomes(&gold, &rows));
         let lane_costs = prices.and_then(|p| p.per_1000(&usage, scores.items));
         reports.push(Report {

@@ -103,6 +103,19 @@ pub struct Report {
     pub lane_costs: Option<LaneCosts>,
 }
 
+/// The kind of confidence the answers of a setting hold, from the mark on each: `logprobs`,
+/// `self`, or `mixed` (some answers could not be read from logprobs and were written);
+/// the setting's own source when nothing was answered.
+pub fn confidence_used(rows: &[Row], setting: Setting) -> &'static str {
+    let marked = || rows.iter().filter_map(|r| r.confidence_source);
+    let first = marked().next();
+    match first {
+        None => setting.confidence(),
+        Some(kind) if marked().all(|k| k == kind) => kind.name(),
+        Some(_) => "mixed",
+    }
+}
+
 pub fn outcomes<'a>(gold: &'a [GoldItem], rows: &'a [Row]) -> Vec<Outcome<'a>> {
     gold.iter()
         .zip(rows)
@@ -146,6 +159,8 @@ struct SummaryRow {
     batch_cost_per_1000: Option<f64>,
     input_tokens_per_1000: f64,
     output_tokens_per_1000: f64,
+    /// Of the output tokens, those a reasoning model spent thinking.
+    reasoning_tokens_per_1000: f64,
     upstream_requests_per_1000: f64,
 }
 
@@ -188,6 +203,7 @@ impl SummaryRow {
             batch_cost_per_1000: report.lane_costs.map(|c| c.batch),
             input_tokens_per_1000: per_1000(report.usage.input_tokens as f64),
             output_tokens_per_1000: per_1000(report.usage.output_tokens as f64),
+            reasoning_tokens_per_1000: per_1000(report.usage.reasoning_tokens as f64),
             upstream_requests_per_1000: per_1000(report.usage.upstream_requests as f64),
         }
     }
@@ -256,7 +272,7 @@ fn dollars(cost: Option<f64>) -> String {
 /// cost per 1,000 titles on each lane.
 pub fn table(reports: &[Report], dir: &Path) -> String {
     let mut lines = vec![format!(
-        "{:>8} {:>10} {:>6} {:>7} {:>8} {:>8} {:>6} {:>9} {:>7} {:>11} {:>9} {:>9} {:>10} {:>8} {:>8} {:>8}",
+        "{:>8} {:>10} {:>6} {:>7} {:>8} {:>8} {:>6} {:>9} {:>7} {:>11} {:>9} {:>9} {:>9} {:>10} {:>8} {:>8} {:>8}",
         "pack",
         "confidence",
         "items",
@@ -269,6 +285,7 @@ pub fn table(reports: &[Report], dir: &Path) -> String {
         "calls/1000",
         "in/item",
         "out/item",
+        "reas/item",
         "cost/1000",
         "live",
         "flex",
@@ -280,7 +297,7 @@ pub fn table(reports: &[Report], dir: &Path) -> String {
             .agreement_with_k1
             .map_or("-".to_owned(), |a| format!("{a:.3}"));
         lines.push(format!(
-            "{:>8} {:>10} {:>6} {:>7.3} {:>8.3} {:>8.3} {:>6.3} {:>9} {:>7} {:>11.0} {:>9.1} {:>9.1} {:>10} {:>8} {:>8} {:>8}",
+            "{:>8} {:>10} {:>6} {:>7.3} {:>8.3} {:>8.3} {:>6.3} {:>9} {:>7} {:>11.0} {:>9.1} {:>9.1} {:>9.1} {:>10} {:>8} {:>8} {:>8}",
             row.pack_size,
             row.confidence_source,
             row.items,
@@ -293,6 +310,7 @@ pub fn table(reports: &[Report], dir: &Path) -> String {
             row.upstream_requests_per_1000,
             row.input_tokens_per_1000 / 1000.0,
             row.output_tokens_per_1000 / 1000.0,
+            row.reasoning_tokens_per_1000 / 1000.0,
             dollars(row.cost_per_1000),
             dollars(row.live_cost_per_1000),
             dollars(row.flex_cost_per_1000),

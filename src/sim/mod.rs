@@ -329,8 +329,28 @@ fn respond(api: Api, sim: &Sim, request: &SimRequest, input_tokens: u64, fault: 
         ),
         _ => writer::write_answer(request),
     };
-    let output_tokens = tokens::count(&text);
+    let answer_tokens = tokens::count(&text);
+    let reasoning = sim.draw_reasoning(request);
     let model = &request.model;
+    if let Some(cap) = request
+        .max_output
+        .filter(|cap| reasoning + answer_tokens > *cap)
+    {
+        // As OpenAI does: the cap counts the reasoning too, and an answer it cuts short is
+        // billed for every token up to it.
+        sim.stats.count_fault("max_output_tokens");
+        let reasoning = reasoning.min(cap);
+        let mut body = match api {
+            Api::Responses => protocol::responses_incomplete_body(id, model, input_tokens, cap),
+            Api::Chat => protocol::chat_body(id, model, "", input_tokens, cap),
+        };
+        if let Api::Chat = api {
+            body["choices"][0]["finish_reason"] = json!("length");
+        }
+        protocol::set_reasoning_tokens(&mut body, reasoning);
+        return body;
+    }
+    let output_tokens = answer_tokens + reasoning;
     let mut body = match (api, fault) {
         (Api::Responses, Fault::Refusal) => {
             protocol::responses_refusal_body(id, model, REFUSAL, input_tokens, output_tokens)
@@ -345,6 +365,9 @@ fn respond(api: Api, sim: &Sim, request: &SimRequest, input_tokens: u64, fault: 
             protocol::chat_body_with(id, model, (&text, logprobs), input_tokens, output_tokens)
         }
     };
+    if request.reasoning.effort.is_some() {
+        protocol::set_reasoning_tokens(&mut body, reasoning);
+    }
     // As OpenAI does: the tier that served the call, whatever was asked, and the part of the
     // prompt its cache served.
     body["service_tier"] = json!(request.served_tier());
@@ -399,6 +422,30 @@ impl Sim {
                 Err(rate_limited(&request.model, kind, wait, headers))
             }
         }
+    }
+
+    /// The tokens the model spends thinking before it answers, drawn by the effort it reasons
+    /// at (ranges chosen to look like what such models report for a one-line label, and to fit
+    /// the service's default room at each effort); the whole cap where the model is reported to
+    /// burn it (`Reasoning::burns_cap`).
+    fn draw_reasoning(&self, request: &SimRequest) -> u64 {
+        use crate::models::Effort;
+        use rand::Rng;
+        if request.reasoning.burns_cap {
+            return request.max_output.unwrap_or(0);
+        }
+        let range = match request.reasoning.effort {
+            None | Some(Effort::None) => return 0,
+            Some(Effort::Minimal) => 0..=128,
+            Some(Effort::Low) => 64..=768,
+            Some(Effort::Medium) => 256..=3072,
+            Some(Effort::High) => 1024..=7168,
+            Some(Effort::Xhigh) => 2048..=14336,
+        };
+        self.rng
+            .lock()
+            .expect("rng lock poisoned")
+            .random_range(range)
     }
 
     fn draw_flex_unavailable(&self) -> bool {

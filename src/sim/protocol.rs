@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
-use crate::models::{offers_flex, refuses_logprobs};
+use crate::models::{Effort, Family, family, offers_flex};
 use crate::tokens;
 
 /// An error in OpenAI's shape: `{"error":{"message","type","param","code"}}`.
@@ -103,6 +103,116 @@ pub struct SimRequest {
     pub written_confidence: bool,
     /// Logprobs asked for: `Some(n)` returns each token's logprob with `n` alternatives.
     pub logprobs: Option<u8>,
+    /// How the model thinks: its family, and the effort it reasons at (sent, or its default).
+    pub reasoning: Reasoning,
+    /// The answer's cap, reasoning included (`max_output_tokens`, `max_completion_tokens` or
+    /// `max_tokens`); `None` when the request sets none.
+    pub max_output: Option<u64>,
+}
+
+/// How the model of a request thinks.
+#[derive(Debug, Clone, Copy)]
+pub struct Reasoning {
+    pub family: Family,
+    /// The effort it reasons at: the one sent, else the family's default; `None` for a model
+    /// that does not reason.
+    pub effort: Option<Effort>,
+    /// Chat at effort `none` under `max_completion_tokens`: gpt-5.4 is reported to ignore the
+    /// effort then and think until the cap; the simulator plays that.
+    pub burns_cap: bool,
+}
+
+/// The effort a request sends at `param` (`reasoning.effort`, `reasoning_effort`), checked as
+/// OpenAI checks it for `model`; and the effort the model then reasons at.
+fn reasoning(
+    sent: Option<&Value>,
+    param: &str,
+    model: &str,
+) -> Result<(Option<Effort>, Reasoning), OpenAiError> {
+    let family = family(model);
+    let sent = match sent {
+        None | Some(Value::Null) => None,
+        Some(Value::String(name)) => Some(Effort::parse(name).ok_or_else(|| {
+            let all: Vec<String> = Effort::ALL.iter().map(|(n, _)| format!("'{n}'")).collect();
+            OpenAiError::invalid(
+                format!(
+                    "Invalid value: '{name}'. Supported values are: {}.",
+                    all.join(", ")
+                ),
+                param,
+                Some("invalid_value"),
+            )
+        })?),
+        Some(_) => {
+            return Err(OpenAiError::invalid(
+                format!("Invalid type for '{param}': expected a string."),
+                param,
+                Some("invalid_type"),
+            ));
+        }
+    };
+    // A model the table does not know takes any effort, as a compatible server would.
+    if let Some(effort) = sent.filter(|_| family != Family::Unknown) {
+        let efforts = family.efforts();
+        if efforts.is_empty() {
+            return Err(unsupported_parameter(param));
+        }
+        if !efforts.contains(&effort) {
+            let listed: Vec<String> = efforts.iter().map(|e| format!("'{e}'")).collect();
+            let listed = match listed.split_last() {
+                Some((last, [])) => last.clone(),
+                Some((last, rest)) if rest.len() == 1 => format!("{} and {last}", rest[0]),
+                Some((last, rest)) => format!("{}, and {last}", rest.join(", ")),
+                None => String::new(),
+            };
+            return Err(OpenAiError::invalid(
+                format!(
+                    "Unsupported value: '{effort}' is not supported with the '{model}' model. Supported values are: {listed}."
+                ),
+                param,
+                Some("unsupported_value"),
+            ));
+        }
+    }
+    let effort = if family.reasons() {
+        sent.or(family.default_effort())
+    } else {
+        None
+    };
+    Ok((
+        sent,
+        Reasoning {
+            family,
+            effort,
+            burns_cap: false,
+        },
+    ))
+}
+
+/// The 400 for a parameter the model does not take (`top_logprobs`, `temperature`, an effort
+/// to a model that does not reason, `max_tokens` to one that does).
+fn unsupported_parameter(param: &str) -> OpenAiError {
+    OpenAiError::invalid(
+        format!("Unsupported parameter: '{param}' is not supported with this model."),
+        param,
+        Some("unsupported_parameter"),
+    )
+}
+
+/// `temperature` and `top_p` where the model takes them: where it gives logprobs (the
+/// gpt-5.1+ family only at effort `none`, the older reasoning models never).
+fn check_sampling(
+    obj: &Map<String, Value>,
+    family: Family,
+    sent: Option<Effort>,
+) -> Result<(), OpenAiError> {
+    for param in ["temperature", "top_p"] {
+        let set = obj.get(param).is_some_and(|v| !v.is_null());
+        if set && !family.logprobs_with(sent) {
+            return Err(unsupported_parameter(param));
+        }
+    }
+    Ok(())
 }
 
 /// The titles of a packed request and the shape its schema gives the answer.
@@ -140,18 +250,12 @@ fn top_logprobs(obj: &Map<String, Value>) -> Result<Option<u8>, OpenAiError> {
     }
 }
 
-/// The 400 a model without logprobs answers when they are asked for.
-fn logprobs_unsupported(param: &str) -> OpenAiError {
-    OpenAiError::invalid(
-        format!("Unsupported parameter: '{param}' is not supported with this model."),
-        param,
-        Some("unsupported_parameter"),
-    )
-}
-
 /// Responses: logprobs come with `include: ["message.output_text.logprobs"]`, `top_logprobs`
-/// alternatives each.
-fn responses_logprobs(obj: &Map<String, Value>, model: &str) -> Result<Option<u8>, OpenAiError> {
+/// alternatives each; a model gives them at the efforts `Family::logprobs_with` says.
+fn responses_logprobs(
+    obj: &Map<String, Value>,
+    (family, sent): (Family, Option<Effort>),
+) -> Result<Option<u8>, OpenAiError> {
     let top = top_logprobs(obj)?;
     let include = match obj.get("include") {
         None | Some(Value::Null) => Vec::new(),
@@ -173,8 +277,8 @@ fn responses_logprobs(obj: &Map<String, Value>, model: &str) -> Result<Option<u8
         ));
     }
     let included = include.contains(&Some("message.output_text.logprobs"));
-    if (included || top.is_some()) && refuses_logprobs(model) {
-        return Err(logprobs_unsupported("top_logprobs"));
+    if (included || top.is_some()) && !family.logprobs_with(sent) {
+        return Err(unsupported_parameter("top_logprobs"));
     }
     Ok(included.then_some(top.unwrap_or(0)))
 }
@@ -192,7 +296,10 @@ const RESPONSES_INCLUDABLE: [&str; 8] = [
 ];
 
 /// Chat Completions: `logprobs: true`, and `top_logprobs` only with it.
-fn chat_logprobs(obj: &Map<String, Value>, model: &str) -> Result<Option<u8>, OpenAiError> {
+fn chat_logprobs(
+    obj: &Map<String, Value>,
+    (family, sent): (Family, Option<Effort>),
+) -> Result<Option<u8>, OpenAiError> {
     let top = top_logprobs(obj)?;
     let asked = match obj.get("logprobs") {
         None | Some(Value::Null) => false,
@@ -205,8 +312,8 @@ fn chat_logprobs(obj: &Map<String, Value>, model: &str) -> Result<Option<u8>, Op
             ));
         }
     };
-    if (asked || top.is_some()) && refuses_logprobs(model) {
-        return Err(logprobs_unsupported("logprobs"));
+    if (asked || top.is_some()) && !family.logprobs_with(sent) {
+        return Err(unsupported_parameter("logprobs"));
     }
     if top.is_some() && !asked {
         return Err(OpenAiError::invalid(
@@ -367,7 +474,13 @@ pub fn parse_responses(body: &Value) -> Result<SimRequest, OpenAiError> {
         .and_then(|t| t.get("format"))
         .ok_or_else(|| OpenAiError::missing("text.format"))?;
     let shape = check_json_schema(format, "text.format")?;
-    let logprobs = responses_logprobs(obj, &model)?;
+    let effort = obj.get("reasoning").map(|r| match r {
+        Value::Object(r) => r.get("effort").unwrap_or(&Value::Null),
+        other => other,
+    });
+    let (sent, reasoning) = reasoning(effort, "reasoning.effort", &model)?;
+    let logprobs = responses_logprobs(obj, (reasoning.family, sent))?;
+    check_sampling(obj, reasoning.family, sent)?;
     let service_tier = service_tier(obj, &model)?;
     prefix.add(&format.to_string());
     Ok(SimRequest {
@@ -383,6 +496,8 @@ pub fn parse_responses(body: &Value) -> Result<SimRequest, OpenAiError> {
         service_tier,
         written_confidence: shape.confidence,
         logprobs,
+        reasoning,
+        max_output: obj.get("max_output_tokens").and_then(Value::as_u64),
     })
 }
 
@@ -420,7 +535,17 @@ pub fn parse_chat(body: &Value) -> Result<SimRequest, OpenAiError> {
         .get("json_schema")
         .ok_or_else(|| OpenAiError::missing("response_format.json_schema"))?;
     let shape = check_json_schema(schema, "response_format.json_schema")?;
-    let logprobs = chat_logprobs(obj, &model)?;
+    let (sent, mut reasoning) = reasoning(obj.get("reasoning_effort"), "reasoning_effort", &model)?;
+    if reasoning.family.reasons() && obj.contains_key("max_tokens") {
+        let mut refused = unsupported_parameter("max_tokens");
+        refused.message = "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.".to_owned();
+        return Err(refused);
+    }
+    reasoning.burns_cap = sent == Some(Effort::None)
+        && matches!(reasoning.family, Family::Gpt5Point { .. })
+        && obj.contains_key("max_completion_tokens");
+    let logprobs = chat_logprobs(obj, (reasoning.family, sent))?;
+    check_sampling(obj, reasoning.family, sent)?;
     prefix.add(&schema.to_string());
     let service_tier = service_tier(obj, &model)?;
     Ok(SimRequest {
@@ -438,6 +563,10 @@ pub fn parse_chat(body: &Value) -> Result<SimRequest, OpenAiError> {
         service_tier,
         written_confidence: shape.confidence,
         logprobs,
+        reasoning,
+        max_output: ["max_completion_tokens", "max_tokens"]
+            .iter()
+            .find_map(|k| obj.get(*k).and_then(Value::as_u64)),
     })
 }
 
@@ -881,6 +1010,41 @@ pub fn responses_body_with(
     })
 }
 
+/// An `incomplete` Responses API body: the cap was reached while the model reasoned, so there
+/// is a reasoning item and no message.
+pub fn responses_incomplete_body(id: u64, model: &str, input_tokens: u64, cap: u64) -> Value {
+    let mut body = responses_body(id, model, "", input_tokens, cap);
+    body["status"] = json!("incomplete");
+    body["incomplete_details"] = json!({"reason": "max_output_tokens"});
+    body["output"] =
+        json!([{"type": "reasoning", "id": format!("rs_sim{id:016x}"), "summary": []}]);
+    body
+}
+
+/// Records that `reasoning` of a body's output tokens were spent thinking, where each protocol
+/// says it; a Responses body gets the reasoning item it would carry, before the message.
+pub fn set_reasoning_tokens(body: &mut Value, reasoning: u64) {
+    if body["object"] == "response" {
+        body["usage"]["output_tokens_details"] = json!({ "reasoning_tokens": reasoning });
+        let output = body["output"]
+            .as_array_mut()
+            .expect("a response body has output");
+        if output.first().is_some_and(|item| item["type"] == "message") {
+            let id = body["id"]
+                .as_str()
+                .unwrap_or_default()
+                .replace("resp_", "rs_");
+            let item = json!({"type": "reasoning", "id": id, "summary": []});
+            body["output"]
+                .as_array_mut()
+                .expect("checked")
+                .insert(0, item);
+        }
+    } else {
+        body["usage"]["completion_tokens_details"] = json!({ "reasoning_tokens": reasoning });
+    }
+}
+
 /// A `completed` Responses API body whose message is a refusal.
 pub fn responses_refusal_body(
     id: u64,
@@ -988,6 +1152,7 @@ mod tests {
                 "gpt-4.1-mini",
                 &Taxonomy::hn_topics(),
                 AnswerForm::LabelOnly,
+                crate::upstream::reasoning::Thinking::default_for("gpt-4.1-mini"),
             )
             .encode("A title")
             .to_vec(),
@@ -1070,6 +1235,78 @@ mod tests {
     }
 
     #[test]
+    fn reasoning_models_are_checked_as_openai_checks_them() {
+        let chat = |model: &str, extra: Value| {
+            let mut request = json!({
+                "model": model,
+                "messages": [{"role": "user", "content": "Rust 2.0"}],
+                "response_format": {"type": "json_schema", "json_schema": {"name": "t", "strict": true,
+                    "schema": Taxonomy::hn_topics().answer_schema(AnswerForm::LabelAndConfidence)}},
+            });
+            for (k, v) in extra.as_object().unwrap() {
+                request[k] = v.clone();
+            }
+            parse_chat(&request)
+        };
+        let refused = |r: Result<SimRequest, OpenAiError>| {
+            let e = r.unwrap_err();
+            (
+                e.param.unwrap_or_default(),
+                e.code.unwrap_or_default(),
+                e.message,
+            )
+        };
+        let (param, code, message) =
+            refused(chat("gpt-5.1", json!({"reasoning_effort": "minimal"})));
+        assert_eq!(
+            (param.as_str(), code),
+            ("reasoning_effort", "unsupported_value")
+        );
+        assert!(
+            message.ends_with("Supported values are: 'none', 'low', 'medium', and 'high'."),
+            "{message}"
+        );
+        let (param, code, _) = refused(chat("gpt-4.1", json!({"reasoning_effort": "low"})));
+        assert_eq!(
+            (param.as_str(), code),
+            ("reasoning_effort", "unsupported_parameter")
+        );
+        let (param, _, message) = refused(chat("o4-mini", json!({"max_tokens": 64})));
+        assert_eq!(param, "max_tokens");
+        assert!(message.contains("Use 'max_completion_tokens' instead"));
+        let logprobs = json!({"reasoning_effort": "low", "logprobs": true});
+        assert_eq!(refused(chat("gpt-5.4-nano", logprobs)).0, "logprobs");
+        let sampled = json!({"reasoning_effort": "low", "temperature": 0});
+        assert_eq!(refused(chat("gpt-5.4-nano", sampled)).0, "temperature");
+        let at_none = json!({"reasoning_effort": "none", "logprobs": true, "temperature": 0});
+        let ok = chat("gpt-5.4-nano", at_none.clone()).unwrap();
+        assert_eq!(ok.reasoning.effort, Some(Effort::None));
+        assert!(!ok.reasoning.burns_cap);
+        let mut capped = at_none;
+        capped["max_completion_tokens"] = json!(64);
+        assert!(
+            chat("gpt-5.4-nano", capped).unwrap().reasoning.burns_cap,
+            "as reported: none under max_completion_tokens thinks until the cap"
+        );
+        let unsent = chat("gpt-5-mini", json!({})).unwrap();
+        assert_eq!(unsent.reasoning.effort, Some(Effort::Medium), "the default");
+        let mut responses = our_request();
+        responses["model"] = json!("gpt-5.4-nano");
+        responses["reasoning"] = json!({"effort": "xhigh"});
+        responses.as_object_mut().unwrap().remove("include");
+        responses.as_object_mut().unwrap().remove("top_logprobs");
+        assert_eq!(
+            parse_responses(&responses).unwrap().reasoning.effort,
+            Some(Effort::Xhigh)
+        );
+        responses["model"] = json!("gpt-5.1");
+        assert_eq!(
+            parse_responses(&responses).unwrap_err().param.as_deref(),
+            Some("reasoning.effort")
+        );
+    }
+
+    #[test]
     fn accepts_our_packed_requests_and_reads_their_items() {
         let template = crate::upstream::templates::PackTemplate::new(
             crate::upstream::UpstreamApi::Responses,
@@ -1077,6 +1314,7 @@ mod tests {
             &Taxonomy::hn_topics(),
             5,
             AnswerForm::LabelAndConfidence,
+            crate::upstream::reasoning::Thinking::default_for("m"),
         );
         let (body, _) = template.encode(&["Rust 2.0", "A GPU"]);
         let req = parse_responses(&serde_json::from_slice(&body.to_vec()).unwrap()).unwrap();
@@ -1098,6 +1336,7 @@ mod tests {
             &Taxonomy::hn_topics(),
             5,
             AnswerForm::LabelOnly,
+            crate::upstream::reasoning::Thinking::default_for("m"),
         );
         let (body, _) = keyed.encode(&["Rust 2.0", "A GPU"]);
         let req = parse_chat(&serde_json::from_slice(&body.to_vec()).unwrap()).unwrap();

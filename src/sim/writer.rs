@@ -160,6 +160,12 @@ mod tests {
             service_tier: None,
             written_confidence,
             logprobs,
+            reasoning: super::super::protocol::Reasoning {
+                family: crate::models::Family::Classic,
+                effort: None,
+                burns_cap: false,
+            },
+            max_output: None,
         }
     }
 

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::decode::Output;
 use super::error::UpstreamError;
 use super::logprobs::{Spelled, topic_values};
-use super::usage::Prediction;
+use super::usage::{ConfidenceSource, Prediction};
 use crate::taxonomy::{AnswerForm, PackKeys, Taxonomy};
 
 /// The model's answer as the schema demands it: these fields, each once. `confidence` is there
@@ -45,7 +45,11 @@ pub fn validate_answer(
             read(at, topic)?
         }
     };
-    checked_prediction(&answer.topic, confidence, taxonomy)
+    checked_prediction(
+        &answer.topic,
+        (confidence, ConfidenceSource::of(form)),
+        taxonomy,
+    )
 }
 
 /// The written confidence, which the form requires.
@@ -94,7 +98,7 @@ fn read_confidence<'o>(
 
 fn checked_prediction(
     topic: &str,
-    confidence: f64,
+    (confidence, source): (f64, ConfidenceSource),
     taxonomy: &Taxonomy,
 ) -> Result<Prediction, UpstreamError> {
     let topic = taxonomy
@@ -106,6 +110,7 @@ fn checked_prediction(
     Ok(Prediction {
         topic: topic.clone(),
         confidence,
+        source,
     })
 }
 
@@ -143,7 +148,12 @@ pub fn validate_pack(
             for item in answer.items {
                 let index = usize::try_from(item.id).ok().filter(|i| *i < n);
                 slots.fill(index, || {
-                    checked_prediction(&item.topic, written(item.confidence)?, taxonomy)
+                    let confidence = written(item.confidence)?;
+                    checked_prediction(
+                        &item.topic,
+                        (confidence, ConfidenceSource::Written),
+                        taxonomy,
+                    )
                 });
             }
         }
@@ -156,7 +166,8 @@ pub fn validate_pack(
             for entry in entries {
                 slots.fill(keys.index(&entry.key), || {
                     let topic = known_label(&entry.value, taxonomy)?;
-                    checked_prediction(topic, read(entry.value_at, topic)?, taxonomy)
+                    let confidence = read(entry.value_at, topic)?;
+                    checked_prediction(topic, (confidence, ConfidenceSource::Logprobs), taxonomy)
                 });
             }
         }

@@ -15,8 +15,15 @@ pub(super) struct Request<'a> {
     pub model: &'a str,
     pub messages: [Message<'a>; 2],
     pub response_format: &'a RawValue,
-    /// `max_tokens` rather than `max_completion_tokens`: every compatible server knows it.
-    pub max_tokens: u32,
+    /// `max_tokens` for compatible servers (every one knows it); `max_completion_tokens` for
+    /// OpenAI, whose reasoning models refuse `max_tokens`; neither at effort `none` there
+    /// (`reasoning::Thinking::chat_cap`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_effort: Option<&'static str>,
     /// With `top_logprobs`: each output token's logprob and its likeliest alternatives, where
     /// the label's confidence is read from.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -71,6 +78,14 @@ struct ChatUsage {
     #[serde(default)]
     completion_tokens: u64,
     prompt_tokens_details: Option<PromptTokensDetails>,
+    completion_tokens_details: Option<CompletionTokensDetails>,
+}
+
+#[derive(Deserialize)]
+struct CompletionTokensDetails {
+    /// The part of `completion_tokens` the model spent thinking (billed as output).
+    #[serde(default)]
+    reasoning_tokens: u64,
 }
 
 #[derive(Deserialize)]
@@ -90,7 +105,12 @@ pub(super) fn decode_text(body: &[u8]) -> (Result<Output, UpstreamError>, Usage)
                     .prompt_tokens_details
                     .as_ref()
                     .map_or(0, |d| d.cached_tokens);
+                let reasoning = u
+                    .completion_tokens_details
+                    .as_ref()
+                    .map_or(0, |d| d.reasoning_tokens);
                 Usage::billed(u.prompt_tokens, cached, u.completion_tokens)
+                    .with_reasoning(reasoning)
             })
         },
         |r| choice_text(r.choices),

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use http::Uri;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
 use serde::Deserialize;
@@ -19,6 +20,7 @@ use super::headers::RateHeaders;
 use super::limiter::{AdaptiveLimiter, Congestion};
 use super::net::{Answer, Connections, Connector, Limits, Liveness, Outage, Proxies};
 use super::pacer::Pacer;
+use super::reasoning::{ReasoningSettings, Thinking};
 use super::settings::{AuthStyle, ConfidenceSource, EndpointSettings, Transport};
 use super::templates::{PackTemplate, RequestTemplate};
 use super::usage::Price;
@@ -40,11 +42,122 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Server errors or timeouts in a row that bench an endpoint.
 const BENCH_AFTER_FAILURES: u32 = 5;
 
+/// Unreadable logprobs in a row (no readable ones between) after which the endpoint says, once,
+/// that its logprobs keep failing.
+const UNREADABLE_WARN_AFTER: u32 = 20;
+
 /// One taxonomy's request templates, for one title and for packs.
 #[derive(Debug)]
 pub struct Templates {
     pub single: RequestTemplate,
     pub packs: PackTemplate,
+}
+
+/// Every taxonomy's templates in one form, by `Taxonomy::key`.
+type ByTaxonomy = HashMap<Arc<str>, Templates>;
+
+/// What an endpoint's calls ask now, with their templates built once: replaced whole when a
+/// refusal teaches the endpoint to ask otherwise. A call reads it once per attempt and decodes
+/// its answer with the same one, whatever the endpoint switches to meanwhile.
+#[derive(Debug)]
+pub struct Profile {
+    pub thinking: Thinking,
+    /// Whether calls ask for the label only and read the confidence from logprobs.
+    pub logprobs: bool,
+    /// With the confidence written by the model, and (while `logprobs`) with the label only.
+    written: ByTaxonomy,
+    label_only: ByTaxonomy,
+    /// The same, with more room to think: for the one retry of an answer the cap cut short
+    /// while the model reasoned.
+    roomier_written: ByTaxonomy,
+    roomier_label_only: ByTaxonomy,
+}
+
+impl Profile {
+    /// What calls ask the model to write: the label only while its confidence comes from
+    /// logprobs, a written confidence too otherwise.
+    pub fn form(&self) -> AnswerForm {
+        if self.logprobs {
+            AnswerForm::LabelOnly
+        } else {
+            AnswerForm::LabelAndConfidence
+        }
+    }
+
+    /// The templates of `form`, with more room to think when `roomier`.
+    pub fn templates(&self, taxonomy: &Taxonomy, form: AnswerForm, roomier: bool) -> &Templates {
+        let set = match (form, roomier) {
+            (AnswerForm::LabelOnly, false) if self.logprobs => &self.label_only,
+            (AnswerForm::LabelOnly, true) if self.logprobs => &self.roomier_label_only,
+            (_, false) => &self.written,
+            (_, true) => &self.roomier_written,
+        };
+        set.get(taxonomy.key())
+            .expect("every taxonomy the API accepts had its templates built")
+    }
+}
+
+/// What a profile is built from besides what it asks: fixed at start-up.
+#[derive(Debug)]
+struct ProfileBuilder {
+    api: super::settings::UpstreamApi,
+    model: String,
+    taxonomies: Taxonomies,
+    pack_size: usize,
+    confidence: ConfidenceSource,
+    reasoning: ReasoningSettings,
+}
+
+impl ProfileBuilder {
+    /// The profile asking with `thinking`, for logprobs unless `refused` (the model refused them
+    /// once) or the model gives none at that effort.
+    fn build(&self, thinking: Thinking, refused: bool) -> Profile {
+        let logprobs =
+            self.confidence == ConfidenceSource::Logprobs && thinking.logprobs() && !refused;
+        let templates = |form, thinking: Thinking| -> ByTaxonomy {
+            self.taxonomies
+                .iter()
+                .map(|t| {
+                    let templates = Templates {
+                        single: RequestTemplate::new(self.api, &self.model, t, form, thinking),
+                        packs: PackTemplate::new(
+                            self.api,
+                            &self.model,
+                            t,
+                            self.pack_size,
+                            form,
+                            thinking,
+                        ),
+                    };
+                    (t.key().clone(), templates)
+                })
+                .collect()
+        };
+        let label_only = |thinking| {
+            if logprobs {
+                templates(AnswerForm::LabelOnly, thinking)
+            } else {
+                HashMap::new()
+            }
+        };
+        let roomier = thinking.roomier();
+        Profile {
+            thinking,
+            logprobs,
+            written: templates(AnswerForm::LabelAndConfidence, thinking),
+            label_only: label_only(thinking),
+            roomier_written: templates(AnswerForm::LabelAndConfidence, roomier),
+            roomier_label_only: label_only(roomier),
+        }
+    }
+}
+
+/// Answers whose logprobs could not be read, in a row: said once, loudly, when they keep
+/// failing.
+#[derive(Debug, Default)]
+struct UnreadableStreak {
+    in_a_row: AtomicU32,
+    warned: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -58,14 +171,14 @@ pub struct Endpoint {
     api_key: Secret,
     model: String,
     weight: u32,
-    /// The request templates of every taxonomy, by `Taxonomy::key`, built once at start-up:
-    /// with the confidence written by the model, and (unless the model is known to refuse
-    /// logprobs) with the label only, its confidence from logprobs.
-    written: HashMap<Arc<str>, Templates>,
-    label_only: HashMap<Arc<str>, Templates>,
-    /// Whether calls ask for the label only and read the confidence from logprobs; cleared for
-    /// good by the model's first refusal of them.
-    logprobs: AtomicBool,
+    /// What calls ask now (effort, caps, logprobs), with their templates.
+    profile: ArcSwap<Profile>,
+    builder: ProfileBuilder,
+    /// Held while a refusal is learnt from, so two calls refused at once rebuild once.
+    learning: Mutex<()>,
+    /// Set by the model's first refusal of logprobs; never cleared.
+    logprobs_refused: AtomicBool,
+    unreadable: UnreadableStreak,
     limiter: AdaptiveLimiter,
     pacer: Pacer,
     price: Option<Price>,
@@ -93,7 +206,7 @@ impl Endpoint {
         call_timeout: Duration,
         taxonomies: &Taxonomies,
         pack_size: usize,
-        confidence: ConfidenceSource,
+        (confidence, reasoning): (ConfidenceSource, ReasoningSettings),
     ) -> Result<Self, BuildError> {
         let (header, value) = match settings.auth {
             AuthStyle::Bearer => (
@@ -139,36 +252,26 @@ impl Endpoint {
             max_connection_age: transport.max_connection_age,
             max_response_bytes: transport.max_response_bytes,
         };
+        let openai = uri.host() == Some("api.openai.com");
         let http = Connections::new(connector, uri, headers, limits)?;
-        let templates = |form| {
-            taxonomies
-                .iter()
-                .map(|t| {
-                    let templates = Templates {
-                        single: RequestTemplate::new(settings.api, &settings.model, t, form),
-                        packs: PackTemplate::new(settings.api, &settings.model, t, pack_size, form),
-                    };
-                    (t.key().clone(), templates)
-                })
-                .collect()
+        let builder = ProfileBuilder {
+            api: settings.api,
+            model: settings.model.clone(),
+            taxonomies: taxonomies.clone(),
+            pack_size,
+            confidence,
+            reasoning,
         };
-        let form = confidence.form_for(&settings.model);
-        let known_refusal =
-            confidence == ConfidenceSource::Logprobs && form == AnswerForm::LabelAndConfidence;
-        if known_refusal {
-            tracing::info!(
-                upstream = %settings.name,
-                model = %settings.model,
-                "this model does not return logprobs: it writes its confidence"
-            );
-        }
-        let logprobs = form == AnswerForm::LabelOnly;
-        let written = templates(AnswerForm::LabelAndConfidence);
-        let label_only = if logprobs {
-            templates(AnswerForm::LabelOnly)
-        } else {
-            HashMap::new()
-        };
+        let profile = builder.build(Thinking::new(&settings.model, openai, reasoning), false);
+        let effort = profile.thinking.effort.map(|e| e.name());
+        tracing::info!(
+            upstream = %settings.name,
+            model = %settings.model,
+            reasoning_effort = effort.unwrap_or("(not sent)"),
+            room_to_think = profile.thinking.room,
+            confidence = if profile.logprobs { "logprobs" } else { "self" },
+            "upstream endpoint"
+        );
         Ok(Self {
             name: settings.name,
             http,
@@ -176,9 +279,11 @@ impl Endpoint {
             api_key: settings.api_key,
             model: settings.model,
             weight: settings.weight.max(1),
-            written,
-            label_only,
-            logprobs: AtomicBool::new(logprobs),
+            profile: ArcSwap::from_pointee(profile),
+            builder,
+            learning: Mutex::new(()),
+            logprobs_refused: AtomicBool::new(false),
+            unreadable: UnreadableStreak::default(),
             limiter: AdaptiveLimiter::new(settings.max_in_flight),
             pacer: Pacer::new(settings.rpm_limit, settings.tpm_limit),
             price: settings.price,
@@ -219,42 +324,81 @@ impl Endpoint {
         self.price
     }
 
-    /// What calls ask the model to write now: the label only while it returns logprobs, else a
-    /// written confidence too.
-    pub fn form(&self) -> AnswerForm {
-        if self.logprobs.load(Ordering::Relaxed) {
-            AnswerForm::LabelOnly
-        } else {
-            AnswerForm::LabelAndConfidence
-        }
-    }
-
-    /// The templates of `form` (the label-only ones exist while the endpoint may use them: a
-    /// call built with them is decoded with them even after a switch).
-    pub fn templates(&self, taxonomy: &Taxonomy, form: AnswerForm) -> &Templates {
-        let templates = match form {
-            AnswerForm::LabelOnly if !self.label_only.is_empty() => &self.label_only,
-            _ => &self.written,
-        };
-        templates
-            .get(taxonomy.key())
-            .expect("every taxonomy the API accepts had its templates built at start-up")
+    /// What calls ask now, with their templates.
+    pub fn profile(&self) -> Arc<Profile> {
+        self.profile.load_full()
     }
 
     /// Whether the confidence of this endpoint's answers comes from logprobs now.
     pub fn uses_logprobs(&self) -> bool {
-        self.logprobs.load(Ordering::Relaxed)
+        self.profile.load().logprobs
     }
 
-    /// The model refused logprobs, or answered without them: from now on it is asked for a
-    /// written confidence. Said once, in the log; `upstream_confidence_from_logprobs` reads 0.
-    pub fn stop_logprobs(&self, why: &UpstreamError) {
-        if self.logprobs.swap(false, Ordering::Relaxed) {
+    /// Learns from the provider's refusal of a parameter `asked` sent (logprobs, the effort,
+    /// `max_tokens`): later calls ask otherwise. True when the call should go again at once:
+    /// the endpoint asks otherwise now (this refusal taught it, or another call's already had).
+    /// Said once per change, in the log.
+    pub fn learn_refusal(&self, asked: &Profile, why: &UpstreamError) -> bool {
+        let _learning = self.learning.lock().expect("learning lock poisoned");
+        let now = self.profile.load_full();
+        if now.thinking != asked.thinking || now.logprobs != asked.logprobs {
+            return true;
+        }
+        let reasoning = self.builder.reasoning;
+        let thinking = match why {
+            UpstreamError::LogprobsRefused(_) => {
+                self.logprobs_refused.store(true, Ordering::Relaxed);
+                now.thinking
+            }
+            UpstreamError::EffortRefused(message) => {
+                now.thinking.after_effort_refused(message, reasoning)
+            }
+            UpstreamError::MaxTokensRefused(_) => now.thinking.after_max_tokens_refused(),
+            _ => return false,
+        };
+        let next = self
+            .builder
+            .build(thinking, self.logprobs_refused.load(Ordering::Relaxed));
+        if next.thinking == now.thinking && next.logprobs == now.logprobs {
+            return false;
+        }
+        tracing::warn!(
+            upstream = %self.name,
+            model = %self.model,
+            error = %why,
+            reasoning_effort = next.thinking.effort.map_or("(not sent)", |e| e.name()),
+            room_to_think = next.thinking.room,
+            confidence = if next.logprobs { "logprobs" } else { "self" },
+            "the provider refused a parameter: calls ask otherwise from now on"
+        );
+        self.profile.store(Arc::new(next));
+        true
+    }
+
+    /// Counts an answer whose logprobs could not be read (`readable` false) or could: after
+    /// `UNREADABLE_WARN_AFTER` in a row, says once, loudly, what the likely cause is. Each such
+    /// answer costs a second call for a written confidence.
+    pub fn note_logprobs(&self, readable: bool, metrics: &Metrics) {
+        if readable {
+            self.unreadable.in_a_row.store(0, Ordering::Relaxed);
+            return;
+        }
+        metrics
+            .upstream_logprobs_unreadable
+            .with_label_values(&[&self.name])
+            .inc();
+        let streak = self.unreadable.in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+        if streak >= UNREADABLE_WARN_AFTER && !self.unreadable.warned.swap(true, Ordering::Relaxed)
+        {
             tracing::warn!(
                 upstream = %self.name,
                 model = %self.model,
-                error = %why,
-                "no logprobs from this model: its answers carry a written confidence from now on"
+                in_a_row = streak,
+                "this endpoint's logprobs keep failing to read: every answer is asked again for a \
+                 written confidence, a second call each. Likely cause: a chat template whose \
+                 tokens do not spell the text it emits (llama-server: start it with \
+                 --chat-template, e.g. gemma, not the default jinja one), or a server that \
+                 ignores the logprobs parameters. Set HNC_CONFIDENCE=self to stop asking."
             );
         }
     }
@@ -326,6 +470,7 @@ impl Endpoint {
             ("input", usage.input_tokens),
             ("cached_input", usage.cached_input_tokens),
             ("output", usage.output_tokens),
+            ("reasoning", usage.reasoning_tokens),
         ] {
             metrics
                 .upstream_tokens
@@ -451,14 +596,19 @@ impl Endpoint {
             Err(_) => (None, not_json_message(status, body), None),
         };
         let message = scrub_secrets(&message, self.api_key.expose());
-        let logprobs_param = matches!(
-            param.as_deref(),
-            Some("top_logprobs" | "logprobs" | "include")
-        );
-        // Only a request that asked for logprobs is refused for them, whatever the endpoint
-        // uses by the time the answer comes.
-        if status == 400 && logprobs_param {
-            return UpstreamError::LogprobsRefused(message);
+        // A refused parameter the endpoint can send otherwise. Only a request that sent it is
+        // refused for it, whatever the endpoint sends by the time the answer comes.
+        if status == 400 {
+            match param.as_deref() {
+                Some("top_logprobs" | "logprobs" | "include") => {
+                    return UpstreamError::LogprobsRefused(message);
+                }
+                Some("reasoning.effort" | "reasoning_effort" | "reasoning") => {
+                    return UpstreamError::EffortRefused(message);
+                }
+                Some("max_tokens") => return UpstreamError::MaxTokensRefused(message),
+                _ => {}
+            }
         }
         UpstreamError::Http {
             status,

@@ -55,10 +55,21 @@ pub enum UpstreamError {
     #[error("the model does not return logprobs: {0}")]
     LogprobsRefused(String),
 
-    /// A 2xx answer without logprobs (a provider that ignores the parameters): handled like a
-    /// refusal.
+    /// A 2xx answer without logprobs (a provider that ignored the parameters this once): this
+    /// call goes again at once with a written confidence; only a refusal (400) switches the
+    /// endpoint.
     #[error("the answer came without logprobs: {0}")]
     NoLogprobs(&'static str),
+
+    /// The provider refused the reasoning effort sent (a 400 naming it): the endpoint sends one
+    /// its message lists, or none, from then on, and the call goes again at once.
+    #[error("the model does not take this reasoning effort: {0}")]
+    EffortRefused(String),
+
+    /// Chat Completions refused `max_tokens` (a reasoning model): the endpoint sends
+    /// `max_completion_tokens` from then on, and the call goes again at once.
+    #[error("the model does not take max_tokens: {0}")]
+    MaxTokensRefused(String),
 
     /// Logprobs came, but the label's probability cannot be read from them (tokens that do not
     /// spell the answer, no probability left): this call goes again at once with a written
@@ -182,6 +193,8 @@ impl UpstreamError {
             Self::ConfidenceOutOfRange(_) => "confidence_out_of_range",
             Self::LogprobsRefused(_) => "logprobs_refused",
             Self::NoLogprobs(_) => "logprobs_missing",
+            Self::EffortRefused(_) => "reasoning_effort_refused",
+            Self::MaxTokensRefused(_) => "max_tokens_refused",
             Self::LogprobsUnreadable(_) => "logprobs_unreadable",
         }
     }

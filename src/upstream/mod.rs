@@ -19,6 +19,7 @@ mod net;
 mod pacer;
 mod pool;
 pub mod pricing;
+pub mod reasoning;
 mod responses;
 mod retry;
 mod settings;
@@ -32,6 +33,7 @@ pub use fair::with_share;
 pub use headers::RateHeaders;
 pub use limiter::{AdaptiveLimiter, Congestion, LimiterSnapshot};
 pub use pool::{EndpointHealth, Saturation, UpstreamClient};
+pub use reasoning::{EffortSetting, ReasoningSettings};
 pub use retry::{Decision, Failure, GiveUp, ItemDeadline, RETRY_REASONS, RetryPolicy};
 pub use settings::{
     AuthStyle, ConfidenceSource, EndpointSettings, Http2, ServiceTier, Transport, UpstreamApi,

@@ -8,14 +8,20 @@ use tracing::Instrument;
 
 use super::body::RequestBody;
 use super::endpoint::{Attempt, Endpoint};
+use super::endpoint::{Profile, Templates};
 use super::error::{BuildError, TransportError, UpstreamError};
 use super::limiter::LimiterSnapshot;
 use super::retry::{Decision, Failure, GiveUp, ItemDeadline, RetryPolicy};
-use super::settings::{ServiceTier, UpstreamSettings};
+use super::settings::{ConfidenceSource, ServiceTier, UpstreamSettings};
 use super::usage::{Prediction, Usage};
 use crate::coord::Coordinator;
 use crate::metrics::Metrics;
 use crate::taxonomy::{AnswerForm, Taxonomies, Taxonomy};
+
+/// Refusals of a parameter one item may learn from and go again after (logprobs, the effort,
+/// `max_tokens`): each teaches the endpoint once, so more means a provider that keeps refusing
+/// what it listed.
+const MAX_LEARNT_REFUSALS: u32 = 4;
 
 /// The span of one call, with the GenAI semantic conventions (only when traces are exported;
 /// titles only with `HNC_TRACE_CONTENT=true`).
@@ -83,6 +89,17 @@ pub struct EndpointHealth<'a> {
     pub last_error: Option<String>,
 }
 
+/// Why a failed call goes again at once, outside the retry budget.
+#[derive(Debug, Clone, Copy)]
+enum AtOnce {
+    /// Its logprobs were missing or unreadable: asked again for a written confidence.
+    Written,
+    /// The cap cut it short while the model reasoned: asked again with more room to think.
+    Roomier,
+    /// The provider refused a parameter, and the endpoint asks otherwise now.
+    Learnt,
+}
+
 /// See `UpstreamClient::saturation`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Saturation {
@@ -103,6 +120,7 @@ pub struct UpstreamClient {
     /// The endpoints' models, joined: what cache keys hold, so answers of another set of
     /// models are never served.
     models: String,
+    confidence: ConfidenceSource,
     pack_size: usize,
     call_timeout: Duration,
     retry: RetryPolicy,
@@ -137,7 +155,7 @@ impl UpstreamClient {
                     settings.call_timeout,
                     taxonomies,
                     pack_size,
-                    settings.confidence,
+                    (settings.confidence, settings.reasoning),
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -145,9 +163,8 @@ impl UpstreamClient {
         models.sort_unstable();
         models.dedup();
         Ok(Self {
-            // Where the confidence comes from is part of every cache and single-flight key: an
-            // answer read from logprobs is never served where a written one is asked for.
-            models: format!("{}#{}", models.join("+"), settings.confidence.name()),
+            models: models.join("+"),
+            confidence: settings.confidence,
             endpoints,
             pack_size,
             call_timeout: settings.call_timeout,
@@ -252,10 +269,22 @@ impl UpstreamClient {
             .is_ok()
     }
 
-    /// Every endpoint's model, joined, and where confidences come from: for cache and
-    /// single-flight keys.
+    /// Every endpoint's model, joined: for cache and single-flight keys.
     pub fn model(&self) -> &str {
         &self.models
+    }
+
+    /// The kind of confidence a call made now asks for: from logprobs when so configured and
+    /// an endpoint still asks for them. Cache and single-flight keys hold it, so an answer is
+    /// served only where its kind is asked for.
+    pub fn asks_for(&self) -> ConfidenceSource {
+        let logprobs = self.confidence == ConfidenceSource::Logprobs
+            && self.endpoints.iter().any(Endpoint::uses_logprobs);
+        if logprobs {
+            ConfidenceSource::Logprobs
+        } else {
+            ConfidenceSource::Written
+        }
     }
 
     /// The endpoint for the next attempt: the shortest expected wait among those not benched,
@@ -287,11 +316,9 @@ impl UpstreamClient {
     ) -> (Result<Prediction, Failure>, Usage) {
         self.with_retries(
             &[title],
-            |e, form| {
-                let template = &e.templates(taxonomy, form).single;
-                (template.encode(title), template.estimated_tokens(title))
-            },
-            |e, form, body| e.templates(taxonomy, form).single.decode(body, taxonomy),
+            taxonomy,
+            |t| (t.single.encode(title), t.single.estimated_tokens(title)),
+            |t, body| t.single.decode(body, taxonomy),
         )
         .await
     }
@@ -306,8 +333,9 @@ impl UpstreamClient {
         let n = titles.len();
         self.with_retries(
             titles,
-            |e, form| e.templates(taxonomy, form).packs.encode(titles),
-            |e, form, body| e.templates(taxonomy, form).packs.decode(body, taxonomy, n),
+            taxonomy,
+            |t| t.packs.encode(titles),
+            |t, body| t.packs.decode(body, taxonomy, n),
         )
         .await
     }
@@ -343,6 +371,34 @@ impl UpstreamClient {
         }
     }
 
+    /// Whether `error` sends the call again at once, outside the retry budget, and why: none of
+    /// these costs an item. `profile` is what the call asked with; `reasoning` the tokens its
+    /// answer spent thinking, `roomier` whether it already had more room.
+    fn goes_again_at_once(
+        &self,
+        endpoint: &Endpoint,
+        profile: &Profile,
+        error: &UpstreamError,
+        (reasoning, roomier): (u64, bool),
+        learnt: &mut u32,
+    ) -> Option<AtOnce> {
+        if error.is_unusable_logprobs() {
+            endpoint.note_logprobs(false, &self.metrics);
+            return Some(AtOnce::Written);
+        }
+        if error.is_cut_at_cap() && reasoning > 0 && !roomier {
+            return Some(AtOnce::Roomier);
+        }
+        if error.is_refused_parameter()
+            && *learnt < MAX_LEARNT_REFUSALS
+            && endpoint.learn_refusal(profile, error)
+        {
+            *learnt += 1;
+            return Some(AtOnce::Learnt);
+        }
+        None
+    }
+
     /// One request, each attempt sent to the endpoint `pick` chooses, under its limiter and
     /// pacer, and retried as the policy allows. A refused key or quota moves the request to
     /// another endpoint at once, without spending the retry budget. While the endpoint cannot
@@ -351,8 +407,9 @@ impl UpstreamClient {
     async fn with_retries<T>(
         &self,
         titles: &[&str],
-        encode: impl Fn(&Endpoint, AnswerForm) -> (RequestBody, u64),
-        decode: impl Fn(&Endpoint, AnswerForm, &[u8]) -> (Result<T, UpstreamError>, Usage),
+        taxonomy: &Taxonomy,
+        encode: impl Fn(&Templates) -> (RequestBody, u64),
+        decode: impl Fn(&Templates, &[u8]) -> (Result<T, UpstreamError>, Usage),
     ) -> (Result<T, Failure>, Usage) {
         let mut usage = Usage::default();
         let mut deadline: Option<ItemDeadline> = None;
@@ -367,6 +424,9 @@ impl UpstreamClient {
         let mut failed_at: Option<&Endpoint> = None;
         let mut tier = self.service_tier;
         let mut written_only = false;
+        // After an answer the cap cut short while the model reasoned: more room, once.
+        let mut roomier = false;
+        let mut learnt_refusals = 0;
         loop {
             let endpoint = self.pick(failed_at);
             if endpoint.unreachable().is_some() {
@@ -406,14 +466,16 @@ impl UpstreamClient {
             }
             let queued_at = Instant::now();
             let slot = endpoint.limiter().acquire().await;
-            // Read once per attempt: the answer is decoded in the form it was asked in, whatever
-            // the endpoint switches to meanwhile.
+            // Read once per attempt: the answer is decoded as it was asked, whatever the
+            // endpoint switches to meanwhile.
+            let profile = endpoint.profile();
             let form = if written_only {
                 AnswerForm::LabelAndConfidence
             } else {
-                endpoint.form()
+                profile.form()
             };
-            let (body, tokens) = encode(endpoint, form);
+            let templates = profile.templates(taxonomy, form, roomier);
+            let (body, tokens) = encode(templates);
             let body = body.with_service_tier(tier);
             endpoint.pacer().wait_turn(tokens).await;
             let deadline = match &mut deadline {
@@ -432,7 +494,7 @@ impl UpstreamClient {
             let timeout = call_timeout.min(deadline.at().saturating_duration_since(Instant::now()));
             let span = call_span(endpoint, attempts, tier, titles, queued_at.elapsed());
             let attempt: Attempt<T> = endpoint
-                .call(body, timeout, |b| decode(endpoint, form, b))
+                .call(body, timeout, |b| decode(templates, b))
                 .instrument(span.clone())
                 .await;
             record_outcome(&span, &attempt);
@@ -446,27 +508,35 @@ impl UpstreamClient {
             }
             drop(slot);
 
+            let asked_logprobs = form == AnswerForm::LabelOnly;
             let error = match attempt.result {
-                Ok(value) => return (Ok(value), usage),
+                Ok(value) => {
+                    if asked_logprobs {
+                        endpoint.note_logprobs(true, &self.metrics);
+                    }
+                    return (Ok(value), usage);
+                }
                 Err(error) => error,
             };
-            if let UpstreamError::LogprobsUnreadable(_) = error {
-                // This answer's logprobs cannot be read: this call goes again at once with a
-                // written confidence, the endpoint keeps asking for logprobs.
-                written_only = true;
+            if let Some(reason) = self.goes_again_at_once(
+                endpoint,
+                &profile,
+                &error,
+                (attempt.usage.reasoning_tokens, roomier),
+                &mut learnt_refusals,
+            ) {
+                match reason {
+                    AtOnce::Written => written_only = true,
+                    AtOnce::Roomier => roomier = true,
+                    AtOnce::Learnt => {}
+                }
+                let label = match reason {
+                    AtOnce::Roomier => "more_room_to_think",
+                    _ => error.code(),
+                };
                 self.metrics
                     .upstream_retries
-                    .with_label_values(&[error.code()])
-                    .inc();
-                continue;
-            }
-            if error.is_logprobs_fault() {
-                // Asked again at once for a written confidence: a model without logprobs costs
-                // one call, never an item, and no retry.
-                endpoint.stop_logprobs(&error);
-                self.metrics
-                    .upstream_retries
-                    .with_label_values(&[error.code()])
+                    .with_label_values(&[label])
                     .inc();
                 continue;
             }

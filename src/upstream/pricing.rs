@@ -1,16 +1,31 @@
 //! What tokens cost. Built-in list prices for common OpenAI models (USD per million tokens, as
-//! OpenAI published them in August 2025: check before relying on them), replaceable or extended
-//! by a TOML file (`HNC_PRICES_FILE`). Cached input tokens are priced as cached, never twice.
+//! OpenAI published them: check before relying on them), replaceable or extended by a TOML file
+//! (`HNC_PRICES_FILE`). Cached input tokens are priced as cached, never twice; reasoning tokens
+//! are output tokens and priced as such. A dated snapshot (`gpt-5.4-nano-2026-03-17`) has its
+//! family's price unless the file names it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub use super::usage::Price;
 
-/// The date of the built-in prices.
-pub const BUILT_IN_PRICES_AS_OF: &str = "2025-08";
+/// The date of the newest built-in prices.
+pub const BUILT_IN_PRICES_AS_OF: &str = "2026-06";
 
 const BUILT_IN: &[(&str, Price)] = &[
+    // The current family: openai.com/api/pricing, standard tier, short context, as listed in
+    // June 2026 (GPT-5 and GPT-4o no longer listed there).
+    ("gpt-5.5", Price::list(5.00, 0.50, 30.00)),
+    ("gpt-5.4", Price::list(2.50, 0.25, 15.00)),
+    ("gpt-5.4-mini", Price::list(0.75, 0.075, 4.50)),
+    ("gpt-5.4-nano", Price::list(0.20, 0.02, 1.25)),
+    // Still served: OpenAI's GPT-5.2 launch page (December 2025) for 5.2 and 5.1.
+    ("gpt-5.2", Price::list(1.75, 0.175, 14.00)),
+    ("gpt-5.1", Price::list(1.25, 0.125, 10.00)),
+    // The o-series after June 2025's cut: openai.com/api/pricing, August 2025.
+    ("o3", Price::list(2.00, 0.50, 8.00)),
+    ("o4-mini", Price::list(1.10, 0.275, 4.40)),
+    // openai.com/api/pricing, August 2025.
     ("gpt-4.1", Price::list(2.00, 0.50, 8.00)),
     ("gpt-4.1-mini", Price::list(0.40, 0.10, 1.60)),
     ("gpt-4.1-nano", Price::list(0.10, 0.025, 0.40)),
@@ -82,14 +97,20 @@ impl PriceTable {
         Ok(Self { from_file })
     }
 
-    /// The price of `model`: from the file when it lists it, else built in, else unknown.
+    /// The price of `model`: from the file when it lists it, else built in (a dated snapshot at
+    /// its family's), else unknown.
     pub fn price_of(&self, model: &str) -> Option<Price> {
-        self.from_file.get(model).copied().or_else(|| {
+        let built_in = |name: &str| {
             BUILT_IN
                 .iter()
-                .find(|(name, _)| *name == model)
+                .find(|(listed, _)| *listed == name)
                 .map(|(_, price)| *price)
-        })
+        };
+        self.from_file
+            .get(model)
+            .copied()
+            .or_else(|| built_in(model))
+            .or_else(|| built_in(crate::models::undated(model)))
     }
 }
 
@@ -119,6 +140,10 @@ mod tests {
         assert_eq!(table.price_of("my-local-model").unwrap().output, 0.0);
         assert_eq!(table.price_of("gpt-4o").unwrap().input, 2.50);
         assert_eq!(table.price_of("unknown-model"), None);
+        assert_eq!(
+            table.price_of("gpt-5.4-nano-2026-03-17").unwrap().output,
+            1.25
+        );
         std::fs::write(&path, "[m]\ninput = -1.0\ncached_input = 0\noutput = 0\n").unwrap();
         assert!(matches!(
             PriceTable::load(Some(&path)),

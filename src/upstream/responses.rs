@@ -24,12 +24,20 @@ pub(super) struct Request<'a> {
     /// version and the kind of prompt (one title, or a pack).
     pub prompt_cache_key: &'a str,
     pub max_output_tokens: u32,
+    /// The effort a reasoning model thinks at; absent for a model that does not reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<Reasoning>,
     /// With `top_logprobs`: the logprob of each output token and its likeliest alternatives,
     /// where the label's confidence is read from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub include: Option<[&'static str; 1]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub top_logprobs: Option<u8>,
+}
+
+#[derive(Serialize)]
+pub(super) struct Reasoning {
+    pub effort: &'static str,
 }
 
 #[derive(Serialize)]
@@ -85,6 +93,15 @@ struct ResponseUsage {
     input_tokens_details: Option<InputTokensDetails>,
     #[serde(default)]
     output_tokens: u64,
+    #[serde(default)]
+    output_tokens_details: Option<OutputTokensDetails>,
+}
+
+#[derive(Deserialize)]
+struct OutputTokensDetails {
+    /// The part of `output_tokens` the model spent thinking (billed as output).
+    #[serde(default)]
+    reasoning_tokens: u64,
 }
 
 #[derive(Deserialize)]
@@ -104,7 +121,11 @@ pub(super) fn decode_text(body: &[u8]) -> (Result<Output, UpstreamError>, Usage)
                     .input_tokens_details
                     .as_ref()
                     .map_or(0, |d| d.cached_tokens);
-                Usage::billed(u.input_tokens, cached, u.output_tokens)
+                let reasoning = u
+                    .output_tokens_details
+                    .as_ref()
+                    .map_or(0, |d| d.reasoning_tokens);
+                Usage::billed(u.input_tokens, cached, u.output_tokens).with_reasoning(reasoning)
             })
         },
         completed_text,

@@ -124,9 +124,11 @@ impl fmt::Display for Failure {
 const MIN_LAST_WAIT: Duration = Duration::from_millis(50);
 
 /// Every `reason` label `upstream_retries_total` can carry: the codes of the errors the policy
-/// retries, `flex_fallback` (a flex call sent again at the default tier), and the logprobs
-/// faults (a call sent again asking for a written confidence).
-pub const RETRY_REASONS: [&str; 11] = [
+/// retries, `flex_fallback` (a flex call sent again at the default tier), the logprobs faults (a
+/// call sent again asking for a written confidence), the parameters a refusal taught the
+/// endpoint to send otherwise, and `more_room_to_think` (an answer the cap cut short while the
+/// model reasoned, sent again with a larger cap).
+pub const RETRY_REASONS: [&str; 14] = [
     "upstream_timeout",
     "upstream_unreachable",
     "upstream_rate_limited",
@@ -138,6 +140,9 @@ pub const RETRY_REASONS: [&str; 11] = [
     "logprobs_refused",
     "logprobs_missing",
     "logprobs_unreadable",
+    "reasoning_effort_refused",
+    "max_tokens_refused",
+    "more_room_to_think",
 ];
 
 /// What to do after a failed attempt.
@@ -248,7 +253,9 @@ impl UpstreamError {
             | Self::ConfidenceOutOfRange(_)
             | Self::LogprobsRefused(_)
             | Self::NoLogprobs(_)
-            | Self::LogprobsUnreadable(_) => false,
+            | Self::LogprobsUnreadable(_)
+            | Self::EffortRefused(_)
+            | Self::MaxTokensRefused(_) => false,
         }
     }
 
@@ -268,10 +275,27 @@ impl UpstreamError {
         matches!(self, Self::InvalidOutput(_) | Self::NotCompleted { .. })
     }
 
-    /// The model gives no logprobs (refused, or none sent): the endpoint switches to a written
-    /// confidence for good, and the call goes again at once outside the retry budget.
-    pub fn is_logprobs_fault(&self) -> bool {
-        matches!(self, Self::LogprobsRefused(_) | Self::NoLogprobs(_))
+    /// The provider refused a parameter the endpoint can do without or send otherwise
+    /// (logprobs, the reasoning effort, `max_tokens`): the endpoint learns, and the call goes
+    /// again at once outside the retry budget.
+    pub fn is_refused_parameter(&self) -> bool {
+        matches!(
+            self,
+            Self::LogprobsRefused(_) | Self::EffortRefused(_) | Self::MaxTokensRefused(_)
+        )
+    }
+
+    /// This answer's logprobs are missing or cannot be read: this call goes again at once with
+    /// a written confidence; the endpoint keeps asking for logprobs.
+    pub fn is_unusable_logprobs(&self) -> bool {
+        matches!(self, Self::NoLogprobs(_) | Self::LogprobsUnreadable(_))
+    }
+
+    /// An answer the output cap cut short (`incomplete` for `max_output_tokens`, Chat's
+    /// `length`).
+    pub fn is_cut_at_cap(&self) -> bool {
+        matches!(self, Self::NotCompleted { reason: Some(r), .. }
+            if r == "max_output_tokens" || r == "length")
     }
 
     /// The provider refused the key itself (401, 403) or its quota: another key may work,

@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use tokio_rustls::rustls::pki_types::CertificateDer;
 
+use super::reasoning::ReasoningSettings;
 use super::retry::RetryPolicy;
+pub use super::usage::ConfidenceSource;
 use super::usage::Price;
 use crate::models;
 use crate::secret::Secret;
-use crate::taxonomy::AnswerForm;
 
 /// Which wire protocol the provider speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -100,61 +101,25 @@ pub struct UpstreamSettings {
     pub flex_fallback: bool,
     /// Where an item's confidence comes from.
     pub confidence: ConfidenceSource,
-}
-
-/// Where an item's `confidence` comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ConfidenceSource {
-    /// The probability the model gave the label's tokens (logprobs), renormalised over the
-    /// taxonomy; the model writes the label only. An endpoint whose model refuses logprobs
-    /// (known, or learnt from its first refusal) falls back to `Written`.
-    #[default]
-    Logprobs,
-    /// The number the model writes beside the label.
-    Written,
-}
-
-impl ConfidenceSource {
-    /// Every source by its name in settings (`HNC_CONFIDENCE`).
-    pub const NAMES: [(&'static str, Self); 2] =
-        [("logprobs", Self::Logprobs), ("self", Self::Written)];
-
-    /// The source's name in settings.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Logprobs => "logprobs",
-            Self::Written => "self",
-        }
-    }
-
-    /// What `model` is asked to write: the label only while its confidence can come from
-    /// logprobs, a written confidence too otherwise (as asked, or for a model known to refuse
-    /// logprobs).
-    pub fn form_for(self, model: &str) -> AnswerForm {
-        match self {
-            Self::Logprobs if !models::refuses_logprobs(model) => AnswerForm::LabelOnly,
-            _ => AnswerForm::LabelAndConfidence,
-        }
-    }
+    /// The reasoning effort sent, and the room left to think.
+    pub reasoning: ReasoningSettings,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::taxonomy::AnswerForm;
+    use crate::upstream::reasoning::Thinking;
 
     #[test]
     fn only_flex_is_limited_and_models_known_to_refuse_logprobs_write_their_confidence() {
         assert!(!ServiceTier::Flex.offered_by("gpt-4.1-mini"));
         assert!(ServiceTier::Flex.offered_by("gpt-5-mini"));
         assert!(ServiceTier::Priority.offered_by("gpt-4.1-mini"));
-        assert_eq!(
-            ConfidenceSource::Logprobs.form_for("gpt-5-mini"),
-            AnswerForm::LabelAndConfidence
-        );
-        assert_eq!(
-            ConfidenceSource::Logprobs.form_for("gpt-4.1-mini"),
-            AnswerForm::LabelOnly
-        );
+        let form = |model| ConfidenceSource::Logprobs.form_for(&Thinking::default_for(model));
+        assert_eq!(form("gpt-5-mini"), AnswerForm::LabelAndConfidence);
+        assert_eq!(form("gpt-4.1-mini"), AnswerForm::LabelOnly);
+        assert_eq!(form("gpt-5.4-nano"), AnswerForm::LabelOnly);
     }
 }
 

@@ -6,11 +6,74 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-/// A validated answer: a label of the taxonomy and a confidence in 0..=1.
+use super::reasoning::Thinking;
+use crate::taxonomy::AnswerForm;
+
+/// A validated answer: a label of the taxonomy, a confidence in 0..=1, and where that
+/// confidence came from (the two kinds are never mixed under one mark).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prediction {
     pub topic: Arc<str>,
     pub confidence: f64,
+    pub source: ConfidenceSource,
+}
+
+/// Where an item's `confidence` comes from.
+/// Also the mark every answer carries (`confidence_source`), by the same names.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+pub enum ConfidenceSource {
+    /// The probability the model gave the label's tokens (logprobs), renormalised over the
+    /// taxonomy; the model writes the label only. An endpoint whose model gives no logprobs
+    /// (known, or learnt from its first refusal) falls back to `Written`.
+    #[default]
+    #[serde(rename = "logprobs")]
+    Logprobs,
+    /// The number the model writes beside the label.
+    #[serde(rename = "self")]
+    Written,
+}
+
+impl ConfidenceSource {
+    /// Every source by its name in settings (`HNC_CONFIDENCE`).
+    pub const NAMES: [(&'static str, Self); 2] =
+        [("logprobs", Self::Logprobs), ("self", Self::Written)];
+
+    /// The source's name in settings.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Logprobs => "logprobs",
+            Self::Written => "self",
+        }
+    }
+
+    /// What a call that sends `thinking` asks the model to write: the label only while its
+    /// confidence can come from logprobs, a written confidence too otherwise (as asked, or for
+    /// a model that gives no logprobs at that effort).
+    pub fn form_for(self, thinking: &Thinking) -> AnswerForm {
+        match self {
+            Self::Logprobs if thinking.logprobs() => AnswerForm::LabelOnly,
+            _ => AnswerForm::LabelAndConfidence,
+        }
+    }
+
+    /// The source of the confidence an answer in `form` carries.
+    pub fn of(form: AnswerForm) -> Self {
+        match form {
+            AnswerForm::LabelOnly => Self::Logprobs,
+            AnswerForm::LabelAndConfidence => Self::Written,
+        }
+    }
 }
 
 /// What calls cost: tokens as the provider counted them, and how many HTTP calls were made.
@@ -21,6 +84,8 @@ pub struct Usage {
     /// The part of `input_tokens` served from the provider's prompt cache.
     pub cached_input_tokens: u64,
     pub output_tokens: u64,
+    /// The part of `output_tokens` the model spent thinking before it answered.
+    pub reasoning_tokens: u64,
     pub upstream_requests: u64,
     /// USD at the prices of the models that answered.
     cost_usd: f64,
@@ -37,6 +102,12 @@ impl Usage {
             output_tokens,
             ..Self::default()
         }
+    }
+
+    /// The same, with `reasoning` of the output tokens spent thinking.
+    pub fn with_reasoning(mut self, reasoning: u64) -> Self {
+        self.reasoning_tokens = reasoning.min(self.output_tokens);
+        self
     }
 
     /// The same tokens, counted as `requests` calls.
@@ -69,6 +140,7 @@ impl AddAssign for Usage {
         self.input_tokens += rhs.input_tokens;
         self.cached_input_tokens += rhs.cached_input_tokens;
         self.output_tokens += rhs.output_tokens;
+        self.reasoning_tokens += rhs.reasoning_tokens;
         self.upstream_requests += rhs.upstream_requests;
         self.cost_usd += rhs.cost_usd;
         self.unpriced |= rhs.unpriced;

@@ -1,6 +1,7 @@
 //! Where `confidence` comes from (`HNC_CONFIDENCE`): by default the probability the model gave
-//! the label's tokens, read from the provider's logprobs; a model that refuses logprobs, or a
-//! provider that ignores them, costs a call, never an item, and writes its confidence instead.
+//! the label's tokens, read from the provider's logprobs; a model that refuses logprobs costs a
+//! call, never an item, and writes its confidence from then on; an answer without readable
+//! logprobs costs its own second call. Every result says which kind it holds.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,6 +11,9 @@ use axum::response::IntoResponse;
 use axum::routing::post;
 use serde_json::Value;
 use tokio::net::TcpListener;
+
+use hn_classifier::api::body::ClassifyBatchResponse;
+use hn_classifier::upstream::ConfidenceSource;
 
 use crate::helpers::*;
 
@@ -75,6 +79,17 @@ async fn by_default_the_confidence_is_read_from_logprobs_and_the_answers_are_sho
     assert_eq!(
         metric(&written, "upstream_confidence_from_logprobs", "").await,
         0.0
+    );
+    let marks = |r: &ClassifyBatchResponse| -> Vec<Option<ConfidenceSource>> {
+        r.results.iter().map(|i| i.confidence_source).collect()
+    };
+    assert_eq!(
+        marks(&read),
+        vec![Some(ConfidenceSource::Logprobs); titles.len()]
+    );
+    assert_eq!(
+        marks(&wrote),
+        vec![Some(ConfidenceSource::Written); titles.len()]
     );
     logprobs.shutdown().await;
     written.shutdown().await;
@@ -165,17 +180,36 @@ async fn a_model_that_refuses_logprobs_costs_a_call_and_never_an_item() {
 }
 
 #[tokio::test]
-async fn a_provider_that_ignores_logprobs_is_asked_for_a_written_confidence() {
+async fn an_answer_without_logprobs_is_asked_again_alone_and_never_switches_the_endpoint() {
     let upstream = spawn_fake_upstream(echo_reply).await;
     let url = upstream.base_url();
     let app = app_against(&url).await;
-    let titles = data_lines("hn_titles.txt")[..20].to_vec();
+    let titles = data_lines("hn_titles.txt")[..25].to_vec();
     let response = app.classify(&titles).await;
     assert_eq!(response.errors, 0);
-    assert!(metric(&app, "upstream_retries_total", "logprobs_missing").await >= 1.0);
+    assert!(
+        response
+            .results
+            .iter()
+            .all(|r| r.confidence_source == Some(ConfidenceSource::Written)),
+        "each answer is marked with the kind it holds"
+    );
+    assert_eq!(
+        response.usage.upstream_requests, 50,
+        "each title's call asked for logprobs, then once more for a written confidence"
+    );
+    assert_eq!(
+        metric(&app, "upstream_retries_total", "logprobs_missing").await,
+        25.0
+    );
+    assert_eq!(
+        metric(&app, "upstream_logprobs_unreadable_total", "").await,
+        25.0
+    );
     assert_eq!(
         metric(&app, "upstream_confidence_from_logprobs", "").await,
-        0.0
+        1.0,
+        "only a refusal (400) switches the endpoint"
     );
     app.shutdown().await;
 }

@@ -42,8 +42,8 @@ async fn metrics_count_requests_by_route_items_by_outcome_and_upstream_calls() {
     ] {
         assert!(text.contains(line), "{line} missing:\n{text}");
     }
-    assert!(text.contains("upstream_tokens_total{kind=\"input\",model=\"gpt-4.1-mini\"}"));
-    assert!(text.contains("upstream_cost_usd_total{model=\"gpt-4.1-mini\"}"));
+    assert!(text.contains("upstream_tokens_total{kind=\"input\",model=\"gpt-5.4-nano\"}"));
+    assert!(text.contains("upstream_cost_usd_total{model=\"gpt-5.4-nano\"}"));
     assert!(!text.contains("12345"), "raw paths never become labels");
     app.shutdown().await;
 }

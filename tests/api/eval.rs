@@ -135,15 +135,15 @@ fn eval_on_the_gold_set_reports_both_pack_sizes_recomputably_and_draws_the_chart
             s.cost_per_1000.is_some_and(|c| c > 0.0),
             "priced as the configured model"
         );
-        // The live lane is the configured one here; the Batch lane halves it; gpt-4.1-mini is
-        // not offered flex.
+        // The live lane is the configured one here; the Batch lane halves it, and so does flex,
+        // which the default model (gpt-5.4-nano) is offered.
         let (live, batch) = (
             s.live_cost_per_1000.unwrap(),
             s.batch_cost_per_1000.unwrap(),
         );
         assert!((live - s.cost_per_1000.unwrap()).abs() < 1e-6, "{live}");
         assert!(close(batch, live / 2.0), "{batch} vs {live}");
-        assert_eq!(s.flex_cost_per_1000, None);
+        assert!(close(s.flex_cost_per_1000.unwrap(), live / 2.0));
         assert!(s.strict_accuracy > 0.2 && s.lenient_accuracy >= s.strict_accuracy);
     }
     // The simulator's logprobs carry the confidence it would have written: both sources agree.

@@ -15,6 +15,7 @@ mod local_llm;
 mod openapi;
 mod outage;
 mod prompt;
+mod reasoning;
 mod resilience;
 mod security;
 mod shared;

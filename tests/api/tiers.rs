@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::helpers::{data_lines, json_of, spawn_sim, spawn_simulated, startup_error};
 
-/// A model OpenAI offers flex for (the default, gpt-4.1-mini, is not one).
+/// A model OpenAI offers flex for (an older one, beside the default, gpt-5.4-nano).
 const FLEX_MODEL: [&str; 2] = ["--openai-model", "gpt-5-mini"];
 
 async fn cost_of(flags: &[&str], titles: &[String]) -> (f64, usize, serde_json::Value) {
@@ -93,7 +93,14 @@ async fn priority_is_priced_at_its_premium() {
 
 #[tokio::test]
 async fn flex_for_a_model_not_offered_it_stops_start_up_naming_the_models_that_are() {
-    let error = startup_error(&["--simulate", "--service-tier", "flex"]).await;
+    let error = startup_error(&[
+        "--simulate",
+        "--service-tier",
+        "flex",
+        "--openai-model",
+        "gpt-4.1-mini",
+    ])
+    .await;
     assert!(error.contains("HNC_SERVICE_TIER=flex"), "{error}");
     assert!(error.contains("gpt-4.1-mini"), "{error}");
     assert!(

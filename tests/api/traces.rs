@@ -137,11 +137,11 @@ async fn a_batch_is_traced_under_the_callers_trace_with_genai_spans_and_no_title
         assert_eq!(hex(&call.trace_id), TRACE_ID);
         assert_eq!(
             attribute(call, "gen_ai.request.model").as_deref(),
-            Some("gpt-4.1-mini")
+            Some("gpt-5.4-nano")
         );
         assert_eq!(
             attribute(call, "gen_ai.response.model").as_deref(),
-            Some("gpt-4.1-mini")
+            Some("gpt-5.4-nano")
         );
         assert!(attribute(call, "gen_ai.response.id").is_some_and(|id| id.starts_with("resp_")));
         assert!(attribute(call, "gen_ai.usage.input_tokens").is_some_and(|t| t != "0"));
