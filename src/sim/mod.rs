@@ -331,42 +331,40 @@ fn respond(api: Api, sim: &Sim, request: &SimRequest, input_tokens: u64, fault: 
     };
     let answer_tokens = tokens::count(&text);
     let reasoning = sim.draw_reasoning(request);
+    let output_tokens = answer_tokens + reasoning;
     let model = &request.model;
-    if let Some(cap) = request
+    let cut = request
         .max_output
-        .filter(|cap| reasoning + answer_tokens > *cap)
-    {
+        .filter(|cap| reasoning + answer_tokens > *cap);
+    let mut body = match (api, fault, cut) {
         // As OpenAI does: the cap counts the reasoning too, and an answer it cuts short is
         // billed for every token up to it.
-        sim.stats.count_fault("max_output_tokens");
-        let reasoning = reasoning.min(cap);
-        let mut body = match api {
-            Api::Responses => protocol::responses_incomplete_body(id, model, input_tokens, cap),
-            Api::Chat => protocol::chat_body(id, model, "", input_tokens, cap),
-        };
-        if let Api::Chat = api {
-            body["choices"][0]["finish_reason"] = json!("length");
+        (Api::Responses, _, Some(cap)) => {
+            sim.stats.count_fault("max_output_tokens");
+            protocol::responses_incomplete_body(id, model, input_tokens, cap)
         }
-        protocol::set_reasoning_tokens(&mut body, reasoning);
-        return body;
-    }
-    let output_tokens = answer_tokens + reasoning;
-    let mut body = match (api, fault) {
-        (Api::Responses, Fault::Refusal) => {
+        (Api::Chat, _, Some(cap)) => {
+            sim.stats.count_fault("max_output_tokens");
+            let mut body = protocol::chat_body(id, model, "", input_tokens, cap);
+            body["choices"][0]["finish_reason"] = json!("length");
+            body
+        }
+        (Api::Responses, Fault::Refusal, None) => {
             protocol::responses_refusal_body(id, model, REFUSAL, input_tokens, output_tokens)
         }
-        (Api::Chat, Fault::Refusal) => {
+        (Api::Chat, Fault::Refusal, None) => {
             protocol::chat_refusal_body(id, model, REFUSAL, input_tokens, output_tokens)
         }
-        (Api::Responses, _) => {
+        (Api::Responses, _, None) => {
             protocol::responses_body_with(id, model, (&text, logprobs), input_tokens, output_tokens)
         }
-        (Api::Chat, _) => {
+        (Api::Chat, _, None) => {
             protocol::chat_body_with(id, model, (&text, logprobs), input_tokens, output_tokens)
         }
     };
-    if request.reasoning.effort.is_some() {
-        protocol::set_reasoning_tokens(&mut body, reasoning);
+    if request.reasoning.effort.is_some() || cut.is_some() {
+        let spent = cut.map_or(reasoning, |cap| reasoning.min(cap));
+        protocol::set_reasoning_tokens(&mut body, spent);
     }
     // As OpenAI does: the tier that served the call, whatever was asked, and the part of the
     // prompt its cache served.

@@ -341,27 +341,54 @@ impl Endpoint {
     pub fn learn_refusal(&self, asked: &Profile, why: &UpstreamError) -> bool {
         let _learning = self.learning.lock().expect("learning lock poisoned");
         let now = self.profile.load_full();
-        if now.thinking != asked.thinking || now.logprobs != asked.logprobs {
-            return true;
-        }
         let reasoning = self.builder.reasoning;
+        // Compared part by part: another call may have changed another part meanwhile, and
+        // this refusal must still be learnt from.
         let thinking = match why {
             UpstreamError::LogprobsRefused(_) => {
                 self.logprobs_refused.store(true, Ordering::Relaxed);
+                if !now.logprobs {
+                    return true;
+                }
                 now.thinking
+            }
+            UpstreamError::EffortRefused(_) if now.thinking.effort != asked.thinking.effort => {
+                return true;
             }
             UpstreamError::EffortRefused(message) => {
                 now.thinking.after_effort_refused(message, reasoning)
             }
+            UpstreamError::MaxTokensRefused(_)
+                if now.thinking.chat_cap != asked.thinking.chat_cap =>
+            {
+                return true;
+            }
             UpstreamError::MaxTokensRefused(_) => now.thinking.after_max_tokens_refused(),
             _ => return false,
         };
-        let next = self
-            .builder
-            .build(thinking, self.logprobs_refused.load(Ordering::Relaxed));
-        if next.thinking == now.thinking && next.logprobs == now.logprobs {
+        self.replace_profile(&now, thinking, why)
+    }
+
+    /// Learns from an answer the cap cut short while the model reasoned at the room `asked`
+    /// gave (a model the table does not know to reason: an Azure deployment's name, a new
+    /// model): later calls get the larger room, so only the first few pay for a second call.
+    pub fn learn_more_room(&self, asked: &Profile, why: &UpstreamError) {
+        let _learning = self.learning.lock().expect("learning lock poisoned");
+        let now = self.profile.load_full();
+        if now.thinking.room == asked.thinking.room {
+            self.replace_profile(&now, now.thinking.roomier(), why);
+        }
+    }
+
+    /// Puts the profile that asks with `thinking` in place of `now`, if it asks otherwise; true
+    /// when the endpoint asks otherwise now. Said in the log, as a warning.
+    fn replace_profile(&self, now: &Profile, thinking: Thinking, why: &UpstreamError) -> bool {
+        let refused = self.logprobs_refused.load(Ordering::Relaxed);
+        let logprobs_now = now.logprobs && !refused;
+        if thinking == now.thinking && logprobs_now == now.logprobs {
             return false;
         }
+        let next = self.builder.build(thinking, refused);
         tracing::warn!(
             upstream = %self.name,
             model = %self.model,
@@ -369,7 +396,7 @@ impl Endpoint {
             reasoning_effort = next.thinking.effort.map_or("(not sent)", |e| e.name()),
             room_to_think = next.thinking.room,
             confidence = if next.logprobs { "logprobs" } else { "self" },
-            "the provider refused a parameter: calls ask otherwise from now on"
+            "the provider refused or cut a call short: calls ask otherwise from now on"
         );
         self.profile.store(Arc::new(next));
         true

@@ -387,6 +387,7 @@ impl UpstreamClient {
             return Some(AtOnce::Written);
         }
         if error.is_cut_at_cap() && reasoning > 0 && !roomier {
+            endpoint.learn_more_room(profile, error);
             return Some(AtOnce::Roomier);
         }
         if error.is_refused_parameter()
@@ -538,6 +539,9 @@ impl UpstreamClient {
                     .upstream_retries
                     .with_label_values(&[label])
                     .inc();
+                // Kept, so the item's deadline is checked before the next attempt as after any
+                // other failure.
+                last_error = Some(Box::new(error));
                 continue;
             }
             let flex_gave_way =

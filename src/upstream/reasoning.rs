@@ -14,7 +14,8 @@ pub enum EffortSetting {
     Auto,
     /// Never sent: the model reasons at its own default.
     Off,
-    /// This effort, to every model but OpenAI's that do not reason.
+    /// This effort, to every model but OpenAI's that take none (gpt-4.x, the gpt-5 chat
+    /// variants).
     Fixed(Effort),
 }
 
@@ -43,7 +44,7 @@ impl EffortSetting {
         match self {
             Self::Auto => family.lowest_effort(),
             Self::Off => None,
-            Self::Fixed(_) if family == Family::Classic => None,
+            Self::Fixed(_) if matches!(family, Family::Classic | Family::Gpt5Chat) => None,
             Self::Fixed(effort) => Some(effort),
         }
     }
@@ -93,8 +94,9 @@ pub fn room_for(effort: Option<Effort>) -> u32 {
     }
 }
 
-/// The room the one retry of an answer cut short while reasoning gets.
+/// The least and the most room the retry of an answer cut short while reasoning gets.
 const ROOMIER_MIN: u32 = 2048;
+const ROOMIER_MAX: u32 = 32768;
 
 impl Thinking {
     /// For `model` under `settings`; `openai` when the endpoint is OpenAI's own API (Chat there
@@ -144,17 +146,17 @@ impl Thinking {
     /// thinking. The strict schema bounds the answer (a label from an enum, keyed by fixed ids),
     /// so no cap costs no runaway.
     pub fn chat_cap(&self) -> Option<ChatCap> {
-        match (self.chat_cap, self.effort) {
+        match (self.chat_cap, self.effective_effort()) {
             (ChatCap::MaxCompletionTokens, Some(Effort::None)) => None,
             (cap, _) => Some(cap),
         }
     }
 
-    /// The same, with more room: for the one retry of an answer the cap cut short while the
-    /// model reasoned.
+    /// The same, with more room: for the retry of an answer the cap cut short while the model
+    /// reasoned, and what the endpoint asks with after it.
     pub fn roomier(self) -> Self {
         Self {
-            room: self.room.saturating_mul(4).max(ROOMIER_MIN),
+            room: self.room.saturating_mul(4).clamp(ROOMIER_MIN, ROOMIER_MAX),
             ..self
         }
     }
@@ -218,6 +220,17 @@ mod tests {
         assert_eq!(classic.chat_cap(), Some(ChatCap::MaxTokens));
         let on_openai = Thinking::new("gpt-4.1-mini", true, ReasoningSettings::default());
         assert_eq!(on_openai.chat_cap(), Some(ChatCap::MaxCompletionTokens));
+        let off = ReasoningSettings {
+            effort: EffortSetting::Off,
+            room: None,
+        };
+        let unsent = Thinking::new("gpt-5.4", true, off);
+        assert_eq!(unsent.effort, None);
+        assert_eq!(
+            unsent.chat_cap(),
+            None,
+            "it reasons at none, its default: no cap either"
+        );
     }
 
     #[test]

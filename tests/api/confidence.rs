@@ -10,7 +10,6 @@ use axum::Json;
 use axum::response::IntoResponse;
 use axum::routing::post;
 use serde_json::Value;
-use tokio::net::TcpListener;
 
 use hn_classifier::api::body::ClassifyBatchResponse;
 use hn_classifier::upstream::ConfidenceSource;
@@ -22,14 +21,6 @@ async fn app_against(url: &str) -> TestApp {
     spawn_app(config(&["--openai-base-url", url, "--openai-api-key", "k"])).await
 }
 
-/// `router` served on a loopback port: its base URL.
-async fn on_loopback(router: axum::Router) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    hn_classifier::tasks::spawn(async move { axum::serve(listener, router).await });
-    format!("http://{addr}/v1")
-}
-
 /// OpenAI's 400 for a model that does not do logprobs.
 fn logprobs_refusal() -> axum::response::Response {
     let body = serde_json::json!({"error": {
@@ -37,15 +28,6 @@ fn logprobs_refusal() -> axum::response::Response {
         "type": "invalid_request_error", "param": "top_logprobs",
         "code": "unsupported_parameter"}});
     (axum::http::StatusCode::BAD_REQUEST, Json(body)).into_response()
-}
-
-/// The sum of every series of `name` (with `labels` inside its braces, if any) in `/metrics`.
-async fn metric(app: &TestApp, name: &str, labels: &str) -> f64 {
-    let (_, text) = get(&app.url("/metrics")).await;
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(labels) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test]

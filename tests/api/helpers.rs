@@ -452,3 +452,20 @@ async fn pump(
         }
     }
 }
+
+/// `router` served on a loopback port: its base URL.
+pub async fn on_loopback(router: axum::Router) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    hn_classifier::tasks::spawn(async move { axum::serve(listener, router).await });
+    format!("http://{addr}/v1")
+}
+
+/// The sum of every series of `name` (with `labels` inside its braces, if any) in `/metrics`.
+pub async fn metric(app: &TestApp, name: &str, labels: &str) -> f64 {
+    let (_, text) = get(&app.url("/metrics")).await;
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
