@@ -358,6 +358,7 @@ impl Measured {
             upstream_requests_per_1k: per_1k(usage.upstream_requests as f64),
             input_tokens_per_1k: per_1k(usage.input_tokens as f64),
             output_tokens_per_1k: per_1k(usage.output_tokens as f64),
+            reasoning_tokens_per_1k: per_1k(usage.reasoning_tokens as f64),
             cost_usd_per_1k: cost.map(per_1k),
             service_cpu_s: process.map(|p| p.cpu_s),
             items_per_cpu_s: process

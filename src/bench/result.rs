@@ -33,6 +33,8 @@ pub struct RunResult {
     pub upstream_requests_per_1k: f64,
     pub input_tokens_per_1k: f64,
     pub output_tokens_per_1k: f64,
+    /// Of the output tokens, those a reasoning model spent thinking.
+    pub reasoning_tokens_per_1k: f64,
     pub cost_usd_per_1k: Option<f64>,
     /// The service process's CPU seconds, items per CPU-second and peak RSS during the run,
     /// when bench started it.
@@ -66,7 +68,7 @@ pub fn line(r: &RunResult) -> String {
         _ => String::new(),
     };
     format!(
-        "{} concurrency={} items={} wall={:.2}s items/s={:.1} errors={} p50={:.0}ms p95={:.0}ms p99={:.0}ms;{process} per 1000 items: {:.0} upstream requests, {:.0} in / {:.0} out tokens, cost {cost}",
+        "{} concurrency={} items={} wall={:.2}s items/s={:.1} errors={} p50={:.0}ms p95={:.0}ms p99={:.0}ms;{process} per 1000 items: {:.0} upstream requests, {:.0} in / {:.0} out ({:.0} reasoning) tokens, cost {cost}",
         r.approach.name(),
         r.concurrency,
         r.items,
@@ -79,6 +81,7 @@ pub fn line(r: &RunResult) -> String {
         r.upstream_requests_per_1k,
         r.input_tokens_per_1k,
         r.output_tokens_per_1k,
+        r.reasoning_tokens_per_1k,
     )
 }
 

@@ -407,7 +407,11 @@ impl Endpoint {
     /// answer costs a second call for a written confidence.
     pub fn note_logprobs(&self, readable: bool, metrics: &Metrics) {
         if readable {
-            self.unreadable.in_a_row.store(0, Ordering::Relaxed);
+            // Read first: every answer passes here, and a store would bounce the cache line
+            // between the cores even when the streak is already 0.
+            if self.unreadable.in_a_row.load(Ordering::Relaxed) != 0 {
+                self.unreadable.in_a_row.store(0, Ordering::Relaxed);
+            }
             return;
         }
         metrics

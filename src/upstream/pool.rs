@@ -159,6 +159,12 @@ impl UpstreamClient {
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
+        for endpoint in &endpoints {
+            // At 0 from start-up, so a rate over it is 0 rather than no series.
+            metrics
+                .upstream_logprobs_unreadable
+                .with_label_values(&[endpoint.name()]);
+        }
         let mut models: Vec<&str> = endpoints.iter().map(Endpoint::model).collect();
         models.sort_unstable();
         models.dedup();
