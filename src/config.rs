@@ -46,6 +46,19 @@ pub struct ServeConfig {
     #[arg(long, env = "HNC_API_KEYS_FILE", value_name = "HNC_API_KEYS_FILE")]
     pub api_keys_file: Option<std::path::PathBuf>,
 
+    /// Where jobs (`POST /jobs`) are kept, in a SQLite file (`jobs.sqlite3`); unset = jobs off.
+    /// A restart on the same directory resumes them: mount a volume here.
+    #[arg(long, env = "HNC_DATA_DIR", value_name = "HNC_DATA_DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
+
+    /// The most titles one job may hold.
+    #[arg(long, env = "HNC_MAX_JOB_TITLES", value_name = "HNC_MAX_JOB_TITLES", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_job_titles: u32,
+
+    /// The most jobs one key may have queued or running at once.
+    #[arg(long, env = "HNC_MAX_OPEN_JOBS", value_name = "HNC_MAX_OPEN_JOBS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_open_jobs: u32,
+
     /// Items per minute each key may classify (a minute's worth may come at once); unset = no quota.
     #[arg(
         long,

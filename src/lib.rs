@@ -14,6 +14,7 @@ pub mod config;
 pub mod coord;
 pub mod eval;
 pub mod gold;
+pub mod jobs;
 pub mod lifecycle;
 pub mod metrics;
 pub mod models;

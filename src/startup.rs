@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::api::{self, AppState, ClientKeys, Quotas};
+use crate::api::{self, AppState, ClientKeys, JobLimits, Quotas};
+use crate::jobs::Jobs;
 
 use crate::classify::Classifier;
 use crate::config::{ConfigError, ServeConfig};
@@ -35,6 +36,8 @@ pub enum StartupError {
     Upstream(#[from] upstream::BuildError),
     #[error(transparent)]
     Redis(#[from] CoordError),
+    #[error("could not open the job store")]
+    Jobs(#[from] crate::jobs::StoreError),
 }
 
 /// A bound, wired service that has not started serving yet.
@@ -97,8 +100,20 @@ impl Application {
                 classifier(upstream).share_cache(SharedCache::new(coordinator, config.cache_ttl))
             }
         };
+        let jobs = match &config.data_dir {
+            Some(dir) => {
+                tracing::info!(dir = %dir.display(), "jobs kept on disk");
+                Some(Arc::new(Jobs::open(dir)?))
+            }
+            None => None,
+        };
         let state = Arc::new(AppState {
-            classifier,
+            classifier: Arc::new(classifier),
+            jobs,
+            job_limits: JobLimits {
+                max_titles: config.max_job_titles as usize,
+                max_open: u64::from(config.max_open_jobs),
+            },
             lifecycle: Lifecycle::default(),
             max_body_bytes: config.max_body_bytes as usize,
             request_timeout: config.request_timeout,
@@ -194,6 +209,9 @@ impl Application {
             max_in_flight = config.max_in_flight,
             "serving"
         );
+        if let Some(jobs) = state.jobs.clone() {
+            crate::tasks::spawn(jobs.run(state.classifier.clone(), state.lifecycle.clone()));
+        }
         let lifecycle_state = state.clone();
         let drain_delay = config.drain_delay;
         let shutdown_timeout = config.shutdown_timeout;

@@ -97,7 +97,10 @@ async fn cut_at(at: Instant, deadline: std::time::Duration, lifecycle: Lifecycle
 }
 
 /// The taxonomy a request named, or the default one.
-fn resolve_taxonomy(state: &AppState, name: Option<&str>) -> Result<Arc<Taxonomy>, ApiError> {
+pub(super) fn resolve_taxonomy(
+    state: &AppState,
+    name: Option<&str>,
+) -> Result<Arc<Taxonomy>, ApiError> {
     let taxonomies = state.classifier.taxonomies();
     let Some(name) = name else {
         return Ok(taxonomies.default_taxonomy().clone());

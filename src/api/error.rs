@@ -46,6 +46,23 @@ pub enum ApiError {
 
     #[error("the service is at capacity ({0}); retry shortly or on another replica")]
     Overloaded(#[from] crate::classify::Overloaded),
+
+    #[error("jobs are off: set HNC_DATA_DIR to a directory where they are kept")]
+    JobsNotConfigured,
+
+    #[error("no job {0:?} for this key")]
+    JobNotFound(String),
+
+    #[error("the job has {titles} titles; the limit is {limit} (HNC_MAX_JOB_TITLES)")]
+    JobTooLarge { titles: usize, limit: usize },
+
+    #[error(
+        "this key has {limit} jobs queued or running, the limit (HNC_MAX_OPEN_JOBS); wait for one to end"
+    )]
+    TooManyOpenJobs { limit: u64 },
+
+    #[error("the job store failed: {0}")]
+    JobStore(#[from] crate::jobs::StoreError),
 }
 
 impl ApiError {
@@ -60,7 +77,13 @@ impl ApiError {
             Self::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::ShuttingDown | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ShuttingDown | Self::Overloaded(_) | Self::JobsNotConfigured => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::JobNotFound(_) => StatusCode::NOT_FOUND,
+            Self::JobTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooManyOpenJobs { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::JobStore(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -80,6 +103,11 @@ impl ApiError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::ShuttingDown => "shutting_down",
             Self::Overloaded(_) => "overloaded",
+            Self::JobsNotConfigured => "jobs_not_configured",
+            Self::JobNotFound(_) => "job_not_found",
+            Self::JobTooLarge { .. } => "job_too_large",
+            Self::TooManyOpenJobs { .. } => "too_many_open_jobs",
+            Self::JobStore(_) => "job_store_failed",
         }
     }
 }

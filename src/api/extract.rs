@@ -33,7 +33,7 @@ where
     }
 }
 
-fn rejection_to_error(rejection: JsonRejection, limit: usize) -> ApiError {
+pub(super) fn rejection_to_error(rejection: JsonRejection, limit: usize) -> ApiError {
     match rejection {
         JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
         // Wrong types or a missing field: the inner serde_path_to_error message names the field.

@@ -7,6 +7,7 @@ mod classify;
 mod docs;
 mod error;
 mod extract;
+mod jobs;
 mod openapi;
 mod probes;
 mod state;
@@ -29,8 +30,9 @@ use tracing::Level;
 
 pub use auth::{ClientId, ClientKeys, Quotas};
 pub use error::ApiError;
+pub use jobs::{JobList, JobRequest, JobView};
 pub use openapi::{ApiDoc, document_json, document_json_for};
-pub use state::{AppState, RequestStarted};
+pub use state::{AppState, JobLimits, RequestStarted};
 pub use stream::NDJSON;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -45,6 +47,27 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/classify-batch",
             post(classify::classify_batch)
+                .route_layer(middleware::from_fn_with_state(state.clone(), require_key)),
+        )
+        .route(
+            "/jobs",
+            post(jobs::submit)
+                .get(jobs::list)
+                .route_layer(middleware::from_fn_with_state(state.clone(), require_key)),
+        )
+        .route(
+            "/jobs/{id}",
+            get(jobs::get_job)
+                .route_layer(middleware::from_fn_with_state(state.clone(), require_key)),
+        )
+        .route(
+            "/jobs/{id}/results",
+            get(jobs::results)
+                .route_layer(middleware::from_fn_with_state(state.clone(), require_key)),
+        )
+        .route(
+            "/jobs/{id}/cancel",
+            post(jobs::cancel)
                 .route_layer(middleware::from_fn_with_state(state.clone(), require_key)),
         )
         .route("/taxonomies", get(classify::list_taxonomies))

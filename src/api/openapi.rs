@@ -11,6 +11,7 @@ use super::body::{
 };
 use super::classify;
 use super::error::{ErrorBody, ErrorDetail};
+use super::jobs::{self, JobList, JobRequest, JobView};
 use super::probes::{self, EndpointView, HealthBody, StatusBody};
 use crate::taxonomy::Taxonomies;
 
@@ -20,11 +21,12 @@ use crate::taxonomy::Taxonomies;
         title = "hn-classifier",
         description = "Classify short texts (Hacker News titles by default) with an LLM: one result per title, in input order, a per-item error instead of a failed batch."
     ),
-    paths(classify::classify_batch, classify::list_taxonomies, probes::healthz, probes::readyz, probes::metrics),
-    components(schemas(ClassifyBatchRequest, ClassifyBatchResponse, ItemView, UsageView, TaxonomiesResponse, TaxonomyView, LabelView, ErrorBody, ErrorDetail, StatusBody, HealthBody, EndpointView)),
+    paths(classify::classify_batch, classify::list_taxonomies, jobs::submit, jobs::list, jobs::get_job, jobs::results, jobs::cancel, probes::healthz, probes::readyz, probes::metrics),
+    components(schemas(ClassifyBatchRequest, ClassifyBatchResponse, ItemView, UsageView, TaxonomiesResponse, TaxonomyView, LabelView, ErrorBody, ErrorDetail, StatusBody, HealthBody, EndpointView, JobRequest, JobView, JobList)),
     modifiers(&BearerAuth),
     tags(
         (name = "classify", description = "Classification"),
+        (name = "jobs", description = "Jobs that outlive the request, kept on disk (HNC_DATA_DIR)"),
         (name = "operations", description = "Probes and metrics for the platform")
     )
 )]

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::auth::{ClientKeys, Quotas};
 use crate::classify::Classifier;
+use crate::jobs::Jobs;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 
@@ -12,10 +13,22 @@ use crate::metrics::Metrics;
 #[derive(Debug, Clone, Copy)]
 pub struct RequestStarted(pub Instant);
 
+/// The bounds of a job submission (`HNC_MAX_JOB_TITLES`, `HNC_MAX_OPEN_JOBS`).
+#[derive(Debug, Clone, Copy)]
+pub struct JobLimits {
+    pub max_titles: usize,
+    /// Jobs queued or running per key.
+    pub max_open: u64,
+}
+
 /// Everything a handler needs, built once at start-up and shared behind `Arc`.
 #[derive(Debug)]
 pub struct AppState {
-    pub classifier: Classifier,
+    /// Shared with the job runner.
+    pub classifier: Arc<Classifier>,
+    /// The jobs kept on disk, with `HNC_DATA_DIR`.
+    pub jobs: Option<Arc<Jobs>>,
+    pub job_limits: JobLimits,
     /// Draining and running-batch bookkeeping for graceful shutdown.
     pub lifecycle: Lifecycle,
     /// The body limit, repeated here so a 413 can say what it is.

@@ -11,6 +11,7 @@ mod deploy;
 mod efficiency;
 mod eval;
 mod helpers;
+mod jobs;
 mod local_llm;
 mod openapi;
 mod outage;

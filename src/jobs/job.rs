@@ -1,0 +1,111 @@
+//! What a job is, as stored and as answered: its status, counts and usage, and one title's
+//! result line.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::upstream::{ConfidenceSource, Usage};
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub(super) fn parse(name: &str) -> Option<Self> {
+        [
+            Self::Queued,
+            Self::Running,
+            Self::Completed,
+            Self::Failed,
+            Self::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.name() == name)
+    }
+}
+
+/// How far a job is: `done` counts titles with a result (an error included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JobCounts {
+    pub total: u64,
+    pub done: u64,
+    pub errors: u64,
+    pub pending: u64,
+}
+
+/// What a job's calls cost so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JobUsage {
+    pub input_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub output_tokens: u64,
+    pub reasoning_tokens: u64,
+    pub upstream_requests: u64,
+    /// USD; null when a model without a known price answered one of its calls.
+    pub cost_usd: Option<f64>,
+}
+
+impl From<Usage> for JobUsage {
+    fn from(u: Usage) -> Self {
+        Self {
+            input_tokens: u.input_tokens,
+            cached_input_tokens: u.cached_input_tokens,
+            output_tokens: u.output_tokens,
+            reasoning_tokens: u.reasoning_tokens,
+            upstream_requests: u.upstream_requests,
+            cost_usd: u.cost_usd(),
+        }
+    }
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub id: String,
+    pub status: JobStatus,
+    pub created_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+    pub taxonomy: String,
+    pub metadata: BTreeMap<String, String>,
+    pub counts: JobCounts,
+    pub usage: JobUsage,
+}
+
+/// One title's result, as `GET /jobs/{id}/results` gives it: one NDJSON line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultLine {
+    pub index: u64,
+    pub topic: Option<String>,
+    pub confidence: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence_source: Option<ConfidenceSource>,
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+}
+
+/// What a round did with one title.
+#[derive(Debug)]
+pub enum ItemOutcome {
+    Done(ResultLine),
+    /// A transient error with attempts left: the title goes again in a later round.
+    Again,
+}

@@ -1,0 +1,392 @@
+//! Jobs on local disk: one SQLite file (`HNC_DATA_DIR/jobs.sqlite3`, WAL), through rusqlite.
+//! A job's titles go in with it, in one transaction; each title's result is written when it is
+//! done, with the job's counts and usage in the same transaction, so a crash or a restart loses
+//! at most the calls in flight and never gives a title two results. Every query takes the
+//! owner: another key's job is not found rather than forbidden.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::job::{ItemOutcome, Job, JobCounts, JobStatus, JobUsage};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("HNC_DATA_DIR {path}: {source}")]
+    Dir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the job store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// What `create` did: made the job, or found the one an earlier request with the same
+/// idempotency key made.
+#[derive(Debug)]
+pub enum Created {
+    New(Job),
+    Existing(Job),
+}
+
+/// A job's titles to classify next.
+#[derive(Debug)]
+pub struct Work {
+    pub job_id: String,
+    pub taxonomy: String,
+    /// (index, title, attempts so far), in input order.
+    pub items: Vec<(u64, String, u32)>,
+}
+
+#[derive(Debug)]
+pub struct JobStore {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    finished_at_ms INTEGER,
+    taxonomy TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    idempotency_key TEXT,
+    total INTEGER NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0,
+    errors INTEGER NOT NULL DEFAULT 0,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    cached_input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    reasoning_tokens INTEGER NOT NULL DEFAULT 0,
+    upstream_requests INTEGER NOT NULL DEFAULT 0,
+    cost_usd REAL,
+    cost_unknown INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (owner, idempotency_key)
+);
+CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created_at_ms);
+CREATE TABLE IF NOT EXISTS items (
+    job_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    title TEXT NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    result TEXT,
+    PRIMARY KEY (job_id, idx)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS items_pending ON items (job_id, done, idx);
+";
+
+const JOB_COLUMNS: &str = "id, status, created_at_ms, finished_at_ms, taxonomy, metadata, total, \
+    done, errors, input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, \
+    upstream_requests, cost_usd, cost_unknown";
+
+fn job_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
+    let status: String = row.get(1)?;
+    let metadata: String = row.get(5)?;
+    let total: u64 = row.get(6)?;
+    let done: u64 = row.get(7)?;
+    let cost: Option<f64> = row.get(14)?;
+    let cost_unknown: bool = row.get(15)?;
+    Ok(Job {
+        id: row.get(0)?,
+        status: JobStatus::parse(&status).unwrap_or(JobStatus::Failed),
+        created_at_ms: row.get(2)?,
+        finished_at_ms: row.get(3)?,
+        taxonomy: row.get(4)?,
+        metadata: serde_json::from_str(&metadata).unwrap_or_default(),
+        counts: JobCounts {
+            total,
+            done,
+            errors: row.get(8)?,
+            pending: total.saturating_sub(done),
+        },
+        usage: JobUsage {
+            input_tokens: row.get(9)?,
+            cached_input_tokens: row.get(10)?,
+            output_tokens: row.get(11)?,
+            reasoning_tokens: row.get(12)?,
+            upstream_requests: row.get(13)?,
+            cost_usd: if cost_unknown {
+                None
+            } else {
+                cost.or(Some(0.0))
+            },
+        },
+    })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl JobStore {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let conn = Connection::open(dir.join("jobs.sqlite3"))?;
+        // WAL: readers (a download, a poll) never wait for the runner's writes. FULL: a
+        // committed result survives the machine, not only the process.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().expect("job store lock poisoned")
+    }
+
+    /// Makes a job of `titles` for `owner`, or returns the one `idempotency_key` already made.
+    pub fn create(
+        &self,
+        owner: &str,
+        (taxonomy, metadata): (&str, &BTreeMap<String, String>),
+        titles: &[String],
+        idempotency_key: Option<&str>,
+    ) -> Result<Created, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        if let Some(key) = idempotency_key {
+            let existing = tx
+                .query_row(
+                    &format!(
+                        "SELECT {JOB_COLUMNS} FROM jobs WHERE owner = ?1 AND idempotency_key = ?2"
+                    ),
+                    params![owner, key],
+                    job_of,
+                )
+                .optional()?;
+            if let Some(job) = existing {
+                return Ok(Created::Existing(job));
+            }
+        }
+        let id = format!("job_{:016x}", rand::random::<u64>());
+        tx.execute(
+            "INSERT INTO jobs (id, owner, status, created_at_ms, taxonomy, metadata, idempotency_key, total)
+             VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7)",
+            params![
+                id,
+                owner,
+                now_ms(),
+                taxonomy,
+                serde_json::to_string(metadata).expect("a string map serialises"),
+                idempotency_key,
+                titles.len() as u64
+            ],
+        )?;
+        {
+            let mut insert =
+                tx.prepare("INSERT INTO items (job_id, idx, title) VALUES (?1, ?2, ?3)")?;
+            for (i, title) in titles.iter().enumerate() {
+                insert.execute(params![id, i as u64, title])?;
+            }
+        }
+        let job = tx.query_row(
+            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+            params![id],
+            job_of,
+        )?;
+        tx.commit()?;
+        Ok(Created::New(job))
+    }
+
+    pub fn get(&self, owner: &str, id: &str) -> Result<Option<Job>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1 AND owner = ?2"),
+                params![id, owner],
+                job_of,
+            )
+            .optional()?)
+    }
+
+    /// `owner`'s jobs, newest first, at most `limit`, older than the job `before` when given.
+    pub fn list(
+        &self,
+        owner: &str,
+        limit: u32,
+        before: Option<&str>,
+    ) -> Result<Vec<Job>, StoreError> {
+        let conn = self.conn();
+        let mut query = conn.prepare(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE owner = ?1 AND (?2 IS NULL OR
+               (created_at_ms, id) < (SELECT created_at_ms, id FROM jobs WHERE id = ?2 AND owner = ?1))
+             ORDER BY created_at_ms DESC, id DESC LIMIT ?3"
+        ))?;
+        let jobs = query
+            .query_map(params![owner, before, limit], job_of)?
+            .collect::<Result<_, _>>()?;
+        Ok(jobs)
+    }
+
+    /// How many of `owner`'s jobs are queued or running.
+    pub fn open_jobs(&self, owner: &str) -> Result<u64, StoreError> {
+        Ok(self.conn().query_row(
+            "SELECT COUNT(*) FROM jobs WHERE owner = ?1 AND status IN ('queued', 'running')",
+            params![owner],
+            |row| row.get(0),
+        )?)
+    }
+
+    /// Stops what is pending of `owner`'s job `id`; what is done stays.
+    pub fn cancel(&self, owner: &str, id: &str) -> Result<Option<Job>, StoreError> {
+        self.conn().execute(
+            "UPDATE jobs SET status = 'cancelled', finished_at_ms = ?3
+             WHERE id = ?1 AND owner = ?2 AND status IN ('queued', 'running')",
+            params![id, owner, now_ms()],
+        )?;
+        self.get(owner, id)
+    }
+
+    /// Up to `max` pending titles of the oldest job that has some (marking it running).
+    pub fn next_work(&self, max: u32) -> Result<Option<Work>, StoreError> {
+        let conn = self.conn();
+        let job: Option<(String, String)> = conn
+            .query_row(
+                "SELECT id, taxonomy FROM jobs WHERE status IN ('queued', 'running')
+                 ORDER BY created_at_ms, id LIMIT 1",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        let Some((job_id, taxonomy)) = job else {
+            return Ok(None);
+        };
+        conn.execute(
+            "UPDATE jobs SET status = 'running' WHERE id = ?1 AND status = 'queued'",
+            params![job_id],
+        )?;
+        let mut query = conn.prepare(
+            "SELECT idx, title, attempts FROM items WHERE job_id = ?1 AND done = 0
+             ORDER BY idx LIMIT ?2",
+        )?;
+        let items: Vec<(u64, String, u32)> = query
+            .query_map(params![job_id, max], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        drop(query);
+        if items.is_empty() {
+            // Nothing pending (every title answered before a crash let the status be written).
+            finish_if_done(&conn, &job_id)?;
+        }
+        Ok(Some(Work {
+            job_id,
+            taxonomy,
+            items,
+        }))
+    }
+
+    /// Writes what a round produced, in one transaction: a result for each finished title (a
+    /// title left pending goes again in a later round, counted in `attempts`), the usage, and
+    /// the job's status when nothing is left. Results of a job cancelled meanwhile are kept
+    /// too: they were paid for.
+    pub fn record(
+        &self,
+        job_id: &str,
+        outcomes: &[(u64, ItemOutcome)],
+        usage: &JobUsage,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let (mut done, mut errors) = (0u64, 0u64);
+        {
+            let mut finish = tx.prepare(
+                "UPDATE items SET done = 1, result = ?3 WHERE job_id = ?1 AND idx = ?2 AND done = 0",
+            )?;
+            let mut again = tx.prepare(
+                "UPDATE items SET attempts = attempts + 1 WHERE job_id = ?1 AND idx = ?2",
+            )?;
+            for (index, outcome) in outcomes {
+                match outcome {
+                    ItemOutcome::Done(line) => {
+                        let text = serde_json::to_string(line).expect("a result line serialises");
+                        let changed = finish.execute(params![job_id, index, text])?;
+                        done += changed as u64;
+                        errors += u64::from(changed > 0 && line.error.is_some());
+                    }
+                    ItemOutcome::Again => {
+                        again.execute(params![job_id, index])?;
+                    }
+                }
+            }
+        }
+        tx.execute(
+            "UPDATE jobs SET done = done + ?2, errors = errors + ?3,
+                input_tokens = input_tokens + ?4, cached_input_tokens = cached_input_tokens + ?5,
+                output_tokens = output_tokens + ?6, reasoning_tokens = reasoning_tokens + ?7,
+                upstream_requests = upstream_requests + ?8,
+                cost_usd = COALESCE(cost_usd, 0) + ?9, cost_unknown = cost_unknown OR ?10
+             WHERE id = ?1",
+            params![
+                job_id,
+                done,
+                errors,
+                usage.input_tokens,
+                usage.cached_input_tokens,
+                usage.output_tokens,
+                usage.reasoning_tokens,
+                usage.upstream_requests,
+                usage.cost_usd.unwrap_or(0.0),
+                usage.cost_usd.is_none()
+            ],
+        )?;
+        finish_if_done(&tx, job_id)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The results of `owner`'s job `id` from index `from`, in input order, up to the first
+    /// title not done yet (so a download resumes where it stopped), at most `max`; `None` for
+    /// a job not found.
+    pub fn results(
+        &self,
+        owner: &str,
+        id: &str,
+        from: u64,
+        max: u32,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        if self.get(owner, id)?.is_none() {
+            return Ok(None);
+        }
+        let conn = self.conn();
+        let mut query = conn.prepare(
+            "SELECT done, result FROM items WHERE job_id = ?1 AND idx >= ?2 ORDER BY idx LIMIT ?3",
+        )?;
+        let rows = query.query_map(params![id, from, max], |row| {
+            Ok((row.get::<_, bool>(0)?, row.get::<_, Option<String>>(1)?))
+        })?;
+        let mut lines = Vec::new();
+        for row in rows {
+            match row? {
+                (true, Some(line)) => lines.push(line),
+                _ => break,
+            }
+        }
+        Ok(Some(lines))
+    }
+}
+
+/// Marks `job_id` completed when none of its titles is pending (a cancelled job stays so).
+fn finish_if_done(conn: &Connection, job_id: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE jobs SET status = 'completed', finished_at_ms = ?2
+         WHERE id = ?1 AND status IN ('queued', 'running')
+           AND NOT EXISTS (SELECT 1 FROM items WHERE job_id = ?1 AND done = 0)",
+        params![job_id, now_ms()],
+    )?;
+    Ok(())
+}

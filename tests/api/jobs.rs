@@ -1,0 +1,290 @@
+//! Jobs that outlive the request (`/jobs`), kept on disk without Redis: submitted, classified in
+//! the background through the same pipeline, downloaded in input order, resumed by a restart on
+//! the same data directory, private to the key that submitted them.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use hn_classifier::api::{JobList, JobView};
+use hn_classifier::jobs::{JobStatus, ResultLine};
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::*;
+
+/// A fresh data directory for one test.
+fn data_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hnc-jobs-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+async fn simulated_with_jobs(dir: &std::path::Path, extra: &[&str]) -> TestApp {
+    let dir = dir.to_str().unwrap();
+    spawn_simulated(&[&["--data-dir", dir], extra].concat()).await
+}
+
+async fn submit(
+    app: &TestApp,
+    titles: &[String],
+    key: Option<&str>,
+) -> (StatusCode, serde_json::Value) {
+    let mut request = app
+        .client
+        .post(app.url("/jobs"))
+        .json(&json!({"titles": titles, "metadata": {"batch": "nightly"}}));
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    if status == StatusCode::ACCEPTED {
+        let location = response.headers()["location"].to_str().unwrap().to_owned();
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(location, format!("/jobs/{}", body["id"].as_str().unwrap()));
+        return (status, body);
+    }
+    (status, response.json().await.unwrap())
+}
+
+/// A response's JSON body.
+async fn body<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> T {
+    response.json().await.unwrap()
+}
+
+async fn job(app: &TestApp, id: &str) -> JobView {
+    body(
+        app.client
+            .get(app.url(&format!("/jobs/{id}")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+/// Polls until the job is no longer queued or running.
+async fn finished(app: &TestApp, id: &str) -> JobView {
+    let start = Instant::now();
+    loop {
+        let view = job(app, id).await;
+        if !matches!(view.status, JobStatus::Queued | JobStatus::Running) {
+            return view;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{view:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn results(app: &TestApp, id: &str, from: u64) -> Vec<ResultLine> {
+    let response = app
+        .client
+        .get(app.url(&format!("/jobs/{id}/results?from={from}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    let text = response.text().await.unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_job_is_classified_in_the_background_and_downloaded_in_input_order() {
+    let dir = data_dir("order");
+    let app = simulated_with_jobs(&dir, &[]).await;
+    let titles = data_lines("hn_titles.txt")[..500].to_vec();
+    let (status, submitted) = submit(&app, &titles, None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{submitted}");
+    assert_eq!(submitted["metadata"]["batch"], "nightly");
+    let id = submitted["id"].as_str().unwrap().to_owned();
+    let done = finished(&app, &id).await;
+    assert_eq!(done.status, JobStatus::Completed);
+    assert_eq!(
+        (
+            done.counts.total,
+            done.counts.done,
+            done.counts.errors,
+            done.counts.pending
+        ),
+        (500, 500, 0, 0)
+    );
+    assert!(done.usage.upstream_requests >= 1 && done.usage.cost_usd.unwrap() > 0.0);
+    let lines = results(&app, &id, 0).await;
+    let live = app.classify(&titles).await;
+    assert_eq!(lines.len(), 500);
+    for (i, (line, item)) in lines.iter().zip(&live.results).enumerate() {
+        assert_eq!(line.index, i as u64);
+        assert_eq!(
+            (&line.topic, line.confidence),
+            (&item.topic, item.confidence),
+            "{i}"
+        );
+        assert_eq!(line.confidence_source, item.confidence_source);
+    }
+    let tail = results(&app, &id, 490).await;
+    assert_eq!(
+        tail.iter().map(|l| l.index).collect::<Vec<_>>(),
+        (490..500).collect::<Vec<u64>>()
+    );
+    let list: JobList = body(app.client.get(app.url("/jobs")).send().await.unwrap()).await;
+    assert_eq!(list.jobs.len(), 1);
+    assert_eq!(list.jobs[0].id, id);
+    app.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_on_the_same_data_directory_resumes_the_job() {
+    let dir = data_dir("restart");
+    // 50 ms a call, 50 at once: 2,000 titles take a few seconds.
+    let slow = ["--sim-latency-ms", "50", "--sim-latency-sigma", "0"];
+    let first = simulated_with_jobs(&dir, &slow).await;
+    let titles = data_lines("hn_titles.txt")[..2000].to_vec();
+    let (status, submitted) = submit(&first, &titles, None).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let id = submitted["id"].as_str().unwrap().to_owned();
+    let start = Instant::now();
+    while job(&first, &id).await.counts.done < 300 {
+        assert!(start.elapsed() < Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let calls_before = first.sim_stats().await["requests_total"].as_u64().unwrap();
+    let done_before = job(&first, &id).await.counts.done;
+    assert!(done_before < 1500, "stopped mid-job: {done_before} done");
+    first.shutdown().await;
+    let second = simulated_with_jobs(&dir, &slow).await;
+    let done = finished(&second, &id).await;
+    assert_eq!(done.status, JobStatus::Completed);
+    assert_eq!((done.counts.done, done.counts.errors), (2000, 0));
+    let lines = results(&second, &id, 0).await;
+    assert_eq!(
+        lines.iter().map(|l| l.index).collect::<Vec<_>>(),
+        (0..2000).collect::<Vec<u64>>(),
+        "every title once, in input order"
+    );
+    let calls_after = second.sim_stats().await["requests_total"].as_u64().unwrap();
+    assert!(
+        calls_before + calls_after <= 2000 + 200,
+        "at most one round is asked again: {calls_before} + {calls_after}"
+    );
+    second.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_job_belongs_to_its_key_and_submissions_are_bounded_and_idempotent() {
+    let dir = data_dir("keys");
+    let app = simulated_with_jobs(
+        &dir,
+        &[
+            "--api-keys",
+            "alpha-key,beta-key",
+            "--max-job-titles",
+            "100",
+            "--max-open-jobs",
+            "2",
+            "--sim-latency-ms",
+            "200",
+        ],
+    )
+    .await;
+    let as_key = |key: &'static str, request: reqwest::RequestBuilder| request.bearer_auth(key);
+    let titles = data_lines("hn_titles.txt")[..100].to_vec();
+    let post = |key, body: serde_json::Value, idem: Option<&'static str>| {
+        let mut r = as_key(key, app.client.post(app.url("/jobs"))).json(&body);
+        if let Some(idem) = idem {
+            r = r.header("idempotency-key", idem);
+        }
+        r.send()
+    };
+    let first = post("alpha-key", json!({"titles": titles}), Some("k1"))
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let first: JobView = first.json().await.unwrap();
+    let again = post("alpha-key", json!({"titles": titles}), Some("k1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.status(),
+        StatusCode::OK,
+        "the same job, not a second one"
+    );
+    assert_eq!(again.json::<JobView>().await.unwrap().id, first.id);
+
+    let other = as_key(
+        "beta-key",
+        app.client.get(app.url(&format!("/jobs/{}", first.id))),
+    );
+    let other = other.send().await.unwrap();
+    assert_eq!(other.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        body::<serde_json::Value>(other).await["error"]["code"],
+        "job_not_found"
+    );
+    let listed: JobList = body(
+        as_key("beta-key", app.client.get(app.url("/jobs")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(listed.jobs.is_empty());
+
+    let big = post("alpha-key", json!({"titles": vec!["x"; 101]}), None)
+        .await
+        .unwrap();
+    assert_eq!(big.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let message = body::<serde_json::Value>(big).await["error"].clone();
+    assert_eq!(message["code"], "job_too_large");
+    assert!(
+        message["message"]
+            .as_str()
+            .unwrap()
+            .contains("HNC_MAX_JOB_TITLES")
+    );
+
+    let second = post("alpha-key", json!({"titles": titles}), None)
+        .await
+        .unwrap();
+    assert_eq!(second.status(), StatusCode::ACCEPTED);
+    let third = post("alpha-key", json!({"titles": titles}), None)
+        .await
+        .unwrap();
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        body::<serde_json::Value>(third).await["error"]["code"],
+        "too_many_open_jobs"
+    );
+
+    let second: JobView = second.json().await.unwrap();
+    let cancel = as_key(
+        "alpha-key",
+        app.client
+            .post(app.url(&format!("/jobs/{}/cancel", second.id))),
+    );
+    let cancelled: JobView = body(cancel.send().await.unwrap()).await;
+    assert_eq!(cancelled.status, JobStatus::Cancelled);
+    assert!(cancelled.counts.pending > 0, "{cancelled:?}");
+    let unauthenticated = app.client.get(app.url("/jobs")).send().await.unwrap();
+    assert_eq!(unauthenticated.status(), StatusCode::UNAUTHORIZED);
+    app.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn without_a_data_directory_jobs_are_off_and_say_how_to_turn_them_on() {
+    let app = spawn_simulated(&[]).await;
+    let (status, refused) = submit(&app, &["a title".to_owned()], None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused["error"]["code"], "jobs_not_configured");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("HNC_DATA_DIR")
+    );
+    app.shutdown().await;
+}
