@@ -51,6 +51,21 @@ pub struct ServeConfig {
     #[arg(long, env = "HNC_DATA_DIR", value_name = "HNC_DATA_DIR")]
     pub data_dir: Option<std::path::PathBuf>,
 
+    /// The key that signs job webhooks (Standard Webhooks): `whsec_` and base64 of 24 to 64
+    /// random bytes. Unset = a job's `callback_url` is refused.
+    #[arg(
+        long,
+        env = "HNC_WEBHOOK_SECRET",
+        value_name = "HNC_WEBHOOK_SECRET",
+        hide_env_values = true
+    )]
+    pub webhook_secret: Option<Secret>,
+
+    /// Let `callback_url` name loopback, private and link-local addresses (a receiver inside
+    /// the cluster); off, a caller cannot make the service probe its own network.
+    #[arg(long, env = "HNC_WEBHOOK_ALLOW_PRIVATE", value_name = "HNC_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub webhook_allow_private: bool,
+
     /// The most titles one job may hold.
     #[arg(long, env = "HNC_MAX_JOB_TITLES", value_name = "HNC_MAX_JOB_TITLES", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_job_titles: u32,

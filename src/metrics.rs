@@ -67,6 +67,8 @@ pub struct Metrics {
     /// Answers whose logprobs came unreadable or not at all (each asked again for a written
     /// confidence), by endpoint.
     pub upstream_logprobs_unreadable: IntCounterVec,
+    /// Job webhook attempts by outcome: `delivered`, `retried`, `failed` (given up).
+    pub job_webhooks: IntCounterVec,
     /// Background tasks of the process (`crate::tasks`): connection drivers, server connections.
     pub background_tasks: IntGauge,
 }
@@ -260,6 +262,14 @@ impl Metrics {
                 &["upstream"],
             )
             .expect("valid metric"),
+            job_webhooks: IntCounterVec::new(
+                Opts::new(
+                    "job_webhook_deliveries_total",
+                    "Job webhook attempts by outcome: delivered (a 2xx), retried (tried again later), failed (the schedule ran out).",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
             background_tasks: IntGauge::new(
                 "background_tasks",
                 "Background tasks running in the process (connection drivers, server connections).",
@@ -277,8 +287,9 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 27] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 28] = [
             Box::new(self.upstream_confidence_from_logprobs.clone()),
+            Box::new(self.job_webhooks.clone()),
             Box::new(self.upstream_logprobs_unreadable.clone()),
             Box::new(self.background_tasks.clone()),
             Box::new(self.answers.clone()),
@@ -322,6 +333,9 @@ impl Metrics {
         for op in redis_ops {
             self.redis_commands.with_label_values(&[op]);
             self.redis_errors.with_label_values(&[op]);
+        }
+        for outcome in ["delivered", "retried", "failed"] {
+            self.job_webhooks.with_label_values(&[outcome]);
         }
     }
 

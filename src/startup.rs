@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, AppState, ClientKeys, JobLimits, Quotas};
 use crate::jobs::Jobs;
+use crate::jobs::webhooks::Webhooks;
 
 use crate::classify::Classifier;
 use crate::config::{ConfigError, ServeConfig};
@@ -38,6 +39,8 @@ pub enum StartupError {
     Redis(#[from] CoordError),
     #[error("could not open the job store")]
     Jobs(#[from] crate::jobs::StoreError),
+    #[error(transparent)]
+    WebhookSecret(#[from] crate::jobs::webhooks::WebhookSecretError),
 }
 
 /// A bound, wired service that has not started serving yet.
@@ -107,7 +110,12 @@ impl Application {
             }
             None => None,
         };
+        let webhooks = match &config.webhook_secret {
+            Some(secret) => Some(Webhooks::new(secret, config.webhook_allow_private)?),
+            None => None,
+        };
         let state = Arc::new(AppState {
+            webhooks,
             classifier: Arc::new(classifier),
             jobs,
             job_limits: JobLimits {
@@ -210,7 +218,14 @@ impl Application {
             "serving"
         );
         if let Some(jobs) = state.jobs.clone() {
-            crate::tasks::spawn(jobs.run(state.classifier.clone(), state.lifecycle.clone()));
+            crate::tasks::spawn(
+                jobs.clone()
+                    .run(state.classifier.clone(), state.lifecycle.clone()),
+            );
+            if let Some(webhooks) = state.webhooks.clone() {
+                let (lifecycle, metrics) = (state.lifecycle.clone(), state.metrics.clone());
+                crate::tasks::spawn(jobs.deliver_webhooks(webhooks, lifecycle, metrics));
+            }
         }
         let lifecycle_state = state.clone();
         let drain_delay = config.drain_delay;

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -16,7 +17,7 @@ use super::auth::ClientId;
 use super::error::{ApiError, ErrorBody};
 use super::extract::rejection_to_error;
 use super::state::AppState;
-use crate::jobs::{Created, Job, JobCounts, JobStatus, JobUsage, Jobs};
+use crate::jobs::{Created, JobView, Jobs, NewJob};
 
 /// At most this many metadata entries, each key and value this long.
 const MAX_METADATA: usize = 16;
@@ -27,47 +28,16 @@ const MAX_METADATA_CHARS: usize = 512;
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct JobRequest {
     /// 1 to `HNC_MAX_JOB_TITLES` titles; bad ones get per-item errors, as in `/classify-batch`.
-    #[schema(example = json!(["Show HN: A fast JSON parser in Rust"]))]
+    #[schema(example = json!(["Show HN: A fast JSON parser in Rust"]), min_items = 1)]
     pub titles: Vec<String>,
     pub taxonomy: Option<String>,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
-}
-
-/// A job: where it is, how far, and what it cost so far.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct JobView {
-    #[schema(example = "job_5f0c3a9e1d2b4c6a")]
-    pub id: String,
-    pub status: JobStatus,
-    /// RFC 3339.
-    pub created_at: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub finished_at: Option<String>,
-    pub taxonomy: String,
-    pub metadata: BTreeMap<String, String>,
-    pub counts: JobCounts,
-    pub usage: JobUsage,
-}
-
-impl From<Job> for JobView {
-    fn from(job: Job) -> Self {
-        Self {
-            id: job.id,
-            status: job.status,
-            created_at: rfc3339(job.created_at_ms),
-            finished_at: job.finished_at_ms.map(rfc3339),
-            taxonomy: job.taxonomy,
-            metadata: job.metadata,
-            counts: job.counts,
-            usage: job.usage,
-        }
-    }
-}
-
-fn rfc3339(ms: i64) -> String {
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(at).to_string()
+    /// Where the job's end is posted (`http` or `https`), signed as Standard Webhooks says with
+    /// `HNC_WEBHOOK_SECRET`; not to loopback, private or link-local addresses unless
+    /// `HNC_WEBHOOK_ALLOW_PRIVATE` is set.
+    #[schema(example = "https://example.com/hooks/hn-classifier")]
+    pub callback_url: Option<String>,
 }
 
 /// The caller's jobs, newest first.
@@ -80,17 +50,29 @@ pub struct JobList {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// At most this many (1 to 100, default 20).
+    #[param(minimum = 1, maximum = 100, nullable = false)]
     pub limit: Option<u32>,
     /// Jobs older than this job id (the previous page's `next`).
+    #[param(nullable = false)]
     pub before: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ResultsQuery {
     /// The first index to return (default 0): where an interrupted download resumes.
+    #[param(nullable = false)]
     pub from: Option<u64>,
+}
+
+/// A query string that does not parse is a 422 naming the parameter, like a bad body.
+fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::Validation(e.body_text()))
 }
 
 fn jobs(state: &AppState) -> Result<&Arc<Jobs>, ApiError> {
@@ -116,7 +98,9 @@ fn not_found(id: &str) -> ApiError {
     responses(
         (status = 202, description = "The job, accepted", body = JobView),
         (status = 200, description = "The job an earlier submission with the same `Idempotency-Key` made", body = JobView),
+        (status = 400, description = "`invalid_json`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
         (status = 413, description = "`job_too_large` (over `HNC_MAX_JOB_TITLES`) or `payload_too_large`", body = ErrorBody),
         (status = 422, description = "`validation_failed` or `unknown_taxonomy`", body = ErrorBody),
         (status = 429, description = "`too_many_open_jobs` (`HNC_MAX_OPEN_JOBS`) or `quota_exceeded`", body = ErrorBody),
@@ -138,6 +122,21 @@ pub async fn submit(
     if state.lifecycle.is_draining() {
         return Err(ApiError::ShuttingDown);
     }
+    let callback_url = match request.callback_url {
+        None => None,
+        Some(url) => {
+            let webhooks = state.webhooks.as_ref().ok_or_else(|| {
+                ApiError::Validation(
+                    "callback_url: webhooks are off; set HNC_WEBHOOK_SECRET on the service"
+                        .to_owned(),
+                )
+            })?;
+            if let Some(why) = webhooks.refusal(&url).await {
+                return Err(ApiError::Validation(format!("callback_url: {why}")));
+            }
+            Some(url)
+        }
+    };
     let owner = client.as_str().to_owned();
     let open = jobs.open_jobs(owner.clone()).await?;
     if open >= state.job_limits.max_open {
@@ -152,15 +151,16 @@ pub async fn submit(
     if key.is_none() {
         state.quotas.take(&client, request.titles.len()).await?;
     }
-    let titles = request.titles;
-    let n = titles.len();
+    let n = request.titles.len();
     let created = jobs
-        .create(
+        .create(NewJob {
             owner,
-            (taxonomy.name().to_owned(), request.metadata),
-            titles,
-            key,
-        )
+            taxonomy: taxonomy.name().to_owned(),
+            metadata: request.metadata,
+            callback_url,
+            titles: request.titles,
+            idempotency_key: key,
+        })
         .await?;
     let (status, job) = match created {
         Created::New(job) => {
@@ -220,6 +220,7 @@ fn check(state: &AppState, request: &JobRequest) -> Result<(), ApiError> {
     responses(
         (status = 200, body = JobView),
         (status = 404, description = "`job_not_found` (also another key's job)", body = ErrorBody),
+        (status = 503, description = "`jobs_not_configured`", body = ErrorBody),
     )
 )]
 pub async fn get_job(
@@ -247,15 +248,23 @@ pub async fn get_job(
     responses(
         (status = 200, description = "NDJSON lines", content_type = "application/x-ndjson", body = String),
         (status = 404, description = "`job_not_found`", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: `from` is not a number", body = ErrorBody),
+        (status = 503, description = "`jobs_not_configured`", body = ErrorBody),
     )
 )]
 pub async fn results(
     State(state): State<Arc<AppState>>,
     Extension(client): Extension<ClientId>,
     Path(id): Path<String>,
-    Query(query): Query<ResultsQuery>,
+    params: Result<Query<ResultsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let from = query.from.unwrap_or(0);
+    let from = query(params)?.from.unwrap_or(0);
+    if from > i64::MAX as u64 {
+        return Err(ApiError::Validation(format!(
+            "from: {from} is past the largest index, {}",
+            i64::MAX
+        )));
+    }
     let lines = jobs(&state)?
         .results(client.as_str().to_owned(), id.clone(), from, u32::MAX)
         .await?
@@ -278,6 +287,7 @@ pub async fn results(
     responses(
         (status = 200, body = JobView),
         (status = 404, description = "`job_not_found`", body = ErrorBody),
+        (status = 503, description = "`jobs_not_configured`", body = ErrorBody),
     )
 )]
 pub async fn cancel(
@@ -299,14 +309,24 @@ pub async fn cancel(
     tag = "jobs",
     params(ListQuery),
     security((), ("bearer" = [])),
-    responses((status = 200, body = JobList))
+    responses(
+        (status = 200, body = JobList),
+        (status = 422, description = "`validation_failed`: `limit` outside 1 to 100", body = ErrorBody),
+        (status = 503, description = "`jobs_not_configured`", body = ErrorBody),
+    )
 )]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     Extension(client): Extension<ClientId>,
-    Query(query): Query<ListQuery>,
+    params: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<JobList>, ApiError> {
-    let limit = query.limit.unwrap_or(20).clamp(1, 100);
+    let query = query(params)?;
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::Validation(format!(
+            "limit: {limit} is outside 1 to 100"
+        )));
+    }
     let page = jobs(&state)?
         .list(client.as_str().to_owned(), limit + 1, query.before)
         .await?;

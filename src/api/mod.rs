@@ -28,9 +28,10 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnResponse, OnResponse, TraceLayer};
 use tracing::Level;
 
+pub use crate::jobs::JobView;
 pub use auth::{ClientId, ClientKeys, Quotas};
 pub use error::ApiError;
-pub use jobs::{JobList, JobRequest, JobView};
+pub use jobs::{JobList, JobRequest};
 pub use openapi::{ApiDoc, document_json, document_json_for};
 pub use state::{AppState, JobLimits, RequestStarted};
 pub use stream::NDJSON;

@@ -11,8 +11,9 @@ use super::body::{
 };
 use super::classify;
 use super::error::{ErrorBody, ErrorDetail};
-use super::jobs::{self, JobList, JobRequest, JobView};
+use super::jobs::{self, JobList, JobRequest};
 use super::probes::{self, EndpointView, HealthBody, StatusBody};
+use crate::jobs::JobView;
 use crate::taxonomy::Taxonomies;
 
 #[derive(OpenApi)]

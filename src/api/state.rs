@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use super::auth::{ClientKeys, Quotas};
 use crate::classify::Classifier;
 use crate::jobs::Jobs;
+use crate::jobs::webhooks::Webhooks;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 
@@ -29,6 +30,8 @@ pub struct AppState {
     /// The jobs kept on disk, with `HNC_DATA_DIR`.
     pub jobs: Option<Arc<Jobs>>,
     pub job_limits: JobLimits,
+    /// Signing key and address policy of job webhooks, with `HNC_WEBHOOK_SECRET`.
+    pub webhooks: Option<Webhooks>,
     /// Draining and running-batch bookkeeping for graceful shutdown.
     pub lifecycle: Lifecycle,
     /// The body limit, repeated here so a 413 can say what it is.

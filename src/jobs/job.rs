@@ -76,6 +76,18 @@ impl From<Usage> for JobUsage {
     }
 }
 
+/// A job as submitted.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub owner: String,
+    pub taxonomy: String,
+    pub metadata: BTreeMap<String, String>,
+    /// Checked against the address policy before it gets here.
+    pub callback_url: Option<String>,
+    pub titles: Vec<String>,
+    pub idempotency_key: Option<String>,
+}
+
 /// A job as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
@@ -85,6 +97,7 @@ pub struct Job {
     pub finished_at_ms: Option<i64>,
     pub taxonomy: String,
     pub metadata: BTreeMap<String, String>,
+    pub callback_url: Option<String>,
     pub counts: JobCounts,
     pub usage: JobUsage,
 }
@@ -108,4 +121,44 @@ pub enum ItemOutcome {
     Done(ResultLine),
     /// A transient error with attempts left: the title goes again in a later round.
     Again,
+}
+
+/// A job: where it is, how far, and what it cost so far.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JobView {
+    #[schema(example = "job_5f0c3a9e1d2b4c6a")]
+    pub id: String,
+    pub status: JobStatus,
+    /// RFC 3339.
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    pub taxonomy: String,
+    pub metadata: BTreeMap<String, String>,
+    /// Where the job's end is posted, signed (Standard Webhooks); absent when none was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+    pub counts: JobCounts,
+    pub usage: JobUsage,
+}
+
+impl From<Job> for JobView {
+    fn from(job: Job) -> Self {
+        Self {
+            id: job.id,
+            status: job.status,
+            created_at: rfc3339(job.created_at_ms),
+            finished_at: job.finished_at_ms.map(rfc3339),
+            taxonomy: job.taxonomy,
+            metadata: job.metadata,
+            callback_url: job.callback_url,
+            counts: job.counts,
+            usage: job.usage,
+        }
+    }
+}
+
+pub fn rfc3339(ms: i64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(at).to_string()
 }

@@ -9,20 +9,22 @@
 
 mod job;
 mod store;
+pub mod webhooks;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
-pub use job::{ItemOutcome, Job, JobCounts, JobStatus, JobUsage, ResultLine};
-use store::Work;
+pub use job::{ItemOutcome, Job, JobCounts, JobStatus, JobUsage, JobView, NewJob, ResultLine};
 pub use store::{Created, JobStore, StoreError};
+use store::{Delivered, Work};
+use webhooks::{SCHEDULE, Webhooks};
 
 use crate::classify::{Classifier, Cut, is_transient};
 use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
 
 /// Titles sent to the pipeline in one round: small enough that a round's admission does not
 /// wait long behind interactive batches, large enough to keep packs and slots full.
@@ -59,22 +61,8 @@ impl Jobs {
         })
     }
 
-    pub async fn create(
-        &self,
-        owner: String,
-        (taxonomy, metadata): (String, BTreeMap<String, String>),
-        titles: Vec<String>,
-        idempotency_key: Option<String>,
-    ) -> Result<Created, StoreError> {
-        let created = blocking(&self.store, move |s| {
-            s.create(
-                &owner,
-                (&taxonomy, &metadata),
-                &titles,
-                idempotency_key.as_deref(),
-            )
-        })
-        .await?;
+    pub async fn create(&self, job: NewJob) -> Result<Created, StoreError> {
+        let created = blocking(&self.store, move |s| s.create(&job)).await?;
         self.wake.notify_one();
         Ok(created)
     }
@@ -113,6 +101,63 @@ impl Jobs {
         max: u32,
     ) -> Result<Option<Vec<String>>, StoreError> {
         blocking(&self.store, move |s| s.results(&owner, &id, from, max)).await
+    }
+
+    /// Sends the webhooks of ended jobs until the replica drains, each until a 2xx answers it
+    /// or the schedule runs out; a restart picks up the ones still pending.
+    pub async fn deliver_webhooks(
+        self: Arc<Self>,
+        webhooks: Webhooks,
+        lifecycle: Lifecycle,
+        metrics: Arc<Metrics>,
+    ) {
+        while !lifecycle.is_draining() {
+            let due = match blocking(&self.store, |s| s.due_deliveries(16)).await {
+                Ok(due) => due,
+                Err(error) => {
+                    tracing::warn!(%error, "the job store failed; webhooks wait");
+                    Vec::new()
+                }
+            };
+            if due.is_empty() {
+                tokio::time::sleep(IDLE * 2).await;
+                continue;
+            }
+            let sends = due.into_iter().map(|d| {
+                let webhooks = &webhooks;
+                async move {
+                    let sent = webhooks.deliver(&d.url, &d.id, &d.body).await;
+                    let outcome = match sent {
+                        Ok(()) => Delivered::Yes,
+                        Err(error) => {
+                            let wait = SCHEDULE.get(d.attempts as usize);
+                            let next_at_ms = wait.map(|w| store::now_ms() + w.as_millis() as i64);
+                            tracing::warn!(webhook.id = %d.id, attempt = d.attempts + 1, %error, retry = next_at_ms.is_some(), "webhook not delivered");
+                            Delivered::No { error, next_at_ms }
+                        }
+                    };
+                    (d.id, outcome)
+                }
+            });
+            for (id, outcome) in futures::future::join_all(sends).await {
+                let label = match &outcome {
+                    Delivered::Yes => "delivered",
+                    Delivered::No {
+                        next_at_ms: Some(_),
+                        ..
+                    } => "retried",
+                    Delivered::No {
+                        next_at_ms: None, ..
+                    } => "failed",
+                };
+                metrics.job_webhooks.with_label_values(&[label]).inc();
+                let recorded =
+                    blocking(&self.store, move |s| s.record_delivery(&id, &outcome)).await;
+                if let Err(error) = recorded {
+                    tracing::warn!(%error, "a webhook's outcome could not be written; it is sent again");
+                }
+            }
+        }
     }
 
     /// Classifies the jobs' titles in rounds until the replica drains: the oldest job first.

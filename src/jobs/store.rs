@@ -4,13 +4,12 @@
 //! at most the calls in flight and never gives a title two results. Every query takes the
 //! owner: another key's job is not found rather than forbidden.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::job::{ItemOutcome, Job, JobCounts, JobStatus, JobUsage};
+use super::job::{ItemOutcome, Job, JobCounts, JobStatus, JobUsage, JobView, NewJob, rfc3339};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -65,6 +64,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     upstream_requests INTEGER NOT NULL DEFAULT 0,
     cost_usd REAL,
     cost_unknown INTEGER NOT NULL DEFAULT 0,
+    callback_url TEXT,
     UNIQUE (owner, idempotency_key)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created_at_ms);
@@ -78,11 +78,23 @@ CREATE TABLE IF NOT EXISTS items (
     PRIMARY KEY (job_id, idx)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS items_pending ON items (job_id, done, idx);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_at_s INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at_ms INTEGER NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_at_ms);
 ";
 
 const JOB_COLUMNS: &str = "id, status, created_at_ms, finished_at_ms, taxonomy, metadata, total, \
     done, errors, input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, \
-    upstream_requests, cost_usd, cost_unknown";
+    upstream_requests, cost_usd, cost_unknown, callback_url";
 
 fn job_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
     let status: String = row.get(1)?;
@@ -98,6 +110,7 @@ fn job_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         finished_at_ms: row.get(3)?,
         taxonomy: row.get(4)?,
         metadata: serde_json::from_str(&metadata).unwrap_or_default(),
+        callback_url: row.get(16)?,
         counts: JobCounts {
             total,
             done,
@@ -119,7 +132,7 @@ fn job_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
     })
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -149,16 +162,18 @@ impl JobStore {
     }
 
     /// Makes a job of `titles` for `owner`, or returns the one `idempotency_key` already made.
-    pub fn create(
-        &self,
-        owner: &str,
-        (taxonomy, metadata): (&str, &BTreeMap<String, String>),
-        titles: &[String],
-        idempotency_key: Option<&str>,
-    ) -> Result<Created, StoreError> {
+    pub fn create(&self, job: &NewJob) -> Result<Created, StoreError> {
+        let NewJob {
+            owner,
+            taxonomy,
+            metadata,
+            callback_url,
+            titles,
+            idempotency_key,
+        } = job;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        if let Some(key) = idempotency_key {
+        if let Some(key) = idempotency_key.as_deref() {
             let existing = tx
                 .query_row(
                     &format!(
@@ -174,8 +189,8 @@ impl JobStore {
         }
         let id = format!("job_{:016x}", rand::random::<u64>());
         tx.execute(
-            "INSERT INTO jobs (id, owner, status, created_at_ms, taxonomy, metadata, idempotency_key, total)
-             VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO jobs (id, owner, status, created_at_ms, taxonomy, metadata, idempotency_key, total, callback_url)
+             VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 id,
                 owner,
@@ -183,7 +198,8 @@ impl JobStore {
                 taxonomy,
                 serde_json::to_string(metadata).expect("a string map serialises"),
                 idempotency_key,
-                titles.len() as u64
+                titles.len() as u64,
+                callback_url
             ],
         )?;
         {
@@ -243,11 +259,19 @@ impl JobStore {
 
     /// Stops what is pending of `owner`'s job `id`; what is done stays.
     pub fn cancel(&self, owner: &str, id: &str) -> Result<Option<Job>, StoreError> {
-        self.conn().execute(
-            "UPDATE jobs SET status = 'cancelled', finished_at_ms = ?3
-             WHERE id = ?1 AND owner = ?2 AND status IN ('queued', 'running')",
-            params![id, owner, now_ms()],
-        )?;
+        {
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            let changed = tx.execute(
+                "UPDATE jobs SET status = 'cancelled', finished_at_ms = ?3
+                 WHERE id = ?1 AND owner = ?2 AND status IN ('queued', 'running')",
+                params![id, owner, now_ms()],
+            )?;
+            if changed > 0 {
+                enqueue_delivery(&tx, id)?;
+            }
+            tx.commit()?;
+        }
         self.get(owner, id)
     }
 
@@ -380,13 +404,127 @@ impl JobStore {
     }
 }
 
-/// Marks `job_id` completed when none of its titles is pending (a cancelled job stays so).
+/// Marks `job_id` completed when none of its titles is pending (a cancelled job stays so), and
+/// queues its webhook.
 fn finish_if_done(conn: &Connection, job_id: &str) -> rusqlite::Result<()> {
-    conn.execute(
+    let changed = conn.execute(
         "UPDATE jobs SET status = 'completed', finished_at_ms = ?2
          WHERE id = ?1 AND status IN ('queued', 'running')
            AND NOT EXISTS (SELECT 1 FROM items WHERE job_id = ?1 AND done = 0)",
         params![job_id, now_ms()],
     )?;
+    if changed > 0 {
+        enqueue_delivery(conn, job_id)?;
+    }
     Ok(())
+}
+
+/// Queues the webhook of a job that just ended, when it has a callback URL: the event is the
+/// job as it ended, `{"type": "job.<status>", "timestamp", "data"}`, kept until delivered.
+fn enqueue_delivery(conn: &Connection, job_id: &str) -> rusqlite::Result<()> {
+    let job = conn.query_row(
+        &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+        params![job_id],
+        job_of,
+    )?;
+    let Some(url) = job.callback_url.clone() else {
+        return Ok(());
+    };
+    let now = now_ms();
+    let event = serde_json::json!({
+        "type": format!("job.{}", job.status.name()),
+        "timestamp": rfc3339(now),
+        "data": JobView::from(job),
+    });
+    conn.execute(
+        "INSERT INTO deliveries (id, job_id, url, body, created_at_s, next_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            format!("msg_{:032x}", rand::random::<u128>()),
+            job_id,
+            url,
+            event.to_string(),
+            now / 1000,
+            now
+        ],
+    )?;
+    Ok(())
+}
+
+/// A webhook to send.
+#[derive(Debug)]
+pub struct Delivery {
+    pub id: String,
+    pub url: String,
+    pub body: String,
+    pub attempts: u32,
+}
+
+/// How a delivery went.
+#[derive(Debug)]
+pub enum Delivered {
+    Yes,
+    /// Failed; tried again at `next_at_ms`, or given up (`None`).
+    No {
+        error: String,
+        next_at_ms: Option<i64>,
+    },
+}
+
+impl JobStore {
+    /// Deliveries due now, oldest first, at most `max`.
+    pub fn due_deliveries(&self, max: u32) -> Result<Vec<Delivery>, StoreError> {
+        let conn = self.conn();
+        let mut query = conn.prepare(
+            "SELECT id, url, body, attempts FROM deliveries
+             WHERE state = 'pending' AND next_at_ms <= ?1 ORDER BY next_at_ms LIMIT ?2",
+        )?;
+        let due = query
+            .query_map(params![now_ms(), max], |row| {
+                Ok(Delivery {
+                    id: row.get(0)?,
+                    url: row.get(1)?,
+                    body: row.get(2)?,
+                    attempts: row.get(3)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(due)
+    }
+
+    /// When the next pending delivery is due, if any is pending.
+    pub fn next_delivery_at(&self) -> Result<Option<i64>, StoreError> {
+        Ok(self.conn().query_row(
+            "SELECT MIN(next_at_ms) FROM deliveries WHERE state = 'pending'",
+            [],
+            |row| row.get(0),
+        )?)
+    }
+
+    pub fn record_delivery(&self, id: &str, outcome: &Delivered) -> Result<(), StoreError> {
+        let conn = self.conn();
+        match outcome {
+            Delivered::Yes => conn.execute(
+                "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1 WHERE id = ?1",
+                params![id],
+            )?,
+            Delivered::No {
+                error,
+                next_at_ms: Some(at),
+            } => conn.execute(
+                "UPDATE deliveries SET attempts = attempts + 1, next_at_ms = ?2, last_error = ?3
+                 WHERE id = ?1",
+                params![id, at, error],
+            )?,
+            Delivered::No {
+                error,
+                next_at_ms: None,
+            } => conn.execute(
+                "UPDATE deliveries SET state = 'failed', attempts = attempts + 1, last_error = ?2
+                 WHERE id = ?1",
+                params![id, error],
+            )?,
+        };
+        Ok(())
+    }
 }

@@ -288,3 +288,153 @@ async fn without_a_data_directory_jobs_are_off_and_say_how_to_turn_them_on() {
     );
     app.shutdown().await;
 }
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// What a webhook receiver got: each call's headers and body, in order.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>>;
+
+/// A receiver that answers 503 to its first `down` calls, then 200.
+async fn receiver(down: usize) -> (String, Received) {
+    let received: Received = Received::default();
+    let seen = received.clone();
+    let router = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let seen = seen.clone();
+            async move {
+                let mut calls = seen.lock().unwrap();
+                calls.push((headers, body));
+                if calls.len() <= down {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::NO_CONTENT
+                }
+            }
+        }),
+    );
+    let base = on_loopback(router).await;
+    (base.replace("/v1", "/hook"), received)
+}
+
+#[tokio::test]
+async fn a_job_s_end_is_posted_signed_and_retried_until_the_receiver_takes_it() {
+    let dir = data_dir("webhook");
+    let (url, received) = receiver(1).await;
+    let app = simulated_with_jobs(
+        &dir,
+        &[
+            "--webhook-secret",
+            SECRET,
+            "--webhook-allow-private",
+            "true",
+        ],
+    )
+    .await;
+    let titles = data_lines("hn_titles.txt")[..50].to_vec();
+    let response = app
+        .client
+        .post(app.url("/jobs"))
+        .json(&json!({"titles": titles, "callback_url": url}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let job: JobView = body(response).await;
+    assert_eq!(job.callback_url.as_deref(), Some(url.as_str()));
+    finished(&app, &job.id).await;
+    // The first delivery meets a 503; the schedule's first wait is 5 s.
+    let start = Instant::now();
+    while received.lock().unwrap().len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "not delivered again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let calls = received.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2, "delivered once, after one failure");
+    let (first, second) = (&calls[0], &calls[1]);
+    assert_eq!(
+        first.0["webhook-id"], second.0["webhook-id"],
+        "the same event"
+    );
+    let (headers, text) = second;
+    let id = headers["webhook-id"].to_str().unwrap();
+    let timestamp: i64 = headers["webhook-timestamp"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let hooks = hn_classifier::jobs::webhooks::Webhooks::new(
+        &hn_classifier::secret::Secret::new(SECRET),
+        true,
+    )
+    .unwrap();
+    assert_eq!(
+        headers["webhook-signature"].to_str().unwrap(),
+        hooks.sign(id, timestamp, text)
+    );
+    let event: serde_json::Value = serde_json::from_str(text).unwrap();
+    assert_eq!(event["type"], "job.completed");
+    assert_eq!(event["data"]["id"], job.id.as_str());
+    assert_eq!(event["data"]["counts"]["done"], 50);
+    assert_eq!(
+        metric(&app, "job_webhook_deliveries_total", "retried").await,
+        1.0
+    );
+    assert_eq!(
+        metric(&app, "job_webhook_deliveries_total", "delivered").await,
+        1.0
+    );
+    app.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn callbacks_to_internal_addresses_are_refused_unless_allowed() {
+    let dir = data_dir("private");
+    let app = simulated_with_jobs(&dir, &["--webhook-secret", SECRET]).await;
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]/hook",
+        "http://10.0.0.7/hook",
+        "ftp://example.com/hook",
+        "not a url",
+    ] {
+        let response = app
+            .client
+            .post(app.url("/jobs"))
+            .json(&json!({"titles": ["Rust 2.0"], "callback_url": url}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY, "{url}");
+        let error: serde_json::Value = body(response).await;
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("callback_url")
+        );
+    }
+    app.shutdown().await;
+    let unsigned = simulated_with_jobs(&dir, &[]).await;
+    let response = unsigned
+        .client
+        .post(unsigned.url("/jobs"))
+        .json(&json!({"titles": ["Rust 2.0"], "callback_url": "https://example.com/hook"}))
+        .send()
+        .await
+        .unwrap();
+    let error: serde_json::Value = body(response).await;
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("HNC_WEBHOOK_SECRET")
+    );
+    unsigned.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
