@@ -104,6 +104,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode, RunError> {
         Command::Classify(config) => {
             let summary = if config.batch_api {
                 Box::pin(crate::batch_api::classify_file(&config, true)).await?
+            } else if config.job {
+                Box::pin(crate::client::classify_file_as_job(&config, true)).await?
             } else {
                 Box::pin(crate::client::classify_file(&config, true)).await?
             };

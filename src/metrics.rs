@@ -69,6 +69,11 @@ pub struct Metrics {
     pub upstream_logprobs_unreadable: IntCounterVec,
     /// Job webhook attempts by outcome: `delivered`, `retried`, `failed` (given up).
     pub job_webhooks: IntCounterVec,
+    /// Jobs kept by this replica, by status; titles pending in its open jobs; the age of its
+    /// oldest open job (0 with none).
+    pub jobs: IntGaugeVec,
+    pub job_titles_pending: IntGauge,
+    pub job_oldest_open_seconds: Gauge,
     /// Background tasks of the process (`crate::tasks`): connection drivers, server connections.
     pub background_tasks: IntGauge,
 }
@@ -262,6 +267,21 @@ impl Metrics {
                 &["upstream"],
             )
             .expect("valid metric"),
+            jobs: IntGaugeVec::new(
+                Opts::new("jobs", "Jobs kept by this replica (HNC_DATA_DIR), by status."),
+                &["status"],
+            )
+            .expect("valid metric"),
+            job_titles_pending: IntGauge::new(
+                "job_titles_pending",
+                "Titles of queued and running jobs not classified yet.",
+            )
+            .expect("valid metric"),
+            job_oldest_open_seconds: Gauge::new(
+                "job_oldest_open_seconds",
+                "Seconds since the oldest queued or running job was submitted; 0 with none.",
+            )
+            .expect("valid metric"),
             job_webhooks: IntCounterVec::new(
                 Opts::new(
                     "job_webhook_deliveries_total",
@@ -287,9 +307,12 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 28] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 31] = [
             Box::new(self.upstream_confidence_from_logprobs.clone()),
             Box::new(self.job_webhooks.clone()),
+            Box::new(self.jobs.clone()),
+            Box::new(self.job_titles_pending.clone()),
+            Box::new(self.job_oldest_open_seconds.clone()),
             Box::new(self.upstream_logprobs_unreadable.clone()),
             Box::new(self.background_tasks.clone()),
             Box::new(self.answers.clone()),
@@ -326,7 +349,7 @@ impl Metrics {
 
     /// Creates the series with a known set of labels at 0, so that an alert or a dashboard on
     /// them sees 0 from start-up rather than no series until the first count.
-    pub fn start_at_zero(&self, retry_reasons: &[&str], redis_ops: &[&str]) {
+    pub fn start_at_zero(&self, retry_reasons: &[&str], redis_ops: &[&str], job_statuses: &[&str]) {
         for reason in retry_reasons {
             self.upstream_retries.with_label_values(&[reason]);
         }
@@ -336,6 +359,9 @@ impl Metrics {
         }
         for outcome in ["delivered", "retried", "failed"] {
             self.job_webhooks.with_label_values(&[outcome]);
+        }
+        for status in job_statuses {
+            self.jobs.with_label_values(&[status]);
         }
     }
 

@@ -81,7 +81,11 @@ impl Application {
         }
         let taxonomies = config.taxonomies()?;
         let metrics = Arc::new(Metrics::new());
-        metrics.start_at_zero(&upstream::RETRY_REASONS, &RedisOp::ALL.map(RedisOp::as_str));
+        metrics.start_at_zero(
+            &upstream::RETRY_REASONS,
+            &RedisOp::ALL.map(RedisOp::as_str),
+            &crate::jobs::JobStatus::ALL.map(crate::jobs::JobStatus::name),
+        );
         let mut upstream = UpstreamClient::new(settings, &taxonomies, metrics.clone())?;
         let classifier = |upstream| {
             Classifier::new(

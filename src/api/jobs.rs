@@ -19,6 +19,10 @@ use super::extract::rejection_to_error;
 use super::state::AppState;
 use crate::jobs::{Created, JobView, Jobs, NewJob};
 
+/// The most result lines one answer holds: a larger job is downloaded in several, each from
+/// the index after the last line of the one before.
+const RESULTS_PER_ANSWER: u32 = 10_000;
+
 /// At most this many metadata entries, each key and value this long.
 const MAX_METADATA: usize = 16;
 const MAX_METADATA_CHARS: usize = 512;
@@ -138,19 +142,25 @@ pub async fn submit(
         }
     };
     let owner = client.as_str().to_owned();
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    // A retried submission gets its job back before any limit or quota is counted again.
+    if let Some(key) = &key
+        && let Some(job) = jobs.by_key(owner.clone(), key.clone()).await?
+    {
+        let location = format!("/jobs/{}", job.id);
+        let view = JobView::from(job);
+        return Ok((StatusCode::OK, [(header::LOCATION, location)], Json(view)).into_response());
+    }
     let open = jobs.open_jobs(owner.clone()).await?;
     if open >= state.job_limits.max_open {
         return Err(ApiError::TooManyOpenJobs {
             limit: state.job_limits.max_open,
         });
     }
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    if key.is_none() {
-        state.quotas.take(&client, request.titles.len()).await?;
-    }
+    state.quotas.take(&client, request.titles.len()).await?;
     let n = request.titles.len();
     let created = jobs
         .create(NewJob {
@@ -237,8 +247,9 @@ pub async fn get_job(
 
 /// A job's results so far, in input order, as NDJSON: one line per title, `{"index", "topic",
 /// "confidence", "confidence_source", "error", "error_code"}` as `/classify-batch` gives them,
-/// from `?from=N` up to the first title not done yet. A download that stopped resumes with
-/// `from` set to the next index.
+/// from `?from=N` up to the first title not done yet (of an ended job, every title done), at
+/// most 10,000 lines an answer. A download continues, or resumes after an interruption, with
+/// `from` set to the index after the last line it has.
 #[utoipa::path(
     get,
     path = "/jobs/{id}/results",
@@ -266,7 +277,12 @@ pub async fn results(
         )));
     }
     let lines = jobs(&state)?
-        .results(client.as_str().to_owned(), id.clone(), from, u32::MAX)
+        .results(
+            client.as_str().to_owned(),
+            id.clone(),
+            from,
+            RESULTS_PER_ANSWER,
+        )
         .await?
         .ok_or_else(|| not_found(&id))?;
     let mut body = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
@@ -277,7 +293,8 @@ pub async fn results(
     Ok(([(header::CONTENT_TYPE, super::stream::NDJSON)], body).into_response())
 }
 
-/// Cancel a job: what is pending is not sent; what is done stays, and is billed once.
+/// Cancel a job: no new round starts; the round in flight finishes, and what is done stays
+/// (billed once).
 #[utoipa::path(
     post,
     path = "/jobs/{id}/cancel",

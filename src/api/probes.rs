@@ -56,6 +56,24 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     m.batches_in_flight
         .set(state.lifecycle.batches_in_flight() as i64);
     m.background_tasks.set(crate::tasks::alive() as i64);
+    if let Some(jobs) = &state.jobs
+        && let Ok(gauges) = jobs.gauges().await
+    {
+        for status in crate::jobs::JobStatus::ALL {
+            let count = gauges.by_status.iter().find(|(s, _)| *s == status);
+            m.jobs
+                .with_label_values(&[status.name()])
+                .set(count.map_or(0, |(_, n)| *n as i64));
+        }
+        m.job_titles_pending.set(gauges.titles_pending as i64);
+        let age_ms = gauges.oldest_open_at_ms.map_or(0, |at| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64)
+                - at
+        });
+        m.job_oldest_open_seconds.set(age_ms.max(0) as f64 / 1000.0);
+    }
     let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
     ([(header::CONTENT_TYPE, content_type)], m.encode())
 }

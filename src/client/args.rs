@@ -50,6 +50,13 @@ pub struct ClassifyFileConfig {
     #[arg(long)]
     pub batch_api: bool,
 
+    /// As one job of the service at --url (`POST /jobs`, the service needs HNC_DATA_DIR): it
+    /// runs there whether or not this command stays; the results are downloaded in input order
+    /// as they come. Running the command again finds the same job (keyed by the input's
+    /// digest) and resumes the download after the rows already written.
+    #[arg(long, conflicts_with = "batch_api")]
+    pub job: bool,
+
     /// With --batch-api, what happens to items a batch did not answer (a failed line, an
     /// invalid answer, an expired batch): another batch, the live API, or an error row.
     #[arg(long, value_enum, default_value_t = Fallback::Batch, requires = "batch_api")]

@@ -87,4 +87,6 @@ pub enum ClientError {
     Settings(#[source] clap::Error),
     #[error("could not start the in-process service")]
     Start(#[from] StartupError),
+    #[error("--job needs a running service with HNC_DATA_DIR (--url), not --direct or --simulate")]
+    JobNeedsService,
 }

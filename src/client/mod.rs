@@ -11,6 +11,7 @@
 mod args;
 mod error;
 mod files;
+mod job;
 mod ndjson;
 mod replicas;
 mod rows;
@@ -18,6 +19,7 @@ mod rows;
 pub use args::{ClassifyFileConfig, Fallback, ServiceArgs};
 pub use error::{ClientError, FileAction};
 pub use files::{Output, RowWriter, read_titles};
+pub use job::classify_file_as_job;
 pub use replicas::{Batches, Target};
 pub use rows::{OutputFormat, Row, Summary};
 

@@ -29,6 +29,15 @@ impl JobStatus {
         }
     }
 
+    /// Every status, for the metrics' labels.
+    pub const ALL: [Self; 5] = [
+        Self::Queued,
+        Self::Running,
+        Self::Completed,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
     pub(super) fn parse(name: &str) -> Option<Self> {
         [
             Self::Queued,
@@ -119,8 +128,12 @@ pub struct ResultLine {
 #[derive(Debug)]
 pub enum ItemOutcome {
     Done(ResultLine),
-    /// A transient error with attempts left: the title goes again in a later round.
-    Again,
+    /// A transient error with attempts left: the title goes again in a later round. Not
+    /// `counted` against its attempts when the replica itself stopped it (a shutdown, a
+    /// drain): a rolling deploy must not use them up.
+    Again {
+        counted: bool,
+    },
 }
 
 /// A job: where it is, how far, and what it cost so far.

@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 pub use job::{ItemOutcome, Job, JobCounts, JobStatus, JobUsage, JobView, NewJob, ResultLine};
-pub use store::{Created, JobStore, StoreError};
+pub use store::{Created, Gauges, JobStore, StoreError};
 use store::{Delivered, Work};
 use webhooks::{SCHEDULE, Webhooks};
 
@@ -30,8 +30,9 @@ use crate::metrics::Metrics;
 /// wait long behind interactive batches, large enough to keep packs and slots full.
 const ROUND: u32 = 200;
 /// Rounds a title with a transient error (an outage, a deadline) takes before its error is its
-/// result.
-const MAX_ATTEMPTS: u32 = 5;
+/// result: each waits out the item deadline of an outage first, so ten rounds ride out about
+/// ten minutes of one. A shutdown or a drain does not count.
+const MAX_ATTEMPTS: u32 = 10;
 /// How long the runner waits before asking again for room or for work.
 const IDLE: Duration = Duration::from_millis(250);
 
@@ -83,12 +84,22 @@ impl Jobs {
         .await
     }
 
+    /// `owner`'s job made with idempotency key `key`, if there is one.
+    pub async fn by_key(&self, owner: String, key: String) -> Result<Option<Job>, StoreError> {
+        blocking(&self.store, move |s| s.by_key(&owner, &key)).await
+    }
+
     pub async fn open_jobs(&self, owner: String) -> Result<u64, StoreError> {
         blocking(&self.store, move |s| s.open_jobs(&owner)).await
     }
 
     pub async fn cancel(&self, owner: String, id: String) -> Result<Option<Job>, StoreError> {
         blocking(&self.store, move |s| s.cancel(&owner, &id)).await
+    }
+
+    /// Jobs by status, titles pending and the oldest open job, for the metrics.
+    pub async fn gauges(&self) -> Result<Gauges, StoreError> {
+        blocking(&self.store, JobStore::gauges).await
     }
 
     /// Result lines of `owner`'s job `id` from `from`, up to the first title not done; `None`
@@ -163,6 +174,9 @@ impl Jobs {
     /// Classifies the jobs' titles in rounds until the replica drains: the oldest job first.
     pub async fn run(self: Arc<Self>, classifier: Arc<Classifier>, lifecycle: Lifecycle) {
         loop {
+            if lifecycle.is_draining() {
+                return;
+            }
             let Some(guard) = lifecycle.admit() else {
                 return;
             };
@@ -185,11 +199,13 @@ impl Jobs {
                 tracing::info_span!("job round", hnc.job = %job_id, hnc.items = work.items.len());
             let round = self.round(&classifier, &lifecycle, work);
             let (outcomes, usage) = tracing::Instrument::instrument(round, span).await;
-            drop(guard);
             let recorded =
                 blocking(&self.store, move |s| s.record(&job_id, &outcomes, &usage)).await;
+            // Held until the results are written: a drain waits for them.
+            drop(guard);
             if let Err(error) = recorded {
                 tracing::warn!(%error, "a job round's results could not be written; they go again");
+                tokio::time::sleep(IDLE * 4).await;
             }
         }
     }
@@ -223,8 +239,10 @@ impl Jobs {
                 Ok(admitted) => break admitted,
                 Err(_) if !lifecycle.is_draining() => tokio::time::sleep(IDLE).await,
                 Err(_) => {
-                    let again = work.items.iter().map(|(i, _, _)| (*i, ItemOutcome::Again));
-                    return (again.collect(), JobUsage::default());
+                    let again = |(i, _, _): &(u64, String, u32)| {
+                        (*i, ItemOutcome::Again { counted: false })
+                    };
+                    return (work.items.iter().map(again).collect(), JobUsage::default());
                 }
             }
         };
@@ -255,8 +273,11 @@ impl Jobs {
                         error: None,
                         error_code: None,
                     },
+                    Err(e) if e.code() == "shutting_down" => {
+                        return (*index, ItemOutcome::Again { counted: false });
+                    }
                     Err(e) if is_transient(e.code()) && attempts + 1 < MAX_ATTEMPTS => {
-                        return (*index, ItemOutcome::Again);
+                        return (*index, ItemOutcome::Again { counted: true });
                     }
                     Err(e) => error_line(*index, e.code(), &e.to_string()),
                 };

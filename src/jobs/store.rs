@@ -146,8 +146,9 @@ impl JobStore {
             source,
         })?;
         let conn = Connection::open(dir.join("jobs.sqlite3"))?;
-        // WAL: readers (a download, a poll) never wait for the runner's writes. FULL: a
-        // committed result survives the machine, not only the process.
+        // WAL: SQLite's readers do not block its writer. FULL: a committed result survives the
+        // machine, not only the process. (One connection behind a mutex here: each operation is
+        // short, and results are read at most 10,000 lines at a time.)
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -248,6 +249,19 @@ impl JobStore {
         Ok(jobs)
     }
 
+    pub fn by_key(&self, owner: &str, key: &str) -> Result<Option<Job>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE owner = ?1 AND idempotency_key = ?2"
+                ),
+                params![owner, key],
+                job_of,
+            )
+            .optional()?)
+    }
+
     /// How many of `owner`'s jobs are queued or running.
     pub fn open_jobs(&self, owner: &str) -> Result<u64, StoreError> {
         Ok(self.conn().query_row(
@@ -255,6 +269,32 @@ impl JobStore {
             params![owner],
             |row| row.get(0),
         )?)
+    }
+
+    /// Jobs by status, titles pending in the open ones, and when the oldest open one was
+    /// submitted (ms), for the metrics.
+    pub fn gauges(&self) -> Result<Gauges, StoreError> {
+        let conn = self.conn();
+        let mut by_status = Vec::new();
+        let mut query = conn.prepare("SELECT status, COUNT(*) FROM jobs GROUP BY status")?;
+        for row in query.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get(1)?)))? {
+            let (status, count) = row?;
+            if let Some(status) = JobStatus::parse(&status) {
+                by_status.push((status, count));
+            }
+        }
+        drop(query);
+        let (pending, oldest) = conn.query_row(
+            "SELECT COALESCE(SUM(total - done), 0), MIN(created_at_ms) FROM jobs
+             WHERE status IN ('queued', 'running')",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        Ok(Gauges {
+            by_status,
+            titles_pending: pending,
+            oldest_open_at_ms: oldest,
+        })
     }
 
     /// Stops what is pending of `owner`'s job `id`; what is done stays.
@@ -342,9 +382,10 @@ impl JobStore {
                         done += changed as u64;
                         errors += u64::from(changed > 0 && line.error.is_some());
                     }
-                    ItemOutcome::Again => {
+                    ItemOutcome::Again { counted: true } => {
                         again.execute(params![job_id, index])?;
                     }
+                    ItemOutcome::Again { counted: false } => {}
                 }
             }
         }
@@ -383,9 +424,12 @@ impl JobStore {
         from: u64,
         max: u32,
     ) -> Result<Option<Vec<String>>, StoreError> {
-        if self.get(owner, id)?.is_none() {
+        let Some(job) = self.get(owner, id)? else {
             return Ok(None);
-        }
+        };
+        // An ended job (cancelled) has titles that will never be done: its results skip them
+        // rather than stop there.
+        let ended = !matches!(job.status, JobStatus::Queued | JobStatus::Running);
         let conn = self.conn();
         let mut query = conn.prepare(
             "SELECT done, result FROM items WHERE job_id = ?1 AND idx >= ?2 ORDER BY idx LIMIT ?3",
@@ -397,6 +441,7 @@ impl JobStore {
         for row in rows {
             match row? {
                 (true, Some(line)) => lines.push(line),
+                _ if ended => {}
                 _ => break,
             }
         }
@@ -449,6 +494,14 @@ fn enqueue_delivery(conn: &Connection, job_id: &str) -> rusqlite::Result<()> {
         ],
     )?;
     Ok(())
+}
+
+/// What the metrics say of the jobs.
+#[derive(Debug)]
+pub struct Gauges {
+    pub by_status: Vec<(JobStatus, u64)>,
+    pub titles_pending: u64,
+    pub oldest_open_at_ms: Option<i64>,
 }
 
 /// A webhook to send.

@@ -33,8 +33,9 @@ pub const SCHEDULE: [Duration; 7] = [
     Duration::from_secs(10 * 3600),
 ];
 
-/// How long one delivery may take.
+/// How long one delivery may take, and the name lookup before it.
 const TIMEOUT: Duration = Duration::from_secs(15);
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookSecretError {
@@ -104,8 +105,10 @@ impl Webhooks {
             .to_owned();
         let port = parsed.port_or_known_default().unwrap_or(443);
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        let lookup = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port)));
+        let addrs: Vec<SocketAddr> = lookup
             .await
+            .map_err(|_| Refused::Unresolved(format!("{host} did not resolve in time")))?
             .map_err(|e| Refused::Unresolved(format!("{host} does not resolve: {e}")))?
             .collect();
         let first = *addrs
@@ -131,7 +134,9 @@ impl Webhooks {
             .map_or(0, |d| d.as_secs() as i64);
         let (parsed, addr) = self.resolve(url).await.map_err(Refused::into_message)?;
         let host = parsed.host_str().unwrap_or_default().to_owned();
+        // No proxy: a proxy would resolve the host itself, past the address checked here.
         let client = reqwest::Client::builder()
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(TIMEOUT)
             .resolve(&host, addr)
@@ -173,12 +178,13 @@ impl Refused {
 }
 
 /// Addresses a caller must not make the service call: loopback, private, link-local, shared
-/// (CGNAT), unspecified, multicast, documentation, and IPv6's unique-local and mapped forms of
-/// those.
+/// (CGNAT), benchmarking, reserved, unspecified, multicast, documentation; in IPv6 also
+/// unique-local, site-local, documentation, and every form that carries an IPv4 address
+/// (mapped, compatible, NAT64, 6to4), judged by the address it carries.
 pub fn is_internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
@@ -187,18 +193,40 @@ pub fn is_internal(ip: IpAddr) -> bool {
                 || v4.is_broadcast()
                 || v4.is_documentation()
                 || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (18..20).contains(&b))
+                || (a == 192 && b == 0 && c == 0)
                 || a == 0
+                || a >= 240
         }
         IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let carried = |hi: u16, lo: u16| {
+                let [h1, h2] = hi.to_be_bytes();
+                let [l1, l2] = lo.to_be_bytes();
+                is_internal(IpAddr::V4(std::net::Ipv4Addr::new(h1, h2, l1, l2)))
+            };
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_internal(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            // IPv4-compatible (::a.b.c.d), NAT64 (64:ff9b::/96, 64:ff9b:1::/48), 6to4 (2002::/16).
+            if s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
+                return carried(s[6], s[7]);
+            }
+            if (s[0] == 0x64 && s[1] == 0xff9b) || s[0] == 0x2002 {
+                let (hi, lo) = if s[0] == 0x2002 {
+                    (s[1], s[2])
+                } else {
+                    (s[6], s[7])
+                };
+                return carried(hi, lo);
+            }
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xffc0) == 0xfec0
+                || (s[0] == 0x2001 && s[1] == 0x0db8)
         }
     }
 }
@@ -237,6 +265,14 @@ mod tests {
             "fd00::1",
             "fe80::1",
             "::ffff:127.0.0.1",
+            "::10.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:7f00:1::",
+            "fec0::1",
+            "2001:db8::1",
+            "198.18.0.1",
+            "240.0.0.1",
+            "192.0.0.8",
         ] {
             assert!(is_internal(ip.parse().unwrap()), "{ip}");
         }

@@ -37,6 +37,7 @@ fn config_for_url(url: &str, input: PathBuf, output: PathBuf) -> ClassifyFileCon
         concurrency: 3,
         field: None,
         batch_api: false,
+        job: false,
         fallback: hn_classifier::client::Fallback::Batch,
         cancel: false,
         poll_s: 10.0,

@@ -131,6 +131,9 @@ async fn a_job_is_classified_in_the_background_and_downloaded_in_input_order() {
     let list: JobList = body(app.client.get(app.url("/jobs")).send().await.unwrap()).await;
     assert_eq!(list.jobs.len(), 1);
     assert_eq!(list.jobs[0].id, id);
+    assert_eq!(metric(&app, "jobs", "status=\"completed\"").await, 1.0);
+    assert_eq!(metric(&app, "jobs", "status=\"running\"").await, 0.0);
+    assert_eq!(metric(&app, "job_titles_pending", "").await, 0.0);
     app.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -257,6 +260,14 @@ async fn a_job_belongs_to_its_key_and_submissions_are_bounded_and_idempotent() {
     assert_eq!(
         body::<serde_json::Value>(third).await["error"]["code"],
         "too_many_open_jobs"
+    );
+    let replay = post("alpha-key", json!({"titles": titles}), Some("k1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        replay.status(),
+        StatusCode::OK,
+        "a retry at the limit still gets its job back"
     );
 
     let second: JobView = second.json().await.unwrap();
@@ -436,5 +447,65 @@ async fn callbacks_to_internal_addresses_are_refused_unless_allowed() {
             .contains("HNC_WEBHOOK_SECRET")
     );
     unsigned.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn classify_job_runs_a_file_as_one_job_and_a_second_run_resumes_the_download() {
+    use hn_classifier::client::{ClassifyFileConfig, Fallback, ServiceArgs, classify_file_as_job};
+    let dir = data_dir("classify-job");
+    let app = simulated_with_jobs(&dir, &[]).await;
+    std::fs::create_dir_all(&dir).unwrap();
+    let titles = data_lines("hn_titles_1000.txt")[..300].to_vec();
+    let input = dir.join("titles.txt");
+    std::fs::write(&input, titles.join("\n") + "\n").unwrap();
+    let output = dir.join("titles.classified.jsonl");
+    let config = ClassifyFileConfig {
+        input,
+        service: ServiceArgs::remote(format!("http://{}", app.addr)),
+        output: Some(output.clone()),
+        format: None,
+        batch_size: 500,
+        concurrency: 4,
+        field: None,
+        batch_api: false,
+        job: true,
+        fallback: Fallback::Batch,
+        cancel: false,
+        poll_s: 10.0,
+        batch_max_requests: 50_000,
+    };
+    let first = classify_file_as_job(&config, false).await.unwrap();
+    assert_eq!((first.items, first.errors, first.skipped), (300, 0, 0));
+    let rows: Vec<hn_classifier::client::Row> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let live = app.classify(&titles).await;
+    assert_eq!(rows.len(), 300);
+    for ((row, title), item) in rows.iter().zip(&titles).zip(&live.results) {
+        assert_eq!(&row.title, title);
+        assert_eq!((&row.topic, row.confidence), (&item.topic, item.confidence));
+    }
+    // An interrupted download: the output lost its last 180 rows.
+    let written = std::fs::read_to_string(&output).unwrap();
+    let kept: Vec<&str> = written.lines().take(120).collect();
+    std::fs::write(&output, kept.join("\n") + "\n").unwrap();
+    let calls = app.sim_stats().await["requests_total"].as_u64().unwrap();
+    let second = classify_file_as_job(&config, false).await.unwrap();
+    assert_eq!((second.items, second.skipped), (180, 120));
+    assert_eq!(
+        app.sim_stats().await["requests_total"].as_u64().unwrap(),
+        calls,
+        "the same job was found: nothing classified twice"
+    );
+    let list: JobList = body(app.client.get(app.url("/jobs")).send().await.unwrap()).await;
+    assert_eq!(list.jobs.len(), 1);
+    assert_eq!(
+        std::fs::read_to_string(&output).unwrap().lines().count(),
+        300
+    );
+    app.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
