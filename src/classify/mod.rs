@@ -231,6 +231,8 @@ pub struct Classifier {
     batches: AtomicU64,
     /// Calls of the admitted batches not yet made: what the rate limit is committed to.
     pending_calls: Arc<AtomicU64>,
+    /// The same for jobs' rounds, kept apart: they yield to interactive batches.
+    background_calls: Arc<AtomicU64>,
     taxonomies: Taxonomies,
     limits: BatchLimits,
     metrics: Arc<Metrics>,
@@ -248,6 +250,7 @@ impl Classifier {
             dedupe: Dedupe::new(upstream, cache),
             batches: AtomicU64::new(1),
             pending_calls: Arc::new(AtomicU64::new(0)),
+            background_calls: Arc::new(AtomicU64::new(0)),
             taxonomies,
             limits,
             metrics,
@@ -314,6 +317,21 @@ impl Classifier {
             Ok(admitted)
         } else {
             Err(Overloaded::SlotsBusy { waited: wait })
+        }
+    }
+
+    /// Admits a job's round at background priority: its calls take an upstream slot only while
+    /// no interactive batch waits for one, and they do not count in the rate budget that
+    /// interactive admission checks, so a job never gets an interactive batch refused.
+    pub fn admit_in_background(&self, titles: &[String]) -> Admitted {
+        let sendable = titles
+            .iter()
+            .filter(|t| self.check_title(t).is_ok())
+            .count();
+        let calls = sendable.div_ceil(self.upstream().pack_size()) as u64;
+        Admitted {
+            share: self.batches.fetch_add(1, Ordering::Relaxed) | crate::upstream::BACKGROUND,
+            pending: Pending::new(calls, &self.background_calls),
         }
     }
 

@@ -3,9 +3,9 @@
 //! (retries, pacing, packing, cache), and the caller polls and downloads the results in input
 //! order. A restart on the same data directory resumes every job where it stopped.
 //!
-//! Each round is admitted like a batch and then shares the upstream slots with the interactive
-//! batches as one batch among them; a round the service has no room for waits and is tried
-//! again, so interactive batches are never refused to make room for a job.
+//! A round runs at background priority: its calls take an upstream slot only while no
+//! interactive batch waits for one, and they are not counted against interactive admission, so
+//! interactive batches are never refused to make room for a job.
 
 mod job;
 mod store;
@@ -234,18 +234,7 @@ impl Jobs {
             return (outcomes, JobUsage::default());
         };
         let titles: Vec<String> = work.items.iter().map(|(_, t, _)| t.clone()).collect();
-        let admitted = loop {
-            match classifier.admit(&titles).await {
-                Ok(admitted) => break admitted,
-                Err(_) if !lifecycle.is_draining() => tokio::time::sleep(IDLE).await,
-                Err(_) => {
-                    let again = |(i, _, _): &(u64, String, u32)| {
-                        (*i, ItemOutcome::Again { counted: false })
-                    };
-                    return (work.items.iter().map(again).collect(), JobUsage::default());
-                }
-            }
-        };
+        let admitted = classifier.admit_in_background(&titles);
         let deadline = classifier.limits().batch_deadline;
         let cut = {
             let lifecycle = lifecycle.clone();

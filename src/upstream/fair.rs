@@ -2,8 +2,9 @@
 //! instead of first come first served, so a batch with fifty calls queued cannot hold a later
 //! one-title batch behind all fifty: its first call waits for about one freed slot. A share is
 //! the caller's task-local key (`with_share`), which `classify` sets per batch; callers without
-//! one share a key. Ours because tokio's `Semaphore` is strictly FIFO and no crate queues fairly
-//! by key.
+//! one share a key. A share marked `BACKGROUND` (a job's round) gets a permit only while no
+//! other share waits: jobs use the slots interactive batches leave. Ours because tokio's
+//! `Semaphore` is strictly FIFO and no crate queues fairly by key.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -18,6 +19,14 @@ tokio::task_local! {
 /// Runs `future` with its calls queued under `key` (one key per batch).
 pub async fn with_share<F: Future>(key: u64, future: F) -> F::Output {
     SHARE.scope(key, future).await
+}
+
+/// The bit that marks a share as background: served only when no other share waits.
+pub const BACKGROUND: u64 = 1 << 63;
+
+/// Whether the caller runs under a background share (a job's round).
+pub fn in_background() -> bool {
+    current_share() & BACKGROUND != 0
 }
 
 fn current_share() -> u64 {
@@ -36,18 +45,30 @@ struct State {
     queues: HashMap<u64, VecDeque<oneshot::Sender<()>>>,
     /// The shares with waiters, in the order they get the next permits.
     turns: VecDeque<u64>,
+    /// The same for background shares, served only when `turns` is empty.
+    background_turns: VecDeque<u64>,
 }
 
 impl State {
-    /// Hands one permit to the next share's oldest live waiter, or keeps it free.
+    /// Hands one permit to the next share's oldest live waiter (a background share's only when
+    /// no other waits), or keeps it free.
     fn grant(&mut self) {
-        while let Some(key) = self.turns.pop_front() {
+        loop {
+            let (key, background) = match self.turns.pop_front() {
+                Some(key) => (key, false),
+                None => match self.background_turns.pop_front() {
+                    Some(key) => (key, true),
+                    None => break,
+                },
+            };
             let Some(queue) = self.queues.get_mut(&key) else {
                 continue;
             };
             let waiter = queue.pop_front();
             if queue.is_empty() {
                 self.queues.remove(&key);
+            } else if background {
+                self.background_turns.push_back(key);
             } else {
                 self.turns.push_back(key);
             }
@@ -57,6 +78,10 @@ impl State {
             }
         }
         self.free += 1;
+    }
+
+    fn anyone_waits(&self) -> bool {
+        !self.turns.is_empty() || !self.background_turns.is_empty()
     }
 }
 
@@ -74,7 +99,7 @@ impl FairSemaphore {
     pub async fn acquire(&self) -> FairPermit<'_> {
         let receiver = {
             let mut s = self.lock();
-            if s.free > 0 && s.turns.is_empty() {
+            if s.free > 0 && !s.anyone_waits() {
                 s.free -= 1;
                 return FairPermit { semaphore: self };
             }
@@ -83,7 +108,11 @@ impl FairSemaphore {
             let state = &mut *s;
             let queue = state.queues.entry(key).or_default();
             if queue.is_empty() {
-                state.turns.push_back(key);
+                if key & BACKGROUND != 0 {
+                    state.background_turns.push_back(key);
+                } else {
+                    state.turns.push_back(key);
+                }
             }
             queue.push_back(sender);
             receiver
@@ -198,6 +227,36 @@ mod tests {
         let order = order.lock().unwrap().clone();
         assert_eq!(order[..2], [(1, 0), (2, 0)], "{order:?}");
         assert_eq!(order.len(), 6);
+    }
+
+    #[tokio::test]
+    async fn a_background_share_gets_a_permit_only_while_no_other_waits() {
+        let semaphore = Arc::new(FairSemaphore::new(1));
+        let held = semaphore.acquire().await;
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        // A job's round queues three calls first, then two interactive batches one each.
+        for (share, call) in [
+            (BACKGROUND | 7, 0),
+            (BACKGROUND | 7, 1),
+            (BACKGROUND | 7, 2),
+            (1, 0),
+            (2, 0),
+        ] {
+            let (semaphore, order) = (semaphore.clone(), order.clone());
+            tasks.push(crate::tasks::spawn(with_share(share, async move {
+                let permit = semaphore.acquire().await;
+                order.lock().unwrap().push((share & !BACKGROUND, call));
+                drop(permit);
+            })));
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let order = order.lock().unwrap().clone();
+        assert_eq!(order, [(1, 0), (2, 0), (7, 0), (7, 1), (7, 2)]);
     }
 
     #[tokio::test]

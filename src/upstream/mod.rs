@@ -29,7 +29,7 @@ mod usage;
 pub use body::RequestBody;
 pub use endpoint::BENCH_FOR;
 pub use error::{BuildError, TransportError, UpstreamError};
-pub use fair::with_share;
+pub use fair::{BACKGROUND, with_share};
 pub use headers::RateHeaders;
 pub use limiter::{AdaptiveLimiter, Congestion, LimiterSnapshot};
 pub use pool::{EndpointHealth, Saturation, UpstreamClient};

@@ -484,6 +484,9 @@ impl UpstreamClient {
             let templates = profile.templates(taxonomy, form, roomier);
             let (body, tokens) = encode(templates);
             let body = body.with_service_tier(tier);
+            if super::fair::in_background() {
+                endpoint.pacer().make_way().await;
+            }
             endpoint.pacer().wait_turn(tokens).await;
             let deadline = match &mut deadline {
                 None => deadline.insert(ItemDeadline::start(&self.retry)),

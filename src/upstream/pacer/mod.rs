@@ -47,6 +47,9 @@ const SHARE_GROWTH_PER_SECOND: f64 = 0.02;
 const BOOKING_HORIZON: Duration = Duration::from_millis(100);
 /// The resolution of tokio's timer.
 const TIMER_TICK: Duration = Duration::from_millis(1);
+/// A background call (a job's) books a turn only while fewer calls than this wait for one, so
+/// an interactive call never finds more than this many job calls booked ahead of it.
+const BACKGROUND_QUEUE: usize = 2;
 
 #[derive(Debug)]
 pub struct Pacer {
@@ -105,6 +108,20 @@ impl Pacer {
     }
 
     /// Waits for this call's turn. `tokens` is its expected cost (prompt plus maximum output).
+    /// For a background call, before `wait_turn`: waits while other calls wait for a turn.
+    /// Turns are booked in the order calls ask, so a job's calls asking freely would book the
+    /// rate limit ahead of every interactive call that comes after them; held here instead,
+    /// they take the turns nobody else asks for. Without a known rate nothing waits for turns.
+    pub async fn make_way(&self) {
+        let Some(rate) = self.request_rate() else {
+            return;
+        };
+        let pause = Duration::from_secs_f64((1.0 / rate.max(1e-3)).clamp(0.005, 0.05));
+        while self.waiting.load(Ordering::Relaxed) >= BACKGROUND_QUEUE {
+            tokio::time::sleep(pause).await;
+        }
+    }
+
     pub async fn wait_turn(&self, tokens: u64) {
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let _waiting = scopeguard(&self.waiting);
