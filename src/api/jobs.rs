@@ -17,7 +17,7 @@ use super::auth::ClientId;
 use super::error::{ApiError, ErrorBody};
 use super::extract::rejection_to_error;
 use super::state::AppState;
-use crate::jobs::{Created, JobView, Jobs, NewJob};
+use crate::jobs::{Created, JobView, Jobs, NewJob, ResultLine};
 
 /// The most result lines one answer holds: a larger job is downloaded in several, each from
 /// the index after the last line of the one before.
@@ -92,12 +92,17 @@ fn not_found(id: &str) -> ApiError {
 /// The titles are kept on disk (`HNC_DATA_DIR`) and classified in the background, through the
 /// same pipeline as `/classify-batch`, as capacity allows; a restart resumes the job. With an
 /// `Idempotency-Key` header, a retried submission returns the job the first one made (200).
+/// With `Content-Type: application/x-ndjson` the body is one `{"title": "..."}` per line, and
+/// `taxonomy` and `callback_url` come from the query string.
 #[utoipa::path(
     post,
     path = "/jobs",
     tag = "jobs",
-    request_body = JobRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried submission return the same job")),
+    request_body(content(
+        (JobRequest = "application/json"),
+        (String = "application/x-ndjson")
+    )),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried submission return the same job"), SubmitQuery),
     security((), ("bearer" = [])),
     responses(
         (status = 202, description = "The job, accepted", body = JobView),
@@ -118,9 +123,14 @@ pub async fn submit(
     request: Request,
 ) -> Result<Response, ApiError> {
     let jobs = jobs(&state)?.clone();
-    let Json(request) = Json::<JobRequest>::from_request(request, &state)
-        .await
-        .map_err(|r| rejection_to_error(r, state.max_body_bytes))?;
+    let request = if super::stream::wants_ndjson_body(&headers) {
+        ndjson_request(request, &state).await?
+    } else {
+        let Json(request) = Json::<JobRequest>::from_request(request, &state)
+            .await
+            .map_err(|r| rejection_to_error(r, state.max_body_bytes))?;
+        request
+    };
     check(&state, &request)?;
     let taxonomy = super::classify::resolve_taxonomy(&state, request.taxonomy.as_deref())?;
     if state.lifecycle.is_draining() {
@@ -192,6 +202,51 @@ pub async fn submit(
         .into_response())
 }
 
+/// Options of an NDJSON submission, which has no JSON object to hold them.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SubmitQuery {
+    /// With an NDJSON body: the taxonomy (as `"taxonomy"` in a JSON body).
+    #[param(nullable = false)]
+    pub taxonomy: Option<String>,
+    /// With an NDJSON body: the callback URL (as `"callback_url"` in a JSON body).
+    #[param(nullable = false)]
+    pub callback_url: Option<String>,
+}
+
+/// A submission as NDJSON lines `{"title": "..."}` (`Content-Type: application/x-ndjson`), for
+/// a job too big to build as one JSON body; its options come from the query string.
+async fn ndjson_request(request: Request, state: &AppState) -> Result<JobRequest, ApiError> {
+    let options: SubmitQuery = query(Query::try_from_uri(request.uri()))?;
+    let limit = state.max_body_bytes;
+    let bytes = axum::body::to_bytes(request.into_body(), limit)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge { limit })?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| ApiError::InvalidJson("the body is not UTF-8".to_owned()))?;
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Line {
+        title: String,
+    }
+    let titles = text
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(n, line)| {
+            serde_json::from_str::<Line>(line)
+                .map(|l| l.title)
+                .map_err(|e| ApiError::Validation(format!("line {}: {e}", n + 1)))
+        })
+        .collect::<Result<Vec<String>, _>>()?;
+    Ok(JobRequest {
+        titles,
+        taxonomy: options.taxonomy,
+        metadata: BTreeMap::new(),
+        callback_url: options.callback_url,
+    })
+}
+
 /// The checks of a submission that need no store: size, titles, metadata.
 fn check(state: &AppState, request: &JobRequest) -> Result<(), ApiError> {
     let max = state.job_limits.max_titles;
@@ -257,7 +312,7 @@ pub async fn get_job(
     params(("id" = String, Path, description = "The job's id"), ResultsQuery),
     security((), ("bearer" = [])),
     responses(
-        (status = 200, description = "NDJSON lines", content_type = "application/x-ndjson", body = String),
+        (status = 200, description = "NDJSON lines; CSV (`index,topic,confidence,confidence_source,error,error_code`) with `Accept: text/csv`", content((String = "application/x-ndjson"), (String = "text/csv"))),
         (status = 404, description = "`job_not_found`", body = ErrorBody),
         (status = 422, description = "`validation_failed`: `from` is not a number", body = ErrorBody),
         (status = 503, description = "`jobs_not_configured`", body = ErrorBody),
@@ -266,6 +321,7 @@ pub async fn get_job(
 pub async fn results(
     State(state): State<Arc<AppState>>,
     Extension(client): Extension<ClientId>,
+    headers: HeaderMap,
     Path(id): Path<String>,
     params: Result<Query<ResultsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -285,12 +341,56 @@ pub async fn results(
         )
         .await?
         .ok_or_else(|| not_found(&id))?;
+    if wants_csv(&headers) {
+        return Ok(([(header::CONTENT_TYPE, "text/csv")], csv_of(&lines)?).into_response());
+    }
     let mut body = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
     for line in lines {
         body.push_str(&line);
         body.push('\n');
     }
     Ok(([(header::CONTENT_TYPE, super::stream::NDJSON)], body).into_response())
+}
+
+fn wants_csv(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/csv"))
+}
+
+/// The result lines as CSV: `index,topic,confidence,confidence_source,error,error_code`.
+fn csv_of(lines: &[String]) -> Result<String, ApiError> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    let bad = |e: String| ApiError::JobStore(crate::jobs::StoreError::Corrupt(e));
+    /// Every column on every row (the NDJSON line leaves absent ones out).
+    #[derive(Serialize)]
+    struct CsvRow {
+        index: u64,
+        topic: Option<String>,
+        confidence: Option<f64>,
+        confidence_source: Option<&'static str>,
+        error: Option<String>,
+        error_code: Option<String>,
+    }
+    for line in lines {
+        let line: ResultLine = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+        let row = CsvRow {
+            index: line.index,
+            topic: line.topic,
+            confidence: line.confidence,
+            confidence_source: line.confidence_source.map(|s| s.name()),
+            error: line.error,
+            error_code: line.error_code,
+        };
+        writer.serialize(row).map_err(|e| bad(e.to_string()))?;
+    }
+    let bytes = writer.into_inner().map_err(|e| bad(e.to_string()))?;
+    if bytes.is_empty() {
+        // No row yet: the header alone, which serialising writes only with the first row.
+        return Ok("index,topic,confidence,confidence_source,error,error_code\n".to_owned());
+    }
+    Ok(String::from_utf8(bytes).expect("CSV of UTF-8 fields is UTF-8"))
 }
 
 /// Cancel a job: no new round starts; the round in flight finishes, and what is done stays

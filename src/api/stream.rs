@@ -27,6 +27,14 @@ use crate::taxonomy::Taxonomy;
 
 pub const NDJSON: &str = "application/x-ndjson";
 
+/// Whether a request's body is NDJSON (`Content-Type: application/x-ndjson`).
+pub fn wants_ndjson_body(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(NDJSON))
+}
+
 /// Whether the caller asked for a stream.
 pub fn wants_ndjson(headers: &HeaderMap) -> bool {
     headers

@@ -20,6 +20,8 @@ pub enum StoreError {
     },
     #[error("the job store: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("the job store holds a result it cannot read: {0}")]
+    Corrupt(String),
 }
 
 /// What `create` did: made the job, or found the one an earlier request with the same

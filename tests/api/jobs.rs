@@ -509,3 +509,80 @@ async fn classify_job_runs_a_file_as_one_job_and_a_second_run_resumes_the_downlo
     app.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn a_job_may_be_sent_as_ndjson_lines_and_its_results_read_as_csv() {
+    let dir = data_dir("ndjson");
+    let app = simulated_with_jobs(&dir, &[]).await;
+    let titles = data_lines("nasty_titles.txt");
+    let lines: String = titles
+        .iter()
+        .map(|t| json!({ "title": t }).to_string() + "\n")
+        .collect();
+    let response = app
+        .client
+        .post(app.url("/jobs?taxonomy=hn-topics"))
+        .header("content-type", "application/x-ndjson")
+        .body(lines)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let job: JobView = body(response).await;
+    assert_eq!(job.counts.total, titles.len() as u64);
+    finished(&app, &job.id).await;
+    let csv = app
+        .client
+        .get(app.url(&format!("/jobs/{}/results", job.id)))
+        .header("accept", "text/csv")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(csv.headers()["content-type"], "text/csv");
+    let text = csv.text().await.unwrap();
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let header: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "index",
+            "topic",
+            "confidence",
+            "confidence_source",
+            "error",
+            "error_code"
+        ]
+    );
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(
+        rows.len(),
+        titles.len(),
+        "one row per title, bad ones with their error"
+    );
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row[0], i.to_string());
+    }
+    let bad = app
+        .client
+        .post(app.url("/jobs"))
+        .header("content-type", "application/x-ndjson")
+        .body("{\"title\": \"ok\"}\n{\"tittle\": \"typo\"}\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let error: serde_json::Value = body(bad).await;
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("line 2")
+    );
+    app.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
