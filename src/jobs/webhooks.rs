@@ -105,11 +105,15 @@ impl Webhooks {
             .to_owned();
         let port = parsed.port_or_known_default().unwrap_or(443);
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let lookup = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port)));
+        // hickory's resolver, as the upstream connector's: the image's static binary has no
+        // getaddrinfo to call.
+        let lookup = tokio::time::timeout(RESOLVE_TIMEOUT, crate::upstream::lookup_host(host));
         let addrs: Vec<SocketAddr> = lookup
             .await
             .map_err(|_| Refused::Unresolved(format!("{host} did not resolve in time")))?
             .map_err(|e| Refused::Unresolved(format!("{host} does not resolve: {e}")))?
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
             .collect();
         let first = *addrs
             .first()

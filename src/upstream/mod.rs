@@ -32,6 +32,7 @@ pub use error::{BuildError, TransportError, UpstreamError};
 pub use fair::{BACKGROUND, with_share};
 pub use headers::RateHeaders;
 pub use limiter::{AdaptiveLimiter, Congestion, LimiterSnapshot};
+pub use net::lookup as lookup_host;
 pub use pool::{EndpointHealth, Saturation, UpstreamClient};
 pub use reasoning::{EffortSetting, ReasoningSettings};
 pub use retry::{Decision, Failure, GiveUp, ItemDeadline, RETRY_REASONS, RetryPolicy};

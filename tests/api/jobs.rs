@@ -408,6 +408,7 @@ async fn callbacks_to_internal_addresses_are_refused_unless_allowed() {
     let app = simulated_with_jobs(&dir, &["--webhook-secret", SECRET]).await;
     for url in [
         "http://127.0.0.1:9/hook",
+        "http://localhost:9/hook",
         "http://169.254.169.254/latest/meta-data",
         "http://[::1]/hook",
         "http://10.0.0.7/hook",

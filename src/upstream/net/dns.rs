@@ -34,6 +34,17 @@ fn resolver() -> Result<&'static TokioResolver, Arc<str>> {
         .map_err(Arc::clone)
 }
 
+/// The addresses of `host` (an IP literal is its own), through the same resolver: for callers
+/// outside the connector (job webhooks), which must not call `getaddrinfo` either.
+pub async fn lookup(host: &str) -> Result<Vec<std::net::IpAddr>, String> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(vec![ip]);
+    }
+    let resolver = resolver().map_err(|e| e.to_string())?;
+    let found = resolver.lookup_ip(host).await.map_err(|e| e.to_string())?;
+    Ok(found.iter().collect())
+}
+
 /// hyper-util's connector asks this for a host's addresses.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Resolver;

@@ -16,6 +16,7 @@ mod tests;
 
 pub use connect::{Connector, trusted_roots};
 pub use connections::{Answer, Connections, Limits};
+pub use dns::lookup;
 pub use http2::Liveness;
 pub use hyper_util::client::proxy::matcher::Matcher as Proxies;
 pub use openings::Outage;
