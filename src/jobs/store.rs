@@ -547,15 +547,6 @@ impl JobStore {
         Ok(due)
     }
 
-    /// When the next pending delivery is due, if any is pending.
-    pub fn next_delivery_at(&self) -> Result<Option<i64>, StoreError> {
-        Ok(self.conn().query_row(
-            "SELECT MIN(next_at_ms) FROM deliveries WHERE state = 'pending'",
-            [],
-            |row| row.get(0),
-        )?)
-    }
-
     pub fn record_delivery(&self, id: &str, outcome: &Delivered) -> Result<(), StoreError> {
         let conn = self.conn();
         match outcome {

@@ -204,45 +204,14 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
-    async fn a_freed_permit_goes_to_the_next_share_in_turn_not_the_oldest_waiter() {
+    /// The order in which `calls` (share, call) got a permit, queued in that order behind one
+    /// held permit; shares are reported without the background bit.
+    async fn grant_order(calls: &[(u64, u32)]) -> Vec<(u64, u32)> {
         let semaphore = Arc::new(FairSemaphore::new(1));
         let held = semaphore.acquire().await;
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
-        // Share 1 queues five calls, then share 2 queues one.
-        for (share, call) in [(1, 0), (1, 1), (1, 2), (1, 3), (1, 4), (2, 0)] {
-            let (semaphore, order) = (semaphore.clone(), order.clone());
-            tasks.push(crate::tasks::spawn(with_share(share, async move {
-                let permit = semaphore.acquire().await;
-                order.lock().unwrap().push((share, call));
-                drop(permit);
-            })));
-            tokio::task::yield_now().await;
-        }
-        drop(held);
-        for task in tasks {
-            task.await.unwrap();
-        }
-        let order = order.lock().unwrap().clone();
-        assert_eq!(order[..2], [(1, 0), (2, 0)], "{order:?}");
-        assert_eq!(order.len(), 6);
-    }
-
-    #[tokio::test]
-    async fn a_background_share_gets_a_permit_only_while_no_other_waits() {
-        let semaphore = Arc::new(FairSemaphore::new(1));
-        let held = semaphore.acquire().await;
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let mut tasks = Vec::new();
-        // A job's round queues three calls first, then two interactive batches one each.
-        for (share, call) in [
-            (BACKGROUND | 7, 0),
-            (BACKGROUND | 7, 1),
-            (BACKGROUND | 7, 2),
-            (1, 0),
-            (2, 0),
-        ] {
+        for &(share, call) in calls {
             let (semaphore, order) = (semaphore.clone(), order.clone());
             tasks.push(crate::tasks::spawn(with_share(share, async move {
                 let permit = semaphore.acquire().await;
@@ -255,7 +224,22 @@ mod tests {
         for task in tasks {
             task.await.unwrap();
         }
-        let order = order.lock().unwrap().clone();
+        order.lock().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn a_freed_permit_goes_to_the_next_share_in_turn_not_the_oldest_waiter() {
+        // Share 1 queues five calls, then share 2 queues one.
+        let order = grant_order(&[(1, 0), (1, 1), (1, 2), (1, 3), (1, 4), (2, 0)]).await;
+        assert_eq!(order[..2], [(1, 0), (2, 0)], "{order:?}");
+        assert_eq!(order.len(), 6);
+    }
+
+    #[tokio::test]
+    async fn a_background_share_gets_a_permit_only_while_no_other_waits() {
+        // A job's round queues three calls first, then two interactive batches one each.
+        let job = BACKGROUND | 7;
+        let order = grant_order(&[(job, 0), (job, 1), (job, 2), (1, 0), (2, 0)]).await;
         assert_eq!(order, [(1, 0), (2, 0), (7, 0), (7, 1), (7, 2)]);
     }
 
