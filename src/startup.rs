@@ -107,12 +107,19 @@ impl Application {
                 classifier(upstream).share_cache(SharedCache::new(coordinator, config.cache_ttl))
             }
         };
-        let jobs = match &config.data_dir {
-            Some(dir) => {
-                tracing::info!(dir = %dir.display(), "jobs kept on disk");
-                Some(Arc::new(Jobs::open(dir)?))
+        let jobs = match (config.redis(), &config.data_dir) {
+            (Some(redis), dir) => {
+                if dir.is_some() {
+                    tracing::info!("HNC_DATA_DIR is not used for jobs: they are kept in redis");
+                }
+                tracing::info!(prefix = %redis.prefix, "jobs kept in redis, shared by the replicas");
+                Some(Arc::new(Jobs::shared(&redis)?))
             }
-            None => None,
+            (None, Some(dir)) => {
+                tracing::info!(dir = %dir.display(), "jobs kept on disk");
+                Some(Arc::new(Jobs::on_disk(dir)?))
+            }
+            (None, None) => None,
         };
         let webhooks = match &config.webhook_secret {
             Some(secret) => Some(Webhooks::new(secret, config.webhook_allow_private)?),
@@ -221,14 +228,17 @@ impl Application {
             max_in_flight = config.max_in_flight,
             "serving"
         );
+        let mut job_tasks = Vec::new();
         if let Some(jobs) = state.jobs.clone() {
-            crate::tasks::spawn(
+            job_tasks.push(crate::tasks::spawn(
                 jobs.clone()
                     .run(state.classifier.clone(), state.lifecycle.clone()),
-            );
+            ));
             if let Some(webhooks) = state.webhooks.clone() {
                 let (lifecycle, metrics) = (state.lifecycle.clone(), state.metrics.clone());
-                crate::tasks::spawn(jobs.deliver_webhooks(webhooks, lifecycle, metrics));
+                job_tasks.push(crate::tasks::spawn(
+                    jobs.deliver_webhooks(webhooks, lifecycle, metrics),
+                ));
             }
         }
         let lifecycle_state = state.clone();
@@ -270,6 +280,10 @@ impl Application {
         if let Some(server) = metrics_server {
             let _ = server.await;
         }
+        // The job runner and the webhooks stop at their next turn once draining (a second at
+        // most): waited for, so the job store is let go of when `run` returns.
+        let stopped = futures::future::join_all(job_tasks);
+        let _ = tokio::time::timeout(crate::server::CUT_GRACE, stopped).await;
         drop(sim);
         Ok(())
     }

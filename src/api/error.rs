@@ -83,6 +83,8 @@ impl ApiError {
             Self::JobNotFound(_) => StatusCode::NOT_FOUND,
             Self::JobTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyOpenJobs { .. } => StatusCode::TOO_MANY_REQUESTS,
+            // Redis away is a wait, not a fault: the caller tries again.
+            Self::JobStore(crate::jobs::StoreError::Redis(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Self::JobStore(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -107,6 +109,7 @@ impl ApiError {
             Self::JobNotFound(_) => "job_not_found",
             Self::JobTooLarge { .. } => "job_too_large",
             Self::TooManyOpenJobs { .. } => "too_many_open_jobs",
+            Self::JobStore(crate::jobs::StoreError::Redis(_)) => "job_store_unavailable",
             Self::JobStore(_) => "job_store_failed",
         }
     }

@@ -125,7 +125,7 @@ pub struct ResultLine {
 }
 
 /// What a round did with one title.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum ItemOutcome {
     Done(ResultLine),
     /// A transient error with attempts left: the title goes again in a later round. Not
@@ -174,4 +174,78 @@ impl From<Job> for JobView {
 pub fn rfc3339(ms: i64) -> String {
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_millis(at).to_string()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("HNC_DATA_DIR {path}: {source}")]
+    Dir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("HNC_DATA_DIR {path} is in use by another process: one process a data directory")]
+    Locked { path: String },
+    #[error("the job store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// Redis did not answer, or answered an error: the caller may try again.
+    #[error("the job store (redis): {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("the job store holds a result it cannot read: {0}")]
+    Corrupt(String),
+}
+
+/// What `create` did: made the job, or found the one an earlier request with the same
+/// idempotency key made.
+#[derive(Debug)]
+pub enum Created {
+    New(Job),
+    Existing(Job),
+}
+
+/// A job's titles to classify next.
+#[derive(Debug)]
+pub struct Work {
+    pub job_id: String,
+    pub taxonomy: String,
+    /// (index, title, attempts so far), in input order.
+    pub items: Vec<(u64, String, u32)>,
+    /// In Redis, the chunk of the job this replica holds (with heartbeats) while it works on
+    /// it; on disk, one process owns every job and nothing is claimed.
+    pub claim: Option<Claim>,
+}
+
+/// A replica's hold on one chunk of a job's titles: it lapses unless renewed, and then another
+/// replica takes the chunk over.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub chunk: u64,
+    pub token: String,
+}
+
+/// What the metrics say of the jobs.
+#[derive(Debug)]
+pub struct Gauges {
+    pub by_status: Vec<(JobStatus, u64)>,
+    pub titles_pending: u64,
+    pub oldest_open_at_ms: Option<i64>,
+}
+
+/// A webhook to send.
+#[derive(Debug)]
+pub struct Delivery {
+    pub id: String,
+    pub url: String,
+    pub body: String,
+    pub attempts: u32,
+}
+
+/// How a delivery went.
+#[derive(Debug)]
+pub enum Delivered {
+    Yes,
+    /// Failed; tried again after `retry_in`, or given up (`None`).
+    No {
+        error: String,
+        retry_in: Option<std::time::Duration>,
+    },
 }

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::net::TcpListener as StdListener;
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
@@ -468,4 +469,90 @@ pub async fn metric(app: &TestApp, name: &str, labels: &str) -> f64 {
         .filter(|l| l.starts_with(name) && l.contains(labels) && !l.starts_with('#'))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// A `redis-server` of its own on a free loopback port, stopped when dropped.
+pub struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+    /// With an append-only file in this directory (`appendfsync always`): a restart keeps
+    /// what was written.
+    aof_dir: Option<std::path::PathBuf>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// A server that keeps an append-only file in `dir`, as docs/deploying.md asks for jobs.
+    pub fn with_aof(dir: &std::path::Path) -> Self {
+        Self::start_with(Some(dir.to_owned()))
+    }
+
+    fn start_with(aof_dir: Option<std::path::PathBuf>) -> Self {
+        let port = free_port();
+        let mut redis = Self {
+            port,
+            child: None,
+            aof_dir,
+        };
+        redis.restart();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) on the same port, and waits until it answers: empty, or with
+    /// what its append-only file kept.
+    pub fn restart(&mut self) {
+        let mut command = std::process::Command::new("redis-server");
+        command
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", ""]);
+        match &self.aof_dir {
+            None => command.args(["--appendonly", "no"]),
+            Some(dir) => command
+                .args(["--appendonly", "yes", "--appendfsync", "always"])
+                .arg("--dir")
+                .arg(dir),
+        };
+        let child = command
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (Debian's redis-server package; .ci/run installs it)");
+        self.child = Some(child);
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server at once (SIGKILL): nothing is said to its clients.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill redis-server");
+            child.wait().expect("reap redis-server");
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -19,12 +19,59 @@ fn data_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// Where a test's jobs are kept: a fresh data directory, or a redis-server of the test's own
+/// (append-only file on, in a fresh directory). Both go when the test ends.
+pub enum Books {
+    Disk(PathBuf),
+    Redis(RedisServer, PathBuf),
+}
+
+impl Books {
+    pub fn disk(name: &str) -> Self {
+        Self::Disk(data_dir(name))
+    }
+
+    pub fn redis(name: &str) -> Self {
+        let dir = data_dir(&format!("{name}-redis"));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self::Redis(RedisServer::with_aof(&dir), dir)
+    }
+
+    /// The flags that keep a replica's jobs here.
+    pub fn flags(&self) -> Vec<String> {
+        match self {
+            Self::Disk(dir) => vec!["--data-dir".into(), dir.display().to_string()],
+            Self::Redis(redis, _) => vec!["--redis-url".into(), redis.url()],
+        }
+    }
+}
+
+impl Drop for Books {
+    fn drop(&mut self) {
+        let dir = match self {
+            Self::Disk(dir) => dir,
+            Self::Redis(redis, dir) => {
+                redis.kill();
+                dir
+            }
+        };
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 async fn simulated_with_jobs(dir: &std::path::Path, extra: &[&str]) -> TestApp {
     let dir = dir.to_str().unwrap();
     spawn_simulated(&[&["--data-dir", dir], extra].concat()).await
 }
 
-async fn submit(
+/// A replica on its own simulator, keeping its jobs in `books`.
+pub async fn simulated_keeping(books: &Books, extra: &[&str]) -> TestApp {
+    let flags = books.flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    spawn_simulated(&[&flags, extra].concat()).await
+}
+
+pub async fn submit(
     app: &TestApp,
     titles: &[String],
     key: Option<&str>,
@@ -48,11 +95,11 @@ async fn submit(
 }
 
 /// A response's JSON body.
-async fn body<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> T {
+pub async fn body<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> T {
     response.json().await.unwrap()
 }
 
-async fn job(app: &TestApp, id: &str) -> JobView {
+pub async fn job(app: &TestApp, id: &str) -> JobView {
     body(
         app.client
             .get(app.url(&format!("/jobs/{id}")))
@@ -64,7 +111,7 @@ async fn job(app: &TestApp, id: &str) -> JobView {
 }
 
 /// Polls until the job is no longer queued or running.
-async fn finished(app: &TestApp, id: &str) -> JobView {
+pub async fn finished(app: &TestApp, id: &str) -> JobView {
     let start = Instant::now();
     loop {
         let view = job(app, id).await;
@@ -76,7 +123,7 @@ async fn finished(app: &TestApp, id: &str) -> JobView {
     }
 }
 
-async fn results(app: &TestApp, id: &str, from: u64) -> Vec<ResultLine> {
+pub async fn results(app: &TestApp, id: &str, from: u64) -> Vec<ResultLine> {
     let response = app
         .client
         .get(app.url(&format!("/jobs/{id}/results?from={from}")))
@@ -92,8 +139,22 @@ async fn results(app: &TestApp, id: &str, from: u64) -> Vec<ResultLine> {
 
 #[tokio::test]
 async fn a_job_is_classified_in_the_background_and_downloaded_in_input_order() {
-    let dir = data_dir("order");
-    let app = simulated_with_jobs(&dir, &[]).await;
+    Box::pin(classified_in_the_background_and_downloaded_in_input_order(
+        Books::disk("order"),
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn a_job_kept_in_redis_is_classified_and_downloaded_in_input_order() {
+    Box::pin(classified_in_the_background_and_downloaded_in_input_order(
+        Books::redis("order"),
+    ))
+    .await;
+}
+
+async fn classified_in_the_background_and_downloaded_in_input_order(books: Books) {
+    let app = simulated_keeping(&books, &[]).await;
     let titles = data_lines("hn_titles.txt")[..500].to_vec();
     let (status, submitted) = submit(&app, &titles, None).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{submitted}");
@@ -135,7 +196,6 @@ async fn a_job_is_classified_in_the_background_and_downloaded_in_input_order() {
     assert_eq!(metric(&app, "jobs", "status=\"running\"").await, 0.0);
     assert_eq!(metric(&app, "job_titles_pending", "").await, 0.0);
     app.shutdown().await;
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,9 +238,17 @@ async fn a_restart_on_the_same_data_directory_resumes_the_job() {
 
 #[tokio::test]
 async fn a_job_belongs_to_its_key_and_submissions_are_bounded_and_idempotent() {
-    let dir = data_dir("keys");
-    let app = simulated_with_jobs(
-        &dir,
+    Box::pin(keys_limits_and_idempotency(Books::disk("keys"))).await;
+}
+
+#[tokio::test]
+async fn in_redis_a_job_belongs_to_its_key_and_submissions_are_bounded_and_idempotent() {
+    Box::pin(keys_limits_and_idempotency(Books::redis("keys"))).await;
+}
+
+async fn keys_limits_and_idempotency(books: Books) {
+    let app = simulated_keeping(
+        &books,
         &[
             "--api-keys",
             "alpha-key,beta-key",
@@ -282,7 +350,6 @@ async fn a_job_belongs_to_its_key_and_submissions_are_bounded_and_idempotent() {
     let unauthenticated = app.client.get(app.url("/jobs")).send().await.unwrap();
     assert_eq!(unauthenticated.status(), StatusCode::UNAUTHORIZED);
     app.shutdown().await;
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]
@@ -330,10 +397,18 @@ async fn receiver(down: usize) -> (String, Received) {
 
 #[tokio::test]
 async fn a_job_s_end_is_posted_signed_and_retried_until_the_receiver_takes_it() {
-    let dir = data_dir("webhook");
+    Box::pin(posted_signed_and_retried(Books::disk("webhook"))).await;
+}
+
+#[tokio::test]
+async fn from_redis_a_job_s_end_is_posted_signed_and_retried_until_the_receiver_takes_it() {
+    Box::pin(posted_signed_and_retried(Books::redis("webhook"))).await;
+}
+
+async fn posted_signed_and_retried(books: Books) {
     let (url, received) = receiver(1).await;
-    let app = simulated_with_jobs(
-        &dir,
+    let app = simulated_keeping(
+        &books,
         &[
             "--webhook-secret",
             SECRET,
@@ -399,7 +474,6 @@ async fn a_job_s_end_is_posted_signed_and_retried_until_the_receiver_takes_it() 
         1.0
     );
     app.shutdown().await;
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]

@@ -20,6 +20,7 @@ mod reasoning;
 mod resilience;
 mod security;
 mod shared;
+mod shared_jobs;
 mod shutdown;
 mod taxonomies;
 mod tiers;

@@ -2,77 +2,17 @@
 //! provider budget, the quotas and the result cache act as one, and Redis going away loses no
 //! item.
 
-use std::net::TcpListener as StdListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use hn_classifier::sim::SimServer;
 
-use crate::helpers::{TestApp, config, data_lines, get, spawn_app, spawn_sim};
-
-/// A `redis-server` of its own on a free loopback port, stopped when dropped.
-struct RedisServer {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    fn start() -> Self {
-        let port = free_port();
-        let mut redis = Self { port, child: None };
-        redis.restart();
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the server (again) on the same port, empty, and waits until it answers.
-    fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server runs (Debian's redis-server package; .ci/run installs it)");
-        self.child = Some(child);
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Kills the server at once (SIGKILL): nothing is said to its clients.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().expect("kill redis-server");
-            child.wait().expect("reap redis-server");
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::helpers::{
+    RedisServer, TestApp, config, data_lines, free_port, get, spawn_app, spawn_sim,
+};
 
 /// A replica on `sim`'s key, with Redis at `redis_url` and extra flags.
-async fn replica(sim: &SimServer, redis_url: &str, extra: &[&str]) -> TestApp {
+pub async fn replica(sim: &SimServer, redis_url: &str, extra: &[&str]) -> TestApp {
     let base_url = sim.base_url();
     let flags = [
         &[

@@ -9,40 +9,14 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::job::{ItemOutcome, Job, JobCounts, JobStatus, JobUsage, JobView, NewJob, rfc3339};
+use super::job::{
+    Created, Delivered, Delivery, Gauges, ItemOutcome, Job, JobCounts, JobStatus, JobUsage,
+    JobView, NewJob, StoreError, Work, rfc3339,
+};
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("HNC_DATA_DIR {path}: {source}")]
-    Dir {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("the job store: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("the job store holds a result it cannot read: {0}")]
-    Corrupt(String),
-}
-
-/// What `create` did: made the job, or found the one an earlier request with the same
-/// idempotency key made.
+/// One process's jobs, in one SQLite file that the process holds locked.
 #[derive(Debug)]
-pub enum Created {
-    New(Job),
-    Existing(Job),
-}
-
-/// A job's titles to classify next.
-#[derive(Debug)]
-pub struct Work {
-    pub job_id: String,
-    pub taxonomy: String,
-    /// (index, title, attempts so far), in input order.
-    pub items: Vec<(u64, String, u32)>,
-}
-
-#[derive(Debug)]
-pub struct JobStore {
+pub struct DiskStore {
     conn: Mutex<Connection>,
 }
 
@@ -140,7 +114,7 @@ pub(super) fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-impl JobStore {
+impl DiskStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
@@ -148,16 +122,35 @@ impl JobStore {
             source,
         })?;
         let conn = Connection::open(dir.join("jobs.sqlite3"))?;
+        match Self::prepare(&conn) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+            {
+                Err(StoreError::Locked {
+                    path: dir.display().to_string(),
+                })
+            }
+            Err(e) => Err(e.into()),
+            Ok(()) => Ok(Self {
+                conn: Mutex::new(conn),
+            }),
+        }
+    }
+
+    /// Takes the file for this process and makes the tables.
+    fn prepare(conn: &Connection) -> rusqlite::Result<()> {
+        // A process that just stopped may take a moment to let go: up to 5 s.
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // A second process on the same directory would run the same jobs and pay for every call
+        // twice: the first write below takes a lock this process holds until it exits, and a
+        // second one is refused at start-up (SQLite's own file lock).
+        conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
         // WAL: SQLite's readers do not block its writer. FULL: a committed result survives the
         // machine, not only the process. (One connection behind a mutex here: each operation is
         // short, and results are read at most 10,000 lines at a time.)
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
-        Ok(Self {
-            conn: Mutex::new(conn),
-        })
+        conn.execute_batch(&format!("BEGIN EXCLUSIVE; {SCHEMA} COMMIT;"))
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -353,6 +346,7 @@ impl JobStore {
             job_id,
             taxonomy,
             items,
+            claim: None,
         }))
     }
 
@@ -451,11 +445,12 @@ impl JobStore {
     }
 }
 
-/// Marks `job_id` completed when none of its titles is pending (a cancelled job stays so), and
-/// queues its webhook.
+/// Ends `job_id` when none of its titles is pending (a cancelled job stays so): `completed`, or
+/// `failed` when not one title got a topic; and queues its webhook.
 fn finish_if_done(conn: &Connection, job_id: &str) -> rusqlite::Result<()> {
     let changed = conn.execute(
-        "UPDATE jobs SET status = 'completed', finished_at_ms = ?2
+        "UPDATE jobs SET status = CASE WHEN errors = total THEN 'failed' ELSE 'completed' END,
+            finished_at_ms = ?2
          WHERE id = ?1 AND status IN ('queued', 'running')
            AND NOT EXISTS (SELECT 1 FROM items WHERE job_id = ?1 AND done = 0)",
         params![job_id, now_ms()],
@@ -498,35 +493,7 @@ fn enqueue_delivery(conn: &Connection, job_id: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// What the metrics say of the jobs.
-#[derive(Debug)]
-pub struct Gauges {
-    pub by_status: Vec<(JobStatus, u64)>,
-    pub titles_pending: u64,
-    pub oldest_open_at_ms: Option<i64>,
-}
-
-/// A webhook to send.
-#[derive(Debug)]
-pub struct Delivery {
-    pub id: String,
-    pub url: String,
-    pub body: String,
-    pub attempts: u32,
-}
-
-/// How a delivery went.
-#[derive(Debug)]
-pub enum Delivered {
-    Yes,
-    /// Failed; tried again at `next_at_ms`, or given up (`None`).
-    No {
-        error: String,
-        next_at_ms: Option<i64>,
-    },
-}
-
-impl JobStore {
+impl DiskStore {
     /// Deliveries due now, oldest first, at most `max`.
     pub fn due_deliveries(&self, max: u32) -> Result<Vec<Delivery>, StoreError> {
         let conn = self.conn();
@@ -556,15 +523,15 @@ impl JobStore {
             )?,
             Delivered::No {
                 error,
-                next_at_ms: Some(at),
+                retry_in: Some(wait),
             } => conn.execute(
                 "UPDATE deliveries SET attempts = attempts + 1, next_at_ms = ?2, last_error = ?3
                  WHERE id = ?1",
-                params![id, at, error],
+                params![id, now_ms() + wait.as_millis() as i64, error],
             )?,
             Delivered::No {
                 error,
-                next_at_ms: None,
+                retry_in: None,
             } => conn.execute(
                 "UPDATE deliveries SET state = 'failed', attempts = attempts + 1, last_error = ?2
                  WHERE id = ?1",
@@ -572,5 +539,23 @@ impl JobStore {
             )?,
         };
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_store_on_the_same_directory_is_refused_until_the_first_lets_go() {
+        let dir = std::env::temp_dir().join(format!("hnc-disk-lock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = DiskStore::open(&dir).unwrap();
+        let second = DiskStore::open(&dir).unwrap_err();
+        assert!(matches!(second, StoreError::Locked { .. }), "{second}");
+        assert!(second.to_string().contains("in use by another process"));
+        drop(first);
+        DiskStore::open(&dir).expect("free again once the first store is gone");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
