@@ -18,11 +18,21 @@ const TTL_MS: u64 = 120_000;
 /// While no replica knows the limits, one call goes first to learn them from the provider's
 /// headers; the others ask again after this.
 const PROBE_RETRY: Duration = Duration::from_millis(50);
+/// How far ahead of now a background lease may start, and the most of the schedule it may take:
+/// the longest an interactive call waits behind job calls booked before it asked.
+pub const BACKGROUND_HORIZON: Duration = Duration::from_millis(20);
 
 /// `KEYS[1]`: the endpoint's budget (a hash). ARGV: rpm, tpm (0: not known by this replica),
 /// open (1: the provider announces no limits), share of the limits to use, calls, tokens for
-/// those calls, tokens given back, TTL in ms, probe window in ms.
+/// those calls, tokens given back, TTL in ms, probe window in ms, background (1: a job's calls),
+/// background horizon in µs.
 /// Returns {delay_us, span_us, calls granted, rpm, tpm}.
+///
+/// A background lease never books ahead: it is granted only when the budget's next turn is
+/// within the horizon of now (nobody else is asking), for at most the horizon's worth of calls,
+/// and otherwise answers 0 calls and when the budget frees up. So every replica's job calls
+/// take the turns interactive calls leave, and an interactive lease finds at most one
+/// horizon of job calls booked ahead of it, whichever replica asks.
 const LEASE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -55,6 +65,21 @@ end
 if tpm > 0 then
   tok_tat = math.max(now, tok_tat - refund * 60000000 / (tpm * share))
   start = math.max(start, tok_tat)
+end
+if ARGV[10] == '1' then
+  local horizon = tonumber(ARGV[11])
+  if start - now > horizon then
+    return {math.floor(start - now), 0, 0, rpm, tpm}
+  end
+  local asked = calls
+  if rpm > 0 then
+    calls = math.max(1, math.min(calls, math.floor(horizon * rpm * share / 60000000)))
+  end
+  if tpm > 0 then
+    local per_call = tokens / asked
+    calls = math.max(1, math.min(calls, math.floor(horizon * tpm * share / 60000000 / math.max(per_call, 1))))
+  end
+  tokens = tokens * calls / asked
 end
 if rpm > 0 then
   span = calls * 60000000 / (rpm * share)
@@ -94,6 +119,8 @@ pub struct LeaseRequest {
     pub tokens: u64,
     /// Tokens reserved by earlier calls and not used: given back.
     pub refund: u64,
+    /// A job's calls: granted only turns nobody else asks for (see `LEASE`).
+    pub background: bool,
 }
 
 /// What the budget granted: `calls` calls spread over `span` from `delay` after now.
@@ -153,6 +180,8 @@ impl SharedBudget {
                     .arg(request.refund)
                     .arg(TTL_MS)
                     .arg(PROBE_RETRY.as_millis() as u64 * 20)
+                    .arg(u8::from(request.background))
+                    .arg(BACKGROUND_HORIZON.as_micros() as u64)
                     .invoke_async(&mut connection)
                     .await
             })
@@ -160,7 +189,8 @@ impl SharedBudget {
         let (delay_us, span_us, calls, rpm, tpm) = reply;
         let positive = |n: i64| u64::try_from(n).ok().filter(|n| *n > 0);
         Some(Lease {
-            delay: if calls == 0 {
+            // No limits known yet: another replica is learning them.
+            delay: if calls == 0 && rpm <= 0 && tpm <= 0 {
                 PROBE_RETRY
             } else {
                 Duration::from_micros(positive(delay_us).unwrap_or(0))

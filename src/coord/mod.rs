@@ -16,7 +16,7 @@ mod cache;
 mod quota;
 mod store;
 
-pub use budget::{Lease, LeaseRequest, SharedBudget};
+pub use budget::{BACKGROUND_HORIZON, Lease, LeaseRequest, SharedBudget};
 pub use cache::SharedCache;
 pub use quota::SharedQuota;
 pub use store::{CoordError, Coordinator, RedisOp, RedisSettings};

@@ -227,3 +227,54 @@ async fn a_replica_starts_ready_and_serves_while_redis_is_unreachable() {
     assert!(metric(&text, "redis_errors_total") >= 1.0);
     assert!(!text.contains("hunter2"));
 }
+
+/// The shared budget's background rule, against a real redis-server: job calls are leased only
+/// turns nobody else asks for, so whichever replica runs a job, interactive calls on any replica
+/// never find more than one horizon of job calls booked ahead of them.
+#[tokio::test]
+async fn the_shared_budget_leases_job_calls_only_the_turns_nobody_else_asks_for() {
+    use hn_classifier::coord::{
+        BACKGROUND_HORIZON, Coordinator, LeaseRequest, RedisSettings, SharedBudget,
+    };
+    use hn_classifier::secret::Secret;
+    let redis = RedisServer::start();
+    let settings = RedisSettings {
+        url: Secret::new(redis.url()),
+        timeout: Duration::from_secs(2),
+        prefix: "hnc-test".to_owned(),
+    };
+    let metrics = std::sync::Arc::new(hn_classifier::metrics::Metrics::new());
+    let coordinator = std::sync::Arc::new(Coordinator::new(&settings, metrics).unwrap());
+    let budget = SharedBudget::new(coordinator, "http://sim/v1", &Secret::new("sk-budget"));
+    // 6,000 a minute: 100 calls a second, one every 10 ms.
+    let ask = |calls: u32, background: bool| LeaseRequest {
+        rpm: Some(6000),
+        share: 1.0,
+        calls,
+        background,
+        ..LeaseRequest::default()
+    };
+
+    let idle = budget.lease(ask(64, true)).await.unwrap();
+    assert!(idle.calls >= 1, "an idle budget serves job calls: {idle:?}");
+    let most = (BACKGROUND_HORIZON.as_secs_f64() * 100.0).floor() as u32;
+    assert!(
+        idle.calls <= most.max(1),
+        "a horizon's worth at most: {idle:?}"
+    );
+
+    // Interactive calls book a second of the schedule ahead (100 calls).
+    let interactive = budget.lease(ask(100, false)).await.unwrap();
+    assert_eq!(interactive.calls, 100);
+    let refused = budget.lease(ask(8, true)).await.unwrap();
+    assert_eq!(
+        refused.calls, 0,
+        "no job call books ahead of them: {refused:?}"
+    );
+    assert!(
+        refused.delay > Duration::from_millis(500),
+        "told when the budget frees up: {refused:?}"
+    );
+    let still = budget.lease(ask(8, false)).await.unwrap();
+    assert_eq!(still.calls, 8, "interactive calls still queue as before");
+}

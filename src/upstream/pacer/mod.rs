@@ -50,6 +50,8 @@ const TIMER_TICK: Duration = Duration::from_millis(1);
 /// A background call (a job's) books a turn only while fewer calls than this wait for one, so
 /// an interactive call never finds more than this many job calls booked ahead of it.
 const BACKGROUND_QUEUE: usize = 2;
+/// A job call refused by the shared budget asks again after at most this long.
+const MAX_BACKGROUND_WAIT: Duration = Duration::from_millis(50);
 
 #[derive(Debug)]
 pub struct Pacer {
@@ -150,43 +152,57 @@ impl Pacer {
 
     /// A turn from the shared budget, or `None` when Redis does not answer.
     async fn shared_turn(&self, shared: &Shared, tokens: u64) -> Option<Instant> {
-        shared.waiting.fetch_add(1, Ordering::Relaxed);
-        let queued = scopeguard(&shared.waiting);
-        let mut block = shared.block.lock().await;
-        // Taken back however the wait ends: a caller cancelled in the queue must not make
-        // every later lease larger.
-        drop(queued);
-        loop {
-            if let Some(turn) = block.take(tokens, Instant::now()) {
-                return Some(turn);
-            }
-            let waiting = shared.waiting.load(Ordering::Relaxed) as u32 + 1;
-            let calls = lease_size(block.demand(Instant::now()), waiting, self.request_rate());
-            let request = {
-                let s = self.lock();
-                LeaseRequest {
-                    rpm: min_limit(self.configured_rpm, s.announced_rpm),
-                    tpm: min_limit(self.configured_tpm, s.announced_tpm),
-                    open: self.open.load(Ordering::Relaxed),
-                    share: s.share,
-                    calls,
-                    tokens: tokens * u64::from(calls),
-                    refund: shared.refund.swap(0, Ordering::Relaxed),
+        let background = super::fair::in_background();
+        'queue: loop {
+            shared.waiting.fetch_add(1, Ordering::Relaxed);
+            let queued = scopeguard(&shared.waiting);
+            let mut block = shared.block.lock().await;
+            // Taken back however the wait ends: a caller cancelled in the queue must not make
+            // every later lease larger.
+            drop(queued);
+            loop {
+                if let Some(turn) = block.take(tokens, Instant::now()) {
+                    return Some(turn);
                 }
-            };
-            let Some(lease) = shared.budget.lease(request).await else {
-                shared.refund.fetch_add(request.refund, Ordering::Relaxed);
-                return None;
-            };
-            self.learn_limits(&lease);
-            let asked_at = Instant::now();
-            if lease.calls == 0 {
-                // Another replica is learning the limits from the provider: ask again shortly,
-                // still holding the block, so one caller asks for all of this replica's.
-                tokio::time::sleep(lease.delay).await;
-                continue;
+                let waiting = shared.waiting.load(Ordering::Relaxed) as u32 + 1;
+                let calls = lease_size(block.demand(Instant::now()), waiting, self.request_rate());
+                let request = {
+                    let s = self.lock();
+                    LeaseRequest {
+                        rpm: min_limit(self.configured_rpm, s.announced_rpm),
+                        tpm: min_limit(self.configured_tpm, s.announced_tpm),
+                        open: self.open.load(Ordering::Relaxed),
+                        share: s.share,
+                        calls,
+                        tokens: tokens * u64::from(calls),
+                        refund: shared.refund.swap(0, Ordering::Relaxed),
+                        background,
+                    }
+                };
+                let Some(lease) = shared.budget.lease(request).await else {
+                    shared.refund.fetch_add(request.refund, Ordering::Relaxed);
+                    return None;
+                };
+                self.learn_limits(&lease);
+                let asked_at = Instant::now();
+                if lease.calls == 0 {
+                    shared.refund.fetch_add(request.refund, Ordering::Relaxed);
+                    if background {
+                        // The budget is booked ahead (interactive calls, on any replica): this job
+                        // call lets go of the block, so this replica's interactive calls can lease,
+                        // and asks again when the budget frees up.
+                        drop(block);
+                        tokio::time::sleep(lease.delay.clamp(TIMER_TICK, MAX_BACKGROUND_WAIT))
+                            .await;
+                        continue 'queue;
+                    }
+                    // Another replica is learning the limits from the provider: ask again shortly,
+                    // still holding the block, so one caller asks for all of this replica's.
+                    tokio::time::sleep(lease.delay).await;
+                    continue;
+                }
+                *block = Block::leased(&lease, asked_at, tokens);
             }
-            *block = Block::leased(&lease, asked_at, tokens);
         }
     }
 
