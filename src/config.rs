@@ -46,8 +46,10 @@ pub struct ServeConfig {
     #[arg(long, env = "HNC_API_KEYS_FILE", value_name = "HNC_API_KEYS_FILE")]
     pub api_keys_file: Option<std::path::PathBuf>,
 
-    /// Where jobs (`POST /jobs`) are kept, in a SQLite file (`jobs.sqlite3`); unset = jobs off.
-    /// A restart on the same directory resumes them: mount a volume here.
+    /// Where one replica keeps jobs (`POST /jobs`) without Redis, in a SQLite file
+    /// (`jobs.sqlite3`) locked to one process; a restart on the same directory resumes them:
+    /// mount a volume here. Unused with HNC_REDIS_URL (jobs are kept there); with neither,
+    /// jobs are off.
     #[arg(long, env = "HNC_DATA_DIR", value_name = "HNC_DATA_DIR")]
     pub data_dir: Option<std::path::PathBuf>,
 
@@ -83,8 +85,9 @@ pub struct ServeConfig {
     pub quota_items_per_min: Option<std::num::NonZeroU32>,
 
     /// Redis or Valkey (`redis://` or `rediss://`, Redis >= 7) shared by every replica: one
-    /// provider budget per endpoint, quotas across replicas, and a second level of the result
-    /// cache. Unset: each replica paces, counts and caches alone.
+    /// provider budget per endpoint, quotas across replicas, a second level of the result
+    /// cache, and the jobs (any replica finishes any job; turn its append-only file on).
+    /// Unset: each replica paces, counts and caches alone.
     #[arg(
         long,
         env = "HNC_REDIS_URL",

@@ -212,12 +212,22 @@ pub struct SubmitQuery {
     /// With an NDJSON body: the callback URL (as `"callback_url"` in a JSON body).
     #[param(nullable = false)]
     pub callback_url: Option<String>,
+    /// With an NDJSON body: the metadata, as a JSON object of strings (as `"metadata"` in a
+    /// JSON body), e.g. `{"run":"nightly"}` URL-encoded.
+    #[param(nullable = false, example = json!("{\"run\":\"nightly\"}"))]
+    pub metadata: Option<String>,
 }
 
 /// A submission as NDJSON lines `{"title": "..."}` (`Content-Type: application/x-ndjson`), for
 /// a job too big to build as one JSON body; its options come from the query string.
 async fn ndjson_request(request: Request, state: &AppState) -> Result<JobRequest, ApiError> {
     let options: SubmitQuery = query(Query::try_from_uri(request.uri()))?;
+    let metadata = match options.metadata.as_deref() {
+        None => BTreeMap::new(),
+        Some(text) => serde_json::from_str(text).map_err(|e| {
+            ApiError::Validation(format!("metadata: a JSON object of strings ({e})"))
+        })?,
+    };
     let limit = state.max_body_bytes;
     let bytes = axum::body::to_bytes(request.into_body(), limit)
         .await
@@ -242,7 +252,7 @@ async fn ndjson_request(request: Request, state: &AppState) -> Result<JobRequest
     Ok(JobRequest {
         titles,
         taxonomy: options.taxonomy,
-        metadata: BTreeMap::new(),
+        metadata,
         callback_url: options.callback_url,
     })
 }

@@ -596,7 +596,11 @@ async fn a_job_may_be_sent_as_ndjson_lines_and_its_results_read_as_csv() {
         .collect();
     let response = app
         .client
-        .post(app.url("/jobs?taxonomy=hn-topics"))
+        .post(app.url("/jobs"))
+        .query(&[
+            ("taxonomy", "hn-topics"),
+            ("metadata", r#"{"run":"nightly"}"#),
+        ])
         .header("content-type", "application/x-ndjson")
         .body(lines)
         .send()
@@ -605,6 +609,10 @@ async fn a_job_may_be_sent_as_ndjson_lines_and_its_results_read_as_csv() {
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let job: JobView = body(response).await;
     assert_eq!(job.counts.total, titles.len() as u64);
+    assert_eq!(
+        job.metadata["run"], "nightly",
+        "metadata from the query string"
+    );
     finished(&app, &job.id).await;
     let csv = app
         .client
@@ -658,6 +666,31 @@ async fn a_job_may_be_sent_as_ndjson_lines_and_its_results_read_as_csv() {
             .unwrap()
             .starts_with("line 2")
     );
+    let not_an_object = app
+        .client
+        .post(app.url("/jobs?metadata=nightly"))
+        .header("content-type", "application/x-ndjson")
+        .body("{\"title\": \"ok\"}\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_an_object.status(), StatusCode::UNPROCESSABLE_ENTITY);
     app.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_job_whose_every_title_fails_ends_failed() {
+    for books in [Books::disk("failed"), Books::redis("failed")] {
+        let app = simulated_keeping(&books, &[]).await;
+        let (status, submitted) = submit(&app, &["".to_owned(), "   ".to_owned()], None).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{submitted}");
+        let id = submitted["id"].as_str().unwrap();
+        let ended = finished(&app, id).await;
+        assert_eq!(ended.status, JobStatus::Failed, "{ended:?}");
+        assert_eq!((ended.counts.done, ended.counts.errors), (2, 2));
+        let lines = results(&app, id, 0).await;
+        assert!(lines.iter().all(|l| l.error_code.is_some()), "{lines:?}");
+        app.shutdown().await;
+    }
 }
