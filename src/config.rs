@@ -76,6 +76,20 @@ pub struct ServeConfig {
     #[arg(long, env = "HNC_MAX_OPEN_JOBS", value_name = "HNC_MAX_OPEN_JOBS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_open_jobs: u32,
 
+    /// How long the deadline planner expects the Batch API to take for a job's batch, seconds:
+    /// OpenAI's completion window (24 h) unless you know your batches finish sooner.
+    #[arg(long, env = "HNC_BATCH_WINDOW_S", value_name = "HNC_BATCH_WINDOW_S", default_value = "86400", value_parser = parse_seconds)]
+    pub batch_window: Duration,
+
+    /// What every lane keeps in hand before a job's deadline, seconds: a deadline is met live
+    /// with this much to spare, and a batch is escalated to live this much early.
+    #[arg(long, env = "HNC_DEADLINE_MARGIN_S", value_name = "HNC_DEADLINE_MARGIN_S", default_value = "60", value_parser = parse_seconds)]
+    pub deadline_margin: Duration,
+
+    /// How often a job's batch on the Batch API is looked at, seconds.
+    #[arg(long, env = "HNC_BATCH_POLL_S", value_name = "HNC_BATCH_POLL_S", default_value = "5", value_parser = parse_seconds)]
+    pub batch_poll: Duration,
+
     /// Items per minute each key may classify (a minute's worth may come at once); unset = no quota.
     #[arg(
         long,
@@ -592,6 +606,15 @@ impl ServeConfig {
     }
 
     /// The shared store, when `HNC_REDIS_URL` is set.
+    /// The deadline planner's settings.
+    pub fn lanes(&self) -> crate::jobs::plan::Lanes {
+        crate::jobs::plan::Lanes {
+            batch_window: self.batch_window,
+            margin: self.deadline_margin,
+            poll: self.batch_poll,
+        }
+    }
+
     pub fn redis(&self) -> Option<RedisSettings> {
         self.redis_url.clone().map(|url| RedisSettings {
             url,

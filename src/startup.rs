@@ -113,11 +113,11 @@ impl Application {
                     tracing::info!("HNC_DATA_DIR is not used for jobs: they are kept in redis");
                 }
                 tracing::info!(prefix = %redis.prefix, "jobs kept in redis, shared by the replicas");
-                Some(Arc::new(Jobs::shared(&redis)?))
+                Some(Arc::new(Jobs::shared(&redis, config.lanes())?))
             }
             (None, Some(dir)) => {
                 tracing::info!(dir = %dir.display(), "jobs kept on disk");
-                Some(Arc::new(Jobs::on_disk(dir)?))
+                Some(Arc::new(Jobs::on_disk(dir, config.lanes())?))
             }
             (None, None) => None,
         };
@@ -233,6 +233,10 @@ impl Application {
             job_tasks.push(crate::tasks::spawn(
                 jobs.clone()
                     .run(state.classifier.clone(), state.lifecycle.clone()),
+            ));
+            job_tasks.push(crate::tasks::spawn(
+                jobs.clone()
+                    .run_batches(state.classifier.clone(), state.lifecycle.clone()),
             ));
             if let Some(webhooks) = state.webhooks.clone() {
                 let (lifecycle, metrics) = (state.lifecycle.clone(), state.metrics.clone());

@@ -63,6 +63,11 @@ pub enum ApiError {
 
     #[error("the job store failed: {0}")]
     JobStore(#[from] crate::jobs::StoreError),
+
+    #[error(
+        "the deadline cannot be met even live at the whole rate budget; the earliest that can: {earliest}"
+    )]
+    DeadlineUnreachable { earliest: String },
 }
 
 impl ApiError {
@@ -71,7 +76,9 @@ impl ApiError {
             Self::InvalidJson(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Validation(_) | Self::UnknownTaxonomy { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Validation(_)
+            | Self::UnknownTaxonomy { .. }
+            | Self::DeadlineUnreachable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -111,6 +118,7 @@ impl ApiError {
             Self::TooManyOpenJobs { .. } => "too_many_open_jobs",
             Self::JobStore(crate::jobs::StoreError::Redis(_)) => "job_store_unavailable",
             Self::JobStore(_) => "job_store_failed",
+            Self::DeadlineUnreachable { .. } => "deadline_unreachable",
         }
     }
 }
@@ -128,6 +136,9 @@ pub struct ErrorDetail {
     pub code: String,
     /// What to fix, naming the field and the bound.
     pub message: String,
+    /// With `deadline_unreachable`: the earliest deadline that could be met (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub earliest_deadline: Option<String>,
 }
 
 impl IntoResponse for ApiError {
@@ -136,6 +147,10 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code: self.code().to_owned(),
                 message: self.to_string(),
+                earliest_deadline: match &self {
+                    Self::DeadlineUnreachable { earliest } => Some(earliest.clone()),
+                    _ => None,
+                },
             },
         };
 

@@ -17,6 +17,7 @@ use super::auth::ClientId;
 use super::error::{ApiError, ErrorBody};
 use super::extract::rejection_to_error;
 use super::state::AppState;
+use crate::jobs::plan::{Plan, parse_deadline, parse_within};
 use crate::jobs::{Created, JobView, Jobs, NewJob, ResultLine};
 
 /// The most result lines one answer holds: a larger job is downloaded in several, each from
@@ -42,6 +43,25 @@ pub struct JobRequest {
     /// `HNC_WEBHOOK_ALLOW_PRIVATE` is set.
     #[schema(example = "https://example.com/hooks/hn-classifier")]
     pub callback_url: Option<String>,
+    /// When the job must be done (RFC 3339): the service picks the cheapest lane that meets
+    /// it (the Batch API, flex or live). At most one of `deadline` and `complete_within`.
+    #[schema(example = "2026-12-08T06:00:00Z")]
+    pub deadline: Option<String>,
+    /// The same as a time from now: `"90m"`, `"30h"`.
+    #[schema(example = "30h")]
+    pub complete_within: Option<String>,
+    /// Return the plan (lane, estimated cost and finish, why) and create nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What a dry run answers: the plan a job of these titles would get, nothing created.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DryRun {
+    /// Always true.
+    pub dry_run: bool,
+    pub titles: u64,
+    pub plan: Plan,
 }
 
 /// The caller's jobs, newest first.
@@ -133,6 +153,7 @@ pub async fn submit(
     };
     check(&state, &request)?;
     let taxonomy = super::classify::resolve_taxonomy(&state, request.taxonomy.as_deref())?;
+    let deadline_ms = deadline_of(&request)?;
     if state.lifecycle.is_draining() {
         return Err(ApiError::ShuttingDown);
     }
@@ -151,6 +172,22 @@ pub async fn submit(
             Some(url)
         }
     };
+    let planned = crate::jobs::plan_for(
+        state.classifier.clone(),
+        taxonomy.clone(),
+        std::sync::Arc::new(request.titles.clone()),
+        deadline_ms,
+        jobs.lanes(),
+    );
+    if request.dry_run {
+        let plan = planned.await.map_err(unreachable)?;
+        let body = DryRun {
+            dry_run: true,
+            titles: request.titles.len() as u64,
+            plan,
+        };
+        return Ok((StatusCode::OK, Json(body)).into_response());
+    }
     let owner = client.as_str().to_owned();
     let key = headers
         .get("idempotency-key")
@@ -164,6 +201,7 @@ pub async fn submit(
         let view = JobView::from(job);
         return Ok((StatusCode::OK, [(header::LOCATION, location)], Json(view)).into_response());
     }
+    let plan = planned.await.map_err(unreachable)?;
     let open = jobs.open_jobs(owner.clone()).await?;
     if open >= state.job_limits.max_open {
         return Err(ApiError::TooManyOpenJobs {
@@ -180,6 +218,8 @@ pub async fn submit(
             callback_url,
             titles: request.titles,
             idempotency_key: key,
+            deadline_ms,
+            plan,
         })
         .await?;
     let (status, job) = match created {
@@ -212,6 +252,15 @@ pub struct SubmitQuery {
     /// With an NDJSON body: the callback URL (as `"callback_url"` in a JSON body).
     #[param(nullable = false)]
     pub callback_url: Option<String>,
+    /// With an NDJSON body: when the job must be done (as `"deadline"` in a JSON body).
+    #[param(nullable = false)]
+    pub deadline: Option<String>,
+    /// With an NDJSON body: the same as a time from now (as `"complete_within"`).
+    #[param(nullable = false)]
+    pub complete_within: Option<String>,
+    /// With an NDJSON body: return the plan and create nothing (as `"dry_run"`).
+    #[param(nullable = false)]
+    pub dry_run: Option<bool>,
     /// With an NDJSON body: the metadata, as a JSON object of strings (as `"metadata"` in a
     /// JSON body), e.g. `{"run":"nightly"}` URL-encoded.
     #[param(nullable = false, example = json!("{\"run\":\"nightly\"}"))]
@@ -254,7 +303,35 @@ async fn ndjson_request(request: Request, state: &AppState) -> Result<JobRequest
         taxonomy: options.taxonomy,
         metadata,
         callback_url: options.callback_url,
+        deadline: options.deadline,
+        complete_within: options.complete_within,
+        dry_run: options.dry_run.unwrap_or(false),
     })
+}
+
+/// The deadline a submission gives, as `deadline` or `complete_within`, in ms since the epoch.
+fn deadline_of(request: &JobRequest) -> Result<Option<i64>, ApiError> {
+    match (&request.deadline, &request.complete_within) {
+        (Some(_), Some(_)) => Err(ApiError::Validation(
+            "deadline, complete_within: give one of them, not both".to_owned(),
+        )),
+        (Some(at), None) => parse_deadline(at)
+            .map(Some)
+            .map_err(|e| ApiError::Validation(format!("deadline: {e}"))),
+        (None, Some(within)) => {
+            let within = parse_within(within)
+                .map_err(|e| ApiError::Validation(format!("complete_within: {e}")))?;
+            Ok(Some(crate::jobs::now_ms() + within.as_millis() as i64))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// A deadline nothing can meet: 422 with the earliest one that could be.
+fn unreachable(why: crate::jobs::plan::Unreachable) -> ApiError {
+    ApiError::DeadlineUnreachable {
+        earliest: crate::jobs::rfc3339(why.earliest_ms),
+    }
 }
 
 /// The checks of a submission that need no store: size, titles, metadata.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::ProgressBar;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::net::TcpListener;
 
 use super::openai::{BatchApiError, BatchClient, BatchObject};
@@ -349,14 +349,7 @@ impl Lane {
             [one] => self.single.encode(one).to_vec(),
             many => self.packs.encode(many).0.to_vec(),
         };
-        let mut line = format!(
-            r#"{{"custom_id":"req-{n}","method":"POST","url":"{}","body":"#,
-            self.endpoint
-        )
-        .into_bytes();
-        line.extend_from_slice(&body);
-        line.extend_from_slice(b"}\n");
-        line
+        super::openai::input_line(&format!("req-{n}"), &self.endpoint, &body)
     }
 
     /// Submits what the round has not submitted, polls its batches to the end, and reads every
@@ -500,23 +493,15 @@ impl Lane {
                 .flatten()
             {
                 let content = self.client.content(file).await?;
-                for line in content.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                    let Ok(line) = serde_json::from_slice::<Value>(line) else {
-                        continue;
-                    };
-                    let Some(n) = line["custom_id"]
-                        .as_str()
-                        .and_then(|c| c.strip_prefix("req-"))
+                for (custom_id, body) in super::openai::answered_lines(&content) {
+                    let Some(n) = custom_id
+                        .strip_prefix("req-")
                         .and_then(|n| n.parse::<usize>().ok())
                         .filter(|n| *n < requests.len())
                     else {
                         continue;
                     };
-                    if line["response"]["status_code"] != 200 {
-                        continue;
-                    }
-                    let body = line["response"]["body"].to_string();
-                    let spent = self.read_answer(body.as_bytes(), &requests[n], &mut answers);
+                    let spent = self.read_answer(&body, &requests[n], &mut answers);
                     usage += spent;
                 }
             }

@@ -2,7 +2,7 @@
 //! that can wait, resumable across interruptions. Declarations and re-exports only.
 
 mod lane;
-mod openai;
+pub mod openai;
 mod state;
 
 pub use lane::{BatchLaneError, classify_file};

@@ -240,3 +240,29 @@ async fn refused(what: &'static str, response: reqwest::Response) -> BatchApiErr
         message,
     }
 }
+
+/// One line of a Batch API input file: request `custom_id`, sent to `url` (`/v1/responses`)
+/// with `body`, as a live call would send it.
+pub fn input_line(custom_id: &str, url: &str, body: &[u8]) -> Vec<u8> {
+    let mut line = format!(r#"{{"custom_id":"{custom_id}","method":"POST","url":"{url}","body":"#)
+        .into_bytes();
+    line.extend_from_slice(body);
+    line.extend_from_slice(b"}\n");
+    line
+}
+
+/// The answered lines of a batch's output or error file: each line whose response is a 200,
+/// as its `custom_id` and body. Other lines (errors, unreadable ones) are left out: their
+/// requests were not answered.
+pub fn answered_lines(content: &[u8]) -> Vec<(String, Vec<u8>)> {
+    content
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|line| serde_json::from_slice::<Value>(line).ok())
+        .filter(|line| line["response"]["status_code"] == 200)
+        .filter_map(|line| {
+            let id = line["custom_id"].as_str()?.to_owned();
+            Some((id, line["response"]["body"].to_string().into_bytes()))
+        })
+        .collect()
+}

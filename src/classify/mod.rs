@@ -320,18 +320,34 @@ impl Classifier {
         }
     }
 
-    /// Admits a job's round at background priority: its calls take an upstream slot only while
-    /// no interactive batch waits for one, and they do not count in the rate budget that
-    /// interactive admission checks, so a job never gets an interactive batch refused.
-    pub fn admit_in_background(&self, titles: &[String]) -> Admitted {
+    /// The calls `titles` make: the sendable ones, in packs.
+    fn calls_for(&self, titles: &[String]) -> u64 {
         let sendable = titles
             .iter()
             .filter(|t| self.check_title(t).is_ok())
             .count();
-        let calls = sendable.div_ceil(self.upstream().pack_size()) as u64;
+        sendable.div_ceil(self.upstream().pack_size()) as u64
+    }
+
+    /// Admits a job's round at background priority: its calls take an upstream slot only while
+    /// no interactive batch waits for one, and they do not count in the rate budget that
+    /// interactive admission checks, so a job never gets an interactive batch refused.
+    pub fn admit_in_background(&self, titles: &[String]) -> Admitted {
+        let calls = self.calls_for(titles);
         Admitted {
             share: self.batches.fetch_add(1, Ordering::Relaxed) | crate::upstream::BACKGROUND,
             pending: Pending::new(calls, &self.background_calls),
+        }
+    }
+
+    /// Admits a job's round that its deadline has made urgent: its calls queue as an
+    /// interactive batch's do (no background bit) and count in the rate budget interactive
+    /// admission checks, but it is never refused: a job due soon takes the whole budget.
+    pub fn admit_urgent(&self, titles: &[String]) -> Admitted {
+        let calls = self.calls_for(titles);
+        Admitted {
+            share: self.batches.fetch_add(1, Ordering::Relaxed),
+            pending: Pending::new(calls, &self.pending_calls),
         }
     }
 

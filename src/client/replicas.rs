@@ -332,7 +332,7 @@ struct InProcess {
 
 impl InProcess {
     async fn start(config: ServeConfig, simulate: bool) -> Result<Self, ClientError> {
-        let app = Application::build_in_process(config, simulate).await?;
+        let app = Box::pin(Application::build_in_process(config, simulate)).await?;
         let url = format!("http://{}", app.local_addr());
         let server = crate::tasks::spawn(app.run(std::future::pending()));
         Ok(Self { url, server })

@@ -9,10 +9,12 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::clock::{now_ms, rfc3339};
 use super::job::{
-    Created, Delivered, Delivery, Gauges, ItemOutcome, Job, JobCounts, JobStatus, JobUsage,
-    JobView, NewJob, StoreError, Work, rfc3339,
+    BatchState, BatchWork, Created, Delivered, Delivery, Gauges, ItemOutcome, Job, JobCounts,
+    JobStatus, JobUsage, JobView, LaneUsage, NewJob, StoreError, Work,
 };
+use super::plan::{Lane, Plan};
 
 /// One process's jobs, in one SQLite file that the process holds locked.
 #[derive(Debug)]
@@ -41,6 +43,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     cost_usd REAL,
     cost_unknown INTEGER NOT NULL DEFAULT 0,
     callback_url TEXT,
+    deadline_ms INTEGER,
+    plan TEXT,
+    lanes TEXT NOT NULL DEFAULT '{}',
+    lane TEXT,
+    batch TEXT,
     UNIQUE (owner, idempotency_key)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created_at_ms);
@@ -70,7 +77,16 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_at_ms);
 
 const JOB_COLUMNS: &str = "id, status, created_at_ms, finished_at_ms, taxonomy, metadata, total, \
     done, errors, input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, \
-    upstream_requests, cost_usd, cost_unknown, callback_url";
+    upstream_requests, cost_usd, cost_unknown, callback_url, deadline_ms, plan, lanes";
+
+/// Columns added after the first release, for a data directory that older versions made.
+const ADDED_COLUMNS: [(&str, &str); 5] = [
+    ("deadline_ms", "INTEGER"),
+    ("plan", "TEXT"),
+    ("lanes", "TEXT NOT NULL DEFAULT '{}'"),
+    ("lane", "TEXT"),
+    ("batch", "TEXT"),
+];
 
 fn job_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
     let status: String = row.get(1)?;
@@ -87,6 +103,11 @@ fn job_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         taxonomy: row.get(4)?,
         metadata: serde_json::from_str(&metadata).unwrap_or_default(),
         callback_url: row.get(16)?,
+        deadline_ms: row.get(17)?,
+        plan: row
+            .get::<_, Option<String>>(18)?
+            .and_then(|p| serde_json::from_str(&p).ok()),
+        lanes: serde_json::from_str(&row.get::<_, String>(19)?).unwrap_or_default(),
         counts: JobCounts {
             total,
             done,
@@ -106,12 +127,6 @@ fn job_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
             },
         },
     })
-}
-
-pub(super) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl DiskStore {
@@ -150,7 +165,17 @@ impl DiskStore {
         // short, and results are read at most 10,000 lines at a time.)
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.execute_batch(&format!("BEGIN EXCLUSIVE; {SCHEMA} COMMIT;"))
+        conn.execute_batch(&format!("BEGIN EXCLUSIVE; {SCHEMA} COMMIT;"))?;
+        let mut query = conn.prepare("SELECT name FROM pragma_table_info('jobs')")?;
+        let have: Vec<String> = query
+            .query_map([], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        for (name, kind) in ADDED_COLUMNS {
+            if !have.iter().any(|h| h == name) {
+                conn.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {name} {kind}"))?;
+            }
+        }
+        Ok(())
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -166,6 +191,8 @@ impl DiskStore {
             callback_url,
             titles,
             idempotency_key,
+            deadline_ms,
+            plan,
         } = job;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
@@ -185,8 +212,8 @@ impl DiskStore {
         }
         let id = format!("job_{:016x}", rand::random::<u64>());
         tx.execute(
-            "INSERT INTO jobs (id, owner, status, created_at_ms, taxonomy, metadata, idempotency_key, total, callback_url)
-             VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO jobs (id, owner, status, created_at_ms, taxonomy, metadata, idempotency_key, total, callback_url, deadline_ms, plan, lane)
+             VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 id,
                 owner,
@@ -195,7 +222,10 @@ impl DiskStore {
                 serde_json::to_string(metadata).expect("a string map serialises"),
                 idempotency_key,
                 titles.len() as u64,
-                callback_url
+                callback_url,
+                deadline_ms,
+                serde_json::to_string(plan).expect("a plan serialises"),
+                plan.lane.name()
             ],
         )?;
         {
@@ -313,15 +343,25 @@ impl DiskStore {
     /// Up to `max` pending titles of the oldest job that has some (marking it running).
     pub fn next_work(&self, max: u32) -> Result<Option<Work>, StoreError> {
         let conn = self.conn();
-        let job: Option<(String, String)> = conn
+        type Head = (String, String, Option<i64>, Option<String>, u64);
+        let job: Option<Head> = conn
             .query_row(
-                "SELECT id, taxonomy FROM jobs WHERE status IN ('queued', 'running')
+                "SELECT id, taxonomy, deadline_ms, plan, total - done FROM jobs
+                 WHERE status IN ('queued', 'running') AND COALESCE(lane, 'live') != 'batch'
                  ORDER BY created_at_ms, id LIMIT 1",
                 [],
-                |row| Ok((row.get(0)?, row.get(1)?)),
+                |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                    ))
+                },
             )
             .optional()?;
-        let Some((job_id, taxonomy)) = job else {
+        let Some((job_id, taxonomy, deadline_ms, plan, pending)) = job else {
             return Ok(None);
         };
         conn.execute(
@@ -346,6 +386,9 @@ impl DiskStore {
             job_id,
             taxonomy,
             items,
+            deadline_ms,
+            plan: plan.and_then(|p| serde_json::from_str::<Plan>(&p).ok()),
+            pending,
             claim: None,
         }))
     }
@@ -359,6 +402,7 @@ impl DiskStore {
         job_id: &str,
         outcomes: &[(u64, ItemOutcome)],
         usage: &JobUsage,
+        lane: (Lane, Option<f64>),
     ) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
@@ -403,6 +447,22 @@ impl DiskStore {
                 usage.upstream_requests,
                 usage.cost_usd.unwrap_or(0.0),
                 usage.cost_usd.is_none()
+            ],
+        )?;
+        let lanes: String = tx.query_row(
+            "SELECT lanes FROM jobs WHERE id = ?1",
+            params![job_id],
+            |row| row.get(0),
+        )?;
+        let mut lanes: std::collections::BTreeMap<Lane, LaneUsage> =
+            serde_json::from_str(&lanes).unwrap_or_default();
+        let (name, live_cost) = lane;
+        lanes.entry(name).or_default().add(done, usage, live_cost);
+        tx.execute(
+            "UPDATE jobs SET lanes = ?2 WHERE id = ?1",
+            params![
+                job_id,
+                serde_json::to_string(&lanes).expect("lanes serialise")
             ],
         )?;
         finish_if_done(&tx, job_id)?;
@@ -494,6 +554,64 @@ fn enqueue_delivery(conn: &Connection, job_id: &str) -> rusqlite::Result<()> {
 }
 
 impl DiskStore {
+    /// The open jobs on the Batch API lane.
+    pub fn batch_jobs(&self) -> Result<Vec<BatchWork>, StoreError> {
+        let conn = self.conn();
+        let mut query = conn.prepare(
+            "SELECT id, taxonomy, deadline_ms, total - done, batch FROM jobs
+             WHERE status IN ('queued', 'running') AND lane = 'batch' ORDER BY created_at_ms",
+        )?;
+        let jobs = query
+            .query_map([], |row| {
+                Ok(BatchWork {
+                    job_id: row.get(0)?,
+                    taxonomy: row.get(1)?,
+                    deadline_ms: row.get(2)?,
+                    pending: row.get(3)?,
+                    state: row
+                        .get::<_, Option<String>>(4)?
+                        .and_then(|s| serde_json::from_str(&s).ok())
+                        .unwrap_or_default(),
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(jobs)
+    }
+
+    /// The titles of `job_id` not done yet, in input order.
+    pub fn pending_titles(&self, job_id: &str) -> Result<Vec<(u64, String)>, StoreError> {
+        let conn = self.conn();
+        let mut query = conn
+            .prepare("SELECT idx, title FROM items WHERE job_id = ?1 AND done = 0 ORDER BY idx")?;
+        let titles = query
+            .query_map(params![job_id], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok(titles)
+    }
+
+    /// Keeps where `job_id`'s batch is (the job is running from then on).
+    pub fn set_batch(&self, job_id: &str, state: &BatchState) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE jobs SET batch = ?2,
+                status = CASE WHEN status = 'queued' THEN 'running' ELSE status END
+             WHERE id = ?1",
+            params![
+                job_id,
+                serde_json::to_string(state).expect("a batch state serialises")
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Moves `job_id` off the Batch API lane: its titles not done go live.
+    pub fn leave_batch(&self, job_id: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE jobs SET lane = 'live' WHERE id = ?1",
+            params![job_id],
+        )?;
+        Ok(())
+    }
+
     /// Deliveries due now, oldest first, at most `max`.
     pub fn due_deliveries(&self, max: u32) -> Result<Vec<Delivery>, StoreError> {
         let conn = self.conn();
@@ -556,6 +674,42 @@ mod tests {
         assert!(second.to_string().contains("in use by another process"));
         drop(first);
         DiskStore::open(&dir).expect("free again once the first store is gone");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod migration {
+    use super::*;
+
+    #[test]
+    fn a_data_directory_an_older_version_made_gets_the_new_columns() {
+        let dir = std::env::temp_dir().join(format!("hnc-disk-migrate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            // The first release's table, with one job in it.
+            let old = SCHEMA
+                .replace("    deadline_ms INTEGER,\n    plan TEXT,\n", "")
+                .replace("    lanes TEXT NOT NULL DEFAULT '{}',\n", "")
+                .replace("    lane TEXT,\n    batch TEXT,\n", "");
+            assert!(!old.contains("plan TEXT"));
+            let conn = Connection::open(dir.join("jobs.sqlite3")).unwrap();
+            conn.execute_batch(&old).unwrap();
+            conn.execute(
+                "INSERT INTO jobs (id, owner, status, created_at_ms, taxonomy, metadata, total)
+                 VALUES ('job_old', 'anyone', 'completed', 1, 'hn-topics', '{}', 0)",
+                [],
+            )
+            .unwrap();
+        }
+        let store = DiskStore::open(&dir).unwrap();
+        let job = store.get("anyone", "job_old").unwrap().unwrap();
+        assert_eq!(
+            (job.plan, job.deadline_ms, job.lanes.len()),
+            (None, None, 0)
+        );
+        drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::clock::rfc3339;
+use super::plan::{Lane, Plan};
 use crate::upstream::{ConfidenceSource, Usage};
 
 /// Where a job is.
@@ -95,6 +97,10 @@ pub struct NewJob {
     pub callback_url: Option<String>,
     pub titles: Vec<String>,
     pub idempotency_key: Option<String>,
+    /// When it must be done (ms since the epoch), if it must.
+    pub deadline_ms: Option<i64>,
+    /// The lane chosen for it, and why.
+    pub plan: Plan,
 }
 
 /// A job as stored.
@@ -109,6 +115,48 @@ pub struct Job {
     pub callback_url: Option<String>,
     pub counts: JobCounts,
     pub usage: JobUsage,
+    pub deadline_ms: Option<i64>,
+    /// `None` for a job made before plans were (it runs live).
+    pub plan: Option<Plan>,
+    /// What each lane did so far.
+    pub lanes: BTreeMap<Lane, LaneUsage>,
+}
+
+/// What one lane did for a job: titles answered, tokens, calls, and the cost at its price
+/// beside what the same calls would have cost live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LaneUsage {
+    pub titles: u64,
+    pub input_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub output_tokens: u64,
+    pub reasoning_tokens: u64,
+    pub upstream_requests: u64,
+    /// USD at the lane's price; null when a model without a known price answered.
+    pub cost_usd: Option<f64>,
+    /// USD the same calls would have cost on the live standard tier.
+    pub live_cost_usd: Option<f64>,
+}
+
+impl LaneUsage {
+    /// Adds a round's `titles` (newly answered) and its calls' usage; `live_cost` is what those
+    /// calls would have cost live (`None`: not known).
+    pub fn add(&mut self, titles: u64, usage: &JobUsage, live_cost: Option<f64>) {
+        let first = self.titles == 0 && self.upstream_requests == 0;
+        self.titles += titles;
+        self.input_tokens += usage.input_tokens;
+        self.cached_input_tokens += usage.cached_input_tokens;
+        self.output_tokens += usage.output_tokens;
+        self.reasoning_tokens += usage.reasoning_tokens;
+        self.upstream_requests += usage.upstream_requests;
+        let sum = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a + b),
+            (None, b) if first => b,
+            _ => None,
+        };
+        self.cost_usd = sum(self.cost_usd, usage.cost_usd);
+        self.live_cost_usd = sum(self.live_cost_usd, live_cost);
+    }
 }
 
 /// One title's result, as `GET /jobs/{id}/results` gives it: one NDJSON line.
@@ -122,6 +170,32 @@ pub struct ResultLine {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_code: Option<String>,
+}
+
+impl ResultLine {
+    /// The line of a title classified as `p`.
+    pub fn of(index: u64, p: &crate::upstream::Prediction) -> Self {
+        Self {
+            index,
+            topic: Some(p.topic.to_string()),
+            confidence: Some(p.confidence),
+            confidence_source: Some(p.source),
+            error: None,
+            error_code: None,
+        }
+    }
+
+    /// The line of a title whose error is its result.
+    pub fn error(index: u64, code: &str, message: &str) -> Self {
+        Self {
+            index,
+            topic: None,
+            confidence: None,
+            confidence_source: None,
+            error: Some(message.to_owned()),
+            error_code: Some(code.to_owned()),
+        }
+    }
 }
 
 /// What a round did with one title.
@@ -153,11 +227,24 @@ pub struct JobView {
     pub callback_url: Option<String>,
     pub counts: JobCounts,
     pub usage: JobUsage,
+    /// RFC 3339, when the job was given one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
+    /// The lane chosen when the job was submitted, its estimates, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Plan>,
+    /// What each lane did so far (`live`, `flex`, `batch`), with what the same calls would
+    /// have cost live.
+    #[serde(default)]
+    pub lanes: BTreeMap<Lane, LaneUsage>,
 }
 
 impl From<Job> for JobView {
     fn from(job: Job) -> Self {
         Self {
+            deadline: job.deadline_ms.map(rfc3339),
+            plan: job.plan,
+            lanes: job.lanes,
             id: job.id,
             status: job.status,
             created_at: rfc3339(job.created_at_ms),
@@ -169,11 +256,6 @@ impl From<Job> for JobView {
             usage: job.usage,
         }
     }
-}
-
-pub fn rfc3339(ms: i64) -> String {
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(at).to_string()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -209,9 +291,37 @@ pub struct Work {
     pub taxonomy: String,
     /// (index, title, attempts so far), in input order.
     pub items: Vec<(u64, String, u32)>,
+    /// The job's deadline and plan, and titles not done yet: which lane this round takes.
+    pub deadline_ms: Option<i64>,
+    pub plan: Option<Plan>,
+    pub pending: u64,
     /// In Redis, the chunk of the job this replica holds (with heartbeats) while it works on
     /// it; on disk, one process owns every job and nothing is claimed.
     pub claim: Option<Claim>,
+}
+
+/// A job on the Batch API lane: what a look at its batch needs.
+#[derive(Debug, Clone)]
+pub struct BatchWork {
+    pub job_id: String,
+    pub taxonomy: String,
+    pub deadline_ms: Option<i64>,
+    /// Titles not done yet.
+    pub pending: u64,
+    pub state: BatchState,
+}
+
+/// Where a job's batch is: its uploaded file and its batch, kept with the job so that a
+/// restart, or another replica, polls the same batch rather than creating (and paying for)
+/// another.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BatchState {
+    pub file_id: Option<String>,
+    pub batch_id: Option<String>,
+    /// Asked to stop (the deadline came too close): what it finished is kept, the rest goes
+    /// live.
+    #[serde(default)]
+    pub cancelled: bool,
 }
 
 /// A replica's hold on one chunk of a job's titles: it lapses unless renewed, and then another

@@ -9,8 +9,11 @@
 //! interactive batch waits for one, and they are not counted against interactive admission, so
 //! interactive batches are never refused to make room for a job.
 
+mod batch;
+mod clock;
 mod disk;
 mod job;
+pub mod plan;
 mod shared;
 pub mod webhooks;
 
@@ -20,12 +23,15 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+pub use clock::{now_ms, rfc3339};
 use disk::DiskStore;
+pub use job::LaneUsage;
+use job::{BatchState, BatchWork, Delivered, Delivery, Work};
 pub use job::{
     Created, Gauges, ItemOutcome, Job, JobCounts, JobStatus, JobUsage, JobView, NewJob, ResultLine,
     StoreError,
 };
-use job::{Delivered, Delivery, Work};
+use plan::{Demand, Lane, Lanes, Offer, Plan, Unreachable};
 use shared::SharedStore;
 use webhooks::{SCHEDULE, Webhooks};
 
@@ -34,6 +40,16 @@ use crate::coord::RedisSettings;
 use crate::classify::{Classifier, Cut, is_transient};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
+use crate::upstream::{ServiceTier, Tier};
+
+/// Why a look at a job's batch stopped: it is tried again at the next poll.
+#[derive(Debug, thiserror::Error)]
+enum LaneError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Api(#[from] crate::batch_api::openai::BatchApiError),
+}
 
 /// Titles sent to the pipeline in one round: small enough that a round's admission does not
 /// wait long behind interactive batches, large enough to keep packs and slots full.
@@ -53,6 +69,7 @@ const RECORD_ATTEMPTS: u32 = 16;
 pub struct Jobs {
     store: Store,
     wake: Notify,
+    lanes: Lanes,
 }
 
 /// Where jobs are kept: the two stores answer the same questions; only `disk` blocks (SQLite),
@@ -81,22 +98,28 @@ macro_rules! on_store {
 
 impl Jobs {
     /// Jobs on this replica's disk, in `dir`.
-    pub fn on_disk(dir: &Path) -> Result<Self, StoreError> {
-        Ok(Self::with(Store::Disk(Arc::new(DiskStore::open(dir)?))))
+    pub fn on_disk(dir: &Path, lanes: Lanes) -> Result<Self, StoreError> {
+        let store = Store::Disk(Arc::new(DiskStore::open(dir)?));
+        Ok(Self::with(store, lanes))
     }
 
     /// Jobs in the Redis the replicas share.
-    pub fn shared(settings: &RedisSettings) -> Result<Self, StoreError> {
-        Ok(Self::with(Store::Shared(SharedStore::new(
-            settings, ROUND,
-        )?)))
+    pub fn shared(settings: &RedisSettings, lanes: Lanes) -> Result<Self, StoreError> {
+        let store = Store::Shared(SharedStore::new(settings, ROUND)?);
+        Ok(Self::with(store, lanes))
     }
 
-    fn with(store: Store) -> Self {
+    fn with(store: Store, lanes: Lanes) -> Self {
         Self {
             store,
             wake: Notify::new(),
+            lanes,
         }
+    }
+
+    /// The planner's settings.
+    pub fn lanes(&self) -> Lanes {
+        self.lanes
     }
 
     pub async fn create(&self, job: NewJob) -> Result<Created, StoreError> {
@@ -160,10 +183,38 @@ impl Jobs {
         work: &Work,
         outcomes: Vec<(u64, ItemOutcome)>,
         usage: JobUsage,
+        lane: (Lane, Option<f64>),
+        round: u64,
     ) -> Result<(), StoreError> {
         let (job_id, claim) = (work.job_id.clone(), work.claim.clone());
-        on_store!(self, |d| d.record(&job_id, &outcomes, &usage), |s| s
-            .record(&job_id, claim.as_ref(), &outcomes, &usage))
+        on_store!(self, |d| d.record(&job_id, &outcomes, &usage, lane), |s| s
+            .record(&job_id, claim.as_ref(), &outcomes, &usage, lane, round))
+    }
+
+    async fn batch_jobs(&self) -> Result<Vec<BatchWork>, StoreError> {
+        on_store!(self, |d| d.batch_jobs(), |s| s.batch_jobs())
+    }
+
+    async fn pending_titles(&self, job_id: String) -> Result<Vec<(u64, String)>, StoreError> {
+        on_store!(self, |d| d.pending_titles(&job_id), |s| s
+            .pending_titles(&job_id))
+    }
+
+    async fn set_batch(&self, job_id: String, state: BatchState) -> Result<(), StoreError> {
+        on_store!(self, |d| d.set_batch(&job_id, &state), |s| s
+            .set_batch(&job_id, &state))
+    }
+
+    async fn leave_batch(&self, job_id: String) -> Result<(), StoreError> {
+        on_store!(self, |d| d.leave_batch(&job_id), |s| s.leave_batch(&job_id))
+    }
+
+    /// Whether this replica looks at `job_id`'s batch now (one process owns a disk store).
+    async fn lock_batch(&self, job_id: &str) -> Result<bool, StoreError> {
+        match &self.store {
+            Store::Disk(_) => Ok(true),
+            Store::Shared(s) => s.lock_batch(job_id, self.lanes.poll * 6).await,
+        }
     }
 
     async fn due_deliveries(&self) -> Result<Vec<Delivery>, StoreError> {
@@ -186,13 +237,22 @@ impl Jobs {
         beat.tick().await;
         loop {
             beat.tick().await;
-            match store.heartbeat(&work.job_id, claim).await {
-                Ok(true) => {}
-                Ok(false) => {
+            let renewed =
+                tokio::time::timeout(shared::LEASE / 3, store.heartbeat(&work.job_id, claim));
+            match renewed.await {
+                Ok(Ok(shared::Held::Yes)) => {}
+                Ok(Ok(shared::Held::Ended)) => {
+                    tracing::info!(hnc.job = %work.job_id, "the job ended (cancelled) while a round of it ran; its results are kept");
+                    return std::future::pending().await;
+                }
+                Ok(Ok(shared::Held::Lapsed)) => {
                     tracing::warn!(hnc.job = %work.job_id, chunk = claim.chunk, "a job chunk's claim lapsed; another replica may have taken it");
                     return std::future::pending().await;
                 }
-                Err(error) => tracing::warn!(%error, "a job chunk's claim could not be renewed"),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "a job chunk's claim could not be renewed")
+                }
+                Err(_) => tracing::warn!("a job chunk's claim could not be renewed in time"),
             }
         }
     }
@@ -277,22 +337,193 @@ impl Jobs {
             let span = tracing::info_span!("job round", hnc.job = %work.job_id, hnc.items = work.items.len());
             let round =
                 tracing::Instrument::instrument(self.round(&classifier, &lifecycle, &work), span);
-            let (outcomes, usage) = tokio::select! {
+            let (outcomes, usage, lane) = tokio::select! {
                 done = round => done,
                 () = self.keep_claim(&work) => unreachable!("a claim is kept until the round ends"),
             };
-            self.record_paid(&work, outcomes, usage).await;
+            // The claim is kept while the results are written too: a write that waits out a
+            // Redis restart must not let another replica take the chunk and pay for it again.
+            tokio::select! {
+                () = self.record_paid(&work, outcomes, usage, lane) => {}
+                () = self.keep_claim(&work) => unreachable!("a claim is kept until it is released"),
+            }
             // Held until the results are written: a drain waits for them.
             drop(guard);
         }
     }
 
+    /// Looks at the jobs on the Batch API lane every poll until the replica drains: uploads a
+    /// job's titles and creates its batch (once: where it is is kept with the job), reads
+    /// what the batch answered when it ends, and cancels it when the deadline comes too close
+    /// (what it finished is kept). What the batch did not answer goes to live rounds.
+    pub async fn run_batches(self: Arc<Self>, classifier: Arc<Classifier>, lifecycle: Lifecycle) {
+        while !lifecycle.is_draining() {
+            match self.batch_jobs().await {
+                Ok(jobs) => {
+                    for work in jobs {
+                        let job_id = work.job_id.clone();
+                        match self.lock_batch(&job_id).await {
+                            Ok(true) => {}
+                            Ok(false) => continue,
+                            Err(error) => {
+                                tracing::warn!(%error, "the job store failed; batches wait");
+                                break;
+                            }
+                        }
+                        let span = tracing::info_span!("job batch", hnc.job = %job_id);
+                        let step = Box::pin(self.batch_step(&classifier, work));
+                        if let Err(error) = tracing::Instrument::instrument(step, span).await {
+                            tracing::warn!(hnc.job = %job_id, %error, "a job's batch step failed; tried again at the next poll");
+                        }
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "the job store failed; batches wait"),
+            }
+            // In slices, so a drain does not wait out a whole poll.
+            let next = tokio::time::Instant::now() + self.lanes.poll;
+            while !lifecycle.is_draining() && tokio::time::Instant::now() < next {
+                tokio::time::sleep_until(next.min(tokio::time::Instant::now() + IDLE)).await;
+            }
+        }
+    }
+
+    /// One look at a job's batch: create it, or read it when it ended, or cancel it when the
+    /// rest would no longer finish live in time.
+    async fn batch_step(&self, classifier: &Classifier, work: BatchWork) -> Result<(), LaneError> {
+        let upstream = classifier.upstream();
+        let (base_url, key, path) = upstream.batch_target();
+        let client = crate::batch_api::openai::BatchClient::new(base_url, key);
+        let Some(taxonomy) = classifier.taxonomies().get(&work.taxonomy).cloned() else {
+            // Live rounds answer each title with `unknown_taxonomy`.
+            return Ok(self.leave_batch(work.job_id).await?);
+        };
+        let mut state = work.state.clone();
+        let Some(batch_id) = state.batch_id.clone() else {
+            return self
+                .submit_batch(classifier, &client, &taxonomy, path, work)
+                .await;
+        };
+        let batch = client.retrieve(&batch_id).await?;
+        if batch.is_terminal() {
+            let mut files = Vec::new();
+            for file in [&batch.output_file_id, &batch.error_file_id]
+                .into_iter()
+                .flatten()
+            {
+                files.push(client.content(file).await?);
+            }
+            let (outcomes, usage) = batch::read_answers(upstream, &taxonomy, &files);
+            tracing::info!(hnc.job = %work.job_id, status = %batch.status, answered = outcomes.len(), "a job's batch ended; what it did not answer goes live");
+            self.record_batch(&work, outcomes, usage, upstream).await;
+            return Ok(self.leave_batch(work.job_id).await?);
+        }
+        let offer = offer(classifier, self.lanes);
+        if !state.cancelled && batch::must_escalate(&work, &offer, upstream.pack_size(), now_ms()) {
+            tracing::info!(hnc.job = %work.job_id, pending = work.pending, "a job's batch is cancelled to meet the deadline: what it finished is kept, the rest goes live");
+            client.cancel(&batch_id).await?;
+            state.cancelled = true;
+            self.set_batch(work.job_id, state).await?;
+        }
+        Ok(())
+    }
+
+    /// Uploads the titles of `work` not done yet and creates their batch, keeping each id as
+    /// soon as it is known; a batch created just before a crash is found by its metadata and
+    /// adopted rather than created twice. Titles the checks refuse get their error at once.
+    async fn submit_batch(
+        &self,
+        classifier: &Classifier,
+        client: &crate::batch_api::openai::BatchClient,
+        taxonomy: &crate::taxonomy::Taxonomy,
+        path: &str,
+        work: BatchWork,
+    ) -> Result<(), LaneError> {
+        let upstream = classifier.upstream();
+        let mut state = work.state.clone();
+        let file_id = match state.file_id.clone() {
+            Some(id) => id,
+            None => {
+                let titles = self.pending_titles(work.job_id.clone()).await?;
+                let max_chars = classifier.limits().max_title_chars;
+                let (jsonl, rejected) =
+                    batch::input_file(upstream, taxonomy, &titles, max_chars, path);
+                if !rejected.is_empty() {
+                    self.record_batch(&work, rejected, crate::upstream::Usage::default(), upstream)
+                        .await;
+                }
+                if jsonl.is_empty() {
+                    return Ok(self.leave_batch(work.job_id).await?);
+                }
+                let name = format!("hnc-{}.jsonl", work.job_id);
+                let id = client.upload(&name, jsonl).await?;
+                state.file_id = Some(id.clone());
+                self.set_batch(work.job_id.clone(), state.clone()).await?;
+                id
+            }
+        };
+        let adopted = client.list().await?.into_iter().find(|b| {
+            b.metadata
+                .as_ref()
+                .is_some_and(|m| m["hnc_job"] == work.job_id.as_str())
+                && !b.hit_token_limit()
+        });
+        let batch = match adopted {
+            Some(batch) => batch,
+            None => {
+                let metadata = serde_json::json!({"hnc_job": work.job_id});
+                client.create(&file_id, path, metadata).await?
+            }
+        };
+        if batch.hit_token_limit() {
+            // The provider's queue for this model is full: live rounds take the titles.
+            tracing::info!(hnc.job = %work.job_id, "the Batch API refused the job's batch for its enqueued-token limit; the titles go live");
+            return Ok(self.leave_batch(work.job_id).await?);
+        }
+        tracing::info!(hnc.job = %work.job_id, batch = %batch.id, "a job's batch is created");
+        state.batch_id = Some(batch.id);
+        Ok(self.set_batch(work.job_id, state).await?)
+    }
+
+    /// Writes what a batch answered, on the Batch lane, as a round's results are written.
+    async fn record_batch(
+        &self,
+        work: &BatchWork,
+        outcomes: Vec<(u64, ItemOutcome)>,
+        usage: crate::upstream::Usage,
+        upstream: &crate::upstream::UpstreamClient,
+    ) {
+        let live_cost = upstream.price().map(|p| p.at(Tier::Standard).cost(&usage));
+        let as_work = Work {
+            job_id: work.job_id.clone(),
+            taxonomy: work.taxonomy.clone(),
+            items: Vec::new(),
+            deadline_ms: work.deadline_ms,
+            plan: None,
+            pending: work.pending,
+            claim: None,
+        };
+        self.record_paid(&as_work, outcomes, usage.into(), (Lane::Batch, live_cost))
+            .await;
+    }
+
     /// Writes a round's results, trying again for a while when the store does not answer (a
     /// Redis restart): they were paid for. Given up, the titles go again in a later round.
-    async fn record_paid(&self, work: &Work, outcomes: Vec<(u64, ItemOutcome)>, usage: JobUsage) {
+    async fn record_paid(
+        &self,
+        work: &Work,
+        outcomes: Vec<(u64, ItemOutcome)>,
+        usage: JobUsage,
+        lane: (Lane, Option<f64>),
+    ) {
         let mut wait = IDLE;
+        // The same id on every try: a round whose first write went through (its reply lost) is
+        // not counted twice.
+        let round = rand::random::<u64>();
         for attempt in 1..=RECORD_ATTEMPTS {
-            match self.record(work, outcomes.clone(), usage).await {
+            match self
+                .record(work, outcomes.clone(), usage, lane, round)
+                .await
+            {
                 Ok(()) => return,
                 Err(error) if attempt < RECORD_ATTEMPTS => {
                     tracing::warn!(%error, attempt, "a job round's results could not be written yet");
@@ -307,19 +538,22 @@ impl Jobs {
     }
 
     /// One round of a job's titles through the pipeline, once it is admitted (waiting while the
-    /// service is at capacity): each title's outcome, and what the calls cost.
+    /// service is at capacity), in the lane its plan and deadline call for now: each title's
+    /// outcome, what the calls cost, and the lane with what they would have cost live.
     async fn round(
         &self,
         classifier: &Classifier,
         lifecycle: &Lifecycle,
         work: &Work,
-    ) -> (Vec<(u64, ItemOutcome)>, JobUsage) {
+    ) -> (Vec<(u64, ItemOutcome)>, JobUsage, (Lane, Option<f64>)) {
+        let pack = classifier.upstream().pack_size();
+        let (lane, urgent) = lane_now(work, &offer(classifier, self.lanes), pack, now_ms());
         let Some(taxonomy) = classifier.taxonomies().get(&work.taxonomy).cloned() else {
             let outcomes = work
                 .items
                 .iter()
                 .map(|(index, _, _)| {
-                    let line = error_line(
+                    let line = ResultLine::error(
                         *index,
                         "unknown_taxonomy",
                         "the job's taxonomy is no longer configured",
@@ -327,10 +561,14 @@ impl Jobs {
                     (*index, ItemOutcome::Done(line))
                 })
                 .collect();
-            return (outcomes, JobUsage::default());
+            return (outcomes, JobUsage::default(), (lane, Some(0.0)));
         };
         let titles: Vec<String> = work.items.iter().map(|(_, t, _)| t.clone()).collect();
-        let admitted = classifier.admit_in_background(&titles);
+        let admitted = if urgent {
+            classifier.admit_urgent(&titles)
+        } else {
+            classifier.admit_in_background(&titles)
+        };
         let deadline = classifier.limits().batch_deadline;
         let cut = {
             let lifecycle = lifecycle.clone();
@@ -341,45 +579,104 @@ impl Jobs {
                 }
             }
         };
-        let outcome = classifier
-            .classify_batch(admitted, &taxonomy, &titles, cut)
-            .await;
+        // Boxed: a batch's future is large, and the round's would hold two of them.
+        let batch = Box::pin(classifier.classify_batch(admitted, &taxonomy, &titles, cut));
+        let outcome = match lane {
+            Lane::Flex => crate::upstream::with_tier(ServiceTier::Flex, batch).await,
+            Lane::Live | Lane::Batch => batch.await,
+        };
+        let live_cost = classifier
+            .upstream()
+            .price()
+            .map(|p| p.at(Tier::Standard).cost(&outcome.usage));
         let outcomes = work
             .items
             .iter()
             .zip(&outcome.results)
             .map(|((index, _, attempts), result)| {
                 let line = match result {
-                    Ok(c) => ResultLine {
-                        index: *index,
-                        topic: Some(c.prediction.topic.to_string()),
-                        confidence: Some(c.prediction.confidence),
-                        confidence_source: Some(c.prediction.source),
-                        error: None,
-                        error_code: None,
-                    },
-                    Err(e) if e.code() == "shutting_down" => {
+                    Ok(c) => ResultLine::of(*index, &c.prediction),
+                    // Stopped by the replica (a drain), or never reached at background priority
+                    // before the round's deadline (interactive traffic had the budget): neither
+                    // is the title's failure, and neither uses up its attempts.
+                    Err(e) if e.code() == "shutting_down" || e.code() == "deadline_exceeded" => {
                         return (*index, ItemOutcome::Again { counted: false });
                     }
                     Err(e) if is_transient(e.code()) && attempts + 1 < MAX_ATTEMPTS => {
                         return (*index, ItemOutcome::Again { counted: true });
                     }
-                    Err(e) => error_line(*index, e.code(), &e.to_string()),
+                    Err(e) => ResultLine::error(*index, e.code(), &e.to_string()),
                 };
                 (*index, ItemOutcome::Done(line))
             })
             .collect();
-        (outcomes, outcome.usage.into())
+        (outcomes, outcome.usage.into(), (lane, live_cost))
     }
 }
 
-fn error_line(index: u64, code: &str, message: &str) -> ResultLine {
-    ResultLine {
-        index,
-        topic: None,
-        confidence: None,
-        confidence_source: None,
-        error: Some(message.to_owned()),
-        error_code: Some(code.to_owned()),
+/// What the service offers a job now: this replica's view of the rate budget (the whole of it,
+/// with a shared budget), the model's price and tiers, the Batch API's expected turnaround.
+pub fn offer(classifier: &Classifier, lanes: Lanes) -> Offer {
+    let upstream = classifier.upstream();
+    let model = upstream.first_model();
+    Offer {
+        calls_per_s: upstream.request_rate(),
+        tokens_per_s: upstream.token_rate(),
+        price: upstream.price(),
+        flex: ServiceTier::Flex.offered_by(model),
+        batch: Some(lanes.batch_window),
+        margin: lanes.margin,
+    }
+}
+
+/// The plan for `titles` with `deadline_ms`, made off the async threads (the titles' tokens
+/// are counted): the cheapest lane that meets it, or the earliest deadline that could be met.
+pub async fn plan_for(
+    classifier: Arc<Classifier>,
+    taxonomy: Arc<crate::taxonomy::Taxonomy>,
+    titles: Arc<Vec<String>>,
+    deadline_ms: Option<i64>,
+    lanes: Lanes,
+) -> Result<Plan, Unreachable> {
+    crate::tasks::spawn_blocking(move || {
+        let max_chars = classifier.limits().max_title_chars;
+        let checked: Vec<&str> = titles
+            .iter()
+            .filter_map(|t| crate::classify::check_title(t, max_chars).ok())
+            .collect();
+        let (calls, input_tokens, output_tokens) =
+            classifier.upstream().estimate(&taxonomy, &checked);
+        let demand = Demand {
+            titles: titles.len() as u64,
+            calls,
+            input_tokens,
+            output_tokens,
+        };
+        plan::plan(&demand, &offer(&classifier, lanes), now_ms(), deadline_ms)
+    })
+    .await
+    .expect("planning does not panic")
+}
+
+/// The lane a round of `work` takes now, and whether it is urgent (interactive priority):
+/// the plan's lane while the rest of the job would still finish live in time, live once it
+/// would not (a flex job near its deadline goes live); a live job runs at background priority
+/// until its deadline needs the whole budget.
+fn lane_now(work: &Work, offer: &Offer, pack_size: usize, now_ms: i64) -> (Lane, bool) {
+    let planned = work.plan.as_ref().map_or(Lane::Live, |p| p.lane);
+    let Some(deadline_ms) = work.deadline_ms else {
+        return (planned, false);
+    };
+    let left = Duration::from_millis(u64::try_from(deadline_ms - now_ms).unwrap_or(0));
+    let rest = Demand {
+        titles: work.pending,
+        calls: work.pending.div_ceil(pack_size.max(1) as u64),
+        input_tokens: 0,
+        output_tokens: 0,
+    };
+    let live_needs = offer.live_needs(offer.live_time(&rest).0);
+    match planned {
+        Lane::Flex if left >= live_needs + offer.margin => (Lane::Flex, false),
+        _ => (Lane::Live, left < live_needs * 2),
     }
 }

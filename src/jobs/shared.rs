@@ -27,10 +27,12 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use sha2::{Digest, Sha256};
 
+use super::clock::{now_ms, rfc3339};
 use super::job::{
-    Claim, Created, Delivered, Delivery, Gauges, ItemOutcome, Job, JobCounts, JobStatus, JobUsage,
-    JobView, NewJob, StoreError, Work, rfc3339,
+    BatchState, BatchWork, Claim, Created, Delivered, Delivery, Gauges, ItemOutcome, Job,
+    JobCounts, JobStatus, JobUsage, JobView, LaneUsage, NewJob, StoreError, Work,
 };
+use super::plan::Lane;
 use crate::coord::RedisSettings;
 
 /// How long a claim on a chunk lasts without a heartbeat: how soon another replica takes over
@@ -50,7 +52,8 @@ const CLAIM_SCAN: u32 = 64;
 
 /// KEYS: job, titles, pending, open, owner jobs, owner open, idempotency key, by_status.
 /// ARGV: id, owner, taxonomy, metadata, callback url ('' none), total, chunks, idempotency key
-/// ('' none). Returns {1, id} made, or {0, id} of the job the key already made.
+/// ('' none), deadline ms ('' none), plan (JSON), chunk size, lane. KEYS[9]: the jobs on the
+/// Batch API lane. Returns {1, id} made, or {0, id} of the job the key already made.
 const CREATE: &str = r"
 if ARGV[8] ~= '' then
   local existing = redis.call('GET', KEYS[7])
@@ -67,6 +70,9 @@ redis.call('HSET', KEYS[1], 'owner', ARGV[2], 'status', 'queued', 'created_at_ms
   'input_tokens', 0, 'cached_input_tokens', 0, 'output_tokens', 0, 'reasoning_tokens', 0,
   'upstream_requests', 0, 'cost_usd', 0, 'cost_unknown', 0)
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'callback_url', ARGV[5]) end
+if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'deadline_ms', ARGV[9]) end
+redis.call('HSET', KEYS[1], 'plan', ARGV[10], 'chunk', ARGV[11], 'lane', ARGV[12])
+if ARGV[12] == 'batch' then redis.call('SADD', KEYS[9], ARGV[1]) end
 if ARGV[8] ~= '' then redis.call('SET', KEYS[7], ARGV[1]) end
 for c = 0, tonumber(ARGV[7]) - 1 do redis.call('ZADD', KEYS[3], c, c) end
 redis.call('ZADD', KEYS[4], now, ARGV[1])
@@ -78,27 +84,33 @@ return {1, ARGV[1]}
 
 /// KEYS: open, by_status. ARGV: prefix, token, lease ms, chunk size, jobs to scan.
 /// Lapsed claims of each job scanned go back to its pending chunks first. Returns {} or
-/// {id, taxonomy, chunk, index, title, attempts, index, title, attempts, ...} with the chunk's
+/// {id, taxonomy, chunk, deadline ms or '', plan or '', titles pending, index, title, attempts,
+/// index, title, attempts, ...} with the chunk's
 /// titles not done yet (none: the chunk was done when its claimant died; recording the empty
 /// round releases it).
 const CLAIM: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local size = tonumber(ARGV[4])
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[5]) - 1)) do
   local job = ARGV[1] .. ':job:' .. id
+  -- The job's own chunk size (a replica of another version may use another).
+  local size = tonumber(redis.call('HGET', job, 'chunk')) or tonumber(ARGV[4])
   local lapsed = redis.call('ZRANGEBYSCORE', job .. ':claimed', '-inf', now)
   for _, c in ipairs(lapsed) do
     redis.call('ZREM', job .. ':claimed', c)
     redis.call('HDEL', job .. ':claims', c)
     redis.call('ZADD', job .. ':pending', c, c)
   end
-  local popped = redis.call('ZPOPMIN', job .. ':pending')
+  -- A job on the Batch API lane has no live rounds until it leaves it.
+  local popped = {}
+  if redis.call('HGET', job, 'lane') ~= 'batch' then
+    popped = redis.call('ZPOPMIN', job .. ':pending')
+  end
   if popped[1] then
     local chunk = tonumber(popped[1])
     redis.call('ZADD', job .. ':claimed', now + tonumber(ARGV[3]), chunk)
     redis.call('HSET', job .. ':claims', chunk, ARGV[2])
-    local s = redis.call('HMGET', job, 'status', 'taxonomy', 'total')
+    local s = redis.call('HMGET', job, 'status', 'taxonomy', 'total', 'deadline_ms', 'plan', 'done')
     if s[1] == 'queued' then
       redis.call('HSET', job, 'status', 'running')
       redis.call('HINCRBY', KEYS[2], 'queued', -1)
@@ -107,7 +119,7 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[5]) - 1)) do
     local first = chunk * size
     local last = math.min(tonumber(s[3]), first + size) - 1
     local titles = redis.call('LRANGE', job .. ':titles', first, last)
-    local out = {id, s[2], chunk}
+    local out = {id, s[2], chunk, s[4] or '', s[5] or '', tonumber(s[3]) - tonumber(s[6])}
     for i = first, last do
       if redis.call('HEXISTS', job .. ':results', i) == 0 then
         table.insert(out, i)
@@ -121,9 +133,14 @@ end
 return {}
 ";
 
-/// KEYS: claimed, claims. ARGV: chunk, token, lease ms. 1: renewed; 0: the claim is gone.
+/// KEYS: claimed, claims, job. ARGV: chunk, token, lease ms. 1: renewed; 0: the claim is
+/// gone (lapsed, another replica may hold it); 2: the job ended (cancelled).
 const HEARTBEAT: &str = r"
-if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then
+  local status = redis.call('HGET', KEYS[3], 'status')
+  if status ~= 'queued' and status ~= 'running' then return 2 end
+  return 0
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[3]), ARGV[1])
@@ -151,14 +168,20 @@ end
 ";
 
 /// KEYS: job. ARGV: prefix, id, chunk ('' none), token, chunk size, input, cached, output,
-/// reasoning, requests, cost, cost unknown (0/1), then (index, kind, line) triples: kind `t` a
-/// topic, `e` an error, `a` again (an attempt counted). Returns {done, errors} newly written.
+/// reasoning, requests, cost, cost unknown (0/1), lane, live cost ('' unknown), the round's
+/// id, then (index, kind, line) triples: kind `t` a topic, `e` an error, `a` again (an attempt counted).
+/// Returns {done, errors} newly written.
 const RECORD: &str = r"
 local job = KEYS[1]
+-- A round is written once: a retry after a lost reply adds nothing twice.
+if not redis.call('SET', job .. ':round:' .. ARGV[15], 1, 'NX', 'PX', 3600000) then
+  return {0, 0}
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local size = tonumber(redis.call('HGET', job, 'chunk')) or tonumber(ARGV[5])
 local done, errors = 0, 0
-for i = 13, #ARGV, 3 do
+for i = 16, #ARGV, 3 do
   local index, kind = ARGV[i], ARGV[i + 1]
   if kind == 'a' then
     redis.call('HINCRBY', job .. ':attempts', index, 1)
@@ -176,14 +199,28 @@ redis.call('HINCRBY', job, 'reasoning_tokens', ARGV[9])
 redis.call('HINCRBY', job, 'upstream_requests', ARGV[10])
 redis.call('HINCRBYFLOAT', job, 'cost_usd', ARGV[11])
 if ARGV[12] == '1' then redis.call('HSET', job, 'cost_unknown', 1) end
+local lane = 'lane:' .. ARGV[13] .. ':'
+redis.call('HINCRBY', job, lane .. 'titles', done)
+redis.call('HINCRBY', job, lane .. 'input_tokens', ARGV[6])
+redis.call('HINCRBY', job, lane .. 'cached_input_tokens', ARGV[7])
+redis.call('HINCRBY', job, lane .. 'output_tokens', ARGV[8])
+redis.call('HINCRBY', job, lane .. 'reasoning_tokens', ARGV[9])
+redis.call('HINCRBY', job, lane .. 'upstream_requests', ARGV[10])
+redis.call('HINCRBYFLOAT', job, lane .. 'cost_usd', ARGV[11])
+if ARGV[12] == '1' then redis.call('HSET', job, lane .. 'cost_unknown', 1) end
+if ARGV[14] == '' then
+  redis.call('HSET', job, lane .. 'live_cost_unknown', 1)
+else
+  redis.call('HINCRBYFLOAT', job, lane .. 'live_cost_usd', ARGV[14])
+end
 local chunk = ARGV[3]
 if chunk ~= '' and redis.call('HGET', job .. ':claims', chunk) == ARGV[4] then
   redis.call('ZREM', job .. ':claimed', chunk)
   redis.call('HDEL', job .. ':claims', chunk)
   local s = redis.call('HMGET', job, 'status', 'total')
   if s[1] == 'queued' or s[1] == 'running' then
-    local first = tonumber(chunk) * tonumber(ARGV[5])
-    local last = math.min(tonumber(s[2]), first + tonumber(ARGV[5])) - 1
+    local first = tonumber(chunk) * size
+    local last = math.min(tonumber(s[2]), first + size) - 1
     for i = first, last do
       if redis.call('HEXISTS', job .. ':results', i) == 0 then
         redis.call('ZADD', job .. ':pending', chunk, chunk)
@@ -194,6 +231,27 @@ if chunk ~= '' and redis.call('HGET', job .. ':claims', chunk) == ARGV[4] then
 end
 finish(ARGV[1], ARGV[2], job, now)
 return {done, errors}
+";
+
+/// KEYS: job, by_status. ARGV: where the batch is (JSON). Keeps it; a queued job is running
+/// from then on.
+const SET_BATCH: &str = r"
+redis.call('HSET', KEYS[1], 'batch', ARGV[1])
+if redis.call('HGET', KEYS[1], 'status') == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'running')
+  redis.call('HINCRBY', KEYS[2], 'queued', -1)
+  redis.call('HINCRBY', KEYS[2], 'running', 1)
+end
+return 1
+";
+
+/// KEYS: the job's batch lock. ARGV: token, ms. 1: this replica looks at the job's batch now
+/// (taken, or renewed); 0: another does.
+const BATCH_LOCK: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
 ";
 
 /// KEYS: job. ARGV: prefix, id, owner. 1: cancelled now; 0: not open (or not the owner's).
@@ -267,6 +325,16 @@ macro_rules! script {
         static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new($source));
         &*SCRIPT
     }};
+}
+
+/// Whether a replica still holds its chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    Yes,
+    /// The claim lapsed: another replica may hold the chunk now.
+    Lapsed,
+    /// The job ended (cancelled) while the chunk was being classified.
+    Ended,
 }
 
 /// The jobs of every replica, in Redis.
@@ -354,6 +422,7 @@ impl SharedStore {
             .key(self.key(&["owner", &job.owner, "open"]))
             .key(idem_key)
             .key(self.key(&["jobs", "by_status"]))
+            .key(self.key(&["jobs", "batch"]))
             .arg(&id)
             .arg(&job.owner)
             .arg(&job.taxonomy)
@@ -362,6 +431,10 @@ impl SharedStore {
             .arg(total)
             .arg(chunks)
             .arg(idem)
+            .arg(job.deadline_ms.map_or(String::new(), |d| d.to_string()))
+            .arg(serde_json::to_string(&job.plan).expect("a plan serialises"))
+            .arg(self.chunk)
+            .arg(job.plan.lane.name())
             .invoke_async(&mut conn)
             .await?;
         let found = self.get(&job.owner, &id).await?;
@@ -489,13 +562,18 @@ impl SharedStore {
             Ok(redis::from_redis_value_ref::<u64>(v).map_err(redis::RedisError::from)?)
         };
         let mut items = Vec::new();
-        for item in reply[3..].chunks_exact(3) {
+        for item in reply[6..].chunks_exact(3) {
             items.push((number(&item[0])?, text(&item[1])?, number(&item[2])? as u32));
         }
+        let deadline = text(&reply[3])?;
+        let plan = text(&reply[4])?;
         Ok(Some(Work {
             job_id: text(&reply[0])?,
             taxonomy: text(&reply[1])?,
             items,
+            deadline_ms: deadline.parse().ok(),
+            plan: serde_json::from_str(&plan).ok(),
+            pending: number(&reply[5])?,
             claim: Some(Claim {
                 chunk: number(&reply[2])?,
                 token: self.token.clone(),
@@ -505,17 +583,22 @@ impl SharedStore {
 
     /// Renews the claim of `work`; `false` when it lapsed and another replica may hold the
     /// chunk now (its results still count once: they are keyed by index).
-    pub async fn heartbeat(&self, job_id: &str, claim: &Claim) -> Result<bool, StoreError> {
+    pub async fn heartbeat(&self, job_id: &str, claim: &Claim) -> Result<Held, StoreError> {
         let job = self.job_key(job_id);
-        let renewed: u8 = script!(HEARTBEAT)
+        let held: u8 = script!(HEARTBEAT)
             .key(format!("{job}:claimed"))
             .key(format!("{job}:claims"))
+            .key(&job)
             .arg(claim.chunk)
             .arg(&claim.token)
             .arg(LEASE.as_millis() as u64)
             .invoke_async(&mut self.conn())
             .await?;
-        Ok(renewed == 1)
+        Ok(match held {
+            1 => Held::Yes,
+            2 => Held::Ended,
+            _ => Held::Lapsed,
+        })
     }
 
     /// Writes a round's outcomes and usage, releases the chunk (back to pending when titles of
@@ -526,6 +609,8 @@ impl SharedStore {
         claim: Option<&Claim>,
         outcomes: &[(u64, ItemOutcome)],
         usage: &JobUsage,
+        lane: (Lane, Option<f64>),
+        round: u64,
     ) -> Result<(), StoreError> {
         static RECORD_WITH_FINISH: LazyLock<Script> =
             LazyLock::new(|| Script::new(&format!("{FINISH}\n{RECORD}")));
@@ -542,7 +627,10 @@ impl SharedStore {
             .arg(usage.reasoning_tokens)
             .arg(usage.upstream_requests)
             .arg(usage.cost_usd.unwrap_or(0.0))
-            .arg(u8::from(usage.cost_usd.is_none()));
+            .arg(u8::from(usage.cost_usd.is_none()))
+            .arg(lane.0.name())
+            .arg(lane.1.map_or(String::new(), |c| c.to_string()))
+            .arg(round);
         for (index, outcome) in outcomes {
             match outcome {
                 ItemOutcome::Done(line) => {
@@ -595,6 +683,88 @@ impl SharedStore {
         Ok(Some(out))
     }
 
+    /// The open jobs on the Batch API lane (those that left it or ended are dropped from the
+    /// set on the way).
+    pub async fn batch_jobs(&self) -> Result<Vec<BatchWork>, StoreError> {
+        let set = self.key(&["jobs", "batch"]);
+        let mut conn = self.conn();
+        let ids: Vec<String> = conn.smembers(&set).await?;
+        let mut jobs = Vec::new();
+        for id in ids {
+            let fields: BTreeMap<String, String> = conn.hgetall(self.job_key(&id)).await?;
+            let open = matches!(
+                fields.get("status").map(String::as_str),
+                Some("queued" | "running")
+            );
+            if !open || fields.get("lane").map(String::as_str) != Some("batch") {
+                conn.srem::<_, _, ()>(&set, &id).await?;
+                continue;
+            }
+            let number = |name: &str| fields.get(name).and_then(|v| v.parse::<u64>().ok());
+            jobs.push(BatchWork {
+                taxonomy: fields.get("taxonomy").cloned().unwrap_or_default(),
+                deadline_ms: fields.get("deadline_ms").and_then(|v| v.parse().ok()),
+                pending: number("total")
+                    .unwrap_or(0)
+                    .saturating_sub(number("done").unwrap_or(0)),
+                state: fields
+                    .get("batch")
+                    .and_then(|s| serde_json::from_str(s).ok())
+                    .unwrap_or_default(),
+                job_id: id,
+            });
+        }
+        Ok(jobs)
+    }
+
+    /// Takes (or renews) the right to look at `job_id`'s batch for `hold`, so two replicas
+    /// never create two batches for one job.
+    pub async fn lock_batch(&self, job_id: &str, hold: Duration) -> Result<bool, StoreError> {
+        let locked: u8 = script!(BATCH_LOCK)
+            .key(format!("{}:batchlock", self.job_key(job_id)))
+            .arg(&self.token)
+            .arg(hold.as_millis() as u64)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(locked == 1)
+    }
+
+    /// The titles of `job_id` without a result yet, in input order.
+    pub async fn pending_titles(&self, job_id: &str) -> Result<Vec<(u64, String)>, StoreError> {
+        let job = self.job_key(job_id);
+        let mut conn = self.conn();
+        let titles: Vec<String> = conn.lrange(format!("{job}:titles"), 0, -1).await?;
+        let done: Vec<u64> = conn.hkeys(format!("{job}:results")).await?;
+        let done: std::collections::HashSet<u64> = done.into_iter().collect();
+        Ok((0u64..)
+            .zip(titles)
+            .filter(|(i, _)| !done.contains(i))
+            .collect())
+    }
+
+    pub async fn set_batch(&self, job_id: &str, state: &BatchState) -> Result<(), StoreError> {
+        script!(SET_BATCH)
+            .key(self.job_key(job_id))
+            .key(self.key(&["jobs", "by_status"]))
+            .arg(serde_json::to_string(state).expect("a batch state serialises"))
+            .invoke_async::<u8>(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Moves `job_id` off the Batch API lane: its chunks with titles not done go to live
+    /// rounds, on any replica.
+    pub async fn leave_batch(&self, job_id: &str) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset(self.job_key(job_id), "lane", "live")
+            .ignore()
+            .srem(self.key(&["jobs", "batch"]), job_id)
+            .ignore();
+        pipe.query_async::<()>(&mut self.conn()).await?;
+        Ok(())
+    }
+
     /// Queues the webhooks of jobs that ended since the last call (at most `max` of them).
     async fn enqueue_ended(&self, max: usize) -> Result<(), StoreError> {
         let ended_key = self.key(&["jobs", "ended"]);
@@ -608,7 +778,7 @@ impl SharedStore {
             };
             let event = serde_json::json!({
                 "type": format!("job.{}", job.status.name()),
-                "timestamp": rfc3339(super::disk::now_ms()),
+                "timestamp": rfc3339(now_ms()),
                 "data": JobView::from(job),
             });
             let delivery_id = format!("msg_{id}");
@@ -701,6 +871,11 @@ fn job_of(id: &str, fields: &BTreeMap<String, String>) -> Result<Job, StoreError
             .and_then(|m| serde_json::from_str(m).ok())
             .unwrap_or_default(),
         callback_url: fields.get("callback_url").cloned(),
+        deadline_ms: fields.get("deadline_ms").and_then(|v| v.parse().ok()),
+        plan: fields
+            .get("plan")
+            .and_then(|p| serde_json::from_str(p).ok()),
+        lanes: lanes_of(fields),
         counts: JobCounts {
             total,
             done,
@@ -716,4 +891,37 @@ fn job_of(id: &str, fields: &BTreeMap<String, String>) -> Result<Job, StoreError
             cost_usd: (number("cost_unknown") == 0).then_some(cost),
         },
     })
+}
+
+/// Each lane's usage from its `lane:{name}:{field}` fields.
+fn lanes_of(fields: &BTreeMap<String, String>) -> BTreeMap<Lane, LaneUsage> {
+    let mut lanes = BTreeMap::new();
+    for lane in [Lane::Live, Lane::Flex, Lane::Batch] {
+        let field = |name: &str| fields.get(&format!("lane:{}:{name}", lane.name()));
+        let Some(titles) = field("titles") else {
+            continue;
+        };
+        let number = |name: &str| field(name).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let money = |name: &str, unknown: &str| {
+            field(unknown).is_none().then(|| {
+                field(name)
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            })
+        };
+        lanes.insert(
+            lane,
+            LaneUsage {
+                titles: titles.parse().unwrap_or(0),
+                input_tokens: number("input_tokens"),
+                cached_input_tokens: number("cached_input_tokens"),
+                output_tokens: number("output_tokens"),
+                reasoning_tokens: number("reasoning_tokens"),
+                upstream_requests: number("upstream_requests"),
+                cost_usd: money("cost_usd", "cost_unknown"),
+                live_cost_usd: money("live_cost_usd", "live_cost_unknown"),
+            },
+        );
+    }
+    lanes
 }

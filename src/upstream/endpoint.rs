@@ -21,7 +21,7 @@ use super::limiter::{AdaptiveLimiter, Congestion};
 use super::net::{Answer, Connections, Connector, Limits, Liveness, Outage, Proxies};
 use super::pacer::Pacer;
 use super::reasoning::{ReasoningSettings, Thinking};
-use super::settings::{AuthStyle, ConfidenceSource, EndpointSettings, Transport};
+use super::settings::{AuthStyle, ConfidenceSource, EndpointSettings, Transport, UpstreamApi};
 use super::templates::{PackTemplate, RequestTemplate};
 use super::usage::Price;
 use super::usage::{Tier, Usage};
@@ -168,6 +168,9 @@ pub struct Endpoint {
     http: Connections,
     /// The call's URL: what the shared budget is keyed by.
     url: String,
+    /// The base URL and the API's path under it: where a job's Batch API lane sends its file.
+    base_url: String,
+    api: UpstreamApi,
     api_key: Secret,
     model: String,
     weight: u32,
@@ -276,6 +279,8 @@ impl Endpoint {
             name: settings.name,
             http,
             url,
+            base_url: settings.base_url.trim_end_matches('/').to_owned(),
+            api: settings.api,
             api_key: settings.api_key,
             model: settings.model,
             weight: settings.weight.max(1),
@@ -294,6 +299,15 @@ impl Endpoint {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The base URL, the key and the API path (`/v1/responses`): what the Batch API needs.
+    pub fn batch_target(&self) -> (&str, &Secret, &'static str) {
+        let path = match self.api {
+            UpstreamApi::Responses => "/v1/responses",
+            UpstreamApi::Chat => "/v1/chat/completions",
+        };
+        (&self.base_url, &self.api_key, path)
     }
 
     /// Paces this endpoint by the budget every replica on the same URL and key shares.

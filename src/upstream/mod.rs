@@ -33,7 +33,7 @@ pub use fair::{BACKGROUND, with_share};
 pub use headers::RateHeaders;
 pub use limiter::{AdaptiveLimiter, Congestion, LimiterSnapshot};
 pub use net::lookup as lookup_host;
-pub use pool::{EndpointHealth, Saturation, UpstreamClient};
+pub use pool::{EndpointHealth, Saturation, UpstreamClient, with_tier};
 pub use reasoning::{EffortSetting, ReasoningSettings};
 pub use retry::{Decision, Failure, GiveUp, ItemDeadline, RETRY_REASONS, RetryPolicy};
 pub use settings::{

@@ -18,6 +18,21 @@ use crate::coord::Coordinator;
 use crate::metrics::Metrics;
 use crate::taxonomy::{AnswerForm, Taxonomies, Taxonomy};
 
+tokio::task_local! {
+    /// The tier a job's lane asks for (`flex`), over the configured one.
+    static LANE_TIER: ServiceTier;
+}
+
+/// Runs `future` with its calls asking for `tier` (a job's flex lane), whatever
+/// `HNC_SERVICE_TIER` says.
+pub async fn with_tier<F: std::future::Future>(tier: ServiceTier, future: F) -> F::Output {
+    LANE_TIER.scope(tier, future).await
+}
+
+fn lane_tier() -> Option<ServiceTier> {
+    LANE_TIER.try_with(|t| *t).ok()
+}
+
 /// Refusals of a parameter one item may learn from and go again after (logprobs, the effort,
 /// `max_tokens`): each teaches the endpoint once, so more means a provider that keeps refusing
 /// what it listed.
@@ -360,6 +375,105 @@ impl UpstreamClient {
         self.pack_size
     }
 
+    /// Where a job's Batch API lane sends its file: the first endpoint's base URL, key and API
+    /// path.
+    pub fn batch_target(&self) -> (&str, &crate::secret::Secret, &'static str) {
+        self.endpoints[0].batch_target()
+    }
+
+    /// The request body for `titles` in one call (one title, or a pack), as a live call would
+    /// send it: one line of a Batch API file.
+    pub fn batch_body(&self, taxonomy: &Taxonomy, titles: &[&str]) -> Vec<u8> {
+        let profile = self.endpoints[0].profile();
+        let templates = profile.templates(taxonomy, profile.form(), false);
+        match titles {
+            [one] => templates.single.encode(one).to_vec(),
+            many => templates.packs.encode(many).0.to_vec(),
+        }
+    }
+
+    /// Reads a Batch API answer to `batch_body(titles)` with the same checks as a live one: a
+    /// prediction for each title it answered well, and its usage at the Batch price.
+    pub fn read_batch_answer(
+        &self,
+        taxonomy: &Taxonomy,
+        body: &[u8],
+        n: usize,
+    ) -> (Vec<Option<Prediction>>, Usage) {
+        let profile = self.endpoints[0].profile();
+        let templates = profile.templates(taxonomy, profile.form(), false);
+        let (predictions, usage) = match n {
+            1 => {
+                let (result, usage) = templates.single.decode(body, taxonomy);
+                (vec![result.ok()], usage)
+            }
+            n => {
+                let (result, usage) = templates.packs.decode(body, taxonomy, n);
+                (result.unwrap_or_else(|_| vec![None; n]), usage)
+            }
+        };
+        let mut usage = usage.with_requests(1);
+        usage.price_at(self.price().map(|p| p.at(super::usage::Tier::Batch)));
+        (predictions, usage)
+    }
+
+    /// The first endpoint's list price, when known: what the deadline planner prices with.
+    pub fn price(&self) -> Option<super::pricing::Price> {
+        self.endpoints[0].price()
+    }
+
+    /// The first endpoint's model: which tiers and lanes the planner may offer.
+    pub fn first_model(&self) -> &str {
+        self.endpoints[0].model()
+    }
+
+    /// Tokens a second this replica's pacers let through now, when every endpoint's token
+    /// limit is known.
+    pub fn token_rate(&self) -> Option<f64> {
+        self.endpoints
+            .iter()
+            .map(|e| e.pacer().token_rate())
+            .sum::<Option<f64>>()
+    }
+
+    /// What classifying `titles` (checked ones) would ask of the provider, for the deadline
+    /// planner: the calls (packs of the pack size), their input tokens counted in o200k (each
+    /// call's request text, which holds its prompt, schema and titles: a little above what the
+    /// provider counts, JSON quoting included) and the answers' tokens (an answer's size for
+    /// each title). Reasoning tokens are not foreseen.
+    pub fn estimate(&self, taxonomy: &Taxonomy, titles: &[&str]) -> (u64, u64, u64) {
+        let profile = self.endpoints[0].profile();
+        let form = profile.form();
+        let templates = profile.templates(taxonomy, form, false);
+        let size = self.pack_size.max(1);
+        // The request text around its titles, by how many a call holds: counted once.
+        let mut frames: std::collections::HashMap<usize, u64> = std::collections::HashMap::new();
+        let mut frame = |pack: &[&str]| -> u64 {
+            *frames.entry(pack.len()).or_insert_with(|| {
+                let body = match pack {
+                    [one] => templates.single.encode(one).to_vec(),
+                    many => templates.packs.encode(many).0.to_vec(),
+                };
+                let text = String::from_utf8_lossy(&body);
+                let own: u64 = pack.iter().map(|t| crate::tokens::count(t)).sum();
+                crate::tokens::count(&text).saturating_sub(own)
+            })
+        };
+        let label = taxonomy.labels().next().map_or("other", |l| &**l);
+        let answer = crate::tokens::count(&match form {
+            AnswerForm::LabelOnly => format!(r#"{{"id":"a1","topic":"{label}"}},"#),
+            AnswerForm::LabelAndConfidence => {
+                format!(r#"{{"id":"a1","topic":"{label}","confidence":0.87}},"#)
+            }
+        });
+        let (mut calls, mut input) = (0, 0);
+        for pack in titles.chunks(size) {
+            calls += 1;
+            input += frame(pack) + pack.iter().map(|t| crate::tokens::count(t)).sum::<u64>();
+        }
+        (calls, input, titles.len() as u64 * answer)
+    }
+
     /// An item's failure: `attempts`, why it stopped, the last error, and how long since its
     /// deadline started.
     fn failure(
@@ -429,7 +543,7 @@ impl UpstreamClient {
         let mut unreachable_failures = 0;
         let mut output_failures = 0;
         let mut failed_at: Option<&Endpoint> = None;
-        let mut tier = self.service_tier;
+        let mut tier = lane_tier().or(self.service_tier);
         let mut written_only = false;
         // After an answer the cap cut short while the model reasoned: more room, once.
         let mut roomier = false;
@@ -472,6 +586,9 @@ impl UpstreamClient {
                 );
             }
             let queued_at = Instant::now();
+            if super::fair::in_background() {
+                endpoint.pacer().make_way().await;
+            }
             let slot = endpoint.limiter().acquire().await;
             // Read once per attempt: the answer is decoded as it was asked, whatever the
             // endpoint switches to meanwhile.
@@ -484,9 +601,6 @@ impl UpstreamClient {
             let templates = profile.templates(taxonomy, form, roomier);
             let (body, tokens) = encode(templates);
             let body = body.with_service_tier(tier);
-            if super::fair::in_background() {
-                endpoint.pacer().make_way().await;
-            }
             endpoint.pacer().wait_turn(tokens).await;
             let deadline = match &mut deadline {
                 None => deadline.insert(ItemDeadline::start(&self.retry)),

@@ -525,13 +525,27 @@ impl RedisServer {
             .expect("redis-server runs (Debian's redis-server package; .ci/run installs it)");
         self.child = Some(child);
         let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        // Answering PING, not only accepting: while it loads its append-only file, Redis
+        // accepts connections and answers LOADING.
+        while !self.pongs() {
             assert!(
                 started.elapsed() < Duration::from_secs(10),
                 "redis-server did not start"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    fn pongs(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut reply = [0u8; 5];
+        stream.write_all(b"PING\r\n").is_ok()
+            && stream.read_exact(&mut reply).is_ok()
+            && &reply == b"+PONG"
     }
 
     /// Kills the server at once (SIGKILL): nothing is said to its clients.

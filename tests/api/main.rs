@@ -12,6 +12,7 @@ mod efficiency;
 mod eval;
 mod helpers;
 mod jobs;
+mod lanes;
 mod local_llm;
 mod openapi;
 mod outage;

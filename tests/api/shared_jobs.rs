@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use hn_classifier::api::JobView;
 use hn_classifier::jobs::JobStatus;
+use hn_classifier::jobs::plan::Lane;
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -163,4 +164,82 @@ async fn with_redis_away_job_calls_answer_503_and_classify_batch_still_works() {
     let live = app.classify(&["Show HN: a title".to_owned()]).await;
     assert_eq!(live.errors, 0);
     app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_while_its_job_s_batch_runs_is_followed_by_another_polling_the_same_batch()
+{
+    let books = Books::redis("shared-batch");
+    let url = redis_url(&books);
+    let sim = spawn_sim(&["--sim-batch-seconds", "4"]).await;
+    let base_url = sim.base_url();
+    let poll = ["--batch-poll", "0.2"];
+    let (mut doomed, addr) = start_binary(
+        &[
+            &[
+                "--openai-base-url",
+                &base_url,
+                "--openai-api-key",
+                "sk-shared-key",
+                "--redis-url",
+                &url,
+            ][..],
+            &poll[..],
+        ]
+        .concat(),
+    );
+    let client = reqwest::Client::new();
+    let titles = data_lines("hn_titles.txt")[..300].to_vec();
+    let accepted: JobView = client
+        .post(format!("http://{addr}/jobs"))
+        .json(&json!({"titles": titles, "complete_within": "30h"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(accepted.plan.as_ref().unwrap().lane, Lane::Batch);
+    let stats = format!("http://{}/_sim/stats", sim.addr());
+    let start = Instant::now();
+    loop {
+        let seen: serde_json::Value = client
+            .get(&stats)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if seen["batches_created"] == 1 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no batch created"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+
+    let heir = replica(&sim, &url, &poll).await;
+    let done = finished(&heir, &accepted.id).await;
+    assert_eq!(done.status, JobStatus::Completed);
+    assert_eq!((done.counts.done, done.counts.errors), (300, 0));
+    assert_eq!(done.lanes[&Lane::Batch].titles, 300, "{:?}", done.lanes);
+    let seen: serde_json::Value = client
+        .get(&stats)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        seen["batches_created"], 1,
+        "the same batch polled, not a second one made"
+    );
+    assert_eq!(seen["requests_total"], 0, "no title sent live");
+    heir.shutdown().await;
 }

@@ -34,6 +34,9 @@ pub(super) struct Shared {
     pub waiting: AtomicUsize,
     /// Tokens estimated and not used, given back with the next lease.
     pub refund: AtomicU64,
+    /// Until when the budget refused this replica's job calls (booked ahead by interactive
+    /// ones): further job calls wait for it before they take an upstream slot.
+    pub background_blocked_until: std::sync::Mutex<Option<Instant>>,
 }
 
 /// Leased calls, spread evenly over the lease's span.
@@ -98,6 +101,7 @@ impl Shared {
             block: tokio::sync::Mutex::new(Block::empty()),
             waiting: AtomicUsize::new(0),
             refund: AtomicU64::new(0),
+            background_blocked_until: std::sync::Mutex::new(None),
         }
     }
 }

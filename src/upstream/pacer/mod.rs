@@ -109,12 +109,25 @@ impl Pacer {
         }
     }
 
-    /// Waits for this call's turn. `tokens` is its expected cost (prompt plus maximum output).
-    /// For a background call, before `wait_turn`: waits while other calls wait for a turn.
-    /// Turns are booked in the order calls ask, so a job's calls asking freely would book the
-    /// rate limit ahead of every interactive call that comes after them; held here instead,
-    /// they take the turns nobody else asks for. Without a known rate nothing waits for turns.
+    /// For a background call, before it takes an upstream slot: waits while other calls wait
+    /// for a turn, and while the shared budget refuses job calls (booked ahead by interactive
+    /// calls on any replica). Turns are booked in the order calls ask, so a job's calls asking
+    /// freely would book the rate limit ahead of every interactive call that comes after them;
+    /// held here instead, without a slot, they take the turns nobody else asks for and never
+    /// keep a slot from an interactive batch. Without a known rate nothing waits for turns.
     pub async fn make_way(&self) {
+        loop {
+            let blocked = self
+                .shared
+                .as_ref()
+                .and_then(|s| *s.background_blocked_until.lock().expect("never poisoned"));
+            match blocked {
+                Some(until) if until > Instant::now() => {
+                    tokio::time::sleep_until(until.min(Instant::now() + MAX_BACKGROUND_WAIT)).await;
+                }
+                _ => break,
+            }
+        }
         let Some(rate) = self.request_rate() else {
             return;
         };
@@ -192,8 +205,12 @@ impl Pacer {
                         // call lets go of the block, so this replica's interactive calls can lease,
                         // and asks again when the budget frees up.
                         drop(block);
-                        tokio::time::sleep(lease.delay.clamp(TIMER_TICK, MAX_BACKGROUND_WAIT))
-                            .await;
+                        let wait = lease.delay.clamp(TIMER_TICK, MAX_BACKGROUND_WAIT);
+                        *shared
+                            .background_blocked_until
+                            .lock()
+                            .expect("never poisoned") = Some(Instant::now() + wait);
+                        tokio::time::sleep(wait).await;
                         continue 'queue;
                     }
                     // Another replica is learning the limits from the provider: ask again shortly,
@@ -287,6 +304,12 @@ impl Pacer {
     pub fn request_rate(&self) -> Option<f64> {
         let s = self.lock();
         min_limit(self.configured_rpm, s.announced_rpm).map(|rpm| rpm as f64 * s.share / 60.0)
+    }
+
+    /// Tokens a second at the token limit (configured or announced) and the current share.
+    pub fn token_rate(&self) -> Option<f64> {
+        let s = self.lock();
+        min_limit(self.configured_tpm, s.announced_tpm).map(|tpm| tpm as f64 * s.share / 60.0)
     }
 
     /// Learns from a response's headers; `rate_limited` when it was a 429 for rate, `answered`
