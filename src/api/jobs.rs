@@ -17,7 +17,7 @@ use super::auth::ClientId;
 use super::error::{ApiError, ErrorBody};
 use super::extract::rejection_to_error;
 use super::state::AppState;
-use crate::jobs::plan::{Plan, parse_deadline, parse_within};
+use crate::jobs::plan::{MAX_AHEAD, Plan, parse_deadline, parse_within};
 use crate::jobs::{Created, JobView, Jobs, NewJob, ResultLine};
 
 /// The most result lines one answer holds: a larger job is downloaded in several, each from
@@ -311,17 +311,32 @@ async fn ndjson_request(request: Request, state: &AppState) -> Result<JobRequest
 
 /// The deadline a submission gives, as `deadline` or `complete_within`, in ms since the epoch.
 fn deadline_of(request: &JobRequest) -> Result<Option<i64>, ApiError> {
+    let now = crate::jobs::now_ms();
+    let too_far = |field: &str| {
+        ApiError::Validation(format!(
+            "{field}: at most {} days ahead",
+            MAX_AHEAD.as_secs() / 86_400
+        ))
+    };
     match (&request.deadline, &request.complete_within) {
         (Some(_), Some(_)) => Err(ApiError::Validation(
             "deadline, complete_within: give one of them, not both".to_owned(),
         )),
-        (Some(at), None) => parse_deadline(at)
-            .map(Some)
-            .map_err(|e| ApiError::Validation(format!("deadline: {e}"))),
+        (Some(at), None) => {
+            let at =
+                parse_deadline(at).map_err(|e| ApiError::Validation(format!("deadline: {e}")))?;
+            if at.saturating_sub(now) > MAX_AHEAD.as_millis() as i64 {
+                return Err(too_far("deadline"));
+            }
+            Ok(Some(at))
+        }
         (None, Some(within)) => {
             let within = parse_within(within)
                 .map_err(|e| ApiError::Validation(format!("complete_within: {e}")))?;
-            Ok(Some(crate::jobs::now_ms() + within.as_millis() as i64))
+            if within > MAX_AHEAD {
+                return Err(too_far("complete_within"));
+            }
+            Ok(Some(now + within.as_millis() as i64))
         }
         (None, None) => Ok(None),
     }

@@ -102,6 +102,16 @@ impl BatchClient {
         what: &'static str,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, BatchApiError> {
+        self.send_times(what, ATTEMPTS, build).await
+    }
+
+    /// `send`, at most `attempts` times.
+    async fn send_times(
+        &self,
+        what: &'static str,
+        attempts: u32,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, BatchApiError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -112,13 +122,13 @@ impl BatchClient {
             let retry = match sent {
                 Ok(r) if r.status().is_success() => return Ok(r),
                 Ok(r) if r.status().is_server_error() || r.status() == 429 => {
-                    if attempt >= ATTEMPTS {
+                    if attempt >= attempts {
                         return Err(refused(what, r).await);
                     }
                     true
                 }
                 Ok(r) => return Err(refused(what, r).await),
-                Err(source) if attempt >= ATTEMPTS => {
+                Err(source) if attempt >= attempts => {
                     return Err(BatchApiError::Http {
                         url: self.base_url.clone(),
                         source: source.without_url(),
@@ -169,6 +179,30 @@ impl BatchClient {
         });
         let response = self
             .send("a batch creation", |http| http.post(&url).json(&body))
+            .await?;
+        response
+            .json()
+            .await
+            .map_err(|source| self.http_error(source))
+    }
+
+    /// `create`, sent once: a creation that timed out may have been made, and a second would
+    /// be paid for too. The service's Batch lane lists (and adopts) before it creates again.
+    pub async fn create_once(
+        &self,
+        input_file_id: &str,
+        endpoint: &str,
+        metadata: Value,
+    ) -> Result<BatchObject, BatchApiError> {
+        let url = format!("{}/batches", self.base_url);
+        let body = json!({
+            "input_file_id": input_file_id,
+            "endpoint": endpoint,
+            "completion_window": "24h",
+            "metadata": metadata,
+        });
+        let response = self
+            .send_times("a batch creation", 1, |http| http.post(&url).json(&body))
             .await?;
         response
             .json()

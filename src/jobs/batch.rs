@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use super::job::{BatchWork, ItemOutcome, ResultLine};
-use super::plan::{Demand, Offer};
+use super::plan::{Offer, rest};
 use crate::classify::check_title;
 use crate::taxonomy::Taxonomy;
 use crate::upstream::{UpstreamClient, Usage};
@@ -104,19 +104,14 @@ pub fn read_answers(
 }
 
 /// Whether `work`'s batch must give way now: what is left would no longer finish live before
-/// the deadline with the margin kept twice (once to stop the batch and read what it did, once
-/// for the live calls).
+/// the deadline with the margin, once the provider has taken its time to cancel (and the
+/// margin again to read what it did).
 pub fn must_escalate(work: &BatchWork, offer: &Offer, pack: usize, now_ms: i64) -> bool {
     let Some(deadline_ms) = work.deadline_ms else {
         return false;
     };
-    let rest = Demand {
-        titles: work.pending,
-        calls: work.pending.div_ceil(pack.max(1) as u64),
-        input_tokens: 0,
-        output_tokens: 0,
-    };
-    let needs = offer.live_needs(offer.live_time(&rest).0) + offer.margin;
+    let rest = rest(work.plan.as_ref(), work.pending, pack);
+    let needs = offer.live_needs(offer.live_time(&rest).0) + offer.cancel_allowance();
     deadline_ms - now_ms < needs.as_millis() as i64
 }
 
@@ -149,12 +144,15 @@ mod tests {
             job_id: "job".into(),
             taxonomy: "hn-topics".into(),
             deadline_ms: Some(deadline_ms),
+            plan: None,
+            cancelled: false,
             pending: 600,
             state: Default::default(),
         };
-        // 600 calls: 60 s live, 75 s with the factor, 135 s with the margin, 195 s with both.
-        assert!(!must_escalate(&work(196_000), &offer, 1, 0));
-        assert!(must_escalate(&work(194_000), &offer, 1, 0));
+        // 600 calls: 60 s live, 75 s with the factor, 135 s with the margin; without a batch
+        // window the provider's ten minutes to cancel, and the margin again: 795 s.
+        assert!(!must_escalate(&work(796_000), &offer, 1, 0));
+        assert!(must_escalate(&work(794_000), &offer, 1, 0));
         assert!(!must_escalate(
             &BatchWork {
                 deadline_ms: None,

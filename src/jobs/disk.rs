@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::clock::{now_ms, rfc3339};
 use super::job::{
     BatchState, BatchWork, Created, Delivered, Delivery, Gauges, ItemOutcome, Job, JobCounts,
-    JobStatus, JobUsage, JobView, LaneUsage, NewJob, StoreError, Work,
+    JobStatus, JobUsage, JobView, LaneUsage, NewJob, StoreError, Work, Written,
 };
 use super::plan::{Lane, Plan};
 
@@ -61,6 +61,11 @@ CREATE TABLE IF NOT EXISTS items (
     PRIMARY KEY (job_id, idx)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS items_pending ON items (job_id, done, idx);
+CREATE TABLE IF NOT EXISTS rounds (
+    job_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    PRIMARY KEY (job_id, round)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS deliveries (
     id TEXT PRIMARY KEY,
     job_id TEXT NOT NULL,
@@ -402,10 +407,17 @@ impl DiskStore {
         job_id: &str,
         outcomes: &[(u64, ItemOutcome)],
         usage: &JobUsage,
-        lane: (Lane, Option<f64>),
+        written: Written,
     ) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
+        let first = tx.execute(
+            "INSERT OR IGNORE INTO rounds (job_id, round) VALUES (?1, ?2)",
+            params![job_id, written.round as i64],
+        )?;
+        if first == 0 {
+            return Ok(());
+        }
         let (mut done, mut errors) = (0u64, 0u64);
         {
             let mut finish = tx.prepare(
@@ -456,8 +468,10 @@ impl DiskStore {
         )?;
         let mut lanes: std::collections::BTreeMap<Lane, LaneUsage> =
             serde_json::from_str(&lanes).unwrap_or_default();
-        let (name, live_cost) = lane;
-        lanes.entry(name).or_default().add(done, usage, live_cost);
+        lanes
+            .entry(written.lane)
+            .or_default()
+            .add(done, usage, written.live_cost);
         tx.execute(
             "UPDATE jobs SET lanes = ?2 WHERE id = ?1",
             params![
@@ -465,6 +479,12 @@ impl DiskStore {
                 serde_json::to_string(&lanes).expect("lanes serialise")
             ],
         )?;
+        if written.leaves_batch {
+            tx.execute(
+                "UPDATE jobs SET lane = 'live' WHERE id = ?1",
+                params![job_id],
+            )?;
+        }
         finish_if_done(&tx, job_id)?;
         tx.commit()?;
         Ok(())
@@ -558,8 +578,9 @@ impl DiskStore {
     pub fn batch_jobs(&self) -> Result<Vec<BatchWork>, StoreError> {
         let conn = self.conn();
         let mut query = conn.prepare(
-            "SELECT id, taxonomy, deadline_ms, total - done, batch FROM jobs
-             WHERE status IN ('queued', 'running') AND lane = 'batch' ORDER BY created_at_ms",
+            "SELECT id, taxonomy, deadline_ms, total - done, batch, plan, status FROM jobs
+             WHERE status IN ('queued', 'running', 'cancelled') AND lane = 'batch'
+             ORDER BY created_at_ms",
         )?;
         let jobs = query
             .query_map([], |row| {
@@ -568,6 +589,10 @@ impl DiskStore {
                     taxonomy: row.get(1)?,
                     deadline_ms: row.get(2)?,
                     pending: row.get(3)?,
+                    plan: row
+                        .get::<_, Option<String>>(5)?
+                        .and_then(|p| serde_json::from_str(&p).ok()),
+                    cancelled: row.get::<_, String>(6)? == "cancelled",
                     state: row
                         .get::<_, Option<String>>(4)?
                         .and_then(|s| serde_json::from_str(&s).ok())
@@ -693,7 +718,12 @@ mod migration {
                 .replace("    deadline_ms INTEGER,\n    plan TEXT,\n", "")
                 .replace("    lanes TEXT NOT NULL DEFAULT '{}',\n", "")
                 .replace("    lane TEXT,\n    batch TEXT,\n", "");
-            assert!(!old.contains("plan TEXT"));
+            for added in ADDED_COLUMNS {
+                assert!(
+                    !old.contains(&format!("    {} ", added.0)),
+                    "{added:?} left in"
+                );
+            }
             let conn = Connection::open(dir.join("jobs.sqlite3")).unwrap();
             conn.execute_batch(&old).unwrap();
             conn.execute(

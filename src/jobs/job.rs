@@ -306,9 +306,40 @@ pub struct BatchWork {
     pub job_id: String,
     pub taxonomy: String,
     pub deadline_ms: Option<i64>,
+    pub plan: Option<Plan>,
     /// Titles not done yet.
     pub pending: u64,
+    /// The job was cancelled: its batch is cancelled at the provider and what it finished
+    /// kept (paid for).
+    pub cancelled: bool,
     pub state: BatchState,
+}
+
+impl BatchWork {
+    /// The job as a round's results are written for it: no titles claimed.
+    pub fn as_round(&self) -> Work {
+        Work {
+            job_id: self.job_id.clone(),
+            taxonomy: self.taxonomy.clone(),
+            items: Vec::new(),
+            deadline_ms: self.deadline_ms,
+            plan: self.plan.clone(),
+            pending: self.pending,
+            claim: None,
+        }
+    }
+}
+
+/// How a round's results are written: the lane that answered them, what the same calls would
+/// have cost live, the round's id (written once: a write that goes again after a lost reply, or
+/// a batch's answers read again after a crash, is not counted twice), and whether the job
+/// leaves the Batch API lane with them (in the same transaction or script).
+#[derive(Debug, Clone, Copy)]
+pub struct Written {
+    pub lane: Lane,
+    pub live_cost: Option<f64>,
+    pub round: u64,
+    pub leaves_batch: bool,
 }
 
 /// Where a job's batch is: its uploaded file and its batch, kept with the job so that a
@@ -322,6 +353,9 @@ pub struct BatchState {
     /// live.
     #[serde(default)]
     pub cancelled: bool,
+    /// Looks in a row that failed before the batch was made: after a few the titles go live.
+    #[serde(default)]
+    pub failures: u32,
 }
 
 /// A replica's hold on one chunk of a job's titles: it lapses unless renewed, and then another

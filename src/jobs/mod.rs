@@ -23,10 +23,11 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use crate::batch_api::openai::{BatchClient, BatchObject};
 pub use clock::{now_ms, rfc3339};
 use disk::DiskStore;
 pub use job::LaneUsage;
-use job::{BatchState, BatchWork, Delivered, Delivery, Work};
+use job::{BatchState, BatchWork, Delivered, Delivery, Work, Written};
 pub use job::{
     Created, Gauges, ItemOutcome, Job, JobCounts, JobStatus, JobUsage, JobView, NewJob, ResultLine,
     StoreError,
@@ -49,6 +50,21 @@ enum LaneError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Api(#[from] crate::batch_api::openai::BatchApiError),
+    #[error("another replica holds the job's batch now")]
+    Lost,
+}
+
+/// Looks in a row that may fail before a job's batch is made; then its titles go live.
+const MAX_BATCH_FAILURES: u32 = 3;
+/// A batch's answers are written this many at a time (one script or transaction each), so a
+/// large batch never holds Redis for long.
+const BATCH_WRITE: usize = 1_000;
+
+/// The id of piece `n` of what batch `id` answered: the same on every read of it.
+fn piece_id(id: &str, n: usize) -> u64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{id}\u{0}{n}").as_bytes());
+    u64::from_be_bytes(digest[..8].try_into().expect("a digest has 8 bytes"))
 }
 
 /// Titles sent to the pipeline in one round: small enough that a round's admission does not
@@ -183,12 +199,14 @@ impl Jobs {
         work: &Work,
         outcomes: Vec<(u64, ItemOutcome)>,
         usage: JobUsage,
-        lane: (Lane, Option<f64>),
-        round: u64,
+        written: Written,
     ) -> Result<(), StoreError> {
         let (job_id, claim) = (work.job_id.clone(), work.claim.clone());
-        on_store!(self, |d| d.record(&job_id, &outcomes, &usage, lane), |s| s
-            .record(&job_id, claim.as_ref(), &outcomes, &usage, lane, round))
+        on_store!(
+            self,
+            |d| d.record(&job_id, &outcomes, &usage, written),
+            |s| s.record(&job_id, claim.as_ref(), &outcomes, &usage, written)
+        )
     }
 
     async fn batch_jobs(&self) -> Result<Vec<BatchWork>, StoreError> {
@@ -213,7 +231,7 @@ impl Jobs {
     async fn lock_batch(&self, job_id: &str) -> Result<bool, StoreError> {
         match &self.store {
             Store::Disk(_) => Ok(true),
-            Store::Shared(s) => s.lock_batch(job_id, self.lanes.poll * 6).await,
+            Store::Shared(s) => s.lock_batch(job_id, self.batch_hold()).await,
         }
     }
 
@@ -337,14 +355,21 @@ impl Jobs {
             let span = tracing::info_span!("job round", hnc.job = %work.job_id, hnc.items = work.items.len());
             let round =
                 tracing::Instrument::instrument(self.round(&classifier, &lifecycle, &work), span);
-            let (outcomes, usage, lane) = tokio::select! {
+            let (outcomes, usage, (lane, live_cost)) = tokio::select! {
                 done = round => done,
                 () = self.keep_claim(&work) => unreachable!("a claim is kept until the round ends"),
+            };
+            // A fresh id a round, the same on every try of its write.
+            let written = Written {
+                lane,
+                live_cost,
+                round: rand::random(),
+                leaves_batch: false,
             };
             // The claim is kept while the results are written too: a write that waits out a
             // Redis restart must not let another replica take the chunk and pay for it again.
             tokio::select! {
-                () = self.record_paid(&work, outcomes, usage, lane) => {}
+                _ = self.record_paid(&work, outcomes, usage, written) => {}
                 () = self.keep_claim(&work) => unreachable!("a claim is kept until it is released"),
             }
             // Held until the results are written: a drain waits for them.
@@ -355,24 +380,27 @@ impl Jobs {
     /// Looks at the jobs on the Batch API lane every poll until the replica drains: uploads a
     /// job's titles and creates its batch (once: where it is is kept with the job), reads
     /// what the batch answered when it ends, and cancels it when the deadline comes too close
-    /// (what it finished is kept). What the batch did not answer goes to live rounds.
+    /// or the job is cancelled (what it finished is kept). What the batch did not answer goes
+    /// to live rounds.
     pub async fn run_batches(self: Arc<Self>, classifier: Arc<Classifier>, lifecycle: Lifecycle) {
         while !lifecycle.is_draining() {
             match self.batch_jobs().await {
                 Ok(jobs) => {
                     for work in jobs {
                         let job_id = work.job_id.clone();
-                        match self.lock_batch(&job_id).await {
-                            Ok(true) => {}
-                            Ok(false) => continue,
-                            Err(error) => {
-                                tracing::warn!(%error, "the job store failed; batches wait");
-                                break;
-                            }
+                        if !matches!(self.lock_batch(&job_id).await, Ok(true)) {
+                            continue;
                         }
                         let span = tracing::info_span!("job batch", hnc.job = %job_id);
                         let step = Box::pin(self.batch_step(&classifier, work));
-                        if let Err(error) = tracing::Instrument::instrument(step, span).await {
+                        let step = tracing::Instrument::instrument(step, span);
+                        // Held while the step runs (a large upload, a slow provider); a step
+                        // whose hold another replica took is stopped where it is.
+                        let stepped = tokio::select! {
+                            stepped = step => stepped,
+                            () = self.keep_batch_lock(&job_id) => Err(LaneError::Lost),
+                        };
+                        if let Err(error) = stepped {
                             tracing::warn!(hnc.job = %job_id, %error, "a job's batch step failed; tried again at the next poll");
                         }
                     }
@@ -388,38 +416,62 @@ impl Jobs {
     }
 
     /// One look at a job's batch: create it, or read it when it ended, or cancel it when the
-    /// rest would no longer finish live in time.
-    async fn batch_step(&self, classifier: &Classifier, work: BatchWork) -> Result<(), LaneError> {
+    /// job was cancelled or the rest would no longer finish live in time. When the deadline
+    /// comes too close and the Batch API does not answer, the titles go live anyway: the
+    /// deadline comes first.
+    async fn batch_step(
+        &self,
+        classifier: &Arc<Classifier>,
+        work: BatchWork,
+    ) -> Result<(), LaneError> {
         let upstream = classifier.upstream();
         let (base_url, key, path) = upstream.batch_target();
-        let client = crate::batch_api::openai::BatchClient::new(base_url, key);
+        let client = BatchClient::new(base_url, key);
         let Some(taxonomy) = classifier.taxonomies().get(&work.taxonomy).cloned() else {
             // Live rounds answer each title with `unknown_taxonomy`.
             return Ok(self.leave_batch(work.job_id).await?);
         };
+        let offer = offer(classifier, self.lanes);
+        let late = batch::must_escalate(&work, &offer, upstream.pack_size(), now_ms());
         let mut state = work.state.clone();
         let Some(batch_id) = state.batch_id.clone() else {
-            return self
-                .submit_batch(classifier, &client, &taxonomy, path, work)
-                .await;
-        };
-        let batch = client.retrieve(&batch_id).await?;
-        if batch.is_terminal() {
-            let mut files = Vec::new();
-            for file in [&batch.output_file_id, &batch.error_file_id]
-                .into_iter()
-                .flatten()
-            {
-                files.push(client.content(file).await?);
+            if late || work.cancelled {
+                // Not made yet: nothing to stop at the provider.
+                return Ok(self.leave_batch(work.job_id).await?);
             }
-            let (outcomes, usage) = batch::read_answers(upstream, &taxonomy, &files);
-            tracing::info!(hnc.job = %work.job_id, status = %batch.status, answered = outcomes.len(), "a job's batch ended; what it did not answer goes live");
-            self.record_batch(&work, outcomes, usage, upstream).await;
-            return Ok(self.leave_batch(work.job_id).await?);
+            let submitted = self
+                .submit_batch(classifier, &client, &taxonomy, path, &work)
+                .await;
+            if let Err(error) = submitted {
+                state.failures += 1;
+                if state.failures >= MAX_BATCH_FAILURES {
+                    tracing::warn!(hnc.job = %work.job_id, %error, "the Batch API failed the job's batch {MAX_BATCH_FAILURES} times; its titles go live");
+                    return Ok(self.leave_batch(work.job_id).await?);
+                }
+                self.set_batch(work.job_id.clone(), state).await?;
+                return Err(error);
+            }
+            return Ok(());
+        };
+        let batch = match client.retrieve(&batch_id).await {
+            Ok(batch) => batch,
+            Err(error) if late => {
+                tracing::warn!(hnc.job = %work.job_id, %error, "the Batch API does not answer and the deadline is near: the titles go live");
+                return Ok(self.leave_batch(work.job_id).await?);
+            }
+            Err(error) => return Err(error.into()),
+        };
+        if batch.is_terminal() {
+            return self
+                .read_batch(classifier, &client, taxonomy, &work, &batch)
+                .await;
         }
-        let offer = offer(classifier, self.lanes);
-        if !state.cancelled && batch::must_escalate(&work, &offer, upstream.pack_size(), now_ms()) {
-            tracing::info!(hnc.job = %work.job_id, pending = work.pending, "a job's batch is cancelled to meet the deadline: what it finished is kept, the rest goes live");
+        if (late || work.cancelled) && !state.cancelled {
+            if work.cancelled {
+                tracing::info!(hnc.job = %work.job_id, "the job was cancelled: its batch is cancelled, what it finished is kept");
+            } else {
+                tracing::info!(hnc.job = %work.job_id, pending = work.pending, "a job's batch is cancelled to meet the deadline: what it finished is kept, the rest goes live");
+            }
             client.cancel(&batch_id).await?;
             state.cancelled = true;
             self.set_batch(work.job_id, state).await?;
@@ -427,33 +479,106 @@ impl Jobs {
         Ok(())
     }
 
+    /// Reads what an ended batch answered and writes it in pieces, the last one moving the job
+    /// off the Batch API lane (its titles not answered go live). Each piece's id comes from
+    /// the batch's, so answers read again after a crash are not counted twice.
+    async fn read_batch(
+        &self,
+        classifier: &Arc<Classifier>,
+        client: &BatchClient,
+        taxonomy: Arc<crate::taxonomy::Taxonomy>,
+        work: &BatchWork,
+        batch: &BatchObject,
+    ) -> Result<(), LaneError> {
+        let mut files = Vec::new();
+        for file in [&batch.output_file_id, &batch.error_file_id]
+            .into_iter()
+            .flatten()
+        {
+            files.push(client.content(file).await?);
+        }
+        let reader = classifier.clone();
+        let (outcomes, usage) = crate::tasks::spawn_blocking(move || {
+            batch::read_answers(reader.upstream(), &taxonomy, &files)
+        })
+        .await
+        .expect("reading answers does not panic");
+        tracing::info!(hnc.job = %work.job_id, status = %batch.status, answered = outcomes.len(), "a job's batch ended; what it did not answer goes live");
+        let live_cost = classifier
+            .upstream()
+            .price()
+            .map(|p| p.at(Tier::Standard).cost(&usage));
+        let pieces: Vec<Vec<(u64, ItemOutcome)>> = if outcomes.is_empty() {
+            vec![Vec::new()]
+        } else {
+            outcomes
+                .chunks(BATCH_WRITE)
+                .map(<[(u64, ItemOutcome)]>::to_vec)
+                .collect()
+        };
+        let last = pieces.len() - 1;
+        for (n, piece) in pieces.into_iter().enumerate() {
+            // The usage goes with the first piece, once.
+            let (usage, live_cost) = if n == 0 {
+                (usage.into(), live_cost)
+            } else {
+                (JobUsage::default(), Some(0.0))
+            };
+            let written = Written {
+                lane: Lane::Batch,
+                live_cost,
+                round: piece_id(&batch.id, n),
+                leaves_batch: n == last,
+            };
+            if !self
+                .record_paid(&work.as_round(), piece, usage, written)
+                .await
+            {
+                // Read again at the next look; the pieces written are not counted twice.
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
     /// Uploads the titles of `work` not done yet and creates their batch, keeping each id as
     /// soon as it is known; a batch created just before a crash is found by its metadata and
-    /// adopted rather than created twice. Titles the checks refuse get their error at once.
+    /// adopted rather than created twice, and a creation is sent once (never retried blind).
+    /// Titles the checks refuse get their error at once.
     async fn submit_batch(
         &self,
-        classifier: &Classifier,
-        client: &crate::batch_api::openai::BatchClient,
-        taxonomy: &crate::taxonomy::Taxonomy,
-        path: &str,
-        work: BatchWork,
+        classifier: &Arc<Classifier>,
+        client: &BatchClient,
+        taxonomy: &Arc<crate::taxonomy::Taxonomy>,
+        path: &'static str,
+        work: &BatchWork,
     ) -> Result<(), LaneError> {
-        let upstream = classifier.upstream();
         let mut state = work.state.clone();
         let file_id = match state.file_id.clone() {
             Some(id) => id,
             None => {
                 let titles = self.pending_titles(work.job_id.clone()).await?;
                 let max_chars = classifier.limits().max_title_chars;
-                let (jsonl, rejected) =
-                    batch::input_file(upstream, taxonomy, &titles, max_chars, path);
+                let (writer, taxonomy) = (classifier.clone(), taxonomy.clone());
+                let (jsonl, rejected) = crate::tasks::spawn_blocking(move || {
+                    batch::input_file(writer.upstream(), &taxonomy, &titles, max_chars, path)
+                })
+                .await
+                .expect("writing the file does not panic");
                 if !rejected.is_empty() {
-                    self.record_batch(&work, rejected, crate::upstream::Usage::default(), upstream)
+                    let written = Written {
+                        lane: Lane::Batch,
+                        live_cost: Some(0.0),
+                        round: piece_id(&format!("{}-rejected", work.job_id), 0),
+                        leaves_batch: jsonl.is_empty(),
+                    };
+                    self.record_paid(&work.as_round(), rejected, JobUsage::default(), written)
                         .await;
                 }
                 if jsonl.is_empty() {
-                    return Ok(self.leave_batch(work.job_id).await?);
+                    return Ok(());
                 }
+                self.relock(&work.job_id).await?;
                 let name = format!("hnc-{}.jsonl", work.job_id);
                 let id = client.upload(&name, jsonl).await?;
                 state.file_id = Some(id.clone());
@@ -461,6 +586,7 @@ impl Jobs {
                 id
             }
         };
+        self.relock(&work.job_id).await?;
         let adopted = client.list().await?.into_iter().find(|b| {
             b.metadata
                 .as_ref()
@@ -471,60 +597,59 @@ impl Jobs {
             Some(batch) => batch,
             None => {
                 let metadata = serde_json::json!({"hnc_job": work.job_id});
-                client.create(&file_id, path, metadata).await?
+                client.create_once(&file_id, path, metadata).await?
             }
         };
         if batch.hit_token_limit() {
             // The provider's queue for this model is full: live rounds take the titles.
             tracing::info!(hnc.job = %work.job_id, "the Batch API refused the job's batch for its enqueued-token limit; the titles go live");
-            return Ok(self.leave_batch(work.job_id).await?);
+            return Ok(self.leave_batch(work.job_id.clone()).await?);
         }
         tracing::info!(hnc.job = %work.job_id, batch = %batch.id, "a job's batch is created");
         state.batch_id = Some(batch.id);
-        Ok(self.set_batch(work.job_id, state).await?)
+        state.failures = 0;
+        Ok(self.set_batch(work.job_id.clone(), state).await?)
     }
 
-    /// Writes what a batch answered, on the Batch lane, as a round's results are written.
-    async fn record_batch(
-        &self,
-        work: &BatchWork,
-        outcomes: Vec<(u64, ItemOutcome)>,
-        usage: crate::upstream::Usage,
-        upstream: &crate::upstream::UpstreamClient,
-    ) {
-        let live_cost = upstream.price().map(|p| p.at(Tier::Standard).cost(&usage));
-        let as_work = Work {
-            job_id: work.job_id.clone(),
-            taxonomy: work.taxonomy.clone(),
-            items: Vec::new(),
-            deadline_ms: work.deadline_ms,
-            plan: None,
-            pending: work.pending,
-            claim: None,
-        };
-        self.record_paid(&as_work, outcomes, usage.into(), (Lane::Batch, live_cost))
-            .await;
+    /// How long a replica holds a job's batch without renewing: a replica that died lets go
+    /// after it.
+    fn batch_hold(&self) -> Duration {
+        (self.lanes.poll * 6).max(Duration::from_secs(1))
+    }
+
+    /// Renews the hold on `job_id`'s batch every third of it; returns when it was lost.
+    async fn keep_batch_lock(&self, job_id: &str) {
+        loop {
+            tokio::time::sleep(self.batch_hold() / 3).await;
+            if let Ok(false) = self.lock_batch(job_id).await {
+                return;
+            }
+        }
+    }
+
+    /// Renews this replica's hold on a job's batch before a step that spends or creates:
+    /// another replica that took it over meanwhile stops this one.
+    async fn relock(&self, job_id: &str) -> Result<(), LaneError> {
+        match self.lock_batch(job_id).await? {
+            true => Ok(()),
+            false => Err(LaneError::Lost),
+        }
     }
 
     /// Writes a round's results, trying again for a while when the store does not answer (a
-    /// Redis restart): they were paid for. Given up, the titles go again in a later round.
+    /// Redis restart): they were paid for. `false` when it gave up (the titles go again in a
+    /// later round; a batch's answers are read again at the next look).
     async fn record_paid(
         &self,
         work: &Work,
         outcomes: Vec<(u64, ItemOutcome)>,
         usage: JobUsage,
-        lane: (Lane, Option<f64>),
-    ) {
+        written: Written,
+    ) -> bool {
         let mut wait = IDLE;
-        // The same id on every try: a round whose first write went through (its reply lost) is
-        // not counted twice.
-        let round = rand::random::<u64>();
         for attempt in 1..=RECORD_ATTEMPTS {
-            match self
-                .record(work, outcomes.clone(), usage, lane, round)
-                .await
-            {
-                Ok(()) => return,
+            match self.record(work, outcomes.clone(), usage, written).await {
+                Ok(()) => return true,
                 Err(error) if attempt < RECORD_ATTEMPTS => {
                     tracing::warn!(%error, attempt, "a job round's results could not be written yet");
                     tokio::time::sleep(wait).await;
@@ -535,6 +660,7 @@ impl Jobs {
                 }
             }
         }
+        false
     }
 
     /// One round of a job's titles through the pipeline, once it is admitted (waiting while the
@@ -668,12 +794,7 @@ fn lane_now(work: &Work, offer: &Offer, pack_size: usize, now_ms: i64) -> (Lane,
         return (planned, false);
     };
     let left = Duration::from_millis(u64::try_from(deadline_ms - now_ms).unwrap_or(0));
-    let rest = Demand {
-        titles: work.pending,
-        calls: work.pending.div_ceil(pack_size.max(1) as u64),
-        input_tokens: 0,
-        output_tokens: 0,
-    };
+    let rest = plan::rest(work.plan.as_ref(), work.pending, pack_size);
     let live_needs = offer.live_needs(offer.live_time(&rest).0);
     match planned {
         Lane::Flex if left >= live_needs + offer.margin => (Lane::Flex, false),

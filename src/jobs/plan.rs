@@ -73,6 +73,14 @@ pub struct Lanes {
 /// The request rate assumed while no limit is configured or announced yet: OpenAI's lowest
 /// paid tier for its small models.
 pub const ASSUMED_RPM: f64 = 500.0;
+/// OpenAI's limit on the requests of one batch input file: a job with more calls does not go
+/// to the Batch API (one job, one batch).
+pub const MAX_BATCH_REQUESTS: u64 = 50_000;
+/// OpenAI may take up to ten minutes to cancel a batch: a batch gives way this much earlier
+/// (a tenth of the window at most, for a short one).
+pub const CANCEL_ALLOWANCE: Duration = Duration::from_secs(600);
+/// The furthest a deadline may be.
+pub const MAX_AHEAD: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// What a job asks for: its titles, the calls they make and the tokens those calls count.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -105,6 +113,9 @@ pub struct Offer {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Plan {
     pub lane: Lane,
+    /// Titles the plan is for.
+    #[serde(default)]
+    pub titles: u64,
     /// One sentence: why this lane.
     #[schema(
         example = "Batch API: the deadline is 30 h away, more than its 24 h window and the 4 min the titles would take live"
@@ -148,11 +159,34 @@ impl Offer {
     }
 }
 
+/// What the `pending` titles left of a job ask for: calls in packs of `pack`, tokens in the
+/// plan's proportion (none without a plan).
+pub fn rest(plan: Option<&Plan>, pending: u64, pack: usize) -> Demand {
+    let share = |tokens: u64| {
+        plan.filter(|p| p.titles > 0).map_or(0, |p| {
+            (tokens as f64 * pending as f64 / p.titles as f64).ceil() as u64
+        })
+    };
+    Demand {
+        titles: pending,
+        calls: pending.div_ceil(pack.max(1) as u64),
+        input_tokens: share(plan.map_or(0, |p| p.estimated_input_tokens)),
+        output_tokens: share(plan.map_or(0, |p| p.estimated_output_tokens)),
+    }
+}
+
 impl Offer {
     /// Time `live` needs with its factor and the margin: what "meets the deadline live"
     /// requires.
     pub fn live_needs(&self, live: Duration) -> Duration {
         live.mul_f64(LIVE_FACTOR) + self.margin
+    }
+
+    /// How long before the deadline a batch must be asked to stop, beyond the time the rest
+    /// needs live: the margin and the provider's time to cancel.
+    pub fn cancel_allowance(&self) -> Duration {
+        let window = self.batch.unwrap_or(CANCEL_ALLOWANCE * 10);
+        self.margin + CANCEL_ALLOWANCE.min(window / 10)
     }
 }
 
@@ -183,6 +217,7 @@ pub fn plan(
     };
     let made = |lane: Lane, finish: Duration, why: String| Plan {
         lane,
+        titles: demand.titles,
         why,
         deadline: deadline_ms.map(rfc3339),
         estimated_finish: rfc3339(at(finish)),
@@ -201,14 +236,16 @@ pub fn plan(
         ));
     };
     let left = Duration::from_millis(u64::try_from(deadline_ms - now_ms).unwrap_or(0));
-    if left < live_needs {
+    // A rate only assumed is no ground to refuse: the plan goes live and says so.
+    if left < live_needs && !assumed {
         return Err(Unreachable {
             earliest_ms: at(live_needs),
         });
     }
     let took = |d: Duration| human(d);
     if let Some(window) = offer.batch
-        && left >= window + live_needs + margin
+        && demand.calls <= MAX_BATCH_REQUESTS
+        && left >= window + live_needs + offer.cancel_allowance()
     {
         return Ok(made(
             Lane::Batch,
@@ -230,7 +267,7 @@ pub fn plan(
                 "flex: the deadline is {} away, room for flex's slower calls ({} at {FLEX_FACTOR:.0}x live){}{rate}",
                 took(left),
                 took(live.mul_f64(FLEX_FACTOR)),
-                batch_aside(offer, left, live_needs + margin),
+                batch_aside(offer, demand, left, live_needs + offer.cancel_allowance()),
             ),
         ));
     }
@@ -251,8 +288,11 @@ pub fn plan(
 }
 
 /// Why the Batch API was passed over, for a flex plan's sentence.
-fn batch_aside(offer: &Offer, left: Duration, reserve: Duration) -> String {
+fn batch_aside(offer: &Offer, demand: &Demand, left: Duration, reserve: Duration) -> String {
     match offer.batch {
+        Some(_) if demand.calls > MAX_BATCH_REQUESTS => {
+            format!(", more calls than one batch takes ({MAX_BATCH_REQUESTS})")
+        }
         Some(window) if left < window + reserve => {
             format!(", too close for the Batch API's {}", human(window))
         }
@@ -286,8 +326,7 @@ pub fn parse_deadline(text: &str) -> Result<i64, String> {
                 b'-' => -1,
                 _ => return Err(bad()),
             };
-            let (h, m) = offset[1..].split_once(':').ok_or_else(bad)?;
-            let (h, m): (i64, i64) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+            let (h, m) = offset_parts(&offset[1..]).ok_or_else(bad)?;
             (base, sign * (h * 3600 + m * 60))
         }
         None => return Err(bad()),
@@ -298,6 +337,18 @@ pub fn parse_deadline(text: &str) -> Result<i64, String> {
         .map_err(|_| bad())?
         .as_millis() as i64;
     Ok(ms - offset_s * 1000)
+}
+
+/// `HH:MM` of an offset: two digits each, hours to 23, minutes to 59.
+fn offset_parts(text: &str) -> Option<(i64, i64)> {
+    let (h, m) = text.split_once(':')?;
+    let two = |s: &str| {
+        (s.len() == 2 && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<i64>().ok())
+            .flatten()
+    };
+    let (h, m) = (two(h)?, two(m)?);
+    (h <= 23 && m <= 59).then_some((h, m))
 }
 
 /// `complete_within` as `"90m"`, `"30h"`, `"2h 30m"` (humantime's forms).
@@ -384,6 +435,9 @@ mod tests {
         o.calls_per_s = None;
         let p = plan(&demand(60), &o, 0, None).unwrap();
         assert!(p.why.contains("500 requests a minute assumed"), "{}", p.why);
+        // An assumed rate is no ground to refuse: too soon goes live, and says why.
+        let soon = plan(&demand(6000), &o, 0, Some(1000)).unwrap();
+        assert_eq!(soon.lane, Lane::Live, "{}", soon.why);
     }
 
     #[test]
@@ -394,6 +448,8 @@ mod tests {
         assert_eq!(rfc3339(utc), "2026-12-07T18:00:00.000Z");
         assert!(parse_deadline("tomorrow").is_err());
         assert!(parse_deadline("2026-12-07T18:00:00").is_err());
+        assert!(parse_deadline("2026-12-07T18:00:00+99:99").is_err());
+        assert!(parse_deadline("2026-12-07T18:00:00+-5:00").is_err());
     }
 
     #[test]

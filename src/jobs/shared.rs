@@ -30,7 +30,7 @@ use sha2::{Digest, Sha256};
 use super::clock::{now_ms, rfc3339};
 use super::job::{
     BatchState, BatchWork, Claim, Created, Delivered, Delivery, Gauges, ItemOutcome, Job,
-    JobCounts, JobStatus, JobUsage, JobView, LaneUsage, NewJob, StoreError, Work,
+    JobCounts, JobStatus, JobUsage, JobView, LaneUsage, NewJob, StoreError, Work, Written,
 };
 use super::plan::Lane;
 use crate::coord::RedisSettings;
@@ -47,8 +47,9 @@ const PUSH_PIECE: usize = 1_000;
 const ORPHAN_TTL_MS: u64 = 3_600_000;
 /// A webhook being sent by one replica is not due for the others for this long.
 const DELIVERY_HOLD_MS: u64 = 60_000;
-/// Open jobs scanned for a pending chunk per claim, oldest first.
-const CLAIM_SCAN: u32 = 64;
+/// Open jobs scanned for a pending chunk per claim, oldest first (those on the Batch API lane
+/// are passed over, so many of them must not hide newer jobs).
+const CLAIM_SCAN: u32 = 1_024;
 
 /// KEYS: job, titles, pending, open, owner jobs, owner open, idempotency key, by_status.
 /// ARGV: id, owner, taxonomy, metadata, callback url ('' none), total, chunks, idempotency key
@@ -169,7 +170,7 @@ end
 
 /// KEYS: job. ARGV: prefix, id, chunk ('' none), token, chunk size, input, cached, output,
 /// reasoning, requests, cost, cost unknown (0/1), lane, live cost ('' unknown), the round's
-/// id, then (index, kind, line) triples: kind `t` a topic, `e` an error, `a` again (an attempt counted).
+/// id, whether the job leaves the Batch API lane (1/0), then (index, kind, line) triples: kind `t` a topic, `e` an error, `a` again (an attempt counted).
 /// Returns {done, errors} newly written.
 const RECORD: &str = r"
 local job = KEYS[1]
@@ -181,7 +182,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local size = tonumber(redis.call('HGET', job, 'chunk')) or tonumber(ARGV[5])
 local done, errors = 0, 0
-for i = 16, #ARGV, 3 do
+for i = 17, #ARGV, 3 do
   local index, kind = ARGV[i], ARGV[i + 1]
   if kind == 'a' then
     redis.call('HINCRBY', job .. ':attempts', index, 1)
@@ -228,6 +229,10 @@ if chunk ~= '' and redis.call('HGET', job .. ':claims', chunk) == ARGV[4] then
       end
     end
   end
+end
+if ARGV[16] == '1' then
+  redis.call('HSET', job, 'lane', 'live')
+  redis.call('SREM', ARGV[1] .. ':jobs:batch', ARGV[2])
 end
 finish(ARGV[1], ARGV[2], job, now)
 return {done, errors}
@@ -609,8 +614,7 @@ impl SharedStore {
         claim: Option<&Claim>,
         outcomes: &[(u64, ItemOutcome)],
         usage: &JobUsage,
-        lane: (Lane, Option<f64>),
-        round: u64,
+        written: Written,
     ) -> Result<(), StoreError> {
         static RECORD_WITH_FINISH: LazyLock<Script> =
             LazyLock::new(|| Script::new(&format!("{FINISH}\n{RECORD}")));
@@ -628,9 +632,10 @@ impl SharedStore {
             .arg(usage.upstream_requests)
             .arg(usage.cost_usd.unwrap_or(0.0))
             .arg(u8::from(usage.cost_usd.is_none()))
-            .arg(lane.0.name())
-            .arg(lane.1.map_or(String::new(), |c| c.to_string()))
-            .arg(round);
+            .arg(written.lane.name())
+            .arg(written.live_cost.map_or(String::new(), |c| c.to_string()))
+            .arg(written.round)
+            .arg(u8::from(written.leaves_batch));
         for (index, outcome) in outcomes {
             match outcome {
                 ItemOutcome::Done(line) => {
@@ -692,16 +697,19 @@ impl SharedStore {
         let mut jobs = Vec::new();
         for id in ids {
             let fields: BTreeMap<String, String> = conn.hgetall(self.job_key(&id)).await?;
-            let open = matches!(
-                fields.get("status").map(String::as_str),
-                Some("queued" | "running")
-            );
+            // A cancelled job stays until its batch is cancelled at the provider and read.
+            let status = fields.get("status").map(String::as_str);
+            let open = matches!(status, Some("queued" | "running" | "cancelled"));
             if !open || fields.get("lane").map(String::as_str) != Some("batch") {
                 conn.srem::<_, _, ()>(&set, &id).await?;
                 continue;
             }
             let number = |name: &str| fields.get(name).and_then(|v| v.parse::<u64>().ok());
             jobs.push(BatchWork {
+                plan: fields
+                    .get("plan")
+                    .and_then(|p| serde_json::from_str(p).ok()),
+                cancelled: status == Some("cancelled"),
                 taxonomy: fields.get("taxonomy").cloned().unwrap_or_default(),
                 deadline_ms: fields.get("deadline_ms").and_then(|v| v.parse().ok()),
                 pending: number("total")

@@ -4,7 +4,8 @@
 //! live price, flex for hours, live for minutes, and a batch held too long escalated to live
 //! before the deadline, keeping what it finished.
 //!
-//! The simulator announces no rate limit, so the planner assumes 500 requests a minute; the
+//! The simulator announces no rate limit, so the planner assumes 500 requests a minute (or is told
+//! 500 with `--rpm-limit`, where a refusal is tested); the
 //! sizes and margins below are chosen against that.
 
 use std::time::{Duration, Instant};
@@ -42,7 +43,8 @@ fn near(a: f64, b: f64) -> bool {
 #[tokio::test]
 async fn a_dry_run_shows_the_plan_and_an_unmeetable_deadline_is_refused_with_the_earliest() {
     let books = Books::disk("lanes-dry");
-    let app = simulated_keeping(&books, &[]).await;
+    // A known rate: with one only assumed, a deadline is never refused.
+    let app = simulated_keeping(&books, &["--rpm-limit", "500"]).await;
     let (status, dry) = post(
         &app,
         json!({"titles": titles(300), "complete_within": "30h", "dry_run": true}),
@@ -91,6 +93,25 @@ async fn a_dry_run_shows_the_plan_and_an_unmeetable_deadline_is_refused_with_the
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(both["error"]["code"], "validation_failed");
+    let (status, far) = post(
+        &app,
+        json!({"titles": titles(1), "complete_within": "10000y"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{far}");
+    assert!(
+        far["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("366 days"),
+        "{far}"
+    );
+    let (status, _) = post(
+        &app,
+        json!({"titles": titles(1), "deadline": "9999-12-31T23:59:59-01:00"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     let (status, bad) = post(&app, json!({"titles": titles(1), "deadline": "tomorrow"})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(
@@ -232,5 +253,78 @@ async fn a_batch_held_too_long_is_escalated_before_the_deadline_keeping_what_it_
         "every title once"
     );
     assert_eq!(app.sim_stats().await["batches_created"], 1);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cancelled_while_its_batch_runs_cancels_the_batch_and_keeps_what_it_finished() {
+    let books = Books::disk("lanes-cancel");
+    let app = simulated_keeping(&books, &["--sim-batch-seconds", "6", "--batch-poll", "0.2"]).await;
+    let (_, accepted) = post(
+        &app,
+        json!({"titles": titles(300), "complete_within": "30h"}),
+    )
+    .await;
+    assert_eq!(accepted["plan"]["lane"], "batch", "{accepted}");
+    let id = accepted["id"].as_str().unwrap();
+    let sim = format!("http://{}", app.sim_addr.unwrap());
+    let batches = || async {
+        let listed: Value = app
+            .client
+            .get(format!("{sim}/v1/batches"))
+            .bearer_auth("sim")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        listed["data"].as_array().cloned().unwrap_or_default()
+    };
+    let start = Instant::now();
+    // Cancelled once the batch has answered some of its lines.
+    while batches()
+        .await
+        .first()
+        .is_none_or(|b| b["request_counts"]["completed"].as_u64().unwrap_or(0) < 30)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the batch never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cancelled: JobView = body(
+        app.client
+            .post(app.url(&format!("/jobs/{id}/cancel")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(cancelled.status, JobStatus::Cancelled);
+    let kept = loop {
+        let view = finished(&app, id).await;
+        if let Some(batch) = view.lanes.get(&Lane::Batch) {
+            break *batch;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "what the batch did was not kept"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(kept.titles >= 30 && kept.titles < 300, "{kept:?}");
+    assert_eq!(
+        batches().await[0]["status"],
+        "cancelled",
+        "cancelled at the provider"
+    );
+    assert_eq!(results(&app, id, 0).await.len() as u64, kept.titles);
+    assert_eq!(
+        app.sim_stats().await["requests_total"],
+        0,
+        "nothing sent live"
+    );
     app.shutdown().await;
 }
