@@ -172,12 +172,11 @@ pub async fn submit(
             Some(url)
         }
     };
-    let planned = crate::jobs::plan_for(
+    let planned = jobs.plan(
         state.classifier.clone(),
         taxonomy.clone(),
         std::sync::Arc::new(request.titles.clone()),
         deadline_ms,
-        jobs.lanes(),
     );
     if request.dry_run {
         let plan = planned.await.map_err(unreachable)?;

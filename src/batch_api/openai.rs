@@ -41,6 +41,20 @@ pub struct BatchObject {
     pub errors: Option<Value>,
     #[serde(default)]
     pub metadata: Option<Value>,
+    /// Unix seconds, as the provider stamps them.
+    #[serde(default)]
+    pub created_at: Option<i64>,
+    #[serde(default)]
+    pub completed_at: Option<i64>,
+}
+
+impl BatchObject {
+    /// How long the provider took over a completed batch, by its own clock.
+    pub fn turnaround(&self) -> Option<std::time::Duration> {
+        let (from, to) = (self.created_at?, self.completed_at?);
+        (self.status == "completed" && to >= from)
+            .then(|| std::time::Duration::from_secs((to - from) as u64))
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize)]

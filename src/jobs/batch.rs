@@ -138,6 +138,7 @@ mod tests {
             price: None,
             flex: false,
             batch: None,
+            batch_observed: false,
             margin: std::time::Duration::from_secs(60),
         };
         let work = |deadline_ms| BatchWork {

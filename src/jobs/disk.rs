@@ -61,6 +61,11 @@ CREATE TABLE IF NOT EXISTS items (
     PRIMARY KEY (job_id, idx)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS items_pending ON items (job_id, done, idx);
+CREATE TABLE IF NOT EXISTS turnarounds (
+    model TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    seconds REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS rounds (
     job_id TEXT NOT NULL,
     round INTEGER NOT NULL,
@@ -601,6 +606,30 @@ impl DiskStore {
             })?
             .collect::<Result<_, _>>()?;
         Ok(jobs)
+    }
+
+    /// Notes how long a batch of `model` took to complete.
+    pub fn note_turnaround(
+        &self,
+        model: &str,
+        took: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO turnarounds (model, at_ms, seconds) VALUES (?1, ?2, ?3)",
+            params![model, now_ms(), took.as_secs_f64()],
+        )?;
+        Ok(())
+    }
+
+    /// The longest of the last `TURNAROUNDS` batches of `model` to complete.
+    pub fn turnaround(&self, model: &str) -> Result<Option<std::time::Duration>, StoreError> {
+        let longest: Option<f64> = self.conn().query_row(
+            "SELECT MAX(seconds) FROM (SELECT seconds FROM turnarounds WHERE model = ?1
+             ORDER BY at_ms DESC LIMIT ?2)",
+            params![model, super::job::TURNAROUNDS],
+            |row| row.get(0),
+        )?;
+        Ok(longest.map(std::time::Duration::from_secs_f64))
     }
 
     /// The titles of `job_id` not done yet, in input order.

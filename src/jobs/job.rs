@@ -300,6 +300,9 @@ pub struct Work {
     pub claim: Option<Claim>,
 }
 
+/// How many of a model's latest batch turnarounds the planner looks at (the longest counts).
+pub const TURNAROUNDS: u32 = 5;
+
 /// A job on the Batch API lane: what a look at its batch needs.
 #[derive(Debug, Clone)]
 pub struct BatchWork {

@@ -504,6 +504,10 @@ impl Jobs {
         .await
         .expect("reading answers does not panic");
         tracing::info!(hnc.job = %work.job_id, status = %batch.status, answered = outcomes.len(), "a job's batch ended; what it did not answer goes live");
+        if let Some(took) = batch.turnaround() {
+            let model = classifier.upstream().first_model().to_owned();
+            self.note_turnaround(model, took).await;
+        }
         let live_cost = classifier
             .upstream()
             .price()
@@ -751,18 +755,58 @@ pub fn offer(classifier: &Classifier, lanes: Lanes) -> Offer {
         price: upstream.price(),
         flex: ServiceTier::Flex.offered_by(model),
         batch: Some(lanes.batch_window),
+        batch_observed: false,
         margin: lanes.margin,
     }
 }
 
-/// The plan for `titles` with `deadline_ms`, made off the async threads (the titles' tokens
-/// are counted): the cheapest lane that meets it, or the earliest deadline that could be met.
-pub async fn plan_for(
+impl Jobs {
+    /// The plan for `titles` with `deadline_ms`, made off the async threads (the titles'
+    /// tokens are counted): the cheapest lane that meets it, or the earliest deadline that
+    /// could be met. The Batch API's turnaround is what its batches for this model took of
+    /// late (the longest of the last few, doubled), when any completed, below the window.
+    pub async fn plan(
+        &self,
+        classifier: Arc<Classifier>,
+        taxonomy: Arc<crate::taxonomy::Taxonomy>,
+        titles: Arc<Vec<String>>,
+        deadline_ms: Option<i64>,
+    ) -> Result<Plan, Unreachable> {
+        let model = classifier.upstream().first_model().to_owned();
+        let seen = match &self.store {
+            Store::Disk(d) => {
+                let d = d.clone();
+                crate::tasks::spawn_blocking(move || d.turnaround(&model))
+                    .await
+                    .expect("a store operation does not panic")
+            }
+            Store::Shared(s) => s.turnaround(&model).await,
+        };
+        let mut offer = offer(&classifier, self.lanes);
+        if let Ok(Some(took)) = seen {
+            let observed = (took.max(Duration::from_secs(1)) * 2).min(self.lanes.batch_window);
+            offer.batch = Some(observed);
+            offer.batch_observed = observed < self.lanes.batch_window;
+        }
+        plan_with(classifier, taxonomy, titles, deadline_ms, offer).await
+    }
+
+    /// Notes how long a completed batch of `model` took, for later plans.
+    async fn note_turnaround(&self, model: String, took: Duration) {
+        let noted = on_store!(self, |d| d.note_turnaround(&model, took), |s| s
+            .note_turnaround(&model, took));
+        if let Err(error) = noted {
+            tracing::warn!(%error, "a batch's turnaround could not be noted");
+        }
+    }
+}
+
+async fn plan_with(
     classifier: Arc<Classifier>,
     taxonomy: Arc<crate::taxonomy::Taxonomy>,
     titles: Arc<Vec<String>>,
     deadline_ms: Option<i64>,
-    lanes: Lanes,
+    offer: Offer,
 ) -> Result<Plan, Unreachable> {
     crate::tasks::spawn_blocking(move || {
         let max_chars = classifier.limits().max_title_chars;
@@ -778,7 +822,7 @@ pub async fn plan_for(
             input_tokens,
             output_tokens,
         };
-        plan::plan(&demand, &offer(&classifier, lanes), now_ms(), deadline_ms)
+        plan::plan(&demand, &offer, now_ms(), deadline_ms)
     })
     .await
     .expect("planning does not panic")

@@ -105,6 +105,8 @@ pub struct Offer {
     /// How long a batch takes on the Batch API for this model (its window, or what was
     /// observed); `None` when this service cannot use the Batch API for its endpoint.
     pub batch: Option<Duration>,
+    /// Whether `batch` is what this model's batches took of late, not the window.
+    pub batch_observed: bool,
     /// What every lane keeps in hand before the deadline.
     pub margin: Duration,
 }
@@ -251,9 +253,14 @@ pub fn plan(
             Lane::Batch,
             window,
             format!(
-                "Batch API: the deadline is {} away, more than its {} turnaround and the {} the titles would take live{rate}",
+                "Batch API: the deadline is {} away, more than its {} turnaround{} and the {} the titles would take live{rate}",
                 took(left),
                 took(window),
+                if offer.batch_observed {
+                    " (observed)"
+                } else {
+                    ""
+                },
                 took(live),
             ),
         ));
@@ -379,6 +386,7 @@ mod tests {
             price: Some(Price::list(0.20, 0.02, 1.25)),
             flex: true,
             batch: Some(Duration::from_secs(24 * 3600)),
+            batch_observed: false,
             margin: Duration::from_secs(60),
         }
     }

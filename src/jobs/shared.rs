@@ -737,6 +737,32 @@ impl SharedStore {
         Ok(locked == 1)
     }
 
+    /// Notes how long a batch of `model` took to complete, for every replica's planner.
+    pub async fn note_turnaround(&self, model: &str, took: Duration) -> Result<(), StoreError> {
+        let key = self.key(&["batch_turnaround", model]);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .lpush(&key, took.as_secs_f64())
+            .ignore()
+            .ltrim(&key, 0, super::job::TURNAROUNDS as isize - 1)
+            .ignore();
+        pipe.query_async::<()>(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    /// The longest of the last few batches of `model` to complete, on any replica.
+    pub async fn turnaround(&self, model: &str) -> Result<Option<Duration>, StoreError> {
+        let seen: Vec<f64> = self
+            .conn()
+            .lrange(self.key(&["batch_turnaround", model]), 0, -1)
+            .await?;
+        Ok(seen
+            .into_iter()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .reduce(f64::max)
+            .map(Duration::from_secs_f64))
+    }
+
     /// The titles of `job_id` without a result yet, in input order.
     pub async fn pending_titles(&self, job_id: &str) -> Result<Vec<(u64, String)>, StoreError> {
         let job = self.job_key(job_id);

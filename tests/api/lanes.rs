@@ -157,6 +157,21 @@ async fn a_job_due_in_30_hours_runs_on_the_batch_api_at_half_the_live_cost() {
     );
     let stats = app.sim_stats().await;
     assert_eq!(stats["batches_created"], 1);
+
+    // That batch took about a second: the next plan counts on what batches take of late.
+    let (_, soon) = post(
+        &app,
+        json!({"titles": titles(300), "complete_within": "1h", "dry_run": true}),
+    )
+    .await;
+    assert_eq!(soon["plan"]["lane"], "batch", "{soon}");
+    assert!(
+        soon["plan"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("turnaround (observed)"),
+        "{soon}"
+    );
     app.shutdown().await;
 }
 
