@@ -55,6 +55,15 @@ pub struct JobRequest {
     pub dry_run: bool,
 }
 
+/// A 200 to `POST /jobs`: the job an earlier submission with the same `Idempotency-Key` made,
+/// or a dry run's plan.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum SubmitAnswer {
+    Job(Box<JobView>),
+    DryRun(DryRun),
+}
+
 /// What a dry run answers: the plan a job of these titles would get, nothing created.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct DryRun {
@@ -109,11 +118,13 @@ fn not_found(id: &str) -> ApiError {
 
 /// Submit titles as a job: `202 Accepted`, `Location: /jobs/{id}`, and the job.
 ///
-/// The titles are kept on disk (`HNC_DATA_DIR`) and classified in the background, through the
-/// same pipeline as `/classify-batch`, as capacity allows; a restart resumes the job. With an
-/// `Idempotency-Key` header, a retried submission returns the job the first one made (200).
-/// With `Content-Type: application/x-ndjson` the body is one `{"title": "..."}` per line, and
-/// `taxonomy` and `callback_url` come from the query string.
+/// The titles are kept (in the replicas' Redis, or on disk with `HNC_DATA_DIR`) and classified
+/// in the background, through the same pipeline as `/classify-batch`, as capacity allows, in
+/// the cheapest lane that meets the job's `deadline` when it has one; a restart resumes the
+/// job. With an `Idempotency-Key` header, a retried submission returns the job the first one
+/// made (200). With `"dry_run": true`, 200 and the plan, nothing created. With
+/// `Content-Type: application/x-ndjson` the body is one `{"title": "..."}` per line, and the
+/// options come from the query string.
 #[utoipa::path(
     post,
     path = "/jobs",
@@ -126,12 +137,12 @@ fn not_found(id: &str) -> ApiError {
     security((), ("bearer" = [])),
     responses(
         (status = 202, description = "The job, accepted", body = JobView),
-        (status = 200, description = "The job an earlier submission with the same `Idempotency-Key` made", body = JobView),
+        (status = 200, description = "The job an earlier submission with the same `Idempotency-Key` made, or a dry run's plan", body = SubmitAnswer),
         (status = 400, description = "`invalid_json`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
         (status = 413, description = "`job_too_large` (over `HNC_MAX_JOB_TITLES`) or `payload_too_large`", body = ErrorBody),
-        (status = 422, description = "`validation_failed` or `unknown_taxonomy`", body = ErrorBody),
+        (status = 422, description = "`validation_failed`, `unknown_taxonomy` or `deadline_unreachable` (with `earliest_deadline`)", body = ErrorBody),
         (status = 429, description = "`too_many_open_jobs` (`HNC_MAX_OPEN_JOBS`) or `quota_exceeded`", body = ErrorBody),
         (status = 503, description = "`jobs_not_configured` (no `HNC_DATA_DIR`) or `shutting_down`", body = ErrorBody),
     )
@@ -143,6 +154,9 @@ pub async fn submit(
     request: Request,
 ) -> Result<Response, ApiError> {
     let jobs = jobs(&state)?.clone();
+    // The query's options apply to NDJSON bodies; a JSON body's are in it, but a query that
+    // does not parse is refused either way.
+    let _: SubmitQuery = query(Query::try_from_uri(request.uri()))?;
     let request = if super::stream::wants_ndjson_body(&headers) {
         ndjson_request(request, &state).await?
     } else {

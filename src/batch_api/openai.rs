@@ -178,26 +178,16 @@ impl BatchClient {
         Ok(file["id"].as_str().unwrap_or_default().to_owned())
     }
 
+    /// Creates a batch over an uploaded file, sent again after a transport error or a 5xx
+    /// (the CLI lane adopts a batch made twice by its metadata on resume).
     pub async fn create(
         &self,
         input_file_id: &str,
         endpoint: &str,
         metadata: Value,
     ) -> Result<BatchObject, BatchApiError> {
-        let url = format!("{}/batches", self.base_url);
-        let body = json!({
-            "input_file_id": input_file_id,
-            "endpoint": endpoint,
-            "completion_window": "24h",
-            "metadata": metadata,
-        });
-        let response = self
-            .send("a batch creation", |http| http.post(&url).json(&body))
-            .await?;
-        response
-            .json()
+        self.create_sent(input_file_id, endpoint, metadata, ATTEMPTS)
             .await
-            .map_err(|source| self.http_error(source))
     }
 
     /// `create`, sent once: a creation that timed out may have been made, and a second would
@@ -208,6 +198,16 @@ impl BatchClient {
         endpoint: &str,
         metadata: Value,
     ) -> Result<BatchObject, BatchApiError> {
+        self.create_sent(input_file_id, endpoint, metadata, 1).await
+    }
+
+    async fn create_sent(
+        &self,
+        input_file_id: &str,
+        endpoint: &str,
+        metadata: Value,
+        attempts: u32,
+    ) -> Result<BatchObject, BatchApiError> {
         let url = format!("{}/batches", self.base_url);
         let body = json!({
             "input_file_id": input_file_id,
@@ -216,7 +216,9 @@ impl BatchClient {
             "metadata": metadata,
         });
         let response = self
-            .send_times("a batch creation", 1, |http| http.post(&url).json(&body))
+            .send_times("a batch creation", attempts, |http| {
+                http.post(&url).json(&body)
+            })
             .await?;
         response
             .json()

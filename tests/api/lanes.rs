@@ -112,6 +112,18 @@ async fn a_dry_run_shows_the_plan_and_an_unmeetable_deadline_is_refused_with_the
     )
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let query = app
+        .client
+        .post(app.url("/jobs?dry_run=maybe"))
+        .json(&json!({"titles": titles(1)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        query.status(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a bad query is refused with a JSON body too"
+    );
     let (status, bad) = post(&app, json!({"titles": titles(1), "deadline": "tomorrow"})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(

@@ -22,14 +22,17 @@ fn redis_url(books: &Books) -> String {
     }
 }
 
-async fn requests_total(sim: &hn_classifier::sim::SimServer) -> u64 {
-    let stats: serde_json::Value = reqwest::get(format!("http://{}/_sim/stats", sim.addr()))
+async fn sim_stats(sim: &hn_classifier::sim::SimServer) -> serde_json::Value {
+    reqwest::get(format!("http://{}/_sim/stats", sim.addr()))
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
-    stats["requests_total"].as_u64().unwrap()
+        .unwrap()
+}
+
+async fn requests_total(sim: &hn_classifier::sim::SimServer) -> u64 {
+    sim_stats(sim).await["requests_total"].as_u64().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,18 +203,9 @@ async fn a_replica_killed_while_its_job_s_batch_runs_is_followed_by_another_poll
         .await
         .unwrap();
     assert_eq!(accepted.plan.as_ref().unwrap().lane, Lane::Batch);
-    let stats = format!("http://{}/_sim/stats", sim.addr());
     let start = Instant::now();
     loop {
-        let seen: serde_json::Value = client
-            .get(&stats)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if seen["batches_created"] == 1 {
+        if sim_stats(&sim).await["batches_created"] == 1 {
             break;
         }
         assert!(
@@ -228,14 +222,7 @@ async fn a_replica_killed_while_its_job_s_batch_runs_is_followed_by_another_poll
     assert_eq!(done.status, JobStatus::Completed);
     assert_eq!((done.counts.done, done.counts.errors), (300, 0));
     assert_eq!(done.lanes[&Lane::Batch].titles, 300, "{:?}", done.lanes);
-    let seen: serde_json::Value = client
-        .get(&stats)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let seen = sim_stats(&sim).await;
     assert_eq!(
         seen["batches_created"], 1,
         "the same batch polled, not a second one made"
