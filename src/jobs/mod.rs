@@ -133,11 +133,6 @@ impl Jobs {
         }
     }
 
-    /// The planner's settings.
-    pub fn lanes(&self) -> Lanes {
-        self.lanes
-    }
-
     pub async fn create(&self, job: NewJob) -> Result<Created, StoreError> {
         let created = on_store!(self, |d| d.create(&job), |s| s.create(job))?;
         self.wake.notify_one();

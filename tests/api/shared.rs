@@ -45,7 +45,7 @@ fn metric(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-async fn sim_stats(sim: &SimServer) -> serde_json::Value {
+pub async fn sim_stats(sim: &SimServer) -> serde_json::Value {
     reqwest::get(format!("http://{}/_sim/stats", sim.addr()))
         .await
         .unwrap()

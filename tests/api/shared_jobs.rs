@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::helpers::{TestApp, data_lines, spawn_sim, start_binary};
 use crate::jobs::{Books, body, finished, results};
-use crate::shared::replica;
+use crate::shared::{replica, sim_stats};
 
 fn redis_url(books: &Books) -> String {
     match books {
@@ -22,13 +22,22 @@ fn redis_url(books: &Books) -> String {
     }
 }
 
-async fn sim_stats(sim: &hn_classifier::sim::SimServer) -> serde_json::Value {
-    reqwest::get(format!("http://{}/_sim/stats", sim.addr()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+/// The binary as a second process on `sim`'s key and Redis at `url`: a replica to SIGKILL.
+fn replica_process(
+    sim: &hn_classifier::sim::SimServer,
+    url: &str,
+    extra: &[&str],
+) -> (std::process::Child, String) {
+    let base_url = sim.base_url();
+    let flags = [
+        "--openai-base-url",
+        &base_url,
+        "--openai-api-key",
+        "sk-shared-key",
+        "--redis-url",
+        url,
+    ];
+    start_binary(&[&flags[..], extra].concat())
 }
 
 async fn requests_total(sim: &hn_classifier::sim::SimServer) -> u64 {
@@ -86,15 +95,7 @@ async fn a_replica_killed_mid_job_is_taken_over_and_no_title_is_answered_twice()
     let url = redis_url(&books);
     // 100 ms a call: 2,000 titles take the first replica a few seconds.
     let sim = spawn_sim(&["--sim-latency-ms", "100", "--sim-latency-sigma", "0"]).await;
-    let base_url = sim.base_url();
-    let (mut doomed, addr) = start_binary(&[
-        "--openai-base-url",
-        &base_url,
-        "--openai-api-key",
-        "sk-shared-key",
-        "--redis-url",
-        &url,
-    ]);
+    let (mut doomed, addr) = replica_process(&sim, &url, &[]);
     let client = reqwest::Client::new();
     let titles = data_lines("hn_titles.txt")[..2000].to_vec();
     let accepted = client
@@ -175,22 +176,8 @@ async fn a_replica_killed_while_its_job_s_batch_runs_is_followed_by_another_poll
     let books = Books::redis("shared-batch");
     let url = redis_url(&books);
     let sim = spawn_sim(&["--sim-batch-seconds", "4"]).await;
-    let base_url = sim.base_url();
     let poll = ["--batch-poll", "0.2"];
-    let (mut doomed, addr) = start_binary(
-        &[
-            &[
-                "--openai-base-url",
-                &base_url,
-                "--openai-api-key",
-                "sk-shared-key",
-                "--redis-url",
-                &url,
-            ][..],
-            &poll[..],
-        ]
-        .concat(),
-    );
+    let (mut doomed, addr) = replica_process(&sim, &url, &poll);
     let client = reqwest::Client::new();
     let titles = data_lines("hn_titles.txt")[..300].to_vec();
     let accepted: JobView = client
